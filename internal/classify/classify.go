@@ -1,0 +1,260 @@
+// Package classify turns the facts Docker reports about one container into
+// the inventory's judgements: origin, GPU access, GPU devices and owner.
+// Everything here is a pure function of its input; the caller gathers the
+// facts (inspect data, the init process's UID) and passes them in.
+package classify
+
+import (
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// DeviceRequest mirrors Docker's HostConfig.DeviceRequests entry.
+type DeviceRequest struct {
+	Driver       string
+	Count        int
+	DeviceIDs    []string
+	Capabilities [][]string
+}
+
+// Mount is a container mount as inspect reports it.
+type Mount struct {
+	Type   string // bind, volume, tmpfs, …
+	Source string
+}
+
+// Input is everything classification needs to know about one container.
+type Input struct {
+	Name           string // without the leading slash
+	Labels         map[string]string
+	Env            []string // effective environment (the image's included)
+	Runtime        string   // HostConfig.Runtime; "" means the daemon default
+	NvidiaRuntime  bool     // true when Runtime (or the default, when empty) is an nvidia runtime
+	DeviceRequests []DeviceRequest
+	DevicePaths    []string // HostConfig.Devices[].PathOnHost
+	Privileged     bool
+	Mounts         []Mount
+	// InitUID is the real UID of the container's init process, or nil when
+	// the container is not running or the UID could not be read.
+	InitUID *uint32
+}
+
+// Origin classifies how the container was started (REFERENCE §1.4).
+func Origin(labels map[string]string, name string) string {
+	if labels["ds01.managed"] == "true" {
+		return inventory.OriginManaged
+	}
+	for k := range labels {
+		if strings.HasPrefix(k, "devcontainer.") {
+			return inventory.OriginDevcontainer
+		}
+	}
+	if _, ok := labels["com.docker.compose.project"]; ok {
+		return inventory.OriginCompose
+	}
+	if strings.HasPrefix(name, "vsc-") {
+		return inventory.OriginDevcontainer
+	}
+	return inventory.OriginRawDocker
+}
+
+// visibleDevices returns NVIDIA_VISIBLE_DEVICES from env and whether it
+// names any GPU. Unset, "", "void" and "none" name none.
+func visibleDevices(env []string) (string, bool) {
+	v, ok := "", false
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "NVIDIA_VISIBLE_DEVICES=") {
+			v, ok = strings.TrimPrefix(kv, "NVIDIA_VISIBLE_DEVICES="), true // last one wins, as in exec
+		}
+	}
+	v = strings.TrimSpace(v)
+	if !ok || v == "" || v == "void" || v == "none" {
+		return v, false
+	}
+	return v, true
+}
+
+// IsNvidiaRuntime reports whether a runtime registered under name, running
+// the binary at path, is the NVIDIA container runtime.
+func IsNvidiaRuntime(name, binPath string) bool {
+	if name == "nvidia" {
+		return true
+	}
+	base := path.Base(binPath)
+	return strings.HasPrefix(base, "nvidia-container-runtime")
+}
+
+func hasCapability(caps [][]string, want string) bool {
+	for _, set := range caps {
+		for _, c := range set {
+			if c == want {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isCDINvidia(id string) bool { return strings.HasPrefix(id, "nvidia.com/gpu") }
+
+// GPUAccess lists the mechanisms through which the container can reach a
+// GPU, in a fixed order. An empty list means none.
+func GPUAccess(in Input) []string {
+	var out []string
+	if _, named := visibleDevices(in.Env); in.NvidiaRuntime && named {
+		out = append(out, inventory.AccessNvidiaRuntime)
+	}
+	devReq, cdi := false, false
+	for _, r := range in.DeviceRequests {
+		switch {
+		case r.Driver == "cdi":
+			for _, id := range r.DeviceIDs {
+				if isCDINvidia(id) {
+					cdi = true
+				}
+			}
+		case r.Driver == "nvidia" || hasCapability(r.Capabilities, "gpu"):
+			if r.Count != 0 || len(r.DeviceIDs) > 0 {
+				devReq = true
+			}
+		}
+	}
+	devNode := false
+	for _, p := range in.DevicePaths {
+		switch {
+		case strings.HasPrefix(p, "/dev/nvidia"):
+			devNode = true
+		case isCDINvidia(p): // docker ≥ 25 --device nvidia.com/gpu=all
+			cdi = true
+		}
+	}
+	if devReq {
+		out = append(out, inventory.AccessDeviceRequest)
+	}
+	if cdi {
+		out = append(out, inventory.AccessCDI)
+	}
+	if devNode {
+		out = append(out, inventory.AccessDeviceNode)
+	}
+	if in.Privileged {
+		out = append(out, inventory.AccessPrivileged)
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
+// splitList splits a comma list, trimming blanks and dropping empty items.
+func splitList(s string) []string {
+	out := []string{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// GPUDevices names the GPUs the container holds. Each GPU is one element: a
+// comma list such as ds01.gpu.allocated="0.0,0.1" becomes ["0.0","0.1"]
+// (the reference kept it as one element, which made ds01-workloads count one
+// GPU). Sources, first hit wins: the ds01.gpu.allocated slots, the first
+// device request with DeviceIDs, NVIDIA_VISIBLE_DEVICES (only when the
+// container has GPU access), else [].
+func GPUDevices(in Input, hasGPU bool) []string {
+	if v, ok := in.Labels["ds01.gpu.allocated"]; ok {
+		if l := splitList(v); len(l) > 0 {
+			return l
+		}
+	}
+	for _, r := range in.DeviceRequests {
+		if len(r.DeviceIDs) > 0 {
+			var out []string
+			for _, id := range r.DeviceIDs {
+				out = append(out, splitList(id)...)
+			}
+			return out
+		}
+	}
+	if v, named := visibleDevices(in.Env); named && hasGPU {
+		return splitList(v)
+	}
+	return []string{}
+}
+
+// User attribution sources, as recorded in Container.UserSource.
+const (
+	SourceLabelUser    = "label:ds01.user"
+	SourceLabelMLC     = "label:aime.mlc.USER"
+	SourceLocalFolder  = "label:devcontainer.local_folder"
+	SourceComposeDir   = "label:com.docker.compose.project.working_dir"
+	SourceBindMount    = "bind-mount"
+	SourceNameUID      = "name-uid"
+	SourceProcessOwner = "process-owner"
+	SourceNone         = "none"
+	Unknown            = "unknown"
+)
+
+// Resolver maps a numeric UID to a user name through NSS.
+type Resolver func(uid uint32) (string, bool)
+
+// homeUser returns <u> when p is /home/<u> or below it.
+func homeUser(p string) (string, bool) {
+	if !strings.HasPrefix(p, "/home/") {
+		return "", false
+	}
+	rest := strings.TrimPrefix(path.Clean(p), "/home/")
+	u, _, _ := strings.Cut(rest, "/")
+	if u == "" || u == "." || u == ".." || p == "/home/" {
+		return "", false
+	}
+	return u, true
+}
+
+// User decides who owns the container and which signal said so. The order
+// is the issue's: labels, then paths under /home, then the <x>._.<uid> name,
+// then a non-root owner of the init process. A root-owned init process says
+// nothing about the owner, so it gives "unknown".
+func User(in Input, resolve Resolver) (user, source string) {
+	if v, ok := in.Labels["ds01.user"]; ok {
+		return v, SourceLabelUser
+	}
+	if v, ok := in.Labels["aime.mlc.USER"]; ok {
+		return v, SourceLabelMLC
+	}
+	if u, ok := homeUser(in.Labels["devcontainer.local_folder"]); ok {
+		return u, SourceLocalFolder
+	}
+	if u, ok := homeUser(in.Labels["com.docker.compose.project.working_dir"]); ok {
+		return u, SourceComposeDir
+	}
+	for _, m := range in.Mounts {
+		if m.Type != "bind" {
+			continue
+		}
+		if u, ok := homeUser(m.Source); ok {
+			return u, SourceBindMount
+		}
+	}
+	if i := strings.LastIndex(in.Name, "._."); i > 0 && resolve != nil {
+		if uid, err := strconv.ParseUint(in.Name[i+3:], 10, 32); err == nil {
+			if name, ok := resolve(uint32(uid)); ok {
+				return name, SourceNameUID
+			}
+		}
+	}
+	if in.InitUID != nil && *in.InitUID != 0 {
+		if resolve != nil {
+			if name, ok := resolve(*in.InitUID); ok {
+				return name, SourceProcessOwner
+			}
+		}
+		return strconv.FormatUint(uint64(*in.InitUID), 10), SourceProcessOwner
+	}
+	return Unknown, SourceNone
+}

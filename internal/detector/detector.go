@@ -1,0 +1,301 @@
+// Package detector runs one scan cycle: it asks each source what exists,
+// classifies it, compares the result with what it has already reported,
+// queues the transitions as events, rewrites the state file and appends the
+// events. It keeps its own view of what it has reported for the life of the
+// process, so a failed write never loses or repeats a transition.
+package detector
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/dockersrc"
+	"github.com/ds01/ds01-detectord/internal/eventlog"
+	"github.com/ds01/ds01-detectord/internal/procfs"
+	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Containers is the Docker source as the detector sees it.
+type Containers interface {
+	List(ctx context.Context) ([]dockersrc.Container, error)
+}
+
+// Config is the detector's wiring.
+type Config struct {
+	StatePath  string
+	EventsPath string
+	DryRun     bool // write nothing; Cycle returns the state for printing
+	Docker     Containers
+	Proc       procfs.FS
+	Users      classify.Resolver
+	Log        *zap.Logger
+	Now        func() time.Time
+}
+
+// Detector carries the reported view from one cycle to the next.
+type Detector struct {
+	cfg Config
+
+	reported inventory.State // the last state whose transitions were queued
+	pending  [][]byte        // encoded event lines not yet appended
+
+	// last errors, so that a failure is logged once when it starts and once
+	// when it ends, not every cycle
+	stateErr, eventsErr string
+}
+
+// Summary describes one finished cycle.
+type Summary struct {
+	Containers     int
+	GPUContainers  int
+	HostProcesses  int
+	PendingEvents  int
+	Events         int
+	DockerOK       bool
+	DockerError    string
+	GPUOK          bool
+	GPUError       string
+	Duration       time.Duration
+	State          inventory.State
+	StateWriteErr  error
+	EventAppendErr error
+}
+
+// New loads the state file as the starting view. A corrupt file is moved
+// aside and logged; the detector starts fresh and never fails here.
+func New(cfg Config) *Detector {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	st, err := statefile.Load(cfg.StatePath)
+	if err != nil {
+		cfg.Log.Warn("state file not loaded", zap.String("path", cfg.StatePath), zap.Error(err))
+	}
+	if !cfg.DryRun {
+		statefile.CleanTemps(cfg.StatePath)
+	}
+	return &Detector{cfg: cfg, reported: st}
+}
+
+// Reported returns the current reported view (read-only use).
+func (d *Detector) Reported() inventory.State { return d.reported }
+
+// Cycle runs one scan. It never fails as a whole: a failing source is
+// recorded in the state's sources and its last known workloads are kept.
+func (d *Detector) Cycle(ctx context.Context) Summary {
+	start := d.cfg.Now()
+	log := d.cfg.Log
+	prev := d.reported
+	next := inventory.Empty()
+	next.Sources = prev.Sources
+	next.HostProcesses = prev.HostProcesses
+	next.PendingProcesses = prev.PendingProcesses
+
+	var events []queued
+	list, err := d.cfg.Docker.List(ctx)
+	if err != nil {
+		if prev.Sources.Docker.OK || prev.LastScan == nil || prev.Sources.Docker.Error == "" {
+			log.Warn("docker source failed; keeping last known containers", zap.Error(err))
+		}
+		next.Sources.Docker = inventory.SourceHealth{OK: false, Error: err.Error(), LastOK: prev.Sources.Docker.LastOK}
+		next.Containers = prev.Containers
+	} else {
+		if !prev.Sources.Docker.OK && prev.Sources.Docker.Error != "" {
+			log.Info("docker source recovered")
+		}
+		next.Sources.Docker = inventory.SourceHealth{OK: true, LastOK: inventory.TimePtr(start)}
+		next.Containers = d.buildContainers(list, prev.Containers, start)
+		events = append(events, diffContainers(prev.Containers, next.Containers)...)
+	}
+	now := d.cfg.Now()
+	next.LastScan = inventory.TimePtr(now)
+
+	sum := Summary{
+		Containers: len(next.Containers), HostProcesses: len(next.HostProcesses),
+		DockerOK: next.Sources.Docker.OK, DockerError: next.Sources.Docker.Error,
+		GPUOK: next.Sources.GPU.OK, GPUError: next.Sources.GPU.Error,
+		State: next, Events: len(events),
+	}
+	for _, c := range next.Containers {
+		if c.HasGPU {
+			sum.GPUContainers++
+		}
+	}
+	if d.cfg.DryRun {
+		sum.Duration = time.Since(start)
+		return sum
+	}
+
+	for _, q := range events {
+		line, res, err := event.Encode(event.Envelope{
+			Timestamp: inventory.NewTime(now), EventType: q.eventType, User: q.user, Source: event.Source,
+		}, q.details)
+		if err != nil { // cannot happen with our own types; say so loudly
+			log.Error("event not encodable", zap.String("event_type", q.eventType), zap.Error(err))
+			continue
+		}
+		if res.Truncated {
+			log.Warn("event too large; details truncated", zap.String("event_type", q.eventType), zap.Int("original_size", res.OriginalSize))
+		}
+		q.logFields = append(q.logFields, zap.String("event_type", q.eventType))
+		log.Info(q.message, q.logFields...)
+		d.pending = append(d.pending, line)
+	}
+	d.reported = next
+
+	// Events first, then the state: a crash between the two repeats
+	// transitions on restart rather than losing them (at-least-once).
+	n, aerr := eventlog.Log{Path: d.cfg.EventsPath}.Append(d.pending)
+	d.pending = d.pending[n:]
+	if len(d.pending) == 0 {
+		d.pending = nil
+	}
+	d.eventsErr = d.noteErr("event log append", aerr, d.eventsErr, zap.String("path", d.cfg.EventsPath), zap.Int("pending_events", len(d.pending)))
+	serr := statefile.Save(d.cfg.StatePath, next)
+	d.stateErr = d.noteErr("state file write", serr, d.stateErr, zap.String("path", d.cfg.StatePath))
+
+	sum.PendingEvents = len(d.pending)
+	sum.StateWriteErr, sum.EventAppendErr = serr, aerr
+	sum.Duration = time.Since(start)
+	return sum
+}
+
+// noteErr logs a failure when it starts or changes and a recovery when it
+// ends, and returns the new remembered error text.
+func (d *Detector) noteErr(what string, err error, last string, fields ...zap.Field) string {
+	switch {
+	case err == nil && last != "":
+		d.cfg.Log.Info(what+" recovered", fields...)
+		return ""
+	case err != nil && err.Error() != last:
+		d.cfg.Log.Error(what+" failed; will retry every cycle", append(fields, zap.Error(err))...)
+		return err.Error()
+	case err != nil:
+		return last
+	}
+	return ""
+}
+
+func (d *Detector) buildContainers(list []dockersrc.Container, prev map[string]inventory.Container, now time.Time) map[string]inventory.Container {
+	out := make(map[string]inventory.Container, len(list))
+	for _, c := range list {
+		in := c.Input
+		if c.Pid > 0 {
+			if uid, err := d.cfg.Proc.UID(c.Pid); err == nil {
+				in.InitUID = &uid
+			}
+		}
+		access := classify.GPUAccess(in)
+		hasGPU := len(access) > 0
+		user, src := classify.User(in, d.cfg.Users)
+		key := shortID(c.ID)
+		e := inventory.Container{
+			ID: key, Name: c.Name, Origin: classify.Origin(in.Labels, c.Name),
+			User: user, HasGPU: hasGPU, GPUDevices: classify.GPUDevices(in, hasGPU),
+			Status: c.Status, Image: c.Image, DetectedAt: inventory.NewTime(now),
+			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
+		}
+		if !c.Created.IsZero() {
+			e.CreatedAt = inventory.TimePtr(c.Created)
+		}
+		if old, ok := prev[key]; ok && !old.DetectedAt.IsZero() {
+			e.DetectedAt = old.DetectedAt
+		}
+		out[key] = e
+	}
+	return out
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// queued is a transition waiting to be encoded.
+type queued struct {
+	eventType string
+	user      string
+	details   any
+	message   string
+	logFields []zap.Field
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// diffContainers lists the transitions from old to new, in the reference's
+// order: discovered and status changes, then removals.
+func diffContainers(old, cur map[string]inventory.Container) []queued {
+	var out []queued
+	for _, k := range sortedKeys(cur) {
+		c := cur[k]
+		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("user", c.User)}
+		o, seen := old[k]
+		switch {
+		case !seen:
+			out = append(out, queued{
+				eventType: event.ContainerDiscovered, user: c.User, message: "container discovered",
+				details: event.ContainerDiscoveredDetails{
+					ContainerID: c.ID, Name: c.Name, Origin: c.Origin, HasGPU: c.HasGPU, Image: c.Image,
+					Status: c.Status, GPUAccess: c.GPUAccess, UserSource: c.UserSource,
+				},
+				logFields: append(fields, zap.String("origin", c.Origin), zap.Bool("has_gpu", c.HasGPU), zap.String("status", c.Status)),
+			})
+		case o.Status != c.Status:
+			out = append(out, queued{
+				eventType: event.ContainerStatusChanged, user: c.User, message: "container status changed",
+				details: event.ContainerStatusChangedDetails{
+					ContainerID: c.ID, Name: c.Name, OldStatus: o.Status, NewStatus: c.Status,
+				},
+				logFields: append(fields, zap.String("old_status", o.Status), zap.String("new_status", c.Status)),
+			})
+		}
+	}
+	for _, k := range sortedKeys(old) {
+		if _, ok := cur[k]; ok {
+			continue
+		}
+		o := old[k]
+		out = append(out, queued{
+			eventType: event.ContainerExited, user: o.User, message: "container removed",
+			details:   event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin},
+			logFields: []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), zap.String("user", o.User)},
+		})
+	}
+	return out
+}
+
+// StatusLine is the one-line summary used for logs and sd_notify STATUS=.
+func (s Summary) StatusLine() string {
+	line := fmt.Sprintf("%d containers (%d with GPU), %d host GPU processes; docker ", s.Containers, s.GPUContainers, s.HostProcesses)
+	if s.DockerOK {
+		line += "ok"
+	} else {
+		line += "unavailable: " + s.DockerError
+	}
+	if s.GPUOK {
+		line += "; gpu ok"
+	} else if s.GPUError != "" {
+		line += "; gpu unavailable: " + s.GPUError
+	}
+	return line
+}
+

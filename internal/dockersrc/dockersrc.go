@@ -1,0 +1,217 @@
+// Package dockersrc is the Docker source: it lists every container, running
+// or not, inspects each one and returns the facts classification needs. It
+// holds one Docker client for the life of the process.
+package dockersrc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+
+	"github.com/ds01/ds01-detectord/internal/classify"
+)
+
+// Container is what the Docker source knows about one container.
+type Container struct {
+	ID      string // full 64-hex ID
+	Name    string // without the leading slash
+	Image   string
+	Status  string // State.Status
+	Pid     int    // init process on the host; 0 when not running
+	Created time.Time
+	Input   classify.Input // InitUID is left for the caller to fill
+}
+
+// Source reads containers from one Docker Engine.
+type Source struct {
+	cli         *client.Client
+	callTimeout time.Duration
+	workers     int
+
+	mu          sync.Mutex
+	runtimes    map[string]string // name → binary path
+	defaultRT   string
+	runtimesAt  time.Time
+	runtimesTTL time.Duration
+
+	// afterList, when set, runs between the list call and the inspects.
+	// Tests use it to remove a container mid-scan.
+	afterList func()
+}
+
+// New connects lazily to host (DOCKER_HOST and the default socket when
+// empty). callTimeout bounds every API call.
+func New(host string, callTimeout time.Duration) (*Source, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return &Source{cli: cli, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute}, nil
+}
+
+// Client exposes the underlying client (for tools that need other calls).
+func (s *Source) Client() *client.Client { return s.cli }
+
+// Close releases the client.
+func (s *Source) Close() error { return s.cli.Close() }
+
+func (s *Source) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.callTimeout)
+}
+
+// runtimeInfo returns the daemon's runtimes and default runtime, asking the
+// daemon at most once per runtimesTTL.
+func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.runtimes != nil && time.Since(s.runtimesAt) < s.runtimesTTL {
+		return s.runtimes, s.defaultRT, nil
+	}
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	info, err := s.cli.Info(cctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("docker info: %w", err)
+	}
+	rts := map[string]string{}
+	for name, rt := range info.Runtimes {
+		rts[name] = rt.Path
+	}
+	s.runtimes, s.defaultRT, s.runtimesAt = rts, info.DefaultRuntime, time.Now()
+	return rts, info.DefaultRuntime, nil
+}
+
+// List returns every container. A container removed between the list and
+// its inspect is left out. Any other failure fails the whole call, so that
+// the caller can keep what it knew rather than think containers vanished.
+func (s *Source) List(ctx context.Context) ([]Container, error) {
+	rts, defRT, err := s.runtimeInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := s.call(ctx)
+	sums, err := s.cli.ContainerList(lctx, container.ListOptions{All: true})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("docker list: %w", err)
+	}
+	if s.afterList != nil {
+		s.afterList()
+	}
+
+	out := make([]*Container, len(sums))
+	errs := make([]error, len(sums))
+	sem := make(chan struct{}, s.workers)
+	var wg sync.WaitGroup
+	for i, sum := range sums {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ictx, cancel := s.call(ctx)
+			defer cancel()
+			js, err := s.cli.ContainerInspect(ictx, sum.ID)
+			switch {
+			case errdefs.IsNotFound(err):
+				// removed mid-scan: not an error, and not in the result
+			case err != nil:
+				errs[i] = fmt.Errorf("docker inspect %.12s: %w", sum.ID, err)
+			default:
+				c := fromInspect(js, rts, defRT)
+				out[i] = &c
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	res := make([]Container, 0, len(out))
+	for _, c := range out {
+		if c != nil {
+			res = append(res, *c)
+		}
+	}
+	return res, nil
+}
+
+func shortImage(ref, id string) string {
+	if ref != "" && !strings.HasPrefix(ref, "sha256:") {
+		return ref
+	}
+	if ref == "" {
+		ref = id
+	}
+	h := strings.TrimPrefix(ref, "sha256:")
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	if h == "" {
+		return "unknown"
+	}
+	return h
+}
+
+func fromInspect(js container.InspectResponse, runtimes map[string]string, defaultRT string) Container {
+	c := Container{}
+	if js.ContainerJSONBase != nil {
+		c.ID = js.ID
+		c.Name = strings.TrimPrefix(js.Name, "/")
+		c.Created, _ = time.Parse(time.RFC3339Nano, js.Created)
+		if st := js.State; st != nil {
+			c.Status = st.Status
+			if st.Running || st.Paused || st.Restarting {
+				c.Pid = st.Pid
+			}
+		}
+		c.Image = js.Image
+	}
+	in := classify.Input{Name: c.Name}
+	if cfg := js.Config; cfg != nil {
+		in.Labels = cfg.Labels
+		in.Env = cfg.Env
+		c.Image = shortImage(cfg.Image, c.Image)
+	} else {
+		c.Image = shortImage("", c.Image)
+	}
+	if in.Labels == nil {
+		in.Labels = map[string]string{}
+	}
+	if hc := js.HostConfig; js.ContainerJSONBase != nil && hc != nil {
+		in.Runtime = hc.Runtime
+		rt := hc.Runtime
+		if rt == "" {
+			rt = defaultRT
+		}
+		in.NvidiaRuntime = classify.IsNvidiaRuntime(rt, runtimes[rt])
+		in.Privileged = hc.Privileged
+		for _, d := range hc.Devices {
+			in.DevicePaths = append(in.DevicePaths, d.PathOnHost)
+		}
+		for _, r := range hc.DeviceRequests { // null when --gpus was not used
+			in.DeviceRequests = append(in.DeviceRequests, classify.DeviceRequest{
+				Driver: r.Driver, Count: r.Count, DeviceIDs: r.DeviceIDs, Capabilities: r.Capabilities,
+			})
+		}
+	}
+	for _, m := range js.Mounts {
+		in.Mounts = append(in.Mounts, classify.Mount{Type: string(m.Type), Source: m.Source})
+	}
+	c.Input = in
+	return c
+}
+
+// IsConnErr reports whether err means the daemon could not be reached.
+func IsConnErr(err error) bool { return client.IsErrConnectionFailed(err) }

@@ -1,0 +1,67 @@
+// Package eventlog appends lines to the shared JSONL event log. The file is
+// opened for each batch with O_APPEND, so a logrotate rename, delete or
+// copytruncate is followed without signals, and each line is one write(2),
+// so lines from other writers never interleave with ours.
+package eventlog
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mode is the event log's permission when this daemon creates it:
+// root:docker 0664 in production, so the reference's other writers can append.
+const Mode = 0o664
+
+// Log is an append-only JSONL file.
+type Log struct{ Path string }
+
+// Append writes each line (without its newline) as one write(2) and returns
+// how many lines were written completely. It stops at the first failure.
+// Before each write it reserves the line's bytes past the end of the file
+// (fallocate with KEEP_SIZE) so that a full disk makes the write fail
+// before it starts rather than leave half a line.
+func (l Log) Append(lines [][]byte) (int, error) {
+	if len(lines) == 0 {
+		return 0, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(l.Path), 0o775); err != nil {
+		return 0, fmt.Errorf("event log dir: %w", err)
+	}
+	f, err := os.OpenFile(l.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, Mode)
+	if err != nil {
+		return 0, fmt.Errorf("open event log: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, 0, 4096)
+	for i, line := range lines {
+		buf = append(append(buf[:0], line...), '\n')
+		if err := reserve(f, len(buf)); err != nil {
+			return i, fmt.Errorf("event log %s: %w", l.Path, err)
+		}
+		n, err := f.Write(buf)
+		if err != nil {
+			return i, fmt.Errorf("event log %s: %w", l.Path, err)
+		}
+		if n != len(buf) {
+			return i, fmt.Errorf("event log %s: short write %d of %d bytes", l.Path, n, len(buf))
+		}
+	}
+	return len(lines), nil
+}
+
+func reserve(f *os.File, n int) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, st.Size(), int64(n))
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		return nil // filesystem cannot reserve; write and check the count
+	}
+	return err
+}

@@ -1,0 +1,148 @@
+// Package statefile loads and atomically rewrites the state file.
+package statefile
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Mode is the state file's permission: world-readable, as the reference's
+// state README documents.
+const Mode = 0o644
+
+// Parse decodes a state file's bytes. Files without schema_version were
+// written by the Python scanner and are accepted as version 1. A newer or
+// otherwise unknown schema is an error.
+func Parse(b []byte) (inventory.State, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return inventory.State{}, fmt.Errorf("not a JSON object: %w", err)
+	}
+	st := inventory.Empty()
+	if err := json.Unmarshal(b, &st); err != nil {
+		return inventory.State{}, fmt.Errorf("bad field: %w", err)
+	}
+	if _, ok := raw["schema_version"]; !ok {
+		st.SchemaVersion = 1
+	}
+	if st.SchemaVersion < 1 || st.SchemaVersion > inventory.SchemaVersion {
+		return inventory.State{}, fmt.Errorf("unknown schema_version %d (this build reads 1 to %d)", st.SchemaVersion, inventory.SchemaVersion)
+	}
+	if _, ok := raw["containers"]; !ok {
+		return inventory.State{}, errors.New(`no "containers" object`)
+	}
+	for k, c := range st.Containers {
+		if c.ID != k {
+			return inventory.State{}, fmt.Errorf("container key %q holds id %q", k, c.ID)
+		}
+	}
+	if st.Containers == nil {
+		st.Containers = map[string]inventory.Container{}
+	}
+	if st.HostProcesses == nil {
+		st.HostProcesses = map[string]inventory.HostProcess{}
+	}
+	if st.PendingProcesses == nil {
+		st.PendingProcesses = map[string]inventory.HostProcess{}
+	}
+	st.SchemaVersion = inventory.SchemaVersion
+	return st, nil
+}
+
+// Load reads the state file at path. A missing file gives an empty state
+// and no error. A file that cannot be parsed is renamed to
+// <path>.corrupt-<UTC timestamp> and an empty state is returned together with
+// an error that says so; the caller logs it and carries on.
+func Load(path string) (inventory.State, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return inventory.Empty(), nil
+	}
+	if err != nil {
+		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
+	}
+	st, perr := Parse(b)
+	if perr == nil {
+		return st, nil
+	}
+	aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(path, aside); err != nil {
+		return inventory.Empty(), fmt.Errorf("state file %s is corrupt (%v) and could not be moved aside: %w", path, perr, err)
+	}
+	return inventory.Empty(), fmt.Errorf("state file %s is corrupt (%v); moved to %s, starting fresh", path, perr, aside)
+}
+
+// Encode renders the state as the file's bytes: indent-2 JSON, ASCII only.
+func Encode(st inventory.State) ([]byte, error) {
+	b, err := inventory.MarshalASCII(st, "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// Save writes st to path atomically: a temporary file in the same
+// directory, fsync, rename over path, fsync of the directory. A reader sees
+// the old file or the new one, never a mix.
+func Save(path string, st inventory.State) error {
+	b, err := Encode(st)
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	return WriteAtomic(path, b, Mode)
+}
+
+// WriteAtomic replaces path with data, atomically and durably.
+func WriteAtomic(path string, data []byte, mode os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Chmod(mode); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, derr := os.Open(dir)
+	if derr != nil {
+		return derr
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// CleanTemps removes temporary files a killed writer left next to path.
+func CleanTemps(path string) {
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	for _, m := range matches {
+		if strings.Contains(filepath.Base(m), ".tmp-") {
+			os.Remove(m)
+		}
+	}
+}

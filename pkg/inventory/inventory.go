@@ -1,0 +1,216 @@
+// Package inventory holds the public types of ds01-detectord's state file,
+// /var/lib/ds01/workload-inventory.json. Other programs import it to read the
+// file. The layout is a superset of the Python scanner's (REFERENCE §1.3):
+// every key that scanner wrote is still here with the same name and type.
+package inventory
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// SchemaVersion is the version of the state file this package writes.
+// Files without a schema_version were written by the Python scanner and are
+// read as version 1.
+const SchemaVersion = 2
+
+// DefaultPath is where the daemon keeps its state file.
+const DefaultPath = "/var/lib/ds01/workload-inventory.json"
+
+// State is the whole state file.
+type State struct {
+	LastScan         *Time                  `json:"last_scan"`
+	Containers       map[string]Container   `json:"containers"`
+	HostProcesses    map[string]HostProcess `json:"host_processes"`
+	PendingProcesses map[string]HostProcess `json:"_pending_processes"`
+
+	// Added by ds01-detectord.
+	SchemaVersion int     `json:"schema_version"`
+	Sources       Sources `json:"sources"`
+}
+
+// Empty returns a state with no workloads and all maps allocated.
+func Empty() State {
+	return State{
+		Containers:       map[string]Container{},
+		HostProcesses:    map[string]HostProcess{},
+		PendingProcesses: map[string]HostProcess{},
+		SchemaVersion:    SchemaVersion,
+	}
+}
+
+// Container is one Docker container, running or not. The first nine fields
+// are the reference's, in its order.
+type Container struct {
+	ID         string   `json:"id"` // first 12 hex characters of the container ID
+	Name       string   `json:"name"`
+	Origin     string   `json:"origin"` // ds01-managed, devcontainer, compose or raw-docker
+	User       string   `json:"user"`
+	HasGPU     bool     `json:"has_gpu"`
+	GPUDevices []string `json:"gpu_devices"`
+	Status     string   `json:"status"` // Docker State.Status
+	Image      string   `json:"image"`
+	DetectedAt Time     `json:"detected_at"` // when the detector first saw it
+
+	// Added by ds01-detectord.
+	FullID     string   `json:"full_id"`
+	UserSource string   `json:"user_source"` // which signal decided User
+	GPUAccess  []string `json:"gpu_access"`  // mechanisms that grant GPU access; empty when none
+	Pid        int      `json:"pid"`         // host PID of the init process, 0 when not running
+	CreatedAt  *Time    `json:"created_at"`
+}
+
+// GPU access mechanisms, as recorded in Container.GPUAccess.
+const (
+	AccessNvidiaRuntime = "nvidia-runtime" // nvidia runtime with NVIDIA_VISIBLE_DEVICES set
+	AccessDeviceRequest = "device-request" // --gpus / DeviceRequests
+	AccessCDI           = "cdi"            // CDI device nvidia.com/gpu=…
+	AccessDeviceNode    = "device-node"    // --device /dev/nvidia*
+	AccessPrivileged    = "privileged"     // --privileged sees every device
+)
+
+// Origins.
+const (
+	OriginManaged      = "ds01-managed"
+	OriginDevcontainer = "devcontainer"
+	OriginCompose      = "compose"
+	OriginRawDocker    = "raw-docker"
+)
+
+// HostProcess is a process using a GPU outside any container. The first six
+// fields are the reference's.
+type HostProcess struct {
+	Pid         int    `json:"pid"`
+	User        string `json:"user"`
+	Cmdline     string `json:"cmdline"`
+	GPUMemoryMB *int64 `json:"gpu_memory_mb"` // null when NVML cannot tell
+	GPUUUID     string `json:"gpu_uuid"`
+	DetectedAt  *Time  `json:"detected_at,omitempty"` // absent in _pending_processes
+
+	// Added by ds01-detectord.
+	UserSource string   `json:"user_source,omitempty"`
+	GPUIndex   int      `json:"gpu_index"`
+	MIG        *MIGInfo `json:"mig,omitempty"`
+	StartTime  uint64   `json:"start_time,omitempty"` // /proc/<pid>/stat field 22, tells PID reuse apart
+}
+
+// GPUProcess is one process seen on a GPU, wherever it lives.
+type GPUProcess struct {
+	Pid         int      `json:"pid"`
+	GPUIndex    int      `json:"gpu_index"`
+	GPUUUID     string   `json:"gpu_uuid"`
+	MIG         *MIGInfo `json:"mig,omitempty"`
+	GPUMemoryMB *int64   `json:"gpu_memory_mb"`
+	Kind        string   `json:"kind"` // container, host-process, other-runtime or unknown
+	ContainerID string   `json:"container_id,omitempty"`
+	User        string   `json:"user"`
+	UserSource  string   `json:"user_source,omitempty"`
+}
+
+// MIGInfo identifies a MIG device.
+type MIGInfo struct {
+	UUID              string `json:"uuid"`
+	GPUInstanceID     int    `json:"gpu_instance_id"`
+	ComputeInstanceID int    `json:"compute_instance_id"`
+}
+
+// Sources reports the health of each input of the last cycle.
+type Sources struct {
+	Docker SourceHealth `json:"docker"`
+	GPU    SourceHealth `json:"gpu"`
+}
+
+// SourceHealth is the health of one input.
+type SourceHealth struct {
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	LastOK *Time  `json:"last_ok"`
+}
+
+// Time is a UTC instant written the way the reference wrote it:
+// 2026-02-04T10:30:00.123456Z, with the fraction left out when the
+// microseconds are exactly zero (Python's isoformat).
+type Time struct{ time.Time }
+
+// NewTime truncates t to microseconds and converts it to UTC.
+func NewTime(t time.Time) Time { return Time{t.UTC().Truncate(time.Microsecond)} }
+
+// TimePtr is NewTime returning a pointer.
+func TimePtr(t time.Time) *Time { v := NewTime(t); return &v }
+
+// String formats the time in the reference's format.
+func (t Time) String() string {
+	u := t.UTC()
+	if u.Nanosecond()/1000 == 0 {
+		return u.Format("2006-01-02T15:04:05Z")
+	}
+	return u.Format("2006-01-02T15:04:05.000000Z")
+}
+
+// MarshalJSON implements json.Marshaler.
+func (t Time) MarshalJSON() ([]byte, error) { return []byte(`"` + t.String() + `"`), nil }
+
+// UnmarshalJSON accepts any RFC 3339 time.
+func (t *Time) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("time: %w", err)
+	}
+	v, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return err
+	}
+	*t = NewTime(v)
+	return nil
+}
+
+// MarshalASCII encodes v as JSON the way Python's json.dumps does by default:
+// every non-ASCII character becomes a \uXXXX escape, while <, > and & stay
+// literal. Invalid UTF-8 becomes U+FFFD. The output is pure printable ASCII,
+// so it cannot carry terminal escape sequences or raw newlines.
+func MarshalASCII(v any, indent string) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if indent != "" {
+		enc.SetIndent("", indent)
+	}
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	return escapeNonASCII(b), nil
+}
+
+func escapeNonASCII(b []byte) []byte {
+	ascii := true
+	for _, c := range b {
+		if c >= 0x7f {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return b
+	}
+	var sb strings.Builder
+	sb.Grow(len(b) + 16)
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		b = b[size:]
+		switch {
+		case r < 0x7f:
+			sb.WriteByte(byte(r))
+		case r < 0x10000:
+			fmt.Fprintf(&sb, `\u%04x`, r)
+		default:
+			r -= 0x10000
+			fmt.Fprintf(&sb, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
+		}
+	}
+	return []byte(sb.String())
+}
