@@ -298,4 +298,3 @@ func (s Summary) StatusLine() string {
 	}
 	return line
 }
-

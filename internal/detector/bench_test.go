@@ -1,0 +1,47 @@
+package detector
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+)
+
+// BenchmarkScanCycle measures one steady cycle (list, inspect, classify,
+// diff, state write) against a real private dockerd holding 200
+// containers, half running, some with GPU requests.
+func BenchmarkScanCycle(b *testing.B) {
+	d, err := dockertest.Start(dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, NvidiaHook: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Cleanup()
+	ctx := context.Background()
+	if err := d.BuildImages(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		s := dockertest.Spec{Name: fmt.Sprintf("bench-%03d", i), Start: i%2 == 0,
+			Labels: map[string]string{"ds01.managed": "true", "ds01.user": fmt.Sprintf("user%d", i%7)}}
+		if i%5 == 0 {
+			s.Host.DeviceRequests = []container.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+		}
+		if _, err := d.Create(ctx, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := newRig(b, d)
+	if s := r.det.Cycle(ctx); s.Containers != 200 {
+		b.Fatalf("cold cycle saw %d containers: %s", s.Containers, s.DockerError)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if s := r.det.Cycle(ctx); s.Containers != 200 || s.Events != 0 {
+			b.Fatalf("steady cycle: %d containers, %d events", s.Containers, s.Events)
+		}
+	}
+	b.ReportMetric(200, "containers")
+}

@@ -1,0 +1,156 @@
+package statefile
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// A file exactly as the Python scanner wrote it (REFERENCE §1.3).
+const referenceFile = `{
+  "last_scan": "2026-02-04T10:30:00.123456Z",
+  "containers": {
+    "abc123def456": {
+      "id": "abc123def456",
+      "name": "alice-proj._.1001",
+      "origin": "ds01-managed",
+      "user": "alice",
+      "has_gpu": true,
+      "gpu_devices": ["0.0,0.1"],
+      "status": "running",
+      "image": "ds01/pytorch:latest",
+      "detected_at": "2026-02-04T10:00:00Z"
+    }
+  },
+  "host_processes": {
+    "4242": {"pid": 4242, "user": "bob", "cmdline": "python train.py", "gpu_memory_mb": 2048, "gpu_uuid": "GPU-5d1c", "detected_at": "2026-02-04T10:29:00.5Z"}
+  },
+  "_pending_processes": {
+    "4343": {"pid": 4343, "user": "carol", "cmdline": "python x.py", "gpu_memory_mb": 10, "gpu_uuid": "GPU-5d1c"}
+  }
+}`
+
+func TestLoadReferenceFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "s.json")
+	os.WriteFile(p, []byte(referenceFile), 0o644)
+	st, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := st.Containers["abc123def456"]
+	if c.User != "alice" || !c.HasGPU || c.DetectedAt.String() != "2026-02-04T10:00:00Z" {
+		t.Errorf("container %+v", c)
+	}
+	if hp := st.HostProcesses["4242"]; hp.Pid != 4242 || *hp.GPUMemoryMB != 2048 || hp.DetectedAt.String() != "2026-02-04T10:29:00.500000Z" {
+		t.Errorf("host process %+v", hp)
+	}
+	if _, ok := st.PendingProcesses["4343"]; !ok || st.SchemaVersion != inventory.SchemaVersion {
+		t.Errorf("pending or schema wrong: %+v", st)
+	}
+}
+
+func TestLoadMissingIsEmpty(t *testing.T) {
+	st, err := Load(filepath.Join(t.TempDir(), "none.json"))
+	if err != nil || len(st.Containers) != 0 || st.Containers == nil {
+		t.Fatal(st, err)
+	}
+}
+
+func TestLoadCorruptMovesAside(t *testing.T) {
+	for name, body := range map[string]string{
+		"torn":           referenceFile[:200],
+		"list":           `[1,2]`,
+		"unknown schema": `{"schema_version": 99, "containers": {}}`,
+		"wrong type":     `{"containers": {"a": {"id": 5}}}`,
+		"key mismatch":   `{"containers": {"a": {"id": "b"}}}`,
+		"no containers":  `{"last_scan": null}`,
+	} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "s.json")
+		os.WriteFile(p, []byte(body), 0o644)
+		st, err := Load(p)
+		if err == nil || len(st.Containers) != 0 {
+			t.Errorf("%s: err %v, state %+v", name, err, st)
+			continue
+		}
+		aside, _ := filepath.Glob(p + ".corrupt-*")
+		if len(aside) != 1 {
+			t.Errorf("%s: moved-aside files %v", name, aside)
+			continue
+		}
+		if b, _ := os.ReadFile(aside[0]); string(b) != body {
+			t.Errorf("%s: moved file changed", name)
+		}
+		if !strings.Contains(err.Error(), aside[0]) {
+			t.Errorf("%s: error does not name the new path: %v", name, err)
+		}
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s: corrupt file still in place", name)
+		}
+	}
+}
+
+func TestSaveRoundTripAndMode(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s.json")
+	st := inventory.Empty()
+	st.LastScan = inventory.TimePtr(time.Date(2026, 2, 4, 10, 30, 0, 123456789, time.UTC))
+	st.Containers["abc"] = inventory.Container{ID: "abc", Name: "ø\x1b", GPUDevices: []string{}, GPUAccess: []string{}}
+	if err := Save(p, st); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	if !strings.Contains(string(b), `"last_scan": "2026-02-04T10:30:00.123456Z"`) || !strings.Contains(string(b), `"name": "\u00f8\u001b"`) {
+		t.Errorf("encoding: %s", b)
+	}
+	fi, _ := os.Stat(p)
+	if fi.Mode().Perm() != Mode {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	got, err := Load(p)
+	if err != nil || got.Containers["abc"].Name != "ø\x1b" {
+		t.Fatal(got, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".s.json.tmp-*")); len(left) != 0 {
+		t.Errorf("temp files left: %v", left)
+	}
+}
+
+func TestSaveFailureKeepsOldFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s.json")
+	if err := Save(p, inventory.Empty()); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(p)
+	// A directory squatting on the name makes the rename fail after the
+	// temporary file was written: the error must surface and the temp go.
+	blocked := filepath.Join(dir, "blocked.json")
+	os.MkdirAll(filepath.Join(blocked, "x"), 0o755)
+	if err := WriteAtomic(blocked, []byte("new"), Mode); err == nil {
+		t.Fatal("rename over a directory succeeded")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".blocked.json.tmp-*")); len(left) != 0 {
+		t.Errorf("temp files left: %v", left)
+	}
+	if after, _ := os.ReadFile(p); string(before) != string(after) {
+		t.Error("unrelated file changed")
+	}
+}
+
+func TestCleanTemps(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s.json")
+	os.WriteFile(filepath.Join(dir, ".s.json.tmp-123"), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, "other"), nil, 0o600)
+	CleanTemps(p)
+	left, _ := filepath.Glob(filepath.Join(dir, "*"))
+	all, _ := filepath.Glob(filepath.Join(dir, ".*"))
+	if len(left) != 1 || len(all) != 0 {
+		t.Errorf("left %v %v", left, all)
+	}
+}
