@@ -103,6 +103,9 @@ func Save(path string, st inventory.State) error {
 // WriteAtomic replaces path with data, atomically and durably.
 func WriteAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o775); err != nil {
+		return err
+	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err

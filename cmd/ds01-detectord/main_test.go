@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{"--bogus"},
+		{"--interval", "soon"},
+		{"--interval", "0s"},
+		{"--dry-run"},
+		{"--log-level", "loud", "--once"},
+		{"--log-format", "xml", "--once"},
+		{"extra-arg"},
+	} {
+		var out, errb bytes.Buffer
+		if rc := run(args, &out, &errb); rc != 2 {
+			t.Errorf("%v: exit %d, want 2", args, rc)
+		}
+		if errb.Len() == 0 {
+			t.Errorf("%v: no message on stderr", args)
+		}
+	}
+	var out, errb bytes.Buffer
+	if rc := run([]string{"-h"}, &out, &errb); rc != 0 || !strings.Contains(errb.String(), "--once") && !strings.Contains(errb.String(), "-once") {
+		t.Errorf("-h: exit %d, %q", rc, errb.String())
+	}
+	out.Reset()
+	if rc := run([]string{"--version"}, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "ds01-detectord ") {
+		t.Errorf("--version: exit %d, %q", rc, out.String())
+	}
+}
+
+func TestOnce(t *testing.T) {
+	d, err := dockertest.Start(dockertest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Cleanup()
+	ctx := context.Background()
+	if err := d.BuildImages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.Create(ctx, dockertest.Spec{Name: "once", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	state, events := filepath.Join(dir, "lib", "state.json"), filepath.Join(dir, "log", "events.jsonl")
+	args := []string{"--docker-host", d.Host, "--state-file", state, "--events-file", events, "--log-format", "console", "--once"}
+
+	// --dry-run prints the inventory and writes nothing.
+	var out, errb bytes.Buffer
+	if rc := run(append(args, "--dry-run"), &out, &errb); rc != 0 {
+		t.Fatalf("dry run exit %d: %s", rc, errb.String())
+	}
+	var st inventory.State
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("dry-run output is not the inventory: %v\n%s", err, out.String())
+	}
+	if c := st.Containers[id[:12]]; c.User != "alice" || c.Status != "running" || !st.Sources.Docker.OK {
+		t.Errorf("dry-run inventory: %+v", st)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "lib")); !os.IsNotExist(err) {
+		t.Error("dry run created the state directory")
+	}
+	if _, err := os.Stat(events); !os.IsNotExist(err) {
+		t.Error("dry run wrote events")
+	}
+
+	// --once writes both; a second run with nothing changed adds no event.
+	for i := 0; i < 2; i++ {
+		if rc := run(args, &out, &errb); rc != 0 {
+			t.Fatalf("once #%d exit %d: %s", i, rc, errb.String())
+		}
+	}
+	b, err := os.ReadFile(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], `"detection.container_discovered"`) {
+		t.Errorf("events after two runs: %q", b)
+	}
+	if _, err := os.Stat(state); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestOnceWithoutDockerStillWrites(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.json")
+	var out, errb bytes.Buffer
+	rc := run([]string{"--docker-host", "unix://" + filepath.Join(dir, "none.sock"), "--state-file", state,
+		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once"}, &out, &errb)
+	if rc != 0 {
+		t.Fatalf("exit %d", rc)
+	}
+	b, _ := os.ReadFile(state)
+	var st inventory.State
+	if err := json.Unmarshal(b, &st); err != nil || st.Sources.Docker.OK || st.Sources.Docker.Error == "" {
+		t.Fatalf("state %s, err %v", b, err)
+	}
+}
