@@ -16,12 +16,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/detector"
 	"github.com/ds01/ds01-detectord/internal/dockersrc"
+	"github.com/ds01/ds01-detectord/internal/gpu"
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/procfs"
 	"github.com/ds01/ds01-detectord/internal/service"
@@ -34,8 +37,15 @@ import (
 // version is set by the Makefile with -ldflags.
 var version = "dev"
 
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
 type config struct {
 	stateFile, eventsFile, dockerHost, procRoot string
+	nvmlLibrary                                 string
+	excludeProcesses                            listFlag
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
 	once, dryRun, showVersion                   bool
@@ -48,6 +58,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.stateFile, "state-file", inventory.DefaultPath, "state file (workload inventory) to rewrite each cycle")
 	fs.StringVar(&c.eventsFile, "events-file", event.DefaultPath, "JSONL event log to append transitions to")
 	fs.StringVar(&c.dockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+	fs.StringVar(&c.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)")
+	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the reference's system list; repeatable")
 	fs.StringVar(&c.procRoot, "proc-root", "/proc", "procfs root (tests point it at fixture trees)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", logging.FormatAuto, "auto (journal under systemd, else console), console, json or journal")
@@ -129,9 +141,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer docker.Close()
 
+	var nvmlOpts []nvml.LibraryOption
+	if c.nvmlLibrary != "" {
+		nvmlOpts = append(nvmlOpts, nvml.WithLibraryPath(c.nvmlLibrary))
+	}
+	gpus := gpu.New(nvml.New(nvmlOpts...))
+	defer gpus.Close()
+
 	det := detector.New(detector.Config{
 		StatePath: c.stateFile, EventsPath: c.eventsFile, DryRun: c.dryRun,
-		Docker: docker, Proc: procfs.New(c.procRoot), Users: userdb.New(5 * time.Minute).Lookup,
+		Docker: docker, GPU: gpus, ExtraExcluded: c.excludeProcesses, Proc: procfs.New(c.procRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		Log: log,
 	})
 

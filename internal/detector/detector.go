@@ -7,6 +7,7 @@ package detector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/dockersrc"
 	"github.com/ds01/ds01-detectord/internal/eventlog"
+	"github.com/ds01/ds01-detectord/internal/gpu"
 	"github.com/ds01/ds01-detectord/internal/procfs"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -33,22 +35,27 @@ type Config struct {
 	EventsPath string
 	DryRun     bool // write nothing; Cycle returns the state for printing
 	Docker     Containers
+	GPU        GPUs // nil: no GPU source
 	Proc       procfs.FS
-	Users      classify.Resolver
-	Log        *zap.Logger
-	Now        func() time.Time
+	// ExtraExcluded adds process names to DefaultExcluded.
+	ExtraExcluded []string
+	Users         classify.Resolver
+	Log           *zap.Logger
+	Now           func() time.Time
 }
 
 // Detector carries the reported view from one cycle to the next.
 type Detector struct {
 	cfg Config
 
-	reported inventory.State // the last state whose transitions were queued
-	pending  [][]byte        // encoded event lines not yet appended
+	reported      inventory.State // the last state whose transitions were queued
+	pending       [][]byte        // encoded event lines not yet appended
+	excludedNames []string
 
 	// last errors, so that a failure is logged once when it starts and once
 	// when it ends, not every cycle
 	stateErr, eventsErr string
+	sourceErr           map[string]string
 }
 
 // Summary describes one finished cycle.
@@ -84,7 +91,7 @@ func New(cfg Config) *Detector {
 	if !cfg.DryRun {
 		statefile.CleanTemps(cfg.StatePath)
 	}
-	return &Detector{cfg: cfg, reported: st}
+	return &Detector{cfg: cfg, reported: st, sourceErr: map[string]string{}, excludedNames: append(append([]string{}, DefaultExcluded...), cfg.ExtraExcluded...)}
 }
 
 // Reported returns the current reported view (read-only use).
@@ -103,19 +110,45 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 
 	var events []queued
 	list, err := d.cfg.Docker.List(ctx)
+	next.Sources.Docker = d.health("docker", prev.Sources.Docker, err, start)
+	next.Containers = make(map[string]inventory.Container, len(prev.Containers))
 	if err != nil {
-		if prev.Sources.Docker.OK || prev.LastScan == nil || prev.Sources.Docker.Error == "" {
-			log.Warn("docker source failed; keeping last known containers", zap.Error(err))
+		for k, c := range prev.Containers { // keep the last known containers
+			next.Containers[k] = c
 		}
-		next.Sources.Docker = inventory.SourceHealth{OK: false, Error: err.Error(), LastOK: prev.Sources.Docker.LastOK}
-		next.Containers = prev.Containers
 	} else {
-		if !prev.Sources.Docker.OK && prev.Sources.Docker.Error != "" {
-			log.Info("docker source recovered")
-		}
-		next.Sources.Docker = inventory.SourceHealth{OK: true, LastOK: inventory.TimePtr(start)}
 		next.Containers = d.buildContainers(list, prev.Containers, start)
 		events = append(events, diffContainers(prev.Containers, next.Containers)...)
+	}
+
+	var procs []gpu.Process
+	err = errNoGPUSource
+	if d.cfg.GPU != nil {
+		procs, err = d.cfg.GPU.Processes(ctx)
+	}
+	next.Sources.GPU = d.health("gpu", prev.Sources.GPU, err, start)
+	if err != nil { // keep what was known of GPU use
+		for k, c := range next.Containers {
+			if o, ok := prev.Containers[k]; ok {
+				c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = o.GPUProcesses, o.GPUMemoryMB, o.GPUWithoutAccess
+				next.Containers[k] = c
+			}
+		}
+		next.OtherGPUProcesses = prev.OtherGPUProcesses
+	} else {
+		for k, c := range next.Containers {
+			c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = []inventory.GPUProcess{}, nil, false
+			next.Containers[k] = c
+		}
+		var seen map[string]inventory.HostProcess
+		seen, next.OtherGPUProcesses = d.attribute(procs, next.Containers)
+		var hostEvents []queued
+		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, start)
+		events = append(events, hostEvents...)
+		d.warnGPUWithoutAccess(prev.Containers, next.Containers)
+	}
+	if next.OtherGPUProcesses == nil {
+		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
 	now := d.cfg.Now()
 	next.LastScan = inventory.TimePtr(now)
@@ -170,6 +203,39 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 	return sum
 }
 
+var errNoGPUSource = errors.New("no GPU source configured")
+
+// health records a source's result, logging a warning when it starts
+// failing (or fails differently) and a line when it recovers: once per
+// change, not every cycle.
+func (d *Detector) health(name string, prev inventory.SourceHealth, err error, now time.Time) inventory.SourceHealth {
+	last := d.sourceErr[name]
+	if err != nil {
+		if last != err.Error() {
+			d.cfg.Log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
+			d.sourceErr[name] = err.Error()
+		}
+		return inventory.SourceHealth{OK: false, Error: err.Error(), LastOK: prev.LastOK}
+	}
+	if last != "" {
+		d.cfg.Log.Info(name+" source recovered", zap.String("source", name))
+		delete(d.sourceErr, name)
+	}
+	return inventory.SourceHealth{OK: true, LastOK: inventory.TimePtr(now)}
+}
+
+// warnGPUWithoutAccess logs once when a container starts using a GPU its
+// configuration does not grant.
+func (d *Detector) warnGPUWithoutAccess(prev, cur map[string]inventory.Container) {
+	for _, k := range sortedKeys(cur) {
+		c := cur[k]
+		if c.GPUWithoutAccess && !prev[k].GPUWithoutAccess {
+			d.cfg.Log.Warn("container uses a GPU its configuration does not grant",
+				zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("user", c.User))
+		}
+	}
+}
+
 // noteErr logs a failure when it starts or changes and a recovery when it
 // ends, and returns the new remembered error text.
 func (d *Detector) noteErr(what string, err error, last string, fields ...zap.Field) string {
@@ -204,6 +270,7 @@ func (d *Detector) buildContainers(list []dockersrc.Container, prev map[string]i
 			User: user, HasGPU: hasGPU, GPUDevices: classify.GPUDevices(in, hasGPU),
 			Status: c.Status, Image: c.Image, DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
+			GPUProcesses: []inventory.GPUProcess{},
 		}
 		if !c.Created.IsZero() {
 			e.CreatedAt = inventory.TimePtr(c.Created)

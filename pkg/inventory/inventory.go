@@ -31,15 +31,19 @@ type State struct {
 	// Added by ds01-detectord.
 	SchemaVersion int     `json:"schema_version"`
 	Sources       Sources `json:"sources"`
+	// OtherGPUProcesses are GPU processes in containers of another runtime
+	// (podman, containerd, CRI-O), or whose /proc entry could not be read.
+	OtherGPUProcesses []GPUProcess `json:"other_gpu_processes"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
 func Empty() State {
 	return State{
-		Containers:       map[string]Container{},
-		HostProcesses:    map[string]HostProcess{},
-		PendingProcesses: map[string]HostProcess{},
-		SchemaVersion:    SchemaVersion,
+		Containers:        map[string]Container{},
+		HostProcesses:     map[string]HostProcess{},
+		PendingProcesses:  map[string]HostProcess{},
+		SchemaVersion:     SchemaVersion,
+		OtherGPUProcesses: []GPUProcess{},
 	}
 }
 
@@ -62,6 +66,15 @@ type Container struct {
 	GPUAccess  []string `json:"gpu_access"`  // mechanisms that grant GPU access; empty when none
 	Pid        int      `json:"pid"`         // host PID of the init process, 0 when not running
 	CreatedAt  *Time    `json:"created_at"`
+
+	// GPU use, from NVML: one entry per process and GPU.
+	GPUProcesses []GPUProcess `json:"gpu_processes"`
+	// GPUMemoryMB totals the known memory of GPUProcesses; null when the
+	// container has no GPU process (ds01-workloads --gpu-only reads it).
+	GPUMemoryMB *int64 `json:"gpu_memory_mb"`
+	// GPUWithoutAccess flags a container that uses a GPU although its
+	// configuration grants none.
+	GPUWithoutAccess bool `json:"gpu_without_access"`
 }
 
 // GPU access mechanisms, as recorded in Container.GPUAccess.
@@ -92,23 +105,31 @@ type HostProcess struct {
 	DetectedAt  *Time  `json:"detected_at,omitempty"` // absent in _pending_processes
 
 	// Added by ds01-detectord.
-	UserSource string   `json:"user_source,omitempty"`
-	GPUIndex   int      `json:"gpu_index"`
-	MIG        *MIGInfo `json:"mig,omitempty"`
-	StartTime  uint64   `json:"start_time,omitempty"` // /proc/<pid>/stat field 22, tells PID reuse apart
+	UID       uint32   `json:"uid"`
+	StartTime uint64   `json:"start_time"` // /proc/<pid>/stat field 22: with pid, the identity
+	GPUIndex  int      `json:"gpu_index"`
+	MIG       *MIGInfo `json:"mig"`
+	FirstSeen *Time    `json:"first_seen,omitempty"` // first sighting; detected_at copies it on confirmation
 }
 
-// GPUProcess is one process seen on a GPU, wherever it lives.
+// GPUProcess is one process on one GPU or MIG device, inside a container.
 type GPUProcess struct {
 	Pid         int      `json:"pid"`
 	GPUIndex    int      `json:"gpu_index"`
-	GPUUUID     string   `json:"gpu_uuid"`
-	MIG         *MIGInfo `json:"mig,omitempty"`
+	GPUUUID     string   `json:"gpu_uuid"` // the physical GPU
+	MIG         *MIGInfo `json:"mig"`
 	GPUMemoryMB *int64   `json:"gpu_memory_mb"`
-	Kind        string   `json:"kind"` // container, host-process, other-runtime or unknown
-	ContainerID string   `json:"container_id,omitempty"`
-	User        string   `json:"user"`
-	UserSource  string   `json:"user_source,omitempty"`
+	// OutsideGPUDevices: the process runs on a GPU that is not among the
+	// container's gpu_devices.
+	OutsideGPUDevices bool `json:"outside_gpu_devices,omitempty"`
+
+	// Only in other_gpu_processes.
+	Runtime     string  `json:"runtime,omitempty"` // podman, containerd, cri-o, docker, unknown
+	ContainerID string  `json:"container_id,omitempty"`
+	User        string  `json:"user,omitempty"`
+	UID         *uint32 `json:"uid,omitempty"`
+	Cmdline     string  `json:"cmdline,omitempty"`
+	Error       string  `json:"error,omitempty"` // why it could not be attributed
 }
 
 // MIGInfo identifies a MIG device.
