@@ -1,0 +1,85 @@
+// Package gputest builds NVML mocks for tests from go-nvml's own
+// pkg/nvml/mock servers (dgxh100 and friends), with process lists and MIG
+// devices filled in.
+package gputest
+
+import (
+	"fmt"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+)
+
+// MiB is one mebibyte in NVML's byte units.
+const MiB = 1 << 20
+
+// Unknown is NVML's "not available" memory value.
+const Unknown = ^uint64(0)
+
+// MIG describes one MIG device to add to a GPU.
+type MIG struct {
+	UUID     string
+	GI, CI   int
+	Compute  []nvml.ProcessInfo
+	Graphics []nvml.ProcessInfo
+}
+
+// H100 returns an 8-GPU DGX H100 mock whose GPUs have no processes.
+func H100() *server.Server {
+	s := dgxh100.New()
+	for i := range s.Devices {
+		SetProcs(s, i, nil, nil)
+	}
+	return s
+}
+
+// Device returns GPU i of s.
+func Device(s *server.Server, i int) *server.Device { return s.Devices[i].(*server.Device) }
+
+// SetProcs sets the compute and graphics lists of GPU i.
+func SetProcs(s *server.Server, i int, compute, graphics []nvml.ProcessInfo) {
+	d := Device(s, i)
+	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return compute, nvml.SUCCESS }
+	d.GetGraphicsRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return graphics, nvml.SUCCESS }
+}
+
+// SetMIG turns MIG mode on for GPU i and gives it the MIG devices migs, at
+// indexes 0..len-1 of a 7-slot table.
+func SetMIG(s *server.Server, i int, migs ...MIG) {
+	d := Device(s, i)
+	d.MigMode = nvml.DEVICE_MIG_ENABLE
+	handles := make([]nvml.Device, len(migs))
+	for j, m := range migs {
+		m := m
+		handles[j] = &mock.Device{
+			GetUUIDFunc:                     func() (string, nvml.Return) { return m.UUID, nvml.SUCCESS },
+			GetGpuInstanceIdFunc:            func() (int, nvml.Return) { return m.GI, nvml.SUCCESS },
+			GetComputeInstanceIdFunc:        func() (int, nvml.Return) { return m.CI, nvml.SUCCESS },
+			GetComputeRunningProcessesFunc:  func() ([]nvml.ProcessInfo, nvml.Return) { return m.Compute, nvml.SUCCESS },
+			GetGraphicsRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) { return m.Graphics, nvml.SUCCESS },
+		}
+	}
+	d.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 7, nvml.SUCCESS }
+	d.GetMigDeviceHandleByIndexFunc = func(n int) (nvml.Device, nvml.Return) {
+		if n < len(handles) {
+			return handles[n], nvml.SUCCESS
+		}
+		return nil, nvml.ERROR_NOT_FOUND
+	}
+}
+
+// Proc is a process list entry.
+func Proc(pid int, mib uint64) nvml.ProcessInfo {
+	mem := mib * MiB
+	if mib == Unknown {
+		mem = Unknown
+	}
+	return nvml.ProcessInfo{Pid: uint32(pid), UsedGpuMemory: mem}
+}
+
+// MIGUUID makes a MIG UUID for tests.
+func MIGUUID(gpu, idx int) string {
+	return fmt.Sprintf("MIG-%08d-0000-4000-8000-%012d", gpu, idx)
+}
