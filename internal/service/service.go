@@ -31,6 +31,11 @@ type Options struct {
 	Trigger <-chan struct{}
 	// OnCycle, when set, sees every finished cycle.
 	OnCycle func(detector.Summary)
+	// Ticks replaces the interval ticker (tests).
+	Ticks <-chan time.Time
+	// StuckGrace is how long past its deadline a scan may run before the
+	// watchdog pings stop (default 1s).
+	StuckGrace time.Duration
 }
 
 // Run loops until ctx ends or SIGTERM/SIGINT arrives, and returns nil then.
@@ -46,10 +51,17 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 	var scanStart atomic.Int64
 	wdCtx, stopWD := context.WithCancel(ctx)
 	defer stopWD()
-	go watchdog(wdCtx, &scanStart, opt.ScanTimeout, log)
+	if opt.StuckGrace == 0 {
+		opt.StuckGrace = time.Second
+	}
+	go watchdog(wdCtx, &scanStart, opt.ScanTimeout+opt.StuckGrace, log)
 
-	ticker := time.NewTicker(opt.Interval)
-	defer ticker.Stop()
+	ticks := opt.Ticks
+	if ticks == nil {
+		ticker := time.NewTicker(opt.Interval)
+		defer ticker.Stop()
+		ticks = ticker.C
+	}
 	ready := false
 	for {
 		scanCtx, cancel := context.WithTimeout(ctx, opt.ScanTimeout)
@@ -91,11 +103,11 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 
 		// Ticks that fell during the scan are dropped, not queued.
 		select {
-		case <-ticker.C:
+		case <-ticks:
 		default:
 		}
 		select {
-		case <-ticker.C:
+		case <-ticks:
 		case <-hup:
 			log.Info("rescan requested (SIGHUP)")
 		case <-opt.Trigger:
@@ -131,7 +143,7 @@ func report(log *zap.Logger, s detector.Summary, scanErr error) {
 // loop makes progress: idle between scans, or in a scan younger than its
 // deadline. A scan stuck past its deadline stops the pings, and systemd
 // kills and restarts the service after WatchdogSec.
-func watchdog(ctx context.Context, scanStart *atomic.Int64, scanTimeout time.Duration, log *zap.Logger) {
+func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Duration, log *zap.Logger) {
 	every, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || every <= 0 {
 		return
@@ -146,9 +158,9 @@ func watchdog(ctx context.Context, scanStart *atomic.Int64, scanTimeout time.Dur
 		case <-t.C:
 		}
 		s := scanStart.Load()
-		if s != 0 && time.Since(time.Unix(0, s)) > scanTimeout+time.Second {
+		if s != 0 && time.Since(time.Unix(0, s)) > stuckAfter {
 			if !stuck {
-				log.Error("scan stuck past its deadline; withholding watchdog pings", zap.Duration("scan_timeout", scanTimeout))
+				log.Error("scan stuck past its deadline; withholding watchdog pings so that systemd restarts the service", zap.Duration("stuck_after", stuckAfter))
 				stuck = true
 			}
 			continue
