@@ -11,7 +11,15 @@ FUZZTIME ?= 20s
 # go-nvml's cgo preamble warns about every deprecated NVML call; silence it.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build test test-deps run lint bench fuzz clean
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
+SYSCONFDIR  ?= /etc
+
+.PHONY: all build test test-deps run lint bench fuzz clean install uninstall deploy e2e
 
 all: build
 
@@ -20,7 +28,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
-TEST_DEBS := dockerd:docker.io jq:jq
+TEST_DEBS := dockerd:docker.io jq:jq systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
@@ -38,8 +46,16 @@ test-deps:
 		echo "make test: the integration tests start private dockerd instances and must run as root: 'sudo make test'." >&2; exit 1; \
 	fi
 
+# Every test: unit, integration against private dockerd instances, and the
+# end-to-end run under a real systemd (build tag e2e).
 test: test-deps
-	$(GO) test -race -count=1 -timeout 30m $(TEST_PKGS)
+	$(GO) test -race -count=1 -timeout 30m -tags e2e $(TEST_PKGS)
+
+# Only the end-to-end test: boots a Debian tree (debootstrapped once into
+# /var/cache/ds01-e2e) in systemd-nspawn, installs the build into it and
+# drives the unit with systemctl and journalctl.
+e2e: test-deps
+	$(GO) test -count=1 -timeout 10m -tags e2e -v -run TestUnderRealSystemd ./internal/e2e/
 
 # Runs the daemon in the foreground against the local Docker, with its state
 # and events under ./run. Ctrl-C stops it; `kill -HUP` forces a rescan.
@@ -55,6 +71,39 @@ lint:
 
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 30m ./...
+
+# Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles
+# snippet that creates the directories, the README, and a default flags
+# file (kept when it exists).
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/default
+	install -m 0755 $(addprefix bin/,$(BINARIES)) $(DESTDIR)$(BINDIR)/
+	sed 's|/usr/bin/ds01-detectord|$(BINDIR)/ds01-detectord|' systemd/ds01-detectord.service > $(DESTDIR)$(UNITDIR)/ds01-detectord.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ds01-detectord.service
+	install -m 0644 systemd/ds01-detectord.tmpfiles $(DESTDIR)$(TMPFILESDIR)/ds01-detectord.conf
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	[ -e $(DESTDIR)$(SYSCONFDIR)/default/ds01-detectord ] || install -m 0644 systemd/ds01-detectord.default $(DESTDIR)$(SYSCONFDIR)/default/ds01-detectord
+
+# What the old deploy step did, on this host, as root: install, create the
+# state and log directories with their ownership (root:docker 0775), reload
+# systemd, retire the Python scanner's timer and enable --now the daemon.
+deploy: install
+	getent group docker >/dev/null || groupadd --system docker
+	systemd-tmpfiles --create $(TMPFILESDIR)/ds01-detectord.conf
+	systemctl daemon-reload
+	-systemctl disable --now ds01-workload-detector.timer 2>/dev/null
+	systemctl enable --now ds01-detectord.service
+
+# Stops and removes everything install put in place. The state and the
+# event log stay (they are data); PURGE=1 removes /var/lib/ds01's state file too.
+uninstall:
+	-[ -n "$(DESTDIR)" ] || systemctl disable --now ds01-detectord.service 2>/dev/null
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(BINARIES))
+	rm -f $(DESTDIR)$(UNITDIR)/ds01-detectord.service $(DESTDIR)$(TMPFILESDIR)/ds01-detectord.conf
+	rm -f $(DESTDIR)$(SYSCONFDIR)/default/ds01-detectord
+	rm -rf $(DESTDIR)$(DOCDIR)
+	[ -z "$(PURGE)" ] || rm -f $(DESTDIR)/var/lib/ds01/workload-inventory.json
+	-[ -n "$(DESTDIR)" ] || systemctl daemon-reload
 
 clean:
 	rm -rf bin run

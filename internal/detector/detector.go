@@ -181,6 +181,8 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 			log.Warn("event too large; details truncated", zap.String("event_type", q.eventType), zap.Int("original_size", res.OriginalSize))
 		}
 		q.logFields = append(q.logFields, zap.String("event_type", q.eventType))
+		// Only safe text goes into the message (IDs, Docker names, PIDs);
+		// user-controlled strings travel as escaped structured fields.
 		log.Info(q.message, q.logFields...)
 		d.pending = append(d.pending, line)
 	}
@@ -319,7 +321,7 @@ func diffContainers(old, cur map[string]inventory.Container) []queued {
 		switch {
 		case !seen:
 			out = append(out, queued{
-				eventType: event.ContainerDiscovered, user: c.User, message: "container discovered",
+				eventType: event.ContainerDiscovered, user: c.User, message: "container discovered: " + c.ID + " " + c.Name,
 				details: event.ContainerDiscoveredDetails{
 					ContainerID: c.ID, Name: c.Name, Origin: c.Origin, HasGPU: c.HasGPU, Image: c.Image,
 					Status: c.Status, GPUAccess: c.GPUAccess, UserSource: c.UserSource,
@@ -328,7 +330,7 @@ func diffContainers(old, cur map[string]inventory.Container) []queued {
 			})
 		case o.Status != c.Status:
 			out = append(out, queued{
-				eventType: event.ContainerStatusChanged, user: c.User, message: "container status changed",
+				eventType: event.ContainerStatusChanged, user: c.User, message: "container " + c.ID + " " + c.Name + ": " + o.Status + " -> " + c.Status,
 				details: event.ContainerStatusChangedDetails{
 					ContainerID: c.ID, Name: c.Name, OldStatus: o.Status, NewStatus: c.Status,
 				},
@@ -342,7 +344,7 @@ func diffContainers(old, cur map[string]inventory.Container) []queued {
 		}
 		o := old[k]
 		out = append(out, queued{
-			eventType: event.ContainerExited, user: o.User, message: "container removed",
+			eventType: event.ContainerExited, user: o.User, message: "container removed: " + o.ID + " " + o.Name,
 			details:   event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin},
 			logFields: []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), zap.String("user", o.User)},
 		})

@@ -196,7 +196,7 @@ func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.Host
 
 func hostDiscovered(p inventory.HostProcess) queued {
 	return queued{
-		eventType: event.HostProcessDiscovered, user: p.User, message: "host GPU process discovered",
+		eventType: event.HostProcessDiscovered, user: p.User, message: "host GPU process discovered: pid " + strconv.Itoa(p.Pid),
 		details:   event.HostProcessDiscoveredDetails{Pid: p.Pid, Cmdline: p.Cmdline, GPUMemoryMB: p.GPUMemoryMB, GPUUUID: p.GPUUUID, StartTime: p.StartTime},
 		logFields: []zap.Field{zap.Int("pid", p.Pid), zap.String("user", p.User), zap.String("gpu_uuid", p.GPUUUID), zap.String("cmdline", p.Cmdline)},
 	}
@@ -204,7 +204,7 @@ func hostDiscovered(p inventory.HostProcess) queued {
 
 func hostExited(p inventory.HostProcess) queued {
 	return queued{
-		eventType: event.HostProcessExited, user: p.User, message: "host GPU process exited",
+		eventType: event.HostProcessExited, user: p.User, message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
 		details:   event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime},
 		logFields: []zap.Field{zap.Int("pid", p.Pid), zap.String("user", p.User), zap.String("cmdline", p.Cmdline)},
 	}

@@ -136,7 +136,7 @@ func report(log *zap.Logger, s detector.Summary, scanErr error) {
 	if scanErr == context.DeadlineExceeded {
 		fields = append(fields, zap.Bool("deadline_exceeded", true))
 	}
-	log.Info("scan complete", fields...)
+	log.Info("scan complete: "+s.StatusLine(), fields...)
 }
 
 // watchdog pings WATCHDOG=1 at half of WATCHDOG_USEC, but only while the
