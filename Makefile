@@ -4,7 +4,7 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
-BINARIES := ds01-detectord
+BINARIES := ds01-detectord ds01-workloads
 RUNDIR   ?= $(CURDIR)/run
 TEST_PKGS ?= ./...
 FUZZTIME ?= 20s

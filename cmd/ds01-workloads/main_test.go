@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/workloads"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// now is fixed, ten seconds after full.json's last scan.
+var now = time.Date(2026, 2, 4, 10, 30, 10, 0, time.UTC)
+
+func invoke(args []string, tty bool, extraEnv map[string]string) (string, string, int) {
+	var out, errb bytes.Buffer
+	e := env{stdout: &out, stderr: &errb, now: func() time.Time { return now }, isTTY: tty, ctx: context.Background(),
+		getenv: func(k string) string { return extraEnv[k] }}
+	rc := run(args, e)
+	return out.String(), errb.String(), rc
+}
+
+func td(name string) string { return filepath.Join("testdata", name) }
+
+func TestGolden(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		tty  bool
+		env  map[string]string
+	}{
+		{"default", []string{"--state-file", td("full.json")}, false, nil},
+		{"all", []string{"--state-file", td("full.json"), "--all"}, false, nil},
+		{"wide-all", []string{"--state-file", td("full.json"), "--wide", "--all"}, false, nil},
+		{"by-user-all", []string{"--state-file", td("full.json"), "--by-user", "--all"}, false, nil},
+		{"by-user-wide", []string{"--state-file", td("full.json"), "--by-user", "-w"}, false, nil},
+		{"json-gpu-only", []string{"--state-file", td("full.json"), "--json", "--gpu-only"}, false, nil},
+		{"color-tty", []string{"--state-file", td("full.json")}, true, nil},
+		{"no-color-env", []string{"--state-file", td("full.json")}, true, map[string]string{"NO_COLOR": "1"}},
+		{"stale", []string{"--state-file", td("stale.json")}, false, nil},
+		{"failing-source", []string{"--state-file", td("failing.json")}, false, nil},
+		{"reference-format", []string{"--state-file", td("reference.json"), "--all", "--wide"}, false, nil},
+		{"reference-by-user", []string{"--state-file", td("reference.json"), "--by-user"}, false, nil},
+		{"empty-file", []string{"--state-file", td("empty.json")}, false, nil},
+		{"corrupt-file", []string{"--state-file", td("corrupt.json")}, false, nil},
+		{"missing-file", []string{"--state-file", td("nope.json")}, false, nil},
+		{"no-rows", []string{"--state-file", td("full.json"), "--user", "nobody"}, false, nil},
+		{"bad-type", []string{"--state-file", td("full.json"), "--type", "docker"}, false, nil},
+		{"bad-flag", []string{"--frobnicate"}, false, nil},
+		{"concepts", []string{"--concepts"}, false, nil},
+		{"help-concepts", []string{"help", "concepts"}, false, nil},
+		{"events", []string{"events", "--events-file", td("events.jsonl")}, false, nil},
+		{"events-since-until", []string{"events", "--events-file", td("events.jsonl"), "--since", "2026-02-04T09:30:00Z", "--until", "2026-02-04T10:28:00Z"}, false, nil},
+		{"events-since-duration", []string{"events", "--events-file", td("events.jsonl"), "--since", "10m"}, false, nil},
+		{"events-type-user", []string{"events", "--events-file", td("events.jsonl"), "--type", "detection.container", "--user", "alice"}, false, nil},
+		{"events-json", []string{"events", "--events-file", td("events.jsonl"), "--json", "--type", "detection"}, false, nil},
+		{"events-bad-since", []string{"events", "--events-file", td("events.jsonl"), "--since", "yesterday-ish"}, false, nil},
+		{"events-missing", []string{"events", "--events-file", td("nope.jsonl")}, false, nil},
+		{"events-none", []string{"events", "--events-file", td("events.jsonl"), "--user", "zed"}, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errb, rc := invoke(tc.args, tc.tty, tc.env)
+			got := fmt.Sprintf("$ ds01-workloads %s\nexit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(tc.args, " "), rc, out, errb)
+			golden := td(filepath.Join("golden", tc.name+".txt"))
+			if *update {
+				os.MkdirAll(filepath.Dir(golden), 0o755)
+				os.WriteFile(golden, []byte(got), 0o644)
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Errorf("differs from %s:\n%s", golden, got)
+			}
+		})
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		rc   int
+	}{
+		{[]string{"--state-file", td("full.json")}, 0},
+		{[]string{"--state-file", td("full.json"), "--by-user"}, 0}, // the reference exited 1 here
+		{[]string{"--state-file", td("full.json"), "--user", "nobody"}, 0},
+		{[]string{"--state-file", td("missing.json")}, 1},
+		{[]string{"--state-file", td("corrupt.json")}, 1},
+		{[]string{"--state-file", td("empty.json")}, 1},
+		{[]string{"--state-file", td("full.json"), "--type", "x"}, 2},
+		{[]string{"--nope"}, 2},
+		{[]string{"extra"}, 2},
+		{[]string{"--stats"}, 2},
+		{[]string{"-h"}, 0},
+		{[]string{"events", "--since", "bogus"}, 2},
+		{[]string{"events", "--limit", "-1"}, 2},
+	} {
+		if _, _, rc := invoke(tc.args, false, nil); rc != tc.rc {
+			t.Errorf("%v: exit %d, want %d", tc.args, rc, tc.rc)
+		}
+	}
+}
+
+// Every pair of filters, against containers and host processes alike: the
+// JSON rows must be exactly those that satisfy both.
+func TestEveryPairOfFilters(t *testing.T) {
+	type opt struct {
+		flags []string
+		pred  func(w workloads.Workload) bool
+	}
+	running := func(w workloads.Workload) bool { return w.Status == "running" || w.Status == "active" }
+	opts := map[string]opt{
+		"user":     {[]string{"--user", "alice"}, func(w workloads.Workload) bool { return w.User == "alice" }},
+		"user-bob": {[]string{"--user", "bob"}, func(w workloads.Workload) bool { return w.User == "bob" }},
+		"type":     {[]string{"--type", "host-process"}, func(w workloads.Workload) bool { return w.Type == "host-process" }},
+		"type-raw": {[]string{"--type", "raw-docker"}, func(w workloads.Workload) bool { return w.Type == "raw-docker" }},
+		"gpu-only": {[]string{"--gpu-only"}, func(w workloads.Workload) bool { return w.HasGPU || w.GPUMemoryMB != nil }},
+		"all":      {[]string{"--all"}, func(w workloads.Workload) bool { return true }},
+	}
+	st, err := workloads.Load(td("full.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	everything := workloads.Rows(st, now)
+	names := []string{"user", "user-bob", "type", "type-raw", "gpu-only", "all"}
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			if strings.HasPrefix(a, "user") && strings.HasPrefix(b, "user") || strings.HasPrefix(a, "type") && strings.HasPrefix(b, "type") {
+				continue // the same flag twice
+			}
+			args := append(append([]string{"--state-file", td("full.json"), "--json"}, opts[a].flags...), opts[b].flags...)
+			out, errb, rc := invoke(args, false, nil)
+			if rc != 0 {
+				t.Fatalf("%v: exit %d %s", args, rc, errb)
+			}
+			var doc workloads.JSONDoc
+			if err := json.Unmarshal([]byte(out), &doc); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, w := range everything {
+				all := a == "all" || b == "all"
+				if opts[a].pred(w) && opts[b].pred(w) && (all || running(w)) {
+					want = append(want, w.ID)
+				}
+			}
+			var got []string
+			for _, w := range doc.Workloads {
+				got = append(got, w.ID)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s + %s: got %v, want %v", a, b, got, want)
+			}
+			if len(want) == 0 && (a == "user" && b == "gpu-only") {
+				t.Errorf("fixture gives no rows for --user alice --gpu-only")
+			}
+		}
+	}
+	// --user with --gpu-only picks alice's GPU container and nothing of
+	// bob's host process; --user bob --gpu-only picks bob's host process.
+	out, _, _ := invoke([]string{"--state-file", td("full.json"), "--json", "--user", "bob", "--gpu-only", "--type", "host-process"}, false, nil)
+	var doc workloads.JSONDoc
+	json.Unmarshal([]byte(out), &doc)
+	if len(doc.Workloads) != 1 || doc.Workloads[0].ID != "PID:7001" || len(doc.HostProcesses) != 1 || len(doc.Containers) != 0 {
+		t.Errorf("three filters: %+v", doc.Workloads)
+	}
+}
+
+func TestJSONThroughJQRoundTrips(t *testing.T) {
+	if _, err := exec.LookPath("jq"); err != nil {
+		t.Fatal("jq is needed; 'make test' installs it")
+	}
+	out, _, rc := invoke([]string{"--state-file", td("full.json"), "--json", "--all"}, false, nil)
+	if rc != 0 {
+		t.Fatal(rc)
+	}
+	cmd := exec.Command("jq", "-c", ".")
+	cmd.Stdin = strings.NewReader(out)
+	viaJQ, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("jq does not parse --json output: %v", err)
+	}
+	var a, b any
+	json.Unmarshal([]byte(out), &a)
+	json.Unmarshal(viaJQ, &b)
+	if !reflect.DeepEqual(a, b) || a == nil {
+		t.Error("jq round trip changed the document")
+	}
+	cmd = exec.Command("jq", "-r", `[.workloads[] | select(.kind=="host-process") | .user] | join(",")`)
+	cmd.Stdin = strings.NewReader(out)
+	users, err := cmd.Output()
+	if err != nil || strings.TrimSpace(string(users)) != "bob,4242,alice" {
+		t.Errorf("jq over workloads: %q %v", users, err)
+	}
+}
+
+// The real daemon runs --once against a private dockerd; the CLI then reads
+// the state file it wrote.
+func TestAgainstRealDaemonOutput(t *testing.T) {
+	d, err := dockertest.Start(dockertest.Options{NvidiaHook: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Cleanup()
+	ctx := context.Background()
+	if err := d.BuildImages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Create(ctx, dockertest.Spec{Name: "alice-gpu", Start: true, Labels: map[string]string{"ds01.managed": "true", "ds01.user": "alice", "ds01.gpu.allocated": "1"},
+		Host: container.HostConfig{Resources: container.Resources{DeviceRequests: []container.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Create(ctx, dockertest.Spec{Name: "bob-stopped", Labels: map[string]string{"com.docker.compose.project": "p", "com.docker.compose.project.working_dir": "/home/bob/p"}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ds01-detectord")
+	if out, err := exec.Command("go", "build", "-o", bin, "../ds01-detectord").CombinedOutput(); err != nil {
+		t.Fatalf("build daemon: %v\n%s", err, out)
+	}
+	state := filepath.Join(dir, "state.json")
+	if out, err := exec.Command(bin, "--once", "--docker-host", d.Host, "--state-file", state, "--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console").CombinedOutput(); err != nil {
+		t.Fatalf("daemon --once: %v\n%s", err, out)
+	}
+	var out, errb bytes.Buffer
+	e := env{stdout: &out, stderr: &errb, now: time.Now, getenv: func(string) string { return "" }, ctx: ctx}
+	if rc := run([]string{"--state-file", state, "--all"}, e); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	lines := strings.Split(out.String(), "\n")
+	if !strings.HasPrefix(lines[0], "TYPE") || !regexpMatch(`^ds01-managed\s+alice\s+1\s+running\s+\d+s\s+alice-gpu$`, lines) ||
+		!regexpMatch(`^compose\s+bob\s+-\s+created\s+\d+s\s+bob-stopped$`, lines) {
+		t.Errorf("table:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "2 containers (1 with GPU)") || !strings.Contains(out.String(), "WARNING: GPU source failing") {
+		t.Errorf("summary:\n%s", out.String())
+	}
+}
+
+func regexpMatch(re string, lines []string) bool {
+	r := regexp.MustCompile(re)
+	for _, l := range lines {
+		if r.MatchString(l) {
+			return true
+		}
+	}
+	return false
+}

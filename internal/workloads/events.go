@@ -1,0 +1,228 @@
+package workloads
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// ParseTime reads a --since/--until value: RFC 3339 ("2026-02-04T10:30:00Z"),
+// a date ("2026-02-04", local midnight), a local date and time
+// ("2026-02-04 10:30" or with seconds), "now", or a duration back from now
+// ("90m", "2h", "3d").
+func ParseTime(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "now" {
+		return now, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02T15:04:05", "2006-01-02 15:04", "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, now.Location()); err == nil {
+			return t, nil
+		}
+	}
+	if strings.HasSuffix(s, "d") {
+		var n int
+		if _, err := fmt.Sscanf(s, "%dd", &n); err == nil && fmt.Sprintf("%dd", n) == s {
+			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-02-04T10:30:00Z), a date (2026-02-04), a local date and time (2026-02-04 10:30), or a duration back from now (90m, 2h, 3d)", s)
+}
+
+// EventFilter selects event lines.
+type EventFilter struct {
+	Since, Until time.Time // zero: open
+	TypePrefix   string
+	User         string
+}
+
+// Event is one parsed line, kept with its raw bytes.
+type Event struct {
+	Time      time.Time
+	EventType string
+	User      string
+	Source    string
+	Details   json.RawMessage
+	Raw       []byte
+}
+
+// parseEvent reads both the v1 envelope and the older ts/event schema.
+func parseEvent(line []byte) (Event, bool) {
+	var v struct {
+		Timestamp string          `json:"timestamp"`
+		TS        string          `json:"ts"`
+		EventType string          `json:"event_type"`
+		Event     string          `json:"event"`
+		User      json.RawMessage `json:"user"`
+		Source    string          `json:"source"`
+		Details   json.RawMessage `json:"details"`
+	}
+	if err := json.Unmarshal(line, &v); err != nil {
+		return Event{}, false
+	}
+	e := Event{EventType: v.EventType, Source: v.Source, Details: v.Details, Raw: line}
+	if e.EventType == "" {
+		e.EventType = v.Event
+	}
+	ts := v.Timestamp
+	if ts == "" {
+		ts = v.TS
+	}
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return Event{}, false
+	}
+	e.Time = t
+	var u string
+	if json.Unmarshal(v.User, &u) == nil {
+		e.User = u
+	}
+	return e, e.EventType != ""
+}
+
+// Match compares times as times, the type as a prefix, the user exactly.
+func (f EventFilter) Match(e Event) bool {
+	if !f.Since.IsZero() && e.Time.Before(f.Since) {
+		return false
+	}
+	if !f.Until.IsZero() && e.Time.After(f.Until) {
+		return false
+	}
+	if f.TypePrefix != "" && !strings.HasPrefix(e.EventType, f.TypePrefix) {
+		return false
+	}
+	if f.User != "" && e.User != f.User {
+		return false
+	}
+	return true
+}
+
+// EventPrinter writes events as table rows or JSON lines.
+type EventPrinter struct {
+	Out    io.Writer
+	JSON   bool
+	Style  Style
+	header bool
+}
+
+// Print writes one event.
+func (p *EventPrinter) Print(e Event) {
+	if p.JSON {
+		p.Out.Write(append(bytes.TrimSpace(e.Raw), '\n'))
+		return
+	}
+	if !p.header {
+		fmt.Fprintf(p.Out, "%s\n", p.Style.paint(bold, fmt.Sprintf("%-27s %-40s %-16s %s", "TIMESTAMP", "EVENT TYPE", "USER", "DETAILS")))
+		p.header = true
+	}
+	user := e.User
+	if user == "" {
+		user = "-"
+	}
+	details := "-"
+	if len(e.Details) > 0 {
+		details = string(e.Details)
+	}
+	fmt.Fprintf(p.Out, "%-27s %-40s %-16s %s\n", inventory.NewTime(e.Time).String(), cut(e.EventType, 40), cut(user, 16), cut(details, 120))
+}
+
+// ReadEvents prints the matching events of the file, the last limit of
+// them when limit > 0. It returns how many were printed and the offset it
+// read up to.
+func ReadEvents(path string, f EventFilter, limit int, p *EventPrinter) (int, int64, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer fh.Close()
+	var keep []Event
+	var off int64
+	r := bufio.NewReaderSize(fh, 64*1024)
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			off += int64(len(line))
+			if e, ok := parseEvent(line); ok && f.Match(e) {
+				keep = append(keep, e)
+				if limit > 0 && len(keep) > limit {
+					keep = keep[1:]
+				}
+			}
+		}
+		if err != nil {
+			break // a partial last line is left for --follow
+		}
+	}
+	for _, e := range keep {
+		p.Print(e)
+	}
+	return len(keep), off, nil
+}
+
+// Follow prints matching lines appended after offset until ctx ends. It
+// follows logrotate: a truncated file is read from the start, and a
+// replaced file (new inode) is reopened.
+func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *EventPrinter, poll time.Duration) error {
+	var fh *os.File
+	var ino uint64
+	var partial []byte
+	defer func() {
+		if fh != nil {
+			fh.Close()
+		}
+	}()
+	for {
+		if fh == nil {
+			if h, err := os.Open(path); err == nil {
+				fh, ino = h, inode(h)
+				if _, err := fh.Seek(offset, io.SeekStart); err != nil {
+					offset = 0
+					fh.Seek(0, io.SeekStart)
+				}
+			}
+		}
+		if fh != nil {
+			if fi, err := fh.Stat(); err == nil && fi.Size() < offset { // copytruncate
+				offset, partial = 0, nil
+				fh.Seek(0, io.SeekStart)
+			}
+			buf, _ := io.ReadAll(fh)
+			offset += int64(len(buf))
+			buf = append(partial, buf...)
+			for {
+				i := bytes.IndexByte(buf, '\n')
+				if i < 0 {
+					break
+				}
+				if e, ok := parseEvent(buf[:i+1]); ok && f.Match(e) {
+					p.Print(e)
+				}
+				buf = buf[i+1:]
+			}
+			partial = append([]byte(nil), buf...)
+			if st, err := os.Stat(path); err == nil && inodeOf(st) != ino { // renamed away: reopen
+				fh.Close()
+				fh, offset, partial = nil, 0, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(poll):
+		}
+	}
+}

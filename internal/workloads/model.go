@@ -1,0 +1,252 @@
+// Package workloads is the admin's view of the state file: it turns the
+// inventory into rows, filters them, and renders tables, groups and JSON
+// for the ds01-workloads command.
+package workloads
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Kinds of workload.
+const (
+	KindContainer    = "container"
+	KindHostProcess  = "host-process"
+	KindOtherRuntime = "other-runtime"
+)
+
+// Workload is one row: a container, a host GPU process, or a GPU process in
+// another runtime's container. It is also the --json shape.
+type Workload struct {
+	Kind        string   `json:"kind"`
+	Type        string   `json:"type"` // origin for containers, else the kind
+	ID          string   `json:"id"`   // 12-hex container ID, or PID:<pid>
+	Name        string   `json:"name"` // container name, or command line
+	User        string   `json:"user"`
+	UserSource  string   `json:"user_source,omitempty"`
+	Status      string   `json:"status"` // Docker status; active or pending for processes
+	HasGPU      bool     `json:"has_gpu"`
+	GPUAccess   []string `json:"gpu_access"`
+	GPUs        []string `json:"gpus"` // devices (containers) or the GPU a process runs on
+	GPUMemoryMB *int64   `json:"gpu_memory_mb"`
+	Image       string   `json:"image,omitempty"`
+	Pid         int      `json:"pid,omitempty"`
+	DetectedAt  string   `json:"detected_at,omitempty"`
+	AgeSeconds  *int64   `json:"age_seconds"`
+	Flags       []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices
+
+	running bool
+}
+
+// Load reads a state file for display. Unlike the daemon, it never moves a
+// corrupt file aside: it only reports it.
+func Load(path string) (inventory.State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return inventory.State{}, fmt.Errorf("state file %s does not exist: is the detector installed and running? Check 'systemctl status ds01-detectord'", path)
+		}
+		return inventory.State{}, fmt.Errorf("cannot read state file %s: %v (check its permissions; the detector writes it 0644)", path, err)
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return inventory.State{}, fmt.Errorf("state file %s is empty: check 'systemctl status ds01-detectord' and the disk it lives on", path)
+	}
+	st, err := statefile.Parse(b)
+	if err != nil {
+		return inventory.State{}, fmt.Errorf("state file %s is corrupt: %v (check 'journalctl -u ds01-detectord'; the detector rewrites it each cycle)", path, err)
+	}
+	return st, nil
+}
+
+func gpuLabel(idx int, mig *inventory.MIGInfo) string {
+	if mig == nil {
+		return strconv.Itoa(idx)
+	}
+	return fmt.Sprintf("%d/gi%d", idx, mig.GPUInstanceID)
+}
+
+func age(now time.Time, t *inventory.Time) (*int64, string) {
+	if t == nil || t.IsZero() {
+		return nil, ""
+	}
+	s := int64(now.Sub(t.Time) / time.Second)
+	if s < 0 {
+		s = 0
+	}
+	return &s, t.String()
+}
+
+// FormatAge renders seconds the reference's way: Ns, Nm, Nh or Nd, floored.
+func FormatAge(s *int64) string {
+	if s == nil {
+		return "-"
+	}
+	v := *s
+	switch {
+	case v < 60:
+		return fmt.Sprintf("%ds", v)
+	case v < 3600:
+		return fmt.Sprintf("%dm", v/60)
+	case v < 86400:
+		return fmt.Sprintf("%dh", v/3600)
+	}
+	return fmt.Sprintf("%dd", v/86400)
+}
+
+// Rows turns the state into workloads: containers (by name), then host
+// processes and pending ones (by PID), then other runtimes' processes.
+func Rows(st inventory.State, now time.Time) []Workload {
+	var out []Workload
+	keys := make([]string, 0, len(st.Containers))
+	for k := range st.Containers {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := st.Containers[keys[i]], st.Containers[keys[j]]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.ID < b.ID
+	})
+	for _, k := range keys {
+		c := st.Containers[k]
+		w := Workload{
+			Kind: KindContainer, Type: c.Origin, ID: c.ID, Name: c.Name, User: c.User, UserSource: c.UserSource,
+			Status: c.Status, HasGPU: c.HasGPU, GPUAccess: c.GPUAccess, GPUs: c.GPUDevices, GPUMemoryMB: c.GPUMemoryMB,
+			Image: c.Image, Pid: c.Pid, running: c.Status == "running",
+		}
+		w.AgeSeconds, w.DetectedAt = age(now, &c.DetectedAt)
+		// Files from the Python scanner hold a comma list in one element.
+		w.GPUs = []string{}
+		for _, d := range c.GPUDevices {
+			for _, p := range strings.Split(d, ",") {
+				if p = strings.TrimSpace(p); p != "" {
+					w.GPUs = append(w.GPUs, p)
+				}
+			}
+		}
+		if w.GPUAccess == nil {
+			w.GPUAccess = []string{}
+		}
+		if c.GPUWithoutAccess {
+			w.Flags = append(w.Flags, "gpu-without-access")
+		}
+		for _, p := range c.GPUProcesses {
+			if p.OutsideGPUDevices {
+				w.Flags = append(w.Flags, "outside-gpu-devices")
+				break
+			}
+		}
+		out = append(out, w)
+	}
+	out = append(out, processRows(st.HostProcesses, "active", now)...)
+	out = append(out, processRows(st.PendingProcesses, "pending", now)...)
+	for _, p := range st.OtherGPUProcesses {
+		user := p.User
+		if user == "" {
+			user = "unknown"
+		}
+		name := p.Cmdline
+		if p.ContainerID != "" {
+			name = p.Runtime + ":" + shortID(p.ContainerID) + " " + name
+		}
+		out = append(out, Workload{
+			Kind: KindOtherRuntime, Type: KindOtherRuntime, ID: "PID:" + strconv.Itoa(p.Pid), Name: strings.TrimSpace(name),
+			User: user, Status: "active", HasGPU: true, GPUAccess: []string{}, GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)},
+			GPUMemoryMB: p.GPUMemoryMB, Pid: p.Pid, running: true,
+		})
+	}
+	return out
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func processRows(m map[string]inventory.HostProcess, status string, now time.Time) []Workload {
+	pids := make([]int, 0, len(m))
+	byPid := map[int]inventory.HostProcess{}
+	for _, p := range m {
+		pids = append(pids, p.Pid)
+		byPid[p.Pid] = p
+	}
+	sort.Ints(pids)
+	var out []Workload
+	for _, pid := range pids {
+		p := byPid[pid]
+		w := Workload{
+			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
+			UserSource: "process-owner", Status: status, HasGPU: true, GPUAccess: []string{},
+			GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
+		}
+		seen := p.DetectedAt
+		if seen == nil {
+			seen = p.FirstSeen
+		}
+		w.AgeSeconds, w.DetectedAt = age(now, seen)
+		out = append(out, w)
+	}
+	return out
+}
+
+// Filter selects workloads. All set fields must hold (AND), for containers
+// and processes alike.
+type Filter struct {
+	User    string
+	Type    string // an origin, host-process or other-runtime
+	GPUOnly bool
+	All     bool // include stopped containers and pending processes
+}
+
+// Match reports whether w passes f.
+func (f Filter) Match(w Workload) bool {
+	if f.User != "" && w.User != f.User {
+		return false
+	}
+	if f.Type != "" && w.Type != f.Type {
+		return false
+	}
+	if f.GPUOnly && !(w.HasGPU || w.GPUMemoryMB != nil) {
+		return false
+	}
+	if !f.All && !w.running {
+		return false
+	}
+	return true
+}
+
+// Apply returns the workloads that pass f.
+func (f Filter) Apply(ws []Workload) []Workload {
+	out := []Workload{}
+	for _, w := range ws {
+		if f.Match(w) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// GPUCount is how many GPUs a workload holds, for --by-user: its devices
+// when it has GPU access (an "all" container counts one), one per process.
+func GPUCount(w Workload) int {
+	if w.Kind != KindContainer {
+		return 1
+	}
+	if !w.HasGPU {
+		return 0
+	}
+	if len(w.GPUs) == 0 {
+		return 1
+	}
+	return len(w.GPUs)
+}

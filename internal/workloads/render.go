@@ -1,0 +1,333 @@
+package workloads
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Style decides colours.
+type Style struct{ Color bool }
+
+const (
+	green  = "\x1b[0;32m"
+	yellow = "\x1b[1;33m"
+	red    = "\x1b[0;31m"
+	bold   = "\x1b[1m"
+	dim    = "\x1b[2m"
+	reset  = "\x1b[0m"
+)
+
+func (s Style) paint(code, text string) string {
+	if !s.Color || text == "" {
+		return text
+	}
+	return code + text + reset
+}
+
+func typeColor(t string) string {
+	switch t {
+	case inventory.OriginManaged:
+		return green
+	case inventory.OriginDevcontainer, inventory.OriginCompose:
+		return yellow
+	}
+	return red
+}
+
+// clean makes a cell printable on one line: control characters (a user
+// name with a newline or an escape sequence) are shown escaped.
+func clean(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
+}
+
+func cut(s string, n int) string {
+	s = clean(s)
+	if n <= 0 || utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+// Stats are live figures for a running container (--stats).
+type Stats struct{ CPU, Mem string }
+
+type column struct {
+	title string
+	max   int // cut cells to this many runes; 0: no limit
+	value func(Workload) string
+	color func(Workload) string
+}
+
+func gpusCell(w Workload) string {
+	switch {
+	case w.Kind != KindContainer:
+		return strings.Join(w.GPUs, ", ")
+	case len(w.GPUs) > 0:
+		return strings.Join(w.GPUs, ", ")
+	case w.HasGPU:
+		return "all"
+	}
+	return "-"
+}
+
+func memCell(w Workload) string {
+	if w.GPUMemoryMB == nil {
+		if w.Kind != KindContainer {
+			return "?"
+		}
+		return "-"
+	}
+	return strconv.FormatInt(*w.GPUMemoryMB, 10) + "MB"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func columns(wide, withUser bool, stats map[string]Stats) []column {
+	cols := []column{{title: "TYPE", value: func(w Workload) string { return w.Type }, color: func(w Workload) string { return typeColor(w.Type) }}}
+	if withUser {
+		cols = append(cols, column{title: "USER", max: 24, value: func(w Workload) string { return w.User }})
+	}
+	cols = append(cols,
+		column{title: "GPU(S)", max: 20, value: gpusCell},
+		column{title: "STATUS", value: func(w Workload) string { return w.Status }},
+		column{title: "AGE", value: func(w Workload) string { return FormatAge(w.AgeSeconds) }},
+	)
+	if wide {
+		cols = append(cols,
+			column{title: "ID", value: func(w Workload) string { return w.ID }},
+			column{title: "IMAGE", max: 32, value: func(w Workload) string { return orDash(w.Image) }},
+			column{title: "ACCESS", value: func(w Workload) string {
+				if w.Kind != KindContainer {
+					return "-"
+				}
+				return orDash(strings.Join(w.GPUAccess, ","))
+			}},
+			column{title: "GPU-MEM", value: memCell},
+			column{title: "USER-FROM", value: func(w Workload) string { return orDash(w.UserSource) }},
+		)
+		if stats != nil {
+			cols = append(cols,
+				column{title: "CPU%", value: func(w Workload) string { return orDash(stats[w.ID].CPU) }},
+				column{title: "MEM", value: func(w Workload) string { return orDash(stats[w.ID].Mem) }},
+			)
+		}
+	}
+	cols = append(cols, column{title: "NAME", max: 48, value: func(w Workload) string {
+		n := w.Name
+		if len(w.Flags) > 0 {
+			n += " [" + strings.Join(w.Flags, ",") + "]"
+		}
+		return n
+	}})
+	return cols
+}
+
+// Table writes an aligned table with a bold header, indent before each line.
+func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string) {
+	cells := make([][]string, len(ws))
+	width := make([]int, len(cols))
+	for i, c := range cols {
+		width[i] = utf8.RuneCountInString(c.title)
+	}
+	for r, w := range ws {
+		cells[r] = make([]string, len(cols))
+		for i, c := range cols {
+			v := cut(c.value(w), c.max)
+			cells[r][i] = v
+			if n := utf8.RuneCountInString(v); n > width[i] {
+				width[i] = n
+			}
+		}
+	}
+	pad := func(s string, i int) string {
+		if i == len(cols)-1 {
+			return s
+		}
+		return s + strings.Repeat(" ", width[i]-utf8.RuneCountInString(s)+2)
+	}
+	var hdr strings.Builder
+	for i, c := range cols {
+		hdr.WriteString(pad(c.title, i))
+	}
+	fmt.Fprintln(out, indent+st.paint(bold, strings.TrimRight(hdr.String(), " ")))
+	for r, w := range ws {
+		var line strings.Builder
+		for i, c := range cols {
+			v := pad(cells[r][i], i)
+			if c.color != nil && st.Color {
+				trimmed := strings.TrimRight(v, " ")
+				v = st.paint(c.color(w), trimmed) + v[len(trimmed):]
+			}
+			line.WriteString(v)
+		}
+		fmt.Fprintln(out, indent+strings.TrimRight(line.String(), " "))
+	}
+}
+
+// Options for Render.
+type Options struct {
+	Wide, ByUser bool
+	Now          time.Time
+	Style        Style
+	Stats        map[string]Stats // nil unless --stats
+}
+
+// Render writes the table (or per-user groups) of ws.
+func Render(out io.Writer, ws []Workload, o Options) {
+	if len(ws) == 0 {
+		fmt.Fprintln(out, "No workloads found")
+		return
+	}
+	if !o.ByUser {
+		Table(out, ws, columns(o.Wide, true, o.Stats), o.Style, "")
+		return
+	}
+	groups := map[string][]Workload{}
+	var users []string
+	for _, w := range ws {
+		if _, ok := groups[w.User]; !ok {
+			users = append(users, w.User)
+		}
+		groups[w.User] = append(groups[w.User], w)
+	}
+	sort.Slice(users, func(i, j int) bool {
+		a, b := users[i], users[j]
+		if (a == "unknown") != (b == "unknown") {
+			return b == "unknown"
+		}
+		return a < b
+	})
+	cols := columns(o.Wide, false, o.Stats)
+	for _, u := range users {
+		g := groups[u]
+		gpus := 0
+		for _, w := range g {
+			gpus += GPUCount(w)
+		}
+		name := u
+		if name == "" {
+			name = `""`
+		}
+		fmt.Fprintln(out)
+		fmt.Fprintln(out, o.Style.paint(bold, fmt.Sprintf("%s (%d workloads, %d GPUs)", cut(name, 40), len(g), gpus)))
+		Table(out, g, cols, o.Style, "  ")
+	}
+}
+
+// Summary is the line under the table, and the warnings that go with it.
+type Summary struct {
+	Containers    int `json:"containers"`
+	GPUContainers int `json:"gpu_containers"`
+	HostProcesses int `json:"host_gpu_processes"`
+	Pending       int `json:"pending_processes"`
+	Other         int `json:"other_runtime_gpu_processes"`
+	// LastScanAgeSeconds is null when the file has no last_scan.
+	LastScanAgeSeconds *int64   `json:"last_scan_age_seconds"`
+	Stale              bool     `json:"stale"`
+	Warnings           []string `json:"warnings"`
+}
+
+// Summarize counts the whole (unfiltered) inventory and checks its health.
+// The state is stale when last_scan is older than staleAfter.
+func Summarize(st inventory.State, now time.Time, staleAfter time.Duration) Summary {
+	s := Summary{Containers: len(st.Containers), HostProcesses: len(st.HostProcesses), Pending: len(st.PendingProcesses), Other: len(st.OtherGPUProcesses), Warnings: []string{}}
+	for _, c := range st.Containers {
+		if c.HasGPU {
+			s.GPUContainers++
+		}
+	}
+	s.LastScanAgeSeconds, _ = age(now, st.LastScan)
+	switch {
+	case st.LastScan == nil:
+		s.Stale = true
+		s.Warnings = append(s.Warnings, "the state file has no last_scan: the detector may never have completed a scan. Check 'systemctl status ds01-detectord'.")
+	case now.Sub(st.LastScan.Time) > staleAfter:
+		s.Stale = true
+		s.Warnings = append(s.Warnings, fmt.Sprintf("the last scan was %s ago: the detector may not be running. Check 'systemctl status ds01-detectord'.", FormatAge(s.LastScanAgeSeconds)))
+	}
+	for _, src := range []struct {
+		name string
+		h    inventory.SourceHealth
+	}{{"Docker", st.Sources.Docker}, {"GPU", st.Sources.GPU}} {
+		if st.SchemaVersion >= 2 && !src.h.OK && src.h.Error != "" {
+			since := "never succeeded"
+			if src.h.LastOK != nil {
+				since = "last ok " + FormatAge(ageOf(now, src.h.LastOK)) + " ago"
+			}
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s source failing (%s): %s", src.name, since, clean(src.h.Error)))
+		}
+	}
+	return s
+}
+
+func ageOf(now time.Time, t *inventory.Time) *int64 { a, _ := age(now, t); return a }
+
+// WriteSummary prints the summary line and its warnings.
+func WriteSummary(out io.Writer, s Summary, lastScan *inventory.Time, st Style) {
+	ls := "unknown"
+	if lastScan != nil {
+		ls = lastScan.String() + " (" + FormatAge(s.LastScanAgeSeconds) + " ago)"
+	}
+	line := fmt.Sprintf("%d containers (%d with GPU), %d host GPU processes", s.Containers, s.GPUContainers, s.HostProcesses)
+	if s.Pending > 0 {
+		line += fmt.Sprintf(" (+%d pending)", s.Pending)
+	}
+	if s.Other > 0 {
+		line += fmt.Sprintf(", %d in other runtimes", s.Other)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, st.paint(dim, line+" — last scan: "+ls))
+	for _, w := range s.Warnings {
+		fmt.Fprintln(out, st.paint(yellow, "WARNING: "+w))
+	}
+}
+
+// JSONDoc is the --json output: the reference's keys (last_scan, and the
+// filtered containers and host_processes maps) plus the filtered rows and
+// the summary.
+type JSONDoc struct {
+	LastScan      *inventory.Time                  `json:"last_scan"`
+	Containers    map[string]inventory.Container   `json:"containers"`
+	HostProcesses map[string]inventory.HostProcess `json:"host_processes"`
+	Workloads     []Workload                       `json:"workloads"`
+	Summary       Summary                          `json:"summary"`
+}
+
+// JSON writes the filtered inventory.
+func JSON(out io.Writer, st inventory.State, ws []Workload, sum Summary) error {
+	doc := JSONDoc{LastScan: st.LastScan, Containers: map[string]inventory.Container{}, HostProcesses: map[string]inventory.HostProcess{}, Workloads: ws, Summary: sum}
+	for _, w := range ws {
+		switch w.Kind {
+		case KindContainer:
+			doc.Containers[w.ID] = st.Containers[w.ID]
+		case KindHostProcess:
+			k := strconv.Itoa(w.Pid)
+			if p, ok := st.HostProcesses[k]; ok && w.Status == "active" {
+				doc.HostProcesses[k] = p
+			}
+		}
+	}
+	b, err := inventory.MarshalASCII(doc, "  ")
+	if err != nil {
+		return err
+	}
+	_, err = out.Write(append(b, '\n'))
+	return err
+}
