@@ -48,6 +48,7 @@ type config struct {
 	excludeProcesses                            listFlag
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
+	debounce                                    time.Duration
 	once, dryRun, showVersion                   bool
 }
 
@@ -65,6 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.logFormat, "log-format", logging.FormatAuto, "auto (journal under systemd, else console), console, json or journal")
 	fs.DurationVar(&c.interval, "interval", 30*time.Second, "time between reconciliation scans")
 	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
+	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "with --once: print the inventory JSON to stdout and write nothing")
@@ -99,6 +101,8 @@ Flags:
 		return c, usageErr(fs, "--interval must be positive")
 	case c.scanTimeout <= 0:
 		return c, usageErr(fs, "--scan-timeout must be positive")
+	case c.debounce < 0:
+		return c, usageErr(fs, "--event-debounce must not be negative")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(fs, "--docker-timeout must be positive")
 	case c.stateFile == "" || c.eventsFile == "":
@@ -173,7 +177,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log.Info("ds01-detectord starting", zap.String("version", version),
 		zap.String("state_file", c.stateFile), zap.String("events_file", c.eventsFile),
 		zap.Duration("interval", c.interval), zap.Duration("scan_timeout", c.scanTimeout))
-	if err := service.Run(context.Background(), det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout}); err != nil {
+	// Docker's event stream triggers a debounced scan, so a new container
+	// reaches the state file within about a second; the ticker stays as
+	// reconciliation.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed, trigger := service.Debounce(c.debounce)
+	go docker.Watch(ctx, changed, log)
+	if err := service.Run(ctx, det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout, Trigger: trigger}); err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
 	}

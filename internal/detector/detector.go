@@ -26,7 +26,7 @@ import (
 
 // Containers is the Docker source as the detector sees it.
 type Containers interface {
-	List(ctx context.Context) ([]dockersrc.Container, error)
+	List(ctx context.Context) (dockersrc.Snapshot, error)
 }
 
 // Config is the detector's wiring.
@@ -56,6 +56,7 @@ type Detector struct {
 	// when it ends, not every cycle
 	stateErr, eventsErr string
 	sourceErr           map[string]string
+	uidCache            map[string]initProc // container ID → init process
 }
 
 // Summary describes one finished cycle.
@@ -109,7 +110,7 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 	next.PendingProcesses = prev.PendingProcesses
 
 	var events []queued
-	list, err := d.cfg.Docker.List(ctx)
+	snap, err := d.cfg.Docker.List(ctx)
 	next.Sources.Docker = d.health("docker", prev.Sources.Docker, err, start)
 	next.Containers = make(map[string]inventory.Container, len(prev.Containers))
 	if err != nil {
@@ -117,8 +118,21 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 			next.Containers[k] = c
 		}
 	} else {
-		next.Containers = d.buildContainers(list, prev.Containers, start)
+		next.Containers = d.buildContainers(snap.Containers, prev.Containers, start)
 		events = append(events, diffContainers(prev.Containers, next.Containers)...)
+		// Containers born and destroyed between two scans, known only from
+		// the event stream: each gets its discovered and exited events.
+		eph := d.buildContainers(snap.Ephemeral, nil, start)
+		for _, k := range sortedKeys(eph) {
+			if _, known := prev.Containers[k]; known {
+				continue
+			}
+			if _, listed := next.Containers[k]; listed {
+				continue
+			}
+			events = append(events, diffContainers(nil, map[string]inventory.Container{k: eph[k]})...)
+			events = append(events, diffContainers(map[string]inventory.Container{k: eph[k]}, nil)...)
+		}
 	}
 
 	var procs []gpu.Process
@@ -256,12 +270,12 @@ func (d *Detector) noteErr(what string, err error, last string, fields ...zap.Fi
 
 func (d *Detector) buildContainers(list []dockersrc.Container, prev map[string]inventory.Container, now time.Time) map[string]inventory.Container {
 	out := make(map[string]inventory.Container, len(list))
+	uids := make(map[string]initProc, len(list))
 	for _, c := range list {
 		in := c.Input
 		if c.Pid > 0 {
-			if uid, err := d.cfg.Proc.UID(c.Pid); err == nil {
-				in.InitUID = &uid
-			}
+			in.InitUID = d.initUID(c.ID, c.Pid)
+			uids[c.ID] = initProc{c.Pid, in.InitUID}
 		}
 		access := classify.GPUAccess(in)
 		hasGPU := len(access) > 0
@@ -282,7 +296,29 @@ func (d *Detector) buildContainers(list []dockersrc.Container, prev map[string]i
 		}
 		out[key] = e
 	}
+	if prev != nil { // forget the UIDs of processes no longer listed
+		d.uidCache = uids
+	}
 	return out
+}
+
+// initProc is a container's init process and its real UID.
+type initProc struct {
+	pid int
+	uid *uint32
+}
+
+// initUID reads the real UID of a container's init process, once per
+// container and PID.
+func (d *Detector) initUID(id string, pid int) *uint32 {
+	if p, ok := d.uidCache[id]; ok && p.pid == pid && p.uid != nil {
+		return p.uid
+	}
+	uid, err := d.cfg.Proc.UID(pid)
+	if err != nil {
+		return nil
+	}
+	return &uid
 }
 
 func shortID(id string) string {

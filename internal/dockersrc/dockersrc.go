@@ -41,9 +41,45 @@ type Source struct {
 	runtimesAt  time.Time
 	runtimesTTL time.Duration
 
+	// The inspect cache: a container's labels and GPU configuration do not
+	// change during its life, so a container is inspected again only when
+	// it is new, its state changed, or an event named it. The cache is used
+	// only while the event stream is connected (trusted), since only the
+	// stream tells about changes the list cannot show (a restart between two
+	// scans, an update).
+	cache   map[string]cachedContainer
+	dirty   map[string]bool // IDs named by events since the last list
+	trusted bool
+	births  map[string]*birth // containers the stream saw created (see Ephemeral)
+
 	// afterList, when set, runs between the list call and the inspects.
 	// Tests use it to remove a container mid-scan.
 	afterList func()
+}
+
+type cachedContainer struct {
+	c     Container
+	state string // list summary State when inspected
+	name  string
+}
+
+// birth is a container the event stream saw created, kept until a scan
+// lists it, or reported as ephemeral when it was destroyed first.
+type birth struct {
+	c         Container
+	destroyed bool
+	at        time.Time
+}
+
+// Snapshot is one list of the daemon's containers.
+type Snapshot struct {
+	Containers []Container
+	// Ephemeral are containers created and destroyed between two scans,
+	// known only from the event stream. The caller reports them as
+	// discovered and exited unless it already knew them.
+	Ephemeral []Container
+	// Inspected counts the inspect calls this list made.
+	Inspected int
 }
 
 // New connects lazily to host (DOCKER_HOST and the default socket when
@@ -57,7 +93,8 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	return &Source{cli: cli, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute}, nil
+	return &Source{cli: cli, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
+		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
 }
 
 // Client exposes the underlying client (for tools that need other calls).
@@ -75,7 +112,10 @@ func (s *Source) call(ctx context.Context) (context.Context, context.CancelFunc)
 func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.runtimes != nil && time.Since(s.runtimesAt) < s.runtimesTTL {
+	// While the stream is connected the runtimes cannot change (that takes
+	// a dockerd restart, which breaks the stream); otherwise ask again after
+	// runtimesTTL.
+	if s.runtimes != nil && (s.trusted || time.Since(s.runtimesAt) < s.runtimesTTL) {
 		return s.runtimes, s.defaultRT, nil
 	}
 	cctx, cancel := s.call(ctx)
@@ -95,16 +135,24 @@ func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, er
 // List returns every container. A container removed between the list and
 // its inspect is left out. Any other failure fails the whole call, so that
 // the caller can keep what it knew rather than think containers vanished.
-func (s *Source) List(ctx context.Context) ([]Container, error) {
+func (s *Source) List(ctx context.Context) (Snapshot, error) {
 	rts, defRT, err := s.runtimeInfo(ctx)
 	if err != nil {
-		return nil, err
+		return Snapshot{}, err
 	}
+	s.mu.Lock()
+	dirty, trusted := s.dirty, s.trusted
+	s.dirty = map[string]bool{}
+	s.mu.Unlock()
+
+	listStart := time.Now()
 	lctx, cancel := s.call(ctx)
 	sums, err := s.cli.ContainerList(lctx, container.ListOptions{All: true})
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("docker list: %w", err)
+		s.markDirty(dirty) // not consumed: keep them for the next try
+		s.dropRuntimes()
+		return Snapshot{}, fmt.Errorf("docker list: %w", err)
 	}
 	if s.afterList != nil {
 		s.afterList()
@@ -114,37 +162,99 @@ func (s *Source) List(ctx context.Context) ([]Container, error) {
 	errs := make([]error, len(sums))
 	sem := make(chan struct{}, s.workers)
 	var wg sync.WaitGroup
+	inspected := 0
 	for i, sum := range sums {
+		name := ""
+		if len(sum.Names) > 0 {
+			name = strings.TrimPrefix(sum.Names[0], "/")
+		}
+		s.mu.Lock()
+		cc, hit := s.cache[sum.ID]
+		s.mu.Unlock()
+		if trusted && hit && !dirty[sum.ID] && cc.state == sum.State && cc.name == name {
+			c := cc.c
+			out[i] = &c
+			continue
+		}
+		inspected++
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ictx, cancel := s.call(ctx)
-			defer cancel()
-			js, err := s.cli.ContainerInspect(ictx, sum.ID)
+			c, err := s.inspect(ctx, sum.ID, rts, defRT)
 			switch {
 			case errdefs.IsNotFound(err):
 				// removed mid-scan: not an error, and not in the result
 			case err != nil:
-				errs[i] = fmt.Errorf("docker inspect %.12s: %w", sum.ID, err)
+				errs[i] = err
 			default:
-				c := fromInspect(js, rts, defRT)
 				out[i] = &c
+				s.mu.Lock()
+				s.cache[sum.ID] = cachedContainer{c: c, state: sum.State, name: name}
+				s.mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		s.markDirty(dirty)
+		return Snapshot{}, err
 	}
-	res := make([]Container, 0, len(out))
+	snap := Snapshot{Containers: make([]Container, 0, len(out)), Inspected: inspected}
+	listed := make(map[string]bool, len(out))
 	for _, c := range out {
 		if c != nil {
-			res = append(res, *c)
+			snap.Containers = append(snap.Containers, *c)
+			listed[c.ID] = true
 		}
 	}
-	return res, nil
+	s.mu.Lock()
+	for id := range s.cache {
+		if !listed[id] {
+			delete(s.cache, id)
+		}
+	}
+	for id, b := range s.births {
+		switch {
+		case listed[id]:
+			delete(s.births, id) // the scan saw it; the normal diff takes over
+		case b.destroyed:
+			snap.Ephemeral = append(snap.Ephemeral, b.c)
+			delete(s.births, id)
+		case b.at.Before(listStart.Add(-time.Minute)):
+			delete(s.births, id) // never listed, never destroyed: stale
+		}
+	}
+	s.mu.Unlock()
+	return snap, nil
+}
+
+func (s *Source) inspect(ctx context.Context, id string, rts map[string]string, defRT string) (Container, error) {
+	ictx, cancel := s.call(ctx)
+	defer cancel()
+	js, err := s.cli.ContainerInspect(ictx, id)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return Container{}, err
+		}
+		return Container{}, fmt.Errorf("docker inspect %.12s: %w", id, err)
+	}
+	return fromInspect(js, rts, defRT), nil
+}
+
+func (s *Source) markDirty(ids map[string]bool) {
+	s.mu.Lock()
+	for id := range ids {
+		s.dirty[id] = true
+	}
+	s.mu.Unlock()
+}
+
+func (s *Source) dropRuntimes() {
+	s.mu.Lock()
+	s.runtimes = nil
+	s.mu.Unlock()
 }
 
 func shortImage(ref, id string) string {

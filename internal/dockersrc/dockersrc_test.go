@@ -46,7 +46,7 @@ func TestListSkipsContainerRemovedMidScan(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a container removed mid-scan failed the list: %v", err)
 	}
-	if !removed || len(got) != 1 || got[0].ID != keep || got[0].Name != "keep" || got[0].Image != dockertest.Image {
+	if !removed || len(got.Containers) != 1 || got.Containers[0].ID != keep || got.Containers[0].Name != "keep" || got.Containers[0].Image != dockertest.Image {
 		t.Fatalf("got %+v", got)
 	}
 

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -182,10 +183,28 @@ func (d *Daemon) Restart() error {
 	return d.launch()
 }
 
+// killStragglers kills what a crashed dockerd left running: its
+// containerd, the shims and the containers' processes, all of which name
+// this daemon's directory on their command lines.
+func (d *Daemon) killStragglers() {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if bytes.Contains(b, []byte(d.Dir)) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 // Cleanup stops dockerd, unmounts what it left mounted and removes the
 // directory.
 func (d *Daemon) Cleanup() {
 	d.Stop()
+	d.killStragglers()
 	if d.Client != nil {
 		d.Client.Close()
 	}

@@ -169,3 +169,24 @@ func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Dura
 		daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 	}
 }
+
+// Debounce returns a function to call on every change and the channel it
+// feeds: the first call starts a timer of d, calls until it fires are folded
+// into it, and then one value goes to the channel (buffer one, never
+// blocking). Pass the channel as Options.Trigger.
+func Debounce(d time.Duration) (func(), <-chan struct{}) {
+	ch := make(chan struct{}, 1)
+	var pending atomic.Bool
+	return func() {
+		if pending.Swap(true) {
+			return
+		}
+		time.AfterFunc(d, func() {
+			pending.Store(false)
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		})
+	}, ch
+}
