@@ -69,8 +69,12 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags e2e ./...
 
+# Benchmarks against private dockerd instances: the 200-container scan cycle,
+# then the 1,000-container run of the real daemon, which ends with one JSON
+# line of figures.
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 30m ./...
+	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/detector/
+	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles
 # snippet that creates the directories, the README, and a default flags

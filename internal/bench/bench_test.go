@@ -1,0 +1,291 @@
+// Package bench measures the daemon against a private dockerd holding 1,000
+// containers: cycle cost against the raw list call, API requests per steady
+// cycle, detection latency, memory and CPU. It only reports; `make bench`
+// runs it and prints one JSON line at the end. Nothing here is a pass/fail
+// speed check.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+)
+
+const (
+	total   = 1000
+	running = 300
+)
+
+type result struct {
+	Containers                int     `json:"containers"`
+	SteadyCycleMs             float64 `json:"steady_cycle_ms"`
+	RawListMs                 float64 `json:"raw_list_ms"`
+	ColdCycleMs               float64 `json:"cold_cycle_ms"`
+	APIRequestsPerSteadyCycle float64 `json:"api_requests_per_steady_cycle"`
+	DetectLatencyMsP50        float64 `json:"detect_latency_ms_p50"`
+	DetectLatencyMsP95        float64 `json:"detect_latency_ms_p95"`
+	RSSMb                     float64 `json:"rss_mb"`
+	CPUMsPerSteadyCycle       float64 `json:"cpu_ms_per_steady_cycle"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func median(ds []time.Duration) time.Duration { return pct(ds, 50) }
+
+func pct(ds []time.Duration, p int) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	if i < 1 {
+		i = 1
+	}
+	return s[i-1]
+}
+
+// cycleLog follows the daemon's JSON log and reports each cycle.
+type cycleLog struct {
+	mu     sync.Mutex
+	cycles []time.Duration
+	notify chan struct{}
+}
+
+func (c *cycleLog) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) != nil {
+			continue
+		}
+		msg, _ := m["msg"].(string)
+		if !strings.HasPrefix(msg, "scan complete:") {
+			continue
+		}
+		d, _ := time.ParseDuration(fmt.Sprint(m["duration"]))
+		c.mu.Lock()
+		c.cycles = append(c.cycles, d)
+		c.mu.Unlock()
+		select {
+		case c.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (c *cycleLog) count() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.cycles) }
+
+func (c *cycleLog) since(n int) []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Duration(nil), c.cycles[n:]...)
+}
+
+func (c *cycleLog) waitFor(b *testing.B, n int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for c.count() < n {
+		if time.Now().After(deadline) {
+			b.Fatalf("daemon reached %d cycles, not %d, within %v", c.count(), n, limit)
+		}
+		select {
+		case <-c.notify:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func cpuTicks(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+func rssMB(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(l)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// rawList times one GET /containers/json?all=1 straight on the socket.
+func rawList(b *testing.B, sock string) time.Duration {
+	cli := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	var ds []time.Duration
+	for i := 0; i < 7; i++ {
+		start := time.Now()
+		resp, err := cli.Get("http://docker/v1.41/containers/json?all=1")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		ds = append(ds, time.Since(start))
+	}
+	return median(ds)
+}
+
+func Benchmark1000Containers(b *testing.B) {
+	if b.N > 1 {
+		b.Skip("runs once; use -benchtime 1x")
+	}
+	d, err := dockertest.Start(dockertest.Options{NvidiaHook: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Cleanup()
+	ctx := context.Background()
+	if err := d.BuildImages(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("creating %d containers (%d running)", total, running)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	errs := make(chan error, total)
+	for i := 0; i < total; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s := dockertest.Spec{Name: fmt.Sprintf("bench-%04d", i), Start: i < running,
+				Labels: map[string]string{"ds01.managed": "true", "ds01.user": fmt.Sprintf("user%02d", i%40)}}
+			if i%4 == 0 {
+				s.Host.DeviceRequests = []container.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+			}
+			if _, err := d.Create(ctx, s); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.Logf("created in %v", time.Since(start).Round(time.Second))
+
+	var res result
+	res.Containers = total
+	res.RawListMs = ms(rawList(b, filepath.Join(d.Dir, "docker.sock")))
+
+	p, err := d.Proxy()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "ds01-detectord")
+	_, self, _, _ := runtime.Caller(0)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/ds01-detectord")
+	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	state := filepath.Join(dir, "state.json")
+	cmd := exec.Command(bin, "--docker-host", p.Host, "--state-file", state, "--events-file", filepath.Join(dir, "events.jsonl"),
+		"--interval", "1s", "--scan-timeout", "20s", "--log-format", "json", "--nvml-library", filepath.Join(dir, "none.so"))
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	logs := &cycleLog{notify: make(chan struct{}, 1)}
+	go logs.read(stderr)
+
+	logs.waitFor(b, 1, 2*time.Minute)
+	res.ColdCycleMs = ms(logs.since(0)[0])
+	logs.waitFor(b, 4, time.Minute) // let the event stream connect and the cache warm
+	time.Sleep(300 * time.Millisecond)
+
+	n0 := logs.count()
+	p.Counts()
+	t0 := cpuTicks(cmd.Process.Pid)
+	logs.waitFor(b, n0+15, time.Minute)
+	t1 := cpuTicks(cmd.Process.Pid)
+	reqs := p.Counts()
+	steady := logs.since(n0)[:15]
+	nreq := 0
+	for k, v := range reqs {
+		if !strings.HasPrefix(k, "GET /events") {
+			nreq += v
+		}
+	}
+	cycles := float64(len(steady))
+	res.SteadyCycleMs = ms(median(steady))
+	res.APIRequestsPerSteadyCycle = float64(nreq) / cycles
+	res.CPUMsPerSteadyCycle = float64(t1-t0) * 10 / cycles // CLK_TCK is 100
+	b.Logf("steady window: %d cycles, requests %v, %d CPU ticks", len(steady), reqs, t1-t0)
+
+	// Detection latency: from the start call returning (docker run) to the
+	// container being in the state file on disk.
+	var lat []time.Duration
+	for i := 0; i < 20; i++ {
+		id, err := d.Create(ctx, dockertest.Spec{Name: fmt.Sprintf("latency-%02d", i), Start: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t := time.Now()
+		key := []byte(`"` + id[:12] + `"`)
+		for {
+			if bb, _ := os.ReadFile(state); len(bb) > 0 && containsKey(bb, key) {
+				lat = append(lat, time.Since(t))
+				break
+			}
+			if time.Since(t) > 30*time.Second {
+				b.Fatalf("container %s never reached the state file", id[:12])
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(200+i*37%300) * time.Millisecond) // spread over the tick phase
+	}
+	res.DetectLatencyMsP50 = ms(pct(lat, 50))
+	res.DetectLatencyMsP95 = ms(pct(lat, 95))
+	res.RSSMb = rssMB(cmd.Process.Pid)
+
+	fmt.Printf("\nds01-detectord benchmark, %d containers (%d running), real private dockerd\n", total, running)
+	fmt.Printf("  raw GET /containers/json?all=1   %8.1f ms (median of 7)\n", res.RawListMs)
+	fmt.Printf("  cold cycle                       %8.1f ms\n", res.ColdCycleMs)
+	fmt.Printf("  steady cycle (median of %d)      %8.1f ms  = %.2f x raw list\n", len(steady), res.SteadyCycleMs, res.SteadyCycleMs/res.RawListMs)
+	fmt.Printf("  API requests per steady cycle    %8.2f\n", res.APIRequestsPerSteadyCycle)
+	fmt.Printf("  CPU per steady cycle             %8.1f ms  (reference: 5700 ms, %.0fx less)\n", res.CPUMsPerSteadyCycle, 5700/maxf(res.CPUMsPerSteadyCycle, 0.01))
+	fmt.Printf("  detection latency p50 / p95      %8.1f / %.1f ms\n", res.DetectLatencyMsP50, res.DetectLatencyMsP95)
+	fmt.Printf("  daemon RSS                       %8.1f MB\n", res.RSSMb)
+	line, _ := json.Marshal(res)
+	fmt.Println(string(line))
+}
+
+func maxf(a, b float64) float64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func containsKey(b, key []byte) bool { return strings.Contains(string(b), string(key)) }
