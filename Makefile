@@ -28,7 +28,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
-TEST_DEBS := dockerd:docker.io jq:jq systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux
+TEST_DEBS := dockerd:docker.io jq:jq systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
@@ -40,7 +40,7 @@ test-deps:
 			echo "make test: missing packages:$$missing. Run 'sudo make test' (it installs them with apt-get)." >&2; exit 1; \
 		fi; \
 		echo "make test: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "make test: the integration tests start private dockerd instances and must run as root: 'sudo make test'." >&2; exit 1; \

@@ -26,6 +26,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/dockersrc"
 	"github.com/ds01/ds01-detectord/internal/gpu"
 	"github.com/ds01/ds01-detectord/internal/logging"
+	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/procfs"
 	"github.com/ds01/ds01-detectord/internal/service"
 	"github.com/ds01/ds01-detectord/internal/statefile"
@@ -49,6 +50,7 @@ type config struct {
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
 	debounce                                    time.Duration
+	metricsListen                               string
 	once, dryRun, showVersion                   bool
 }
 
@@ -68,6 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9102); off when empty")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "with --once: print the inventory JSON to stdout and write nothing")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
@@ -174,6 +177,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	var onCycle func(detector.Summary)
+	if c.metricsListen != "" {
+		m := metrics.New(version)
+		ln, err := m.Listen(c.metricsListen)
+		if err != nil {
+			log.Error("cannot serve metrics: check --metrics-listen (address taken, or not an address this host has?)",
+				zap.String("metrics_listen", c.metricsListen), zap.Error(err))
+			return 1
+		}
+		defer ln.Close()
+		log.Info("serving Prometheus metrics", zap.String("address", ln.Addr().String()), zap.String("path", "/metrics"))
+		onCycle = m.Observe
+	}
+
 	log.Info("ds01-detectord starting", zap.String("version", version),
 		zap.String("state_file", c.stateFile), zap.String("events_file", c.eventsFile),
 		zap.Duration("interval", c.interval), zap.Duration("scan_timeout", c.scanTimeout))
@@ -184,7 +201,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	changed, trigger := service.Debounce(c.debounce)
 	go docker.Watch(ctx, changed, log)
-	if err := service.Run(ctx, det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout, Trigger: trigger}); err != nil {
+	if err := service.Run(ctx, det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout, Trigger: trigger, OnCycle: onCycle}); err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
 	}

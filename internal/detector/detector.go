@@ -66,6 +66,7 @@ type Summary struct {
 	HostProcesses  int
 	PendingEvents  int
 	Events         int
+	EventCounts    map[string]int // queued events by type
 	DockerOK       bool
 	DockerError    string
 	GPUOK          bool
@@ -171,7 +172,10 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 		Containers: len(next.Containers), HostProcesses: len(next.HostProcesses),
 		DockerOK: next.Sources.Docker.OK, DockerError: next.Sources.Docker.Error,
 		GPUOK: next.Sources.GPU.OK, GPUError: next.Sources.GPU.Error,
-		State: next, Events: len(events),
+		State: next, Events: len(events), EventCounts: map[string]int{},
+	}
+	for _, q := range events {
+		sum.EventCounts[q.eventType]++
 	}
 	for _, c := range next.Containers {
 		if c.HasGPU {

@@ -1,0 +1,175 @@
+package metrics
+
+import (
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/ds01/ds01-detectord/internal/detector"
+	"github.com/ds01/ds01-detectord/internal/statefile"
+)
+
+// Scrape fetches and parses the registry's exposition.
+func scrape(t *testing.T, m *Metrics) map[string]*dto.MetricFamily {
+	t.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fams
+}
+
+func labels(m *dto.Metric) string {
+	var parts []string
+	for _, l := range m.GetLabel() {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
+	}
+	return strings.Join(parts, ",")
+}
+
+// series maps "label=value,…" to the gauge value.
+func series(f *dto.MetricFamily) map[string]float64 {
+	out := map[string]float64{}
+	if f == nil {
+		return out
+	}
+	for _, m := range f.GetMetric() {
+		out[labels(m)] = m.GetGauge().GetValue()
+	}
+	return out
+}
+
+func TestMetricsMatchTheInventory(t *testing.T) {
+	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := statefile.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New("v-test")
+	if fams := scrape(t, m); fams["ds01_containers"] != nil || fams["ds01_detector_last_scan_timestamp_seconds"] != nil {
+		t.Fatal("workload series before the first cycle")
+	}
+	m.Observe(detector.Summary{State: st, Duration: 40 * time.Millisecond, EventCounts: map[string]int{"detection.container_discovered": 6}})
+	fams := scrape(t, m)
+
+	if v := series(fams["ds01_detector_last_scan_timestamp_seconds"])[""]; v != float64(st.LastScan.UnixNano())/1e9 {
+		t.Errorf("last scan %v", v)
+	}
+	if got := series(fams["ds01_detector_source_up"]); got["source=docker"] != 1 || got["source=gpu"] != 1 {
+		t.Errorf("source_up %v", got)
+	}
+	if got := series(fams["ds01_detector_build_info"]); got["version=v-test"] != 1 {
+		t.Errorf("build_info %v", got)
+	}
+	if c := fams["ds01_detector_events_total"].GetMetric()[0]; labels(c) != "event_type=detection.container_discovered" || c.GetCounter().GetValue() != 6 {
+		t.Errorf("events_total %v", c)
+	}
+	if h := fams["ds01_detector_scan_duration_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != 0.04 {
+		t.Errorf("histogram %v", h)
+	}
+	// Containers, counted from the state independently.
+	want := map[string]float64{}
+	without := 0.0
+	for _, c := range st.Containers {
+		want["has_gpu="+strconv.FormatBool(c.HasGPU)+",origin="+c.Origin+",status="+c.Status]++
+		if c.GPUWithoutAccess {
+			without++
+		}
+	}
+	if got := series(fams["ds01_containers"]); !equal(got, want) {
+		t.Errorf("containers\n got %v\nwant %v", got, want)
+	}
+	if got := series(fams["ds01_workloads_gpu_without_access"])[""]; got != without || without != 1 {
+		t.Errorf("without access %v (state %v)", got, without)
+	}
+	hp := map[string]float64{}
+	for _, p := range st.HostProcesses {
+		hp["user="+p.User]++
+	}
+	if got := series(fams["ds01_host_gpu_processes"]); !equal(got, hp) {
+		t.Errorf("host processes %v, want %v", got, hp)
+	}
+	mem := map[string]float64{}
+	for _, c := range st.Containers {
+		for _, p := range c.GPUProcesses {
+			if p.GPUMemoryMB != nil {
+				mem["gpu_uuid="+p.GPUUUID+",id="+c.ID+",kind=container,user="+c.User] += float64(*p.GPUMemoryMB) * 1048576
+			}
+		}
+	}
+	for _, p := range st.HostProcesses {
+		if p.GPUMemoryMB != nil {
+			mem["gpu_uuid="+p.GPUUUID+",id="+strconv.Itoa(p.Pid)+",kind=host-process,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+		}
+	}
+	for _, p := range st.OtherGPUProcesses {
+		mem["gpu_uuid="+p.GPUUUID+",id="+strconv.Itoa(p.Pid)+",kind=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+	}
+	if got := series(fams["ds01_gpu_memory_used_bytes"]); !equal(got, mem) || len(mem) != 5 {
+		t.Errorf("gpu memory\n got %v\nwant %v", got, mem)
+	}
+	if fams["go_goroutines"] == nil || fams["process_resident_memory_bytes"] == nil {
+		t.Error("runtime and process collectors missing")
+	}
+
+	// A workload that is gone loses its series.
+	delete(st.Containers, "ddddddddddd4")
+	st.HostProcesses = nil
+	m.Observe(detector.Summary{State: st})
+	fams = scrape(t, m)
+	for k := range series(fams["ds01_gpu_memory_used_bytes"]) {
+		if strings.Contains(k, "ddddddddddd4") || strings.Contains(k, "host-process") {
+			t.Errorf("stale series %s", k)
+		}
+	}
+	if len(series(fams["ds01_host_gpu_processes"])) != 0 {
+		t.Error("host process series kept")
+	}
+}
+
+func equal(a, b map[string]float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestAlertRules(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Fatal("promtool (Debian package prometheus) is needed; 'make test' installs it")
+	}
+	docs := filepath.Join("..", "..", "docs")
+	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
+		cmd := exec.Command("promtool", args...)
+		cmd.Dir = docs
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
