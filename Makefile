@@ -40,7 +40,7 @@ test-deps:
 			echo "make test: missing packages:$$missing. Run 'sudo make test' (it installs them with apt-get)." >&2; exit 1; \
 		fi; \
 		echo "make test: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
 	fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "make test: the integration tests start private dockerd instances and must run as root: 'sudo make test'." >&2; exit 1; \
