@@ -51,6 +51,8 @@ type config struct {
 	interval, scanTimeout, dockerTimeout        time.Duration
 	debounce                                    time.Duration
 	metricsListen                               string
+	keepSecrets                                 bool
+	stateGroup                                  string
 	once, dryRun, showVersion                   bool
 }
 
@@ -71,6 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9102); off when empty")
+	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
+	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "with --once: print the inventory JSON to stdout and write nothing")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
@@ -157,7 +161,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	det := detector.New(detector.Config{
 		StatePath: c.stateFile, EventsPath: c.eventsFile, DryRun: c.dryRun,
-		Docker: docker, GPU: gpus, ExtraExcluded: c.excludeProcesses, Proc: procfs.New(c.procRoot), Users: userdb.New(5 * time.Minute).Lookup,
+		Docker: docker, GPU: gpus, ExtraExcluded: c.excludeProcesses, KeepSecrets: c.keepSecrets, StateGroup: c.stateGroup, Proc: procfs.New(c.procRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		Log: log,
 	})
 

@@ -39,9 +39,14 @@ type Config struct {
 	Proc       procfs.FS
 	// ExtraExcluded adds process names to DefaultExcluded.
 	ExtraExcluded []string
-	Users         classify.Resolver
-	Log           *zap.Logger
-	Now           func() time.Time
+	// KeepSecrets turns off the masking of secret-looking arguments in
+	// recorded command lines.
+	KeepSecrets bool
+	// StateGroup, when set, makes the state file 0640 root:StateGroup.
+	StateGroup string
+	Users      classify.Resolver
+	Log        *zap.Logger
+	Now        func() time.Time
 }
 
 // Detector carries the reported view from one cycle to the next.
@@ -214,7 +219,7 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 		d.pending = nil
 	}
 	d.eventsErr = d.noteErr("event log append", aerr, d.eventsErr, zap.String("path", d.cfg.EventsPath), zap.Int("pending_events", len(d.pending)))
-	serr := statefile.Save(d.cfg.StatePath, next)
+	serr := statefile.Save(d.cfg.StatePath, next, d.cfg.StateGroup)
 	d.stateErr = d.noteErr("state file write", serr, d.stateErr, zap.String("path", d.cfg.StatePath))
 
 	sum.PendingEvents = len(d.pending)

@@ -12,6 +12,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/gpu"
 	"github.com/ds01/ds01-detectord/internal/procfs"
+	"github.com/ds01/ds01-detectord/internal/redact"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -48,7 +49,11 @@ func (d *Detector) attribute(procs []gpu.Process, containers map[string]inventor
 			}
 			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 		}
-		cmdline, _ := fs.Cmdline(p.Pid)
+		argv, _ := fs.Argv(p.Pid)
+		if !d.cfg.KeepSecrets {
+			argv = redact.Args(argv)
+		}
+		cmdline := procfs.JoinCmdline(argv)
 		uid, uerr := fs.UID(p.Pid)
 		user := classify.Unknown
 		if uerr == nil {

@@ -8,14 +8,21 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
 
 // Mode is the event log's permission when this daemon creates it:
-// root:docker 0664 in production, so the reference's other writers can append.
-const Mode = 0o664
+// root:docker 0664, so the reference's other writers (the docker group's
+// tools) can append. Group is that group; when it does not exist the file
+// keeps the daemon's group.
+const (
+	Mode  = 0o664
+	Group = "docker"
+)
 
 // Log is an append-only JSONL file.
 type Log struct{ Path string }
@@ -32,7 +39,7 @@ func (l Log) Append(lines [][]byte) (int, error) {
 	if err := os.MkdirAll(filepath.Dir(l.Path), 0o775); err != nil {
 		return 0, fmt.Errorf("event log dir: %w", err)
 	}
-	f, err := os.OpenFile(l.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, Mode)
+	f, err := open(l.Path)
 	if err != nil {
 		return 0, fmt.Errorf("open event log: %w", err)
 	}
@@ -52,6 +59,29 @@ func (l Log) Append(lines [][]byte) (int, error) {
 		}
 	}
 	return len(lines), nil
+}
+
+// open opens path for appending. A file this call creates gets Mode and
+// Group whatever the umask, as logrotate's "create" would give it.
+func open(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if !errors.Is(err, os.ErrNotExist) {
+		return f, err
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, Mode)
+	if errors.Is(err, os.ErrExist) { // another writer made it just now
+		return os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if g, err := user.LookupGroup(Group); err == nil {
+		if gid, err := strconv.Atoi(g.Gid); err == nil {
+			f.Chown(-1, gid)
+		}
+	}
+	f.Chmod(Mode)
+	return f, nil
 }
 
 func reserve(f *os.File, n int) error {

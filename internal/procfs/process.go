@@ -3,6 +3,7 @@ package procfs
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -136,25 +137,41 @@ func truncate(b []byte) []byte {
 // MaxCmdline caps the command lines the detector records, in bytes.
 const MaxCmdline = 1024
 
-// Cmdline reads /proc/<pid>/cmdline: NUL separators become spaces, invalid
-// UTF-8 becomes U+FFFD, and the result is capped at MaxCmdline bytes (on a
-// rune boundary). A kernel thread or zombie has an empty command line.
-func (fs FS) Cmdline(pid int) (string, error) {
+// Argv reads /proc/<pid>/cmdline as arguments, each with invalid UTF-8
+// replaced by U+FFFD. It reads at most 4×MaxCmdline bytes. A kernel thread
+// or a zombie has no arguments.
+func (fs FS) Argv(pid int) ([]string, error) {
 	f, err := os.Open(fs.path(pid, "cmdline"))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, MaxCmdline+4)
-	n, _ := f.Read(buf)
-	return CleanCmdline(buf[:n]), nil
+	buf := make([]byte, 4*MaxCmdline)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, err
+	}
+	return SplitCmdline(buf[:n]), nil
 }
 
-// CleanCmdline turns raw cmdline bytes into the recorded string.
-func CleanCmdline(b []byte) string {
+// SplitCmdline splits raw cmdline bytes on NUL.
+func SplitCmdline(b []byte) []string {
 	b = bytes.TrimRight(b, "\x00")
-	b = bytes.ReplaceAll(b, []byte{0}, []byte{' '})
-	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	if len(b) == 0 {
+		return nil
+	}
+	parts := bytes.Split(b, []byte{0})
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		out[i] = strings.ToValidUTF8(string(p), "\uFFFD")
+	}
+	return out
+}
+
+// JoinCmdline joins arguments with spaces and caps the result at
+// MaxCmdline bytes, on a rune boundary.
+func JoinCmdline(argv []string) string {
+	s := strings.Join(argv, " ")
 	if len(s) > MaxCmdline {
 		cut := MaxCmdline
 		for cut > 0 && !utf8.RuneStart(s[cut]) {
@@ -163,6 +180,16 @@ func CleanCmdline(b []byte) string {
 		s = s[:cut]
 	}
 	return s
+}
+
+// CleanCmdline turns raw cmdline bytes into the recorded string: NULs
+// become spaces, invalid UTF-8 becomes U+FFFD, capped at MaxCmdline.
+func CleanCmdline(b []byte) string { return JoinCmdline(SplitCmdline(b)) }
+
+// Cmdline reads /proc/<pid>/cmdline as one cleaned string.
+func (fs FS) Cmdline(pid int) (string, error) {
+	argv, err := fs.Argv(pid)
+	return JoinCmdline(argv), err
 }
 
 // Exists reports whether /proc/<pid> is there.

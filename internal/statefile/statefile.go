@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,8 +17,11 @@ import (
 )
 
 // Mode is the state file's permission: world-readable, as the reference's
-// state README documents.
-const Mode = 0o644
+// state README documents. GroupMode is used with a group.
+const (
+	Mode      = 0o644
+	GroupMode = 0o640
+)
 
 // Parse decodes a state file's bytes. Files without schema_version were
 // written by the Python scanner and are accepted as version 1. A newer or
@@ -91,17 +96,31 @@ func Encode(st inventory.State) ([]byte, error) {
 
 // Save writes st to path atomically: a temporary file in the same
 // directory, fsync, rename over path, fsync of the directory. A reader sees
-// the old file or the new one, never a mix.
-func Save(path string, st inventory.State) error {
+// the old file or the new one, never a mix. With a group the file is 0640
+// and owned by that group; without, 0644.
+func Save(path string, st inventory.State, group string) error {
 	b, err := Encode(st)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	return WriteAtomic(path, b, Mode)
+	gid, mode := -1, os.FileMode(Mode)
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return fmt.Errorf("state group: %w", err)
+		}
+		gid, _ = strconv.Atoi(g.Gid)
+		mode = GroupMode
+	}
+	return writeAtomic(path, b, mode, gid)
 }
 
 // WriteAtomic replaces path with data, atomically and durably.
-func WriteAtomic(path string, data []byte, mode os.FileMode) (err error) {
+func WriteAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeAtomic(path, data, mode, -1)
+}
+
+func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o775); err != nil {
 		return err
@@ -119,6 +138,11 @@ func WriteAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	}()
 	if _, err = f.Write(data); err != nil {
 		return err
+	}
+	if gid >= 0 {
+		if err = f.Chown(-1, gid); err != nil {
+			return err
+		}
 	}
 	if err = f.Chmod(mode); err != nil {
 		return err

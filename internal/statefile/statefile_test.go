@@ -2,8 +2,11 @@ package statefile
 
 import (
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,7 +103,7 @@ func TestSaveRoundTripAndMode(t *testing.T) {
 	st := inventory.Empty()
 	st.LastScan = inventory.TimePtr(time.Date(2026, 2, 4, 10, 30, 0, 123456789, time.UTC))
 	st.Containers["abc"] = inventory.Container{ID: "abc", Name: "ø\x1b", GPUDevices: []string{}, GPUAccess: []string{}}
-	if err := Save(p, st); err != nil {
+	if err := Save(p, st, ""); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(p)
@@ -123,7 +126,7 @@ func TestSaveRoundTripAndMode(t *testing.T) {
 func TestSaveFailureKeepsOldFile(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "s.json")
-	if err := Save(p, inventory.Empty()); err != nil {
+	if err := Save(p, inventory.Empty(), ""); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(p)
@@ -152,5 +155,23 @@ func TestCleanTemps(t *testing.T) {
 	all, _ := filepath.Glob(filepath.Join(dir, ".*"))
 	if len(left) != 1 || len(all) != 0 {
 		t.Errorf("left %v %v", left, all)
+	}
+}
+
+func TestSaveWithGroupIs0640(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "s.json")
+	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Save(p, inventory.Empty(), g.Name); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(p)
+	if fi.Mode().Perm() != GroupMode || int(fi.Sys().(*syscall.Stat_t).Gid) != os.Getgid() {
+		t.Errorf("mode %v gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid)
+	}
+	if err := Save(p, inventory.Empty(), "no-such-group-ds01"); err == nil {
+		t.Error("unknown group accepted")
 	}
 }
