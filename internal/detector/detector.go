@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -256,7 +257,7 @@ func (d *Detector) warnGPUWithoutAccess(prev, cur map[string]inventory.Container
 		c := cur[k]
 		if c.GPUWithoutAccess && !prev[k].GPUWithoutAccess {
 			d.cfg.Log.Warn("container uses a GPU its configuration does not grant",
-				zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("user", c.User))
+				zap.String("container_id", c.ID), zap.String("name", c.Name), userField(c.User))
 		}
 	}
 }
@@ -361,7 +362,7 @@ func diffContainers(old, cur map[string]inventory.Container) []queued {
 	var out []queued
 	for _, k := range sortedKeys(cur) {
 		c := cur[k]
-		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("user", c.User)}
+		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), userField(c.User)}
 		o, seen := old[k]
 		switch {
 		case !seen:
@@ -391,10 +392,27 @@ func diffContainers(old, cur map[string]inventory.Container) []queued {
 		out = append(out, queued{
 			eventType: event.ContainerExited, user: o.User, message: "container removed: " + o.ID + " " + o.Name,
 			details:   event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin},
-			logFields: []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), zap.String("user", o.User)},
+			logFields: []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), userField(o.User)},
 		})
 	}
 	return out
+}
+
+// maxLogValue caps user-controlled strings in log fields (a label can hold
+// a megabyte).
+const maxLogValue = 256
+
+// userField is the user as a log field, cut to maxLogValue bytes on a rune
+// boundary. The field's encoder escapes control characters.
+func userField(u string) zap.Field {
+	if len(u) > maxLogValue {
+		cut := maxLogValue
+		for cut > 0 && !utf8.RuneStart(u[cut]) {
+			cut--
+		}
+		u = u[:cut] + "…"
+	}
+	return zap.String("user", u)
 }
 
 // StatusLine is the one-line summary used for logs and sd_notify STATUS=.

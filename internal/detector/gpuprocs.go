@@ -203,7 +203,7 @@ func hostDiscovered(p inventory.HostProcess) queued {
 	return queued{
 		eventType: event.HostProcessDiscovered, user: p.User, message: "host GPU process discovered: pid " + strconv.Itoa(p.Pid),
 		details:   event.HostProcessDiscoveredDetails{Pid: p.Pid, Cmdline: p.Cmdline, GPUMemoryMB: p.GPUMemoryMB, GPUUUID: p.GPUUUID, StartTime: p.StartTime},
-		logFields: []zap.Field{zap.Int("pid", p.Pid), zap.String("user", p.User), zap.String("gpu_uuid", p.GPUUUID), zap.String("cmdline", p.Cmdline)},
+		logFields: []zap.Field{zap.Int("pid", p.Pid), userField(p.User), zap.String("gpu_uuid", p.GPUUUID), zap.String("cmdline", p.Cmdline)},
 	}
 }
 
@@ -211,6 +211,6 @@ func hostExited(p inventory.HostProcess) queued {
 	return queued{
 		eventType: event.HostProcessExited, user: p.User, message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
 		details:   event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime},
-		logFields: []zap.Field{zap.Int("pid", p.Pid), zap.String("user", p.User), zap.String("cmdline", p.Cmdline)},
+		logFields: []zap.Field{zap.Int("pid", p.Pid), userField(p.User), zap.String("cmdline", p.Cmdline)},
 	}
 }

@@ -264,6 +264,25 @@ func TestUnderRealSystemd(t *testing.T) {
 			t.Errorf("journal entry lacks %s:\n%s", f, verbose)
 		}
 	}
+	// A user name with a newline cannot forge a journal entry: it stays one
+	// field of one entry.
+	forge, err := d.Create(ctx, dockertest.Spec{Name: "e2e-forge", Labels: map[string]string{"ds01.user": "eve\nFORGED ENTRY"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "forging container in the journal", func() bool {
+		out, _ := m.in("journalctl", "--no-pager", "-o", "cat", "-u", "ds01-detectord.service", "CONTAINER_ID="+forge[:12])
+		return strings.Contains(out, "container discovered: "+forge[:12])
+	})
+	for _, line := range strings.Split(strings.TrimSpace(m.journal("-o", "json")), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("journal entry: %v", err)
+		}
+		if msg, _ := entry["MESSAGE"].(string); strings.Contains(msg, "FORGED") {
+			t.Errorf("forged journal entry: %q", msg)
+		}
+	}
 	// One summary line per cycle: the count of summaries tracks last_scan.
 	s0, l0 := m.scans(), m.lastScan()
 	eventually(t, 5*time.Second, "next tick", func() bool { return m.lastScan() != l0 })

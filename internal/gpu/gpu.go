@@ -36,6 +36,10 @@ type Process struct {
 const (
 	unknownMemory = ^uint64(0)
 	maxPlausible  = uint64(1) << 50
+	// Bounds on counts NVML reports, against a broken driver or library.
+	maxDevices    = 1024
+	maxMIGDevices = 64
+	maxPid        = 1 << 22 // PID_MAX_LIMIT
 )
 
 // Symbols read per cycle. They are checked once after each Init, since an
@@ -191,6 +195,9 @@ func (s *Source) scan() ([]Process, error) {
 	if ret != nvml.SUCCESS {
 		return nil, s.fail("nvmlDeviceGetCount", ret)
 	}
+	if n < 0 || n > maxDevices {
+		return nil, fmt.Errorf("nvml: absurd device count %d", n)
+	}
 	var out []Process
 	for i := 0; i < n; i++ {
 		dev, ret := s.lib.DeviceGetHandleByIndex(i)
@@ -261,8 +268,8 @@ func (s *Source) deviceProcs(dev nvml.Device, what string) ([]rawProc, error) {
 	idx := map[int]int{}
 	for _, p := range append(compute, graphics...) {
 		pid := int(p.Pid)
-		if pid <= 0 {
-			continue
+		if pid <= 0 || pid > maxPid {
+			continue // not a PID this kernel can have
 		}
 		mem := memMiB(p.UsedGpuMemory)
 		if j, ok := idx[pid]; ok {
@@ -296,6 +303,9 @@ func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Proc
 	max, ret := dev.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
 		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMaxMigDeviceCount(%d)", gpuIndex), ret)
+	}
+	if max < 0 || max > maxMIGDevices {
+		return nil, fmt.Errorf("nvml: absurd MIG device count %d on GPU %d", max, gpuIndex)
 	}
 	var out []Process
 	for m := 0; m < max; m++ {

@@ -199,3 +199,22 @@ func TestMissingSymbols(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestAbsurdValues(t *testing.T) {
+	s := gputest.H100()
+	gputest.SetProcs(s, 0, []nvml.ProcessInfo{{Pid: 4294967295, UsedGpuMemory: 1}, {Pid: 5, UsedGpuMemory: 1 << 55}}, nil)
+	ps, err := New(s).Processes(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].Pid != 5 || ps[0].MemoryMiB != nil {
+		t.Fatalf("absurd pid and memory: %v %+v", err, ps)
+	}
+	s.DeviceGetCountFunc = func() (int, nvml.Return) { return 1 << 20, nvml.SUCCESS }
+	if _, err := New(s).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd device count") {
+		t.Fatalf("absurd count: %v", err)
+	}
+	s = gputest.H100()
+	gputest.SetMIG(s, 1)
+	gputest.Device(s, 1).GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return -3, nvml.SUCCESS }
+	if _, err := New(s).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd MIG") {
+		t.Fatalf("absurd MIG count: %v", err)
+	}
+}

@@ -20,7 +20,9 @@ const (
 
 // New returns a logger writing in format at level ("debug", "info", "warn",
 // "error").
-func New(format, level string) (*zap.Logger, error) {
+func New(format, level string) (*zap.Logger, error) { return newLogger(format, level, os.Stderr) }
+
+func newLogger(format, level string, w zapcore.WriteSyncer) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
@@ -44,7 +46,7 @@ func New(format, level string) (*zap.Logger, error) {
 		} else {
 			enc = zapcore.NewJSONEncoder(cfg)
 		}
-		core = zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
+		core = zapcore.NewCore(enc, zapcore.Lock(w), lvl)
 	case FormatJournal:
 		core = newJournalCore(lvl)
 	default:
