@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 BINARIES := ds01-detectord ds01-workloads
 RUNDIR   ?= $(CURDIR)/run
 TEST_PKGS ?= ./...
-FUZZTIME ?= 20s
+FUZZTIME ?= 30s
 # go-nvml's cgo preamble warns about every deprecated NVML call; silence it.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
@@ -19,7 +19,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all build test test-deps run lint bench fuzz clean install uninstall deploy e2e
+.PHONY: all build test test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
 
 all: build
 
@@ -28,7 +28,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
-TEST_DEBS := dockerd:docker.io jq:jq systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus
+TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
@@ -108,6 +108,27 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)
 	[ -z "$(PURGE)" ] || rm -f $(DESTDIR)/var/lib/ds01/workload-inventory.json
 	-[ -n "$(DESTDIR)" ] || systemctl daemon-reload
+
+# Each fuzz target for FUZZTIME. Inputs that found new coverage go to Go's
+# fuzz cache; `make fuzz-corpus` copies them into testdata/fuzz, where plain
+# `go test` replays them.
+FUZZ_TARGETS := FuzzParseCgroup:./internal/procfs FuzzStatAndCmdline:./internal/procfs \
+	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		name=$${t%%:*}; pkg=$${t#*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg || exit 1; \
+	done
+
+fuzz-corpus:
+	@for t in $(FUZZ_TARGETS); do \
+		name=$${t%%:*}; pkg=$${t#*:}; \
+		src=$$($(GO) env GOCACHE)/fuzz/github.com/ds01/ds01-detectord/$${pkg#./}/$$name; \
+		[ -d "$$src" ] || continue; \
+		mkdir -p $$pkg/testdata/fuzz/$$name && cp $$src/* $$pkg/testdata/fuzz/$$name/; \
+	done
 
 clean:
 	rm -rf bin run

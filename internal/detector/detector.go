@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -231,19 +232,23 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 
 var errNoGPUSource = errors.New("no GPU source configured")
 
-// health records a source's result, logging a warning when it starts
-// failing (or fails differently) and a line when it recovers: once per
-// change, not every cycle.
+// health records a source's result. It warns once when the source starts
+// failing and logs once when it recovers; while it keeps failing, a changed
+// error is logged at debug level only, so the journal gets one line per
+// state change, not one per cycle.
 func (d *Detector) health(name string, prev inventory.SourceHealth, err error, now time.Time) inventory.SourceHealth {
-	last := d.sourceErr[name]
+	_, failing := d.sourceErr[name]
 	if err != nil {
-		if last != err.Error() {
+		switch {
+		case !failing:
 			d.cfg.Log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
-			d.sourceErr[name] = err.Error()
+		case d.sourceErr[name] != err.Error():
+			d.cfg.Log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
 		}
+		d.sourceErr[name] = err.Error()
 		return inventory.SourceHealth{OK: false, Error: err.Error(), LastOK: prev.LastOK}
 	}
-	if last != "" {
+	if failing {
 		d.cfg.Log.Info(name+" source recovered", zap.String("source", name))
 		delete(d.sourceErr, name)
 	}
@@ -262,20 +267,31 @@ func (d *Detector) warnGPUWithoutAccess(prev, cur map[string]inventory.Container
 	}
 }
 
-// noteErr logs a failure when it starts or changes and a recovery when it
-// ends, and returns the new remembered error text.
+// noteErr logs a write failure when it starts or its kind changes (disk
+// full, then read-only, say) and a recovery when it ends, and returns the
+// remembered kind. The kind is the system error when there is one, since
+// the full text names a fresh temporary file every time.
 func (d *Detector) noteErr(what string, err error, last string, fields ...zap.Field) string {
 	switch {
 	case err == nil && last != "":
 		d.cfg.Log.Info(what+" recovered", fields...)
 		return ""
-	case err != nil && err.Error() != last:
-		d.cfg.Log.Error(what+" failed; will retry every cycle", append(fields, zap.Error(err))...)
-		return err.Error()
-	case err != nil:
-		return last
+	case err == nil:
+		return ""
 	}
-	return ""
+	kind := errKind(err)
+	if kind != last {
+		d.cfg.Log.Error(what+" failed; will retry every cycle", append(fields, zap.Error(err))...)
+	}
+	return kind
+}
+
+func errKind(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
 }
 
 func (d *Detector) buildContainers(list []dockersrc.Container, prev map[string]inventory.Container, now time.Time) map[string]inventory.Container {

@@ -40,6 +40,9 @@ type Options struct {
 	// NvidiaHook puts a no-op nvidia-container-runtime-hook on dockerd's
 	// PATH, which lets --gpus containers start.
 	NvidiaHook bool
+	// Dir, when set, is used instead of a fresh temporary directory, so a
+	// test can know the socket path (Dir/docker.sock) before dockerd runs.
+	Dir string
 }
 
 // Daemon is a running private dockerd.
@@ -61,9 +64,12 @@ func Start(opts Options) (*Daemon, error) {
 	if _, err := exec.LookPath("dockerd"); err != nil {
 		return nil, fmt.Errorf("dockertest: dockerd not found; 'make test' installs docker.io: %w", err)
 	}
-	dir, err := os.MkdirTemp("/tmp", "dd") // short: unix socket paths are limited to 108 bytes
-	if err != nil {
-		return nil, err
+	dir := opts.Dir
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("/tmp", "dd"); err != nil { // short: unix socket paths are limited to 108 bytes
+			return nil, err
+		}
 	}
 	d := &Daemon{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), opts: opts}
 	if opts.NvidiaHook {
@@ -165,7 +171,10 @@ func (d *Daemon) Stop() error {
 	return nil
 }
 
-// Kill sends SIGKILL to dockerd alone, as a crash would.
+// Kill sends SIGKILL to dockerd, as a crash would, and to everything it
+// started: its containerd, the shims and the containers. (An orphaned
+// managed containerd with its shims keeps the next dockerd from starting on
+// a busy machine; on a real host containerd is a service of its own.)
 func (d *Daemon) Kill() {
 	if d.cmd == nil {
 		return
@@ -173,6 +182,7 @@ func (d *Daemon) Kill() {
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	<-d.exited
 	d.cmd = nil
+	d.killStragglers()
 }
 
 // Restart starts dockerd again on the same socket and data root.
@@ -187,6 +197,36 @@ func (d *Daemon) Restart() error {
 // containerd, the shims and the containers' processes, all of which name
 // this daemon's directory on their command lines.
 func (d *Daemon) killStragglers() {
+	d.killMatching(func(cmdline []byte) bool {
+		// Docker's own processes only: a client of this daemon names the
+		// directory on its command line too.
+		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+		base := filepath.Base(string(argv0))
+		return bytes.Contains(cmdline, []byte(d.Dir)) &&
+			(strings.HasPrefix(base, "containerd") || base == "dockerd" || base == "runc" || base == "docker-proxy")
+	})
+	// The containers' own processes, found by their cgroups.
+	ids, _ := os.ReadDir(filepath.Join(d.Dir, "root", "containers"))
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || len(ids) == 0 {
+			continue
+		}
+		cg, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		for _, id := range ids {
+			if bytes.Contains(cg, []byte(id.Name())) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				break
+			}
+		}
+	}
+	// The next dockerd trusts containerd's pid file, and a killed process
+	// whose parent is gone can linger as a zombie under that PID.
+	os.Remove(filepath.Join(d.Dir, "exec", "containerd", "containerd.pid"))
+}
+
+func (d *Daemon) killMatching(match func(cmdline []byte) bool) {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -194,7 +234,7 @@ func (d *Daemon) killStragglers() {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if bytes.Contains(b, []byte(d.Dir)) {
+		if match(b) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

@@ -1,7 +1,10 @@
 package eventlog
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -74,5 +77,57 @@ func TestCreatedFileIs0664DockerGroup(t *testing.T) {
 	(Log{Path: p}).Append([][]byte{[]byte("y")})
 	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
 		t.Errorf("existing file's mode changed to %v", fi.Mode().Perm())
+	}
+}
+
+// The reference's Python tools append the way ds01_events.py does: open in
+// append mode, write the line, close. 10k lines from such a writer and 10k
+// from ours, at the same time, must come out whole and unmixed.
+func TestConcurrentWritersNeverInterleave(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is needed to play the reference's writers; 'make test' installs it")
+	}
+	p := filepath.Join(t.TempDir(), "events.jsonl")
+	script := `
+import json, sys
+path = sys.argv[1]
+for i in range(10000):
+    line = json.dumps({"timestamp": "2026-02-04T10:00:00Z", "event_type": "python.test", "schema_version": "1", "source": "py", "details": {"i": i, "pad": "p" * (i % 700)}}, separators=(",", ":"))
+    with open(path, "a") as f:
+        f.write(line + "\n")
+`
+	cmd := exec.Command(py, "-c", script, p)
+	var out strings.Builder
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	l := Log{Path: p}
+	for i := 0; i < 10000; i += 10 {
+		batch := make([][]byte, 10)
+		for j := range batch {
+			batch[j] = []byte(fmt.Sprintf(`{"timestamp":"2026-02-04T10:00:00Z","event_type":"go.test","schema_version":"1","source":"go","details":{"i":%d,"pad":"%s"}}`, i+j, strings.Repeat("g", (i+j)%900)))
+		}
+		if n, err := l.Append(batch); err != nil || n != 10 {
+			t.Fatal(n, err)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("python writer: %v %s", err, out.String())
+	}
+	b, _ := os.ReadFile(p)
+	counts := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		var m struct {
+			Source string `json:"source"`
+		}
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("torn or interleaved line %q: %v", line[:min(len(line), 120)], err)
+		}
+		counts[m.Source]++
+	}
+	if counts["py"] != 10000 || counts["go"] != 10000 || len(counts) != 2 {
+		t.Fatalf("line counts %v", counts)
 	}
 }

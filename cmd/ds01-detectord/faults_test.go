@@ -1,0 +1,491 @@
+package main
+
+// Fault injection with the real daemon in the foreground and a real private
+// dockerd. docs/FAULTS.md lists each fault with the test that proves it.
+
+import (
+	"bufio"
+	"context"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+func privateDocker(t *testing.T, opts dockertest.Options) *dockertest.Daemon {
+	t.Helper()
+	d, err := dockertest.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Cleanup)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := d.BuildImages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// files are a daemon's state file and event log.
+type files struct {
+	t              *testing.T
+	state, events  string
+	consumedEvents int
+}
+
+func newFiles(t *testing.T, dir string) *files {
+	return &files{t: t, state: filepath.Join(dir, "state.json"), events: filepath.Join(dir, "events.jsonl")}
+}
+
+func (f *files) args(extra ...string) []string {
+	return append([]string{"--state-file", f.state, "--events-file", f.events}, extra...)
+}
+
+// readState parses the state file; a missing file is an empty state.
+func (f *files) readState() inventory.State {
+	f.t.Helper()
+	b, err := os.ReadFile(f.state)
+	if os.IsNotExist(err) {
+		return inventory.Empty()
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	st, err := statefile.Parse(b)
+	if err != nil {
+		f.t.Fatalf("state file does not parse: %v", err)
+	}
+	return st
+}
+
+// eventLines checks every line of an event log file: complete (newline
+// ended) and valid.
+func eventLines(t *testing.T, path string) []event.Envelope {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		t.Fatalf("%s ends in a partial line: %q", path, b[max(0, len(b)-80):])
+	}
+	var out []event.Envelope
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	sc.Buffer(make([]byte, 8192), 8192)
+	for sc.Scan() {
+		e, err := event.Decode(sc.Bytes())
+		if err != nil {
+			t.Fatalf("%s: bad line %q: %v", path, sc.Text(), err)
+		}
+		out = append(out, e)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return out
+}
+
+func (f *files) newEvents() []event.Envelope {
+	all := eventLines(f.t, f.events)
+	out := all[min(f.consumedEvents, len(all)):]
+	f.consumedEvents = len(all)
+	return out
+}
+
+func until(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func countLines(log, substr string) int { return strings.Count(log, substr) }
+
+func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
+	d := privateDocker(t, dockertest.Options{})
+	ctx := context.Background()
+	for i := 0; i < 40; i++ {
+		if _, err := d.Create(ctx, dockertest.Spec{Name: "k" + string(rune('a'+i%26)) + strings.Repeat("x", i/26), Start: i%4 == 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := newFiles(t, t.TempDir())
+	p := startDaemon(t, f.args("--docker-host", d.Host, "--interval", "100ms", "--docker-timeout", "2s")...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", p.log())
+		}
+	})
+	until(t, 15*time.Second, "first inventory", func() bool { return len(f.readState().Containers) == 40 })
+	time.Sleep(300 * time.Millisecond)
+	before := f.readState()
+	f.newEvents()
+
+	time.Sleep(time.Duration(rand.Intn(100)) * time.Millisecond) // somewhere in a cycle
+	d.Kill()
+	until(t, 10*time.Second, "docker marked failed", func() bool { return !f.readState().Sources.Docker.OK })
+	time.Sleep(time.Second)
+	st := f.readState()
+	if st.Sources.Docker.Error == "" || len(st.Containers) != 40 {
+		t.Fatalf("while down: %d containers, sources %+v", len(st.Containers), st.Sources.Docker)
+	}
+	if evs := f.newEvents(); len(evs) != 0 {
+		t.Fatalf("events while dockerd was down: %+v", evs)
+	}
+	if n := countLines(p.log(), "docker source failed"); n != 1 {
+		t.Errorf("%d 'docker source failed' warnings, want 1:\n%s", n, p.log())
+	}
+
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	scansBefore := countLines(p.log(), "scan complete")
+	until(t, 10*time.Second, "docker back", func() bool { return f.readState().Sources.Docker.OK })
+	if n := countLines(p.log(), "scan complete") - scansBefore; n > 2 {
+		t.Errorf("recovery took %d cycles", n)
+	}
+	if !strings.Contains(p.log(), "docker source recovered") {
+		t.Error("no recovery line in the log")
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, e := range f.newEvents() {
+		var id string
+		if e.EventType != event.ContainerStatusChanged {
+			t.Errorf("invented %s %s", e.EventType, e.Details)
+			continue
+		}
+		id = string(e.Details)[strings.Index(string(e.Details), `"container_id":"`)+16:][:12]
+		js, err := d.Client.ContainerInspect(ctx, id)
+		if err != nil || js.State.Status == before.Containers[id].Status {
+			t.Errorf("status change for %s that Docker does not show (%v)", id, err)
+		}
+	}
+}
+
+func TestFaultNoDockerSocketAtStart(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "dd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFiles(t, t.TempDir())
+	p := startDaemon(t, f.args("--docker-host", "unix://"+filepath.Join(dir, "docker.sock"), "--interval", "300ms")...)
+	until(t, 10*time.Second, "degraded state written", func() bool {
+		st := f.readState()
+		return st.LastScan != nil && !st.Sources.Docker.OK && st.Sources.Docker.Error != ""
+	})
+	if !strings.Contains(p.log(), "docker source failed") {
+		t.Errorf("degraded start not logged:\n%s", p.log())
+	}
+	d := privateDocker(t, dockertest.Options{Dir: dir})
+	id, err := d.Create(context.Background(), dockertest.Spec{Name: "late"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, 15*time.Second, "Docker picked up", func() bool {
+		st := f.readState()
+		_, ok := st.Containers[id[:12]]
+		return st.Sources.Docker.OK && ok
+	})
+}
+
+func TestFaultDockerdStalls(t *testing.T) {
+	d := privateDocker(t, dockertest.Options{})
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if _, err := d.Create(ctx, dockertest.Spec{Name: "s" + string(rune('a'+i)), Start: i%2 == 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := newFiles(t, t.TempDir())
+	p := startDaemon(t, f.args("--docker-host", d.Host, "--interval", "300ms", "--scan-timeout", "1s", "--docker-timeout", "500ms")...)
+	until(t, 15*time.Second, "inventory", func() bool { return len(f.readState().Containers) == 5 })
+	f.newEvents()
+	before := f.readState().Containers
+
+	syscall.Kill(d.Pid(), syscall.SIGSTOP)
+	stalled := countLines(p.log(), "scan complete")
+	time.Sleep(4 * time.Second)
+	during := countLines(p.log(), "scan complete") - stalled
+	syscall.Kill(d.Pid(), syscall.SIGCONT)
+	if during < 2 {
+		t.Errorf("only %d cycles completed during a 4 s stall with a 1 s deadline", during)
+	}
+	st := f.readState()
+	if st.Sources.Docker.OK || !strings.Contains(st.Sources.Docker.Error, "deadline") {
+		t.Errorf("stalled source: %+v", st.Sources.Docker)
+	}
+	until(t, 10*time.Second, "recovery", func() bool { return f.readState().Sources.Docker.OK })
+	time.Sleep(time.Second)
+	if evs := f.newEvents(); len(evs) != 0 {
+		t.Fatalf("a stall invented events: %+v", evs)
+	}
+	after := f.readState().Containers
+	for k, c := range before {
+		if after[k].Status != c.Status || after[k].DetectedAt != c.DetectedAt {
+			t.Errorf("%s changed across the stall: %+v -> %+v", k, c, after[k])
+		}
+	}
+}
+
+func mount(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+		t.Fatalf("mount %v: %v %s", args, err, out)
+	}
+}
+
+func TestFaultDiskFullThenReadOnly(t *testing.T) {
+	d := privateDocker(t, dockertest.Options{})
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "tiny")
+	os.MkdirAll(dir, 0o755)
+	mount(t, "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir)
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	for i := 0; i < 3; i++ {
+		if _, err := d.Create(ctx, dockertest.Spec{Name: "full" + string(rune('a'+i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := newFiles(t, dir)
+	p := startDaemon(t, f.args("--docker-host", d.Host, "--interval", "200ms")...)
+	until(t, 15*time.Second, "inventory", func() bool { return len(f.readState().Containers) == 3 })
+	time.Sleep(500 * time.Millisecond)
+	if n := len(f.newEvents()); n != 3 {
+		t.Fatalf("%d events before the disk filled", n)
+	}
+
+	// Fill the disk.
+	filler := filepath.Join(dir, "filler")
+	fh, _ := os.Create(filler)
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := fh.Write(chunk); err != nil {
+			break
+		}
+	}
+	fh.Close()
+	stateBefore, _ := os.ReadFile(f.state)
+	// Enough transitions that their lines cannot all fit in the slack of
+	// the event log's last page (tmpfs allocates whole pages).
+	var pending []string
+	for i := 0; i < 16; i++ {
+		id, err := d.Create(ctx, dockertest.Spec{Name: "pend" + string(rune('a'+i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = append(pending, id[:12])
+	}
+	time.Sleep(2 * time.Second) // several cycles against a full disk
+	if b, _ := os.ReadFile(f.state); string(b) != string(stateBefore) {
+		t.Fatal("state file changed on a full disk")
+	}
+	f.readState()
+	early := map[string]int{} // lines that still fitted before the page was full
+	for _, e := range f.newEvents() {
+		early[string(e.Details)[17:29]]++
+	}
+	if len(early) == len(pending) {
+		t.Fatal("every event fitted on a full disk; the test needs more transitions")
+	}
+	log := p.log()
+	if n := countLines(log, "state file write failed"); n != 1 {
+		t.Errorf("state write failure logged %d times, want once", n)
+	}
+	if n := countLines(log, "event log append failed"); n != 1 {
+		t.Errorf("event append failure logged %d times, want once", n)
+	}
+
+	// Read-only: a new kind of failure, logged once more; nothing written.
+	mount(t, "-o", "remount,ro", dir)
+	time.Sleep(1500 * time.Millisecond)
+	log = p.log()
+	if n := countLines(log, "state file write failed"); n != 2 || !strings.Contains(log, "read-only file system") {
+		t.Errorf("read-only: state failure logged %d times in all:\n%s", n, log)
+	}
+	if b, _ := os.ReadFile(f.state); string(b) != string(stateBefore) {
+		t.Fatal("state file changed on a read-only disk")
+	}
+
+	// Space comes back: the pending transitions are written exactly once.
+	mount(t, "-o", "remount,rw", dir)
+	os.Remove(filler)
+	until(t, 10*time.Second, "state written again", func() bool { return len(f.readState().Containers) == 3+len(pending) })
+	time.Sleep(time.Second)
+	got := early
+	for _, e := range f.newEvents() {
+		if e.EventType != event.ContainerDiscovered {
+			t.Errorf("unexpected %s", e.EventType)
+		}
+		got[string(e.Details)[17:29]]++
+	}
+	for _, id := range pending {
+		if got[id] != 1 {
+			t.Errorf("pending discovery of %s written %d times", id, got[id])
+		}
+	}
+	if len(got) != len(pending) {
+		t.Errorf("written after recovery: %v", got)
+	}
+	if !strings.Contains(p.log(), "state file write recovered") || !strings.Contains(p.log(), "event log append recovered") {
+		t.Error("recovery not logged")
+	}
+	eventLines(t, f.events) // no partial line anywhere
+}
+
+func TestFaultEventLogRotated(t *testing.T) {
+	d := privateDocker(t, dockertest.Options{})
+	ctx := context.Background()
+	f := newFiles(t, t.TempDir())
+	startDaemon(t, f.args("--docker-host", d.Host, "--interval", "1h")...)
+	until(t, 10*time.Second, "first scan", func() bool { return f.readState().LastScan != nil })
+	seen := map[string]int{}
+	create := func(name string) string {
+		id, err := d.Create(ctx, dockertest.Spec{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		until(t, 10*time.Second, name+" logged", func() bool {
+			for _, e := range eventLines(t, f.events) {
+				if strings.Contains(string(e.Details), id[:12]) {
+					return true
+				}
+			}
+			return false
+		})
+		return id[:12]
+	}
+	count := func(path string) {
+		for _, e := range eventLines(t, path) {
+			seen[string(e.Details)[17:29]]++
+		}
+	}
+	ids := []string{create("rot1")}
+	os.Rename(f.events, f.events+".1") // logrotate "create"
+	ids = append(ids, create("rot2"))
+	count(f.events + ".1")
+	count(f.events)
+	os.Remove(f.events) // deleted outright
+	ids = append(ids, create("rot3"))
+	b, _ := os.ReadFile(f.events) // logrotate "copytruncate"
+	os.WriteFile(f.events+".2", b, 0o644)
+	os.Truncate(f.events, 0)
+	ids = append(ids, create("rot4"))
+	count(f.events + ".2")
+	count(f.events)
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("%s logged %d times across the rotations", id, seen[id])
+		}
+	}
+	if b, _ := os.ReadFile(f.events); len(b) == 0 || b[0] != '{' {
+		t.Errorf("after copytruncate the log does not start with a line: %q", b[:min(len(b), 20)])
+	}
+}
+
+// The daemon is killed with SIGKILL at random points, over 500 cycles in
+// all, while containers come and go. The state file always parses, the
+// event log never holds a partial line, and every transition is delivered
+// at least once.
+func TestFaultKill9Across500Cycles(t *testing.T) {
+	d := privateDocker(t, dockertest.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFiles(t, t.TempDir())
+
+	var mu sync.Mutex
+	created, removed := map[string]bool{}, map[string]bool{}
+	var churn sync.WaitGroup
+	churn.Add(1)
+	go func() { // containers come and go
+		defer churn.Done()
+		for i := 0; ctx.Err() == nil; i++ {
+			id, err := d.Create(ctx, dockertest.Spec{Name: "churn" + strings.Repeat("z", i%3) + string(rune('a'+i%26)) + string(rune('a'+i/26%26))})
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			created[id[:12]] = true
+			mu.Unlock()
+			time.Sleep(30 * time.Millisecond)
+			if i%2 == 0 && d.Client.ContainerRemove(ctx, id, container.RemoveOptions{}) == nil {
+				mu.Lock()
+				removed[id[:12]] = true
+				mu.Unlock()
+			}
+		}
+	}()
+
+	bin := daemonBinary(t)
+	cycles, kills := 0, 0
+	for cycles < 500 {
+		cmd := exec.Command(bin, f.args("--docker-host", d.Host, "--interval", "20ms", "--log-format", "console")...)
+		var out strings.Builder
+		cmd.Stderr = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(20+rand.Intn(300)) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		kills++
+		cycles += strings.Count(out.String(), "scan complete")
+		f.readState()           // always parses
+		eventLines(t, f.events) // never a partial line
+	}
+	cancel()
+	churn.Wait()
+
+	// Settle: one clean cycle sees the final truth.
+	if out, err := exec.Command(bin, f.args("--docker-host", d.Host, "--once", "--log-format", "console")...).CombinedOutput(); err != nil {
+		t.Fatalf("final run: %v\n%s", err, out)
+	}
+	disc, exit := map[string]int{}, map[string]int{}
+	for _, e := range eventLines(t, f.events) {
+		id := string(e.Details)[17:29]
+		switch e.EventType {
+		case event.ContainerDiscovered:
+			disc[id]++
+		case event.ContainerExited:
+			exit[id]++
+		}
+	}
+	dups := 0
+	for id := range created {
+		if disc[id] < 1 {
+			t.Errorf("container %s never discovered", id)
+		}
+		dups += max(0, disc[id]-1)
+	}
+	for id := range removed {
+		if exit[id] < 1 {
+			t.Errorf("removal of %s never reported", id)
+		}
+		dups += max(0, exit[id]-1)
+	}
+	for id := range exit {
+		if !removed[id] {
+			t.Errorf("exited event for %s, which was not removed", id)
+		}
+	}
+	t.Logf("%d cycles, %d kills, %d containers created, %d removed, %d duplicate events (at-least-once)", cycles, kills, len(created), len(removed), dups)
+}
