@@ -204,7 +204,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changed, trigger := service.Debounce(c.debounce)
-	go docker.Watch(ctx, changed, log)
+	var from time.Time
+	if t := det.Reported().DockerEventsSince; t != nil {
+		from = t.Time
+	}
+	go docker.Watch(ctx, from, changed, log)
 	if err := service.Run(ctx, det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout, Trigger: trigger, OnCycle: onCycle}); err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1

@@ -55,7 +55,7 @@ func BenchmarkScanCycle(b *testing.B) {
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		connected := make(chan struct{}, 1)
-		go r.src.Watch(wctx, func() {
+		go r.src.Watch(wctx, time.Time{}, func() {
 			select {
 			case connected <- struct{}{}:
 			default:

@@ -97,10 +97,24 @@ func New(cfg Config) *Detector {
 	if err != nil {
 		cfg.Log.Warn("state file not loaded", zap.String("path", cfg.StatePath), zap.Error(err))
 	}
+	d := &Detector{cfg: cfg, reported: st, sourceErr: map[string]string{}, excludedNames: append(append([]string{}, DefaultExcluded...), cfg.ExtraExcluded...)}
 	if !cfg.DryRun {
 		statefile.CleanTemps(cfg.StatePath)
+		// Lines the last run recorded in its state but may not have
+		// appended: append those the log does not hold.
+		missing, err := eventlog.Log{Path: cfg.EventsPath}.Missing(st.UnloggedEvents)
+		if err != nil {
+			cfg.Log.Warn("cannot check the event log for unlogged events; appending them", zap.Error(err))
+		}
+		for _, l := range missing {
+			d.pending = append(d.pending, []byte(l))
+		}
+		if len(missing) > 0 {
+			cfg.Log.Info("appending events the last run recorded but did not log", zap.Int("events", len(missing)))
+		}
 	}
-	return &Detector{cfg: cfg, reported: st, sourceErr: map[string]string{}, excludedNames: append(append([]string{}, DefaultExcluded...), cfg.ExtraExcluded...)}
+	d.reported.UnloggedEvents = nil
+	return d
 }
 
 // Reported returns the current reported view (read-only use).
@@ -114,6 +128,7 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 	prev := d.reported
 	next := inventory.Empty()
 	next.Sources = prev.Sources
+	next.DockerEventsSince = prev.DockerEventsSince
 	next.HostProcesses = prev.HostProcesses
 	next.PendingProcesses = prev.PendingProcesses
 
@@ -126,6 +141,18 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 			next.Containers[k] = c
 		}
 	} else {
+		// The replay checkpoint: the stream's, once it has handled an event
+		// (it never moves back); before that the last one stands, since the
+		// stream may still be replaying from it; with none at all (a first
+		// run, --once) the list itself reflects everything before it began.
+		switch {
+		case !snap.Checkpoint.IsZero():
+			if prev.DockerEventsSince == nil || snap.Checkpoint.After(prev.DockerEventsSince.Time) {
+				next.DockerEventsSince = inventory.TimePtr(snap.Checkpoint)
+			}
+		case prev.DockerEventsSince == nil && !snap.ListStart.IsZero():
+			next.DockerEventsSince = inventory.TimePtr(snap.ListStart.Add(-time.Second))
+		}
 		next.Containers = d.buildContainers(snap.Containers, prev.Containers, start)
 		events = append(events, diffContainers(prev.Containers, next.Containers)...)
 		// Containers born and destroyed between two scans, known only from
@@ -213,16 +240,22 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 	}
 	d.reported = next
 
-	// Events first, then the state: a crash between the two repeats
-	// transitions on restart rather than losing them (at-least-once).
+	// The state first, carrying the lines about to be appended; then the
+	// lines. A crash between the two leaves them in the state file, and the
+	// next start appends those the log lacks: exactly once. If the state
+	// cannot be written the lines are appended anyway (at least once).
+	toWrite := next
+	for _, l := range d.pending {
+		toWrite.UnloggedEvents = append(toWrite.UnloggedEvents, string(l))
+	}
+	serr := statefile.Save(d.cfg.StatePath, toWrite, d.cfg.StateGroup)
+	d.stateErr = d.noteErr("state file write", serr, d.stateErr, zap.String("path", d.cfg.StatePath))
 	n, aerr := eventlog.Log{Path: d.cfg.EventsPath}.Append(d.pending)
 	d.pending = d.pending[n:]
 	if len(d.pending) == 0 {
 		d.pending = nil
 	}
 	d.eventsErr = d.noteErr("event log append", aerr, d.eventsErr, zap.String("path", d.cfg.EventsPath), zap.Int("pending_events", len(d.pending)))
-	serr := statefile.Save(d.cfg.StatePath, next, d.cfg.StateGroup)
-	d.stateErr = d.noteErr("state file write", serr, d.stateErr, zap.String("path", d.cfg.StatePath))
 
 	sum.PendingEvents = len(d.pending)
 	sum.StateWriteErr, sum.EventAppendErr = serr, aerr

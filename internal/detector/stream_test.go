@@ -20,7 +20,7 @@ func watch(t *testing.T, src *dockersrc.Source) <-chan struct{} {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := make(chan struct{}, 1000)
-	go src.Watch(ctx, func() {
+	go src.Watch(ctx, time.Time{}, func() {
 		select {
 		case ch <- struct{}{}:
 		default:

@@ -51,6 +51,7 @@ type Source struct {
 	dirty   map[string]bool // IDs named by events since the last list
 	trusted bool
 	births  map[string]*birth // containers the stream saw created (see Ephemeral)
+	handled time.Time         // time of the last event handled
 
 	// afterList, when set, runs between the list call and the inspects.
 	// Tests use it to remove a container mid-scan.
@@ -68,7 +69,8 @@ type cachedContainer struct {
 type birth struct {
 	c         Container
 	destroyed bool
-	at        time.Time
+	at        time.Time // when it was recorded
+	event     time.Time // the create event's own time
 }
 
 // Snapshot is one list of the daemon's containers.
@@ -80,6 +82,13 @@ type Snapshot struct {
 	Ephemeral []Container
 	// Inspected counts the inspect calls this list made.
 	Inspected int
+	// Checkpoint is a time such that every event up to it is reflected in
+	// this snapshot: the last event handled, held back before any container
+	// the stream saw created that this snapshot neither lists nor reports.
+	// Zero when the stream has handled no event yet.
+	Checkpoint time.Time
+	// ListStart is when the list call began.
+	ListStart time.Time
 }
 
 // New connects lazily to host (DOCKER_HOST and the default socket when
@@ -215,6 +224,7 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			delete(s.cache, id)
 		}
 	}
+	snap.Checkpoint, snap.ListStart = s.handled, listStart
 	for id, b := range s.births {
 		switch {
 		case listed[id]:
@@ -224,6 +234,9 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			delete(s.births, id)
 		case b.at.Before(listStart.Add(-time.Minute)):
 			delete(s.births, id) // never listed, never destroyed: stale
+		case !b.event.IsZero() && !b.event.After(snap.Checkpoint):
+			// Not reflected yet: a restart must replay its creation.
+			snap.Checkpoint = b.event.Add(-time.Nanosecond)
 		}
 	}
 	s.mu.Unlock()

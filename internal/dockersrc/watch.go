@@ -2,7 +2,7 @@ package dockersrc
 
 import (
 	"context"
-	"strconv"
+	"fmt"
 	"strings"
 	"time"
 
@@ -12,6 +12,10 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 )
+
+// maxReplay bounds how far back a restarted daemon asks Docker to replay
+// events (dockerd keeps only recent ones in memory anyway).
+const maxReplay = time.Hour
 
 // watchedActions are the container events that change what a scan reports.
 var watchedActions = []events.Action{
@@ -26,12 +30,24 @@ var watchedActions = []events.Action{
 // Snapshot.Ephemeral). When the stream breaks (a dockerd restart, say),
 // Watch reconnects with backoff from its last checkpoint, drops the cache,
 // and calls changed so that the next scan lists everything again.
-func (s *Source) Watch(ctx context.Context, changed func(), log *zap.Logger) {
+//
+// from is the checkpoint of the last run (the state file's
+// docker_events_since): when it is recent, the first subscription replays
+// the events after it, so containers created and removed while the daemon
+// was down are still reported. Otherwise the stream starts now.
+func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log *zap.Logger) {
 	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)))
 	for _, a := range watchedActions {
 		f.Add("event", string(a))
 	}
+	// since is the checkpoint: the time of the last event handled. The
+	// first subscription starts now (the first scan covers the past); a
+	// reconnection asks Docker to replay what came after the checkpoint,
+	// and events at or before it are skipped, so none is handled twice.
 	since := time.Now()
+	if !from.IsZero() && since.Sub(from) < maxReplay {
+		since = from
+	}
 	backoff := 100 * time.Millisecond
 	down := false
 	for ctx.Err() == nil {
@@ -45,7 +61,7 @@ func (s *Source) Watch(ctx context.Context, changed func(), log *zap.Logger) {
 			continue
 		}
 		sctx, cancel := context.WithCancel(ctx)
-		msgs, errs := s.cli.Events(sctx, events.ListOptions{Since: strconv.FormatInt(since.Add(-time.Second).Unix(), 10), Filters: f})
+		msgs, errs := s.cli.Events(sctx, events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f})
 		s.resetCache(true)
 		if down {
 			log.Info("docker event stream reconnected")
@@ -58,9 +74,16 @@ func (s *Source) Watch(ctx context.Context, changed func(), log *zap.Logger) {
 			select {
 			case m := <-msgs:
 				if m.TimeNano > 0 {
-					since = time.Unix(0, m.TimeNano)
+					t := time.Unix(0, m.TimeNano)
+					if !t.After(since) {
+						continue // replayed, already handled
+					}
+					since = t
 				}
 				s.handle(ctx, m)
+				s.mu.Lock()
+				s.handled = since
+				s.mu.Unlock()
 				changed()
 			case err := <-errs:
 				if ctx.Err() == nil {
@@ -109,7 +132,7 @@ func (s *Source) handle(ctx context.Context, m events.Message) {
 	if m.Action != events.ActionCreate {
 		return
 	}
-	b := &birth{c: fromEvent(m), at: time.Now()}
+	b := &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano)}
 	rts, defRT, err := s.runtimeInfo(ctx)
 	if err == nil {
 		if c, err := s.inspect(ctx, id, rts, defRT); err == nil {

@@ -5,8 +5,10 @@
 package eventlog
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -94,4 +96,45 @@ func reserve(f *os.File, n int) error {
 		return nil // filesystem cannot reserve; write and check the count
 	}
 	return err
+}
+
+// Missing returns the lines (without newlines) that the end of the log does
+// not hold as whole lines, in their order. It reads only as much of the end
+// of the file as the lines could take up, plus a margin for other writers.
+func (l Log) Missing(lines []string) ([]string, error) {
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	f, err := os.Open(l.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return lines, nil
+	}
+	if err != nil {
+		return lines, err
+	}
+	defer f.Close()
+	want := int64(1 << 20)
+	for _, line := range lines {
+		want += int64(len(line)) + 1
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return lines, err
+	}
+	off := max(0, st.Size()-want)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return lines, err
+	}
+	have := map[string]bool{}
+	for _, b := range bytes.Split(buf, []byte{'\n'}) {
+		have[string(b)] = true
+	}
+	var out []string
+	for _, line := range lines {
+		if !have[line] {
+			out = append(out, line)
+		}
+	}
+	return out, nil
 }

@@ -107,7 +107,7 @@ func runDaemon(t *testing.T, host string, interval time.Duration) (dir string) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	changed, trigger := service.Debounce(50 * time.Millisecond)
-	go src.Watch(ctx, changed, zap.NewNop())
+	go src.Watch(ctx, time.Time{}, changed, zap.NewNop())
 	done := make(chan struct{})
 	go func() {
 		service.Run(ctx, det, zap.NewNop(), service.Options{Interval: interval, ScanTimeout: 5 * time.Second, Trigger: trigger})

@@ -34,6 +34,17 @@ type State struct {
 	// OtherGPUProcesses are GPU processes in containers of another runtime
 	// (podman, containerd, CRI-O), or whose /proc entry could not be read.
 	OtherGPUProcesses []GPUProcess `json:"other_gpu_processes"`
+	// UnloggedEvents are event lines written to the event log after this
+	// state, or still waiting for it. A restarted daemon appends those the
+	// log does not hold yet, so a crash between the state write and the
+	// append neither loses nor repeats them. Internal, like
+	// _pending_processes.
+	UnloggedEvents []string `json:"_unlogged_events,omitempty"`
+	// DockerEventsSince is the time of the last Docker event reflected in
+	// this state. A restarted daemon asks Docker to replay the events after
+	// it, so a container created and removed while the daemon was down is
+	// still reported.
+	DockerEventsSince *Time `json:"docker_events_since,omitempty"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
