@@ -165,10 +165,15 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 			if _, listed := next.Containers[k]; listed {
 				continue
 			}
+			if _, done := prev.RecentlyExited[k]; done {
+				continue // a replay of one already reported
+			}
 			events = append(events, diffContainers(nil, map[string]inventory.Container{k: eph[k]})...)
 			events = append(events, diffContainers(map[string]inventory.Container{k: eph[k]}, nil)...)
 		}
 	}
+
+	next.RecentlyExited = recentlyExited(prev, next, events, start)
 
 	var procs []gpu.Process
 	err = errNoGPUSource
@@ -264,6 +269,31 @@ func (d *Detector) Cycle(ctx context.Context) Summary {
 }
 
 var errNoGPUSource = errors.New("no GPU source configured")
+
+// recentlyExited adds this cycle's removals to the record and forgets
+// those a replay can no longer bring up: reported well before the replay
+// checkpoint.
+func recentlyExited(prev, next inventory.State, events []queued, now time.Time) map[string]inventory.Time {
+	out := map[string]inventory.Time{}
+	var horizon time.Time
+	if next.DockerEventsSince != nil {
+		horizon = next.DockerEventsSince.Add(-time.Minute)
+	}
+	for k, t := range prev.RecentlyExited {
+		if t.After(horizon) {
+			out[k] = t
+		}
+	}
+	for _, q := range events {
+		if d, ok := q.details.(event.ContainerExitedDetails); ok {
+			out[d.ContainerID] = inventory.NewTime(now)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
 
 // health records a source's result. It warns once when the source starts
 // failing and logs once when it recovers; while it keeps failing, a changed

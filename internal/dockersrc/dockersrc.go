@@ -64,6 +64,10 @@ type cachedContainer struct {
 	name  string
 }
 
+// reorderMargin is how far back the checkpoint is held for events Docker
+// publishes out of order.
+const reorderMargin = time.Second
+
 // birth is a container the event stream saw created, kept until a scan
 // lists it, or reported as ephemeral when it was destroyed first.
 type birth struct {
@@ -224,7 +228,12 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			delete(s.cache, id)
 		}
 	}
-	snap.Checkpoint, snap.ListStart = s.handled, listStart
+	snap.ListStart = listStart
+	if !s.handled.IsZero() {
+		// Docker may publish events slightly out of order: hold the
+		// checkpoint back so a late one is replayed rather than skipped.
+		snap.Checkpoint = s.handled.Add(-reorderMargin)
+	}
 	for id, b := range s.births {
 		switch {
 		case listed[id]:

@@ -61,6 +61,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 			continue
 		}
 		sctx, cancel := context.WithCancel(ctx)
+		replayedUpTo := since // events at or before it were handled already
 		msgs, errs := s.cli.Events(sctx, events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f})
 		s.resetCache(true)
 		if down {
@@ -75,10 +76,12 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 			case m := <-msgs:
 				if m.TimeNano > 0 {
 					t := time.Unix(0, m.TimeNano)
-					if !t.After(since) {
+					if !t.After(replayedUpTo) {
 						continue // replayed, already handled
 					}
-					since = t
+					if t.After(since) { // events may come slightly out of order
+						since = t
+					}
 				}
 				s.handle(ctx, m)
 				s.mu.Lock()

@@ -45,6 +45,11 @@ type State struct {
 	// it, so a container created and removed while the daemon was down is
 	// still reported.
 	DockerEventsSince *Time `json:"docker_events_since,omitempty"`
+	// RecentlyExited maps the 12-char IDs of containers reported removed
+	// to when that was reported, for as long as a replay of Docker's events
+	// could bring them up again; it keeps a replay from reporting them
+	// twice. Internal.
+	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
