@@ -413,11 +413,11 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFiles(t, t.TempDir())
-	bin := daemonBinary(t)
+	bin0 := daemonBinary(t)
 	// A first run, so that every container of the churn below is created
 	// after the daemon first looked (one created and removed before the
 	// detector ever ran cannot be known).
-	if out, err := exec.Command(bin, f.args("--docker-host", d.Host, "--once", "--log-format", "console")...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin0, f.args("--docker-host", d.Host, "--once", "--log-format", "console")...).CombinedOutput(); err != nil {
 		t.Fatalf("first run: %v\n%s", err, out)
 	}
 
@@ -426,10 +426,11 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	when := map[string][2]time.Time{} // create and remove times, for diagnosis
 	var churn sync.WaitGroup
 	churn.Add(1)
-	go func() { // containers come and go
+	go func() { // containers come and go; about 20 stay, so cycles stay short
 		defer churn.Done()
+		var alive []string
 		for i := 0; ctx.Err() == nil; i++ {
-			id, err := d.Create(ctx, dockertest.Spec{Name: "churn" + strings.Repeat("z", i%3) + string(rune('a'+i%26)) + string(rune('a'+i/26%26))})
+			id, err := d.Create(ctx, dockertest.Spec{Name: "churn" + strings.Repeat("z", i%3) + string(rune('a'+i%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i/676%26))})
 			if err != nil {
 				continue
 			}
@@ -438,20 +439,34 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 			when[id[:12]] = [2]time.Time{time.Now()}
 			mu.Unlock()
 			time.Sleep(30 * time.Millisecond)
-			if i%2 == 0 && d.Client.ContainerRemove(ctx, id, container.RemoveOptions{}) == nil {
+			victim := ""
+			switch {
+			case i%2 == 0:
+				victim = id // short-lived
+			case len(alive) >= 20:
+				victim, alive = alive[0], append(alive[1:], id)
+			default:
+				alive = append(alive, id)
+			}
+			if victim != "" && d.Client.ContainerRemove(ctx, victim, container.RemoveOptions{}) == nil {
 				mu.Lock()
-				removed[id[:12]] = true
-				w := when[id[:12]]
+				removed[victim[:12]] = true
+				w := when[victim[:12]]
 				w[1] = time.Now()
-				when[id[:12]] = w
+				when[victim[:12]] = w
 				mu.Unlock()
 			}
 		}
 	}()
 
+	bin := daemonBinary(t)
 	cycles, kills := 0, 0
 	var lives []string
+	deadline := time.Now().Add(4 * time.Minute)
 	for cycles < 500 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d cycles in 4 minutes (%d kills); lives:\n%s", cycles, kills, strings.Join(lives, "\n"))
+		}
 		cmd := exec.Command(bin, f.args("--docker-host", d.Host, "--interval", "20ms", "--log-format", "console")...)
 		var out strings.Builder
 		cmd.Stderr = &out
@@ -459,7 +474,7 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 			t.Fatal(err)
 		}
 		started := time.Now()
-		time.Sleep(time.Duration(20+rand.Intn(300)) * time.Millisecond)
+		time.Sleep(time.Duration(20+rand.Intn(400)) * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		kills++
