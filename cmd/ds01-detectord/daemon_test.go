@@ -120,15 +120,8 @@ func listeningTCP(pid int) []string {
 }
 
 func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
-	d, err := dockertest.Start(dockertest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Cleanup()
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
 	for _, s := range []dockertest.Spec{{Name: "m1", Start: true}, {Name: "m2"}, {Name: "m3", Labels: map[string]string{"ds01.managed": "true"}}} {
 		if _, err := d.Create(ctx, s); err != nil {
 			t.Fatal(err)

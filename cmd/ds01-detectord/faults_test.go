@@ -4,7 +4,6 @@ package main
 // dockerd. docs/FAULTS.md lists each fault with the test that proves it.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand"
@@ -24,21 +23,6 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-func privateDocker(t *testing.T, opts dockertest.Options) *dockertest.Daemon {
-	t.Helper()
-	d, err := dockertest.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Cleanup)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
 
 // files are a daemon's state file and event log.
 type files struct {
@@ -72,34 +56,14 @@ func (f *files) readState() inventory.State {
 	return st
 }
 
-// eventLines checks every line of an event log file: complete (newline
-// ended) and valid.
+// eventLines reads a whole event log, failing on a partial or bad line.
 func eventLines(t *testing.T, path string) []event.Envelope {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
+	evs, err := event.ReadLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		t.Fatalf("%s ends in a partial line: %q", path, b[max(0, len(b)-80):])
-	}
-	var out []event.Envelope
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	sc.Buffer(make([]byte, 8192), 8192)
-	for sc.Scan() {
-		e, err := event.Decode(sc.Bytes())
-		if err != nil {
-			t.Fatalf("%s: bad line %q: %v", path, sc.Text(), err)
-		}
-		out = append(out, e)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return out
+	return evs
 }
 
 func (f *files) newEvents() []event.Envelope {
@@ -123,7 +87,7 @@ func until(t *testing.T, limit time.Duration, what string, cond func() bool) {
 func countLines(log, substr string) int { return strings.Count(log, substr) }
 
 func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
-	d := privateDocker(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	for i := 0; i < 40; i++ {
 		if _, err := d.Create(ctx, dockertest.Spec{Name: "k" + string(rune('a'+i%26)) + strings.Repeat("x", i/26), Start: i%4 == 0}); err != nil {
@@ -197,7 +161,7 @@ func TestFaultNoDockerSocketAtStart(t *testing.T) {
 	if !strings.Contains(p.log(), "docker source failed") {
 		t.Errorf("degraded start not logged:\n%s", p.log())
 	}
-	d := privateDocker(t, dockertest.Options{Dir: dir})
+	d := dockertest.New(t, dockertest.Options{Dir: dir})
 	id, err := d.Create(context.Background(), dockertest.Spec{Name: "late"})
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +174,7 @@ func TestFaultNoDockerSocketAtStart(t *testing.T) {
 }
 
 func TestFaultDockerdStalls(t *testing.T) {
-	d := privateDocker(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	for i := 0; i < 5; i++ {
 		if _, err := d.Create(ctx, dockertest.Spec{Name: "s" + string(rune('a'+i)), Start: i%2 == 0}); err != nil {
@@ -256,7 +220,7 @@ func mount(t *testing.T, args ...string) {
 }
 
 func TestFaultDiskFullThenReadOnly(t *testing.T) {
-	d := privateDocker(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "tiny")
 	os.MkdirAll(dir, 0o755)
@@ -354,7 +318,7 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 }
 
 func TestFaultEventLogRotated(t *testing.T) {
-	d := privateDocker(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	f := newFiles(t, t.TempDir())
 	startDaemon(t, f.args("--docker-host", d.Host, "--interval", "1h")...)
@@ -409,7 +373,7 @@ func TestFaultEventLogRotated(t *testing.T) {
 // containers created and removed while the daemon was down come from
 // Docker's event replay; and none is written twice.
 func TestFaultKill9Across500Cycles(t *testing.T) {
-	d := privateDocker(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFiles(t, t.TempDir())
@@ -424,6 +388,7 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	var mu sync.Mutex
 	created, removed := map[string]bool{}, map[string]bool{}
 	when := map[string][2]time.Time{} // create and remove times, for diagnosis
+	removeErr := map[string]error{}
 	var churn sync.WaitGroup
 	churn.Add(1)
 	go func() { // containers come and go; about 20 stay, so cycles stay short
@@ -448,7 +413,14 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 			default:
 				alive = append(alive, id)
 			}
-			if victim != "" && d.Client.ContainerRemove(ctx, victim, container.RemoveOptions{}) == nil {
+			var rerr error
+			if victim != "" {
+				rerr = d.Client.ContainerRemove(ctx, victim, container.RemoveOptions{})
+				mu.Lock()
+				removeErr[victim[:12]] = rerr
+				mu.Unlock()
+			}
+			if victim != "" && rerr == nil {
 				mu.Lock()
 				removed[victim[:12]] = true
 				w := when[victim[:12]]
@@ -491,25 +463,6 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	}
 	cancel()
 	churn.Wait()
-	// What was removed, from Docker itself (a remove cut short by the
-	// cancellation may still have happened).
-	all, err := d.Client.ContainerList(context.Background(), container.ListOptions{All: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	alive := map[string]bool{}
-	for _, c := range all {
-		alive[c.ID[:12]] = true
-	}
-	for id := range created {
-		removed[id] = !alive[id]
-	}
-	for id, gone := range removed {
-		if !gone {
-			delete(removed, id)
-		}
-	}
-
 	// Settle: a last run with the event stream replays what happened after
 	// the final kill, then stops cleanly.
 	final := exec.Command(bin, f.args("--docker-host", d.Host, "--interval", "200ms", "--log-format", "console")...)
@@ -523,6 +476,30 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	if err := final.Wait(); err != nil {
 		t.Fatalf("final run: %v\n%s", err, fout.String())
 	}
+	// What was removed, from Docker itself, after the settling run: a
+	// remove the cancellation cut short on the client side may still have
+	// gone through on the server a moment later.
+	all, err := d.Client.ContainerList(context.Background(), container.ListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive := map[string]bool{}
+	for _, c := range all {
+		alive[c.ID[:12]] = true
+	}
+	churnRemoved := map[string]bool{}
+	for id, v := range removed {
+		churnRemoved[id] = v
+	}
+	for id := range created {
+		removed[id] = !alive[id]
+	}
+	for id, gone := range removed {
+		if !gone {
+			delete(removed, id)
+		}
+	}
+
 	disc, exit := map[string]int{}, map[string]int{}
 	for _, e := range eventLines(t, f.events) {
 		id := string(e.Details)[17:29]
@@ -552,7 +529,23 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	}
 	for id := range exit {
 		if !removed[id] {
-			t.Errorf("exited event for %s, which was not removed", id)
+			w := when[id]
+			t.Errorf("exited event for %s, which was not removed (created %s)", id, w[0].Format("15:04:05.000"))
+			if js, err := d.Client.ContainerInspect(context.Background(), id); err == nil {
+				t.Logf("  docker now: status %s, removal in progress %v, dead %v; in final state: %v; remove error: %v",
+					js.State.Status, js.State.Status == "removing", js.State.Dead, f.readState().Containers[id].Status, removeErr[id])
+			} else {
+				t.Logf("  docker inspect: %v", err)
+			}
+			t.Logf("  alive at the end %v, churn removed %v, remove error %v, created %v, listed %d", alive[id], churnRemoved[id], removeErr[id], created[id], len(all))
+			for _, e := range eventLines(t, f.events) {
+				if strings.Contains(string(e.Details), id) {
+					t.Logf("  %s %s %s", e.Timestamp, e.EventType, e.Details)
+				}
+			}
+			for _, l := range lives {
+				t.Log(l)
+			}
 		}
 	}
 	t.Logf("%d cycles, %d kills, %d containers created, %d removed, %d duplicate events", cycles, kills, len(created), len(removed), dups)

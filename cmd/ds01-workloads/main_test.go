@@ -212,15 +212,8 @@ func TestJSONThroughJQRoundTrips(t *testing.T) {
 // The real daemon runs --once against a private dockerd; the CLI then reads
 // the state file it wrote.
 func TestAgainstRealDaemonOutput(t *testing.T) {
-	d, err := dockertest.Start(dockertest.Options{NvidiaHook: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Cleanup()
+	d := dockertest.New(t, dockertest.Options{NvidiaHook: true})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := d.Create(ctx, dockertest.Spec{Name: "alice-gpu", Start: true, Labels: map[string]string{"ds01.managed": "true", "ds01.user": "alice", "ds01.gpu.allocated": "1"},
 		Host: container.HostConfig{Resources: container.Resources{DeviceRequests: []container.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}}}}); err != nil {
 		t.Fatal(err)

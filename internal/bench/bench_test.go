@@ -154,15 +154,8 @@ func Benchmark1000Containers(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("runs once; use -benchtime 1x")
 	}
-	d, err := dockertest.Start(dockertest.Options{NvidiaHook: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Cleanup()
+	d := dockertest.New(b, dockertest.Options{NvidiaHook: true})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		b.Fatal(err)
-	}
 	b.Logf("creating %d containers (%d running)", total, running)
 	start := time.Now()
 	var wg sync.WaitGroup

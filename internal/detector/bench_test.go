@@ -18,15 +18,8 @@ import (
 // (as with --once), "steady" with the stream connected and the inspect
 // cache warm (the daemon's normal cycle).
 func BenchmarkScanCycle(b *testing.B) {
-	d, err := dockertest.Start(dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, NvidiaHook: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Cleanup()
+	d := dockertest.New(b, dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, NvidiaHook: true})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		b.Fatal(err)
-	}
 	for i := 0; i < 200; i++ {
 		s := dockertest.Spec{Name: fmt.Sprintf("bench-%03d", i), Start: i%2 == 0,
 			Labels: map[string]string{"ds01.managed": "true", "ds01.user": fmt.Sprintf("user%d", i%7)}}

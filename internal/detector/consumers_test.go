@@ -37,7 +37,7 @@ func TestConsumersReadOutputUnchanged(t *testing.T) {
 	if _, err := exec.LookPath("jq"); err != nil {
 		t.Fatal("jq is needed for the consumer golden test; 'make test' installs it")
 	}
-	d := startDaemon(t, dockertest.Options{NvidiaHook: true})
+	d := dockertest.New(t, dockertest.Options{NvidiaHook: true})
 	ctx := context.Background()
 	mk := func(s dockertest.Spec) string {
 		id, err := d.Create(ctx, s)

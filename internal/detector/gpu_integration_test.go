@@ -45,7 +45,7 @@ func ensureUser(t *testing.T) uint32 {
 // private dockerd and (b) a real host process of a non-root user; the
 // state must attribute each to the right owner.
 func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	cid, err := d.Create(ctx, dockertest.Spec{Name: "no-gpu-config", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
 	if err != nil {
@@ -162,7 +162,7 @@ func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
 func TestOnceWithoutGPUWritesContainers(t *testing.T) {
 	// On this GPU-less machine the real NVML fails to load; the cycle still
 	// writes the containers and reports the GPU source as failed.
-	d := startDaemon(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	if _, err := d.Create(context.Background(), dockertest.Spec{Name: "c1"}); err != nil {
 		t.Fatal(err)
 	}

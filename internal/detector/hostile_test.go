@@ -13,7 +13,7 @@ import (
 )
 
 func TestHugeAndHostileLabels(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	huge := strings.Repeat("ü", 512*1024) // 1 MB of UTF-8
 	hostile := "eve\n2026-01-01T00:00:00Z INFO forged\x1b[2J\x00\u2028"

@@ -1,7 +1,6 @@
 package detector
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,23 +21,6 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-// startDaemon starts a private dockerd with the nvidia runtime registered
-// (as runc) and a no-op nvidia hook, and imports the test images.
-func startDaemon(t *testing.T, opts dockertest.Options) *dockertest.Daemon {
-	t.Helper()
-	d, err := dockertest.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Cleanup)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
 
 type rig struct {
 	t        testing.TB
@@ -95,24 +77,11 @@ func (r *rig) state() inventory.State {
 // newEvents returns the event lines appended since the last call.
 func (r *rig) newEvents() []event.Envelope {
 	r.t.Helper()
-	f, err := os.Open(filepath.Join(r.dir, "events.jsonl"))
-	if os.IsNotExist(err) {
-		return nil
-	}
+	all, err := event.ReadLog(filepath.Join(r.dir, "events.jsonl"))
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	defer f.Close()
-	var all []event.Envelope
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		e, err := event.Decode(sc.Bytes())
-		if err != nil {
-			r.t.Fatalf("bad event line %q: %v", sc.Text(), err)
-		}
-		all = append(all, e)
-	}
-	out := all[r.consumed:]
+	out := all[min(r.consumed, len(all)):]
 	r.consumed = len(all)
 	return out
 }
@@ -139,7 +108,7 @@ type want struct {
 }
 
 func TestInventoryAgainstRealDocker(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, NvidiaHook: true})
+	d := dockertest.New(t, dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, NvidiaHook: true})
 	ctx := context.Background()
 
 	bindSrc := "/home/ds01dave/src"
@@ -378,7 +347,7 @@ func waitStatus(t *testing.T, d *dockertest.Daemon, id, status string) {
 }
 
 func TestDefaultRuntimeNvidia(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, DefaultRuntime: "nvidia"})
+	d := dockertest.New(t, dockertest.Options{Runtimes: map[string]string{"nvidia": "runc"}, DefaultRuntime: "nvidia"})
 	ctx := context.Background()
 	with, err := d.Create(ctx, dockertest.Spec{Name: "with-env", Env: []string{"NVIDIA_VISIBLE_DEVICES=GPU-abcd"}, Start: true})
 	if err != nil {

@@ -59,7 +59,7 @@ func eventKinds(t *testing.T, evs []event.Envelope) []string {
 }
 
 func TestShortLivedContainerBetweenTicks(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	r := newRig(t, d)
 	changes := watch(t, r.src)
 	waitChange(t, changes, "stream connected")
@@ -97,7 +97,7 @@ func TestShortLivedContainerBetweenTicks(t *testing.T) {
 }
 
 func TestSteadyCycleMakesOneRequest(t *testing.T) {
-	d := startDaemon(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	for i := 0; i < 5; i++ {
 		if _, err := d.Create(ctx, dockertest.Spec{Name: "steady-" + string(rune('a'+i)), Start: i%2 == 0}); err != nil {

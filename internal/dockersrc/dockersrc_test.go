@@ -13,15 +13,8 @@ import (
 )
 
 func TestListSkipsContainerRemovedMidScan(t *testing.T) {
-	d, err := dockertest.Start(dockertest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Cleanup()
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
 	keep, err := d.Create(ctx, dockertest.Spec{Name: "keep"})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -330,4 +331,22 @@ func (d *Daemon) Create(ctx context.Context, s Spec) (string, error) {
 		}
 	}
 	return resp.ID, nil
+}
+
+// New starts a daemon for a test with the test images imported, and stops
+// and removes it when the test ends. It fails the test when dockerd cannot
+// start.
+func New(t testing.TB, opts Options) *Daemon {
+	t.Helper()
+	d, err := Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Cleanup)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := d.BuildImages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -187,15 +187,8 @@ func TestUnderRealSystemd(t *testing.T) {
 	os.WriteFile(filepath.Join(dropin, "e2e.conf"), []byte("[Service]\nWatchdogSec=6s\nRestartSec=1s\n"), 0o644)
 	setOpts(t, root, "--interval 60s")
 
-	d, err := dockertest.Start(dockertest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Cleanup)
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
 
 	m := boot(t, root, filepath.Join(d.Dir, "docker.sock"))
 	// The deploy steps.
@@ -322,4 +315,16 @@ func TestUnderRealSystemd(t *testing.T) {
 	if v, _ := strconv.ParseFloat(mm[1], 64); v > 3.0 {
 		t.Errorf("exposure %s above 3.0", mm[1])
 	}
+	// Uninstall removes what install put in place; the data stays.
+	sh(t, "make", "-s", "-C", repoRoot(), "uninstall", "DESTDIR="+root, "PREFIX=/usr")
+	for _, p := range []string{"usr/bin/ds01-detectord", "usr/bin/ds01-workloads", "usr/lib/systemd/system/ds01-detectord.service",
+		"usr/lib/tmpfiles.d/ds01-detectord.conf", "etc/default/ds01-detectord", "usr/share/doc/ds01-detectord"} {
+		if _, err := os.Stat(filepath.Join(root, p)); !os.IsNotExist(err) {
+			t.Errorf("uninstall left %s", p)
+		}
+	}
+	if _, err := os.Stat(m.statePath()); err != nil {
+		t.Errorf("uninstall removed the state: %v", err)
+	}
+
 }

@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"os"
@@ -29,21 +28,6 @@ import (
 // These tests run the real loop (service.Run, the detector and Docker's
 // event stream) against a private dockerd.
 
-func startDaemon(t *testing.T) *dockertest.Daemon {
-	t.Helper()
-	d, err := dockertest.Start(dockertest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Cleanup)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := d.BuildImages(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 type daemonFiles struct {
 	t        *testing.T
 	dir      string
@@ -65,21 +49,11 @@ func (f *daemonFiles) state() inventory.State {
 
 func (f *daemonFiles) newEvents() []event.Envelope {
 	f.t.Helper()
-	fh, err := os.Open(filepath.Join(f.dir, "events.jsonl"))
+	all, err := event.ReadLog(filepath.Join(f.dir, "events.jsonl"))
 	if err != nil {
-		return nil
+		f.t.Fatal(err)
 	}
-	defer fh.Close()
-	var all []event.Envelope
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		e, err := event.Decode(sc.Bytes())
-		if err != nil {
-			f.t.Fatalf("bad event line %q: %v", sc.Text(), err)
-		}
-		all = append(all, e)
-	}
-	out := all[f.consumed:]
+	out := all[min(f.consumed, len(all)):]
 	f.consumed = len(all)
 	return out
 }
@@ -135,7 +109,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 }
 
 func TestRelistFindsContainerCreatedWhileStreamWasDown(t *testing.T) {
-	d := startDaemon(t)
+	d := dockertest.New(t, dockertest.Options{})
 	p, err := d.Proxy()
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +138,7 @@ func TestRelistFindsContainerCreatedWhileStreamWasDown(t *testing.T) {
 }
 
 func TestDockerdKilledAndRestartedWhileRunning(t *testing.T) {
-	d := startDaemon(t)
+	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
 	ids := map[string]string{}
 	for _, s := range []dockertest.Spec{

@@ -5,8 +5,12 @@
 package event
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"unicode/utf8"
 
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -150,4 +154,33 @@ func Decode(line []byte) (Envelope, error) {
 		return Envelope{}, fmt.Errorf("event has no event_type")
 	}
 	return e, nil
+}
+
+// ReadLog reads a whole event log file. A missing file is an empty log. It
+// fails on a line that does not parse, and on a last line without its
+// newline (a partial write).
+func ReadLog(path string) ([]Envelope, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		tail := b[max(0, len(b)-80):]
+		return nil, fmt.Errorf("%s ends in a partial line: %q", path, tail)
+	}
+	var out []Envelope
+	for i, line := range bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n")) {
+		if len(b) == 0 {
+			break
+		}
+		e, err := Decode(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", path, i+1, err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
