@@ -184,6 +184,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var onCycle func(detector.Summary)
 	if c.metricsListen != "" {
 		m := metrics.New(version)
+		m.APIRequests = docker.Requests
 		ln, err := m.Listen(c.metricsListen)
 		if err != nil {
 			log.Error("cannot serve metrics: check --metrics-listen (address taken, or not an address this host has?)",

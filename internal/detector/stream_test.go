@@ -122,12 +122,23 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	r.cycle()
 	p.Counts()
+	before := src.Requests()
 	for i := 0; i < 3; i++ {
 		r.cycle()
 	}
 	got := p.Counts()
 	if want := map[string]int{"GET /containers/json": 3}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("3 steady cycles made %v, want %v", got, want)
+	}
+	// The client's own count (exported as a metric) agrees with the proxy.
+	after := src.Requests()
+	for ep, n := range after {
+		if d := n - before[ep]; d != 0 && !(ep == "GET /containers/json" && d == 3) {
+			t.Errorf("client counted %d × %s", d, ep)
+		}
+	}
+	if after["GET /containers/json"]-before["GET /containers/json"] != 3 {
+		t.Errorf("client counted %v, then %v", before, after)
 	}
 	// A state change is re-inspected, and only that container.
 	var running string

@@ -7,6 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +35,7 @@ type Container struct {
 // Source reads containers from one Docker Engine.
 type Source struct {
 	cli         *client.Client
+	requests    *countingTransport
 	callTimeout time.Duration
 	workers     int
 
@@ -56,6 +60,39 @@ type Source struct {
 	// afterList, when set, runs between the list call and the inspects.
 	// Tests use it to remove a container mid-scan.
 	afterList func()
+}
+
+// countingTransport counts the API requests the client makes, by endpoint
+// ("GET /containers/json"; container IDs become {id}), for the metrics.
+type countingTransport struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	n    map[string]uint64
+}
+
+var (
+	apiVersion = regexp.MustCompile(`^/v[0-9.]+`)
+	hexID      = regexp.MustCompile(`/[0-9a-f]{64}(/|$)`)
+)
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ep := r.Method + " " + hexID.ReplaceAllString(apiVersion.ReplaceAllString(r.URL.Path, ""), "/{id}$1")
+	c.mu.Lock()
+	c.n[ep]++
+	c.mu.Unlock()
+	return c.next.RoundTrip(r)
+}
+
+// Requests returns how many API requests the client has made, by endpoint.
+func (s *Source) Requests() map[string]uint64 {
+	c := s.requests
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]uint64, len(c.n))
+	for k, v := range c.n {
+		out[k] = v
+	}
+	return out
 }
 
 type cachedContainer struct {
@@ -98,15 +135,22 @@ type Snapshot struct {
 // New connects lazily to host (DOCKER_HOST and the default socket when
 // empty). callTimeout bounds every API call.
 func New(host string, callTimeout time.Duration) (*Source, error) {
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if host != "" {
-		opts = append(opts, client.WithHost(host))
+	// Our own http.Client, so that its transport can be wrapped to count
+	// requests once the options have set it up for the address.
+	if host == "" {
+		host = os.Getenv(client.EnvOverrideHost)
 	}
-	cli, err := client.NewClientWithOpts(opts...)
+	if host == "" {
+		host = client.DefaultDockerHost
+	}
+	hc := &http.Client{Transport: &http.Transport{}}
+	cli, err := client.NewClientWithOpts(client.WithHTTPClient(hc), client.FromEnv, client.WithHost(host), client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	return &Source{cli: cli, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
+	counter := &countingTransport{next: hc.Transport, n: map[string]uint64{}}
+	hc.Transport = counter
+	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
 		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
 }
 

@@ -27,6 +27,10 @@ type Metrics struct {
 
 	mu   sync.RWMutex
 	last *detector.Summary
+
+	// APIRequests, when set, reports the Docker API requests made so far,
+	// by endpoint.
+	APIRequests func() map[string]uint64
 }
 
 var (
@@ -42,6 +46,8 @@ var (
 		"GPU memory used per GPU and workload: kind container (id: 12-char container ID), host-process or other-runtime (id: PID).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
 	descWithoutAccess = prometheus.NewDesc("ds01_workloads_gpu_without_access",
 		"Containers using a GPU their configuration does not grant.", nil, nil)
+	descAPIRequests = prometheus.NewDesc("ds01_detector_docker_api_requests_total",
+		"Docker API requests made, by endpoint (a steady cycle makes one GET /containers/json).", []string{"endpoint"}, nil)
 )
 
 // New builds the registry, with the Go runtime and process collectors.
@@ -95,7 +101,7 @@ func (m *Metrics) Listen(addr string) (net.Listener, error) {
 type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess} {
+	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests} {
 		ch <- d
 	}
 }
@@ -108,6 +114,11 @@ func up(h inventory.SourceHealth) float64 {
 }
 
 func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.APIRequests != nil {
+		for ep, n := range c.APIRequests() {
+			ch <- prometheus.MustNewConstMetric(descAPIRequests, prometheus.CounterValue, float64(n), ep)
+		}
+	}
 	c.mu.RLock()
 	s := c.last
 	c.mu.RUnlock()
