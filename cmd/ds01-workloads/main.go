@@ -130,14 +130,8 @@ func run(args []string, e env) int {
 	fs.DurationVar(&m.staleAfter, "stale-after", 90*time.Second, "warn when the last scan is older than this (three 30 s intervals)")
 	fs.BoolVar(&m.concepts, "concepts", false, "explain origins, GPU access, attribution and the two-cycle rule")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		return usageErr(e, "unexpected argument %q", fs.Arg(0))
+	if rc, ok := parse(fs, args, e); !ok {
+		return rc
 	}
 	if m.concepts {
 		fmt.Fprint(e.stdout, concepts)
@@ -193,6 +187,21 @@ func withHost(h string) client.Opt {
 	}
 }
 
+// parse parses args; when it returns false the command ends with rc (0
+// after -h, 2 for a usage error).
+func parse(fs *flag.FlagSet, args []string, e env) (rc int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		return usageErr(e, "unexpected argument %q", fs.Arg(0)), false
+	}
+	return 0, true
+}
+
 func usageErr(e env, format string, a ...any) int {
 	fmt.Fprintf(e.stderr, "ds01-workloads: "+format+"\n", a...)
 	fmt.Fprintln(e.stderr, "Run 'ds01-workloads -h' for usage.")
@@ -214,14 +223,8 @@ func runEvents(args []string, e env) int {
 		fmt.Fprint(fs.Output(), "Usage: ds01-workloads events [flags]\n\nReads the event log. Filters combine with AND; times are compared as times.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		return usageErr(e, "unexpected argument %q", fs.Arg(0))
+	if rc, ok := parse(fs, args, e); !ok {
+		return rc
 	}
 	now := e.now()
 	f := workloads.EventFilter{TypePrefix: *typ, User: *user}
