@@ -19,13 +19,24 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all build test test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
+.PHONY: all cc build test test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
 
 all: build
 
-build:
+# go-nvml needs cgo, so a C compiler: installed with apt-get when missing
+# and running as root, otherwise a clear message.
+cc:
+	@command -v gcc >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing gcc (cgo, for NVML)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null || exit 1; \
+		else \
+			echo "a C compiler is needed (cgo, for NVML): run 'sudo apt-get install gcc' or 'sudo make build'" >&2; exit 1; \
+		fi; }
+
+build: cc
 	@mkdir -p bin
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
 TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus
@@ -48,14 +59,14 @@ test-deps:
 
 # Every test: unit, integration against private dockerd instances, and the
 # end-to-end run under a real systemd (build tag e2e).
-test: test-deps
-	$(GO) test -race -count=1 -timeout 30m -tags e2e $(TEST_PKGS)
+test: cc test-deps
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m -tags e2e $(TEST_PKGS)
 
 # Only the end-to-end test: boots a Debian tree (debootstrapped once into
 # /var/cache/ds01-e2e) in systemd-nspawn, installs the build into it and
 # drives the unit with systemctl and journalctl.
-e2e: test-deps
-	$(GO) test -count=1 -timeout 10m -tags e2e -v -run TestUnderRealSystemd ./internal/e2e/
+e2e: cc test-deps
+	CGO_ENABLED=1 $(GO) test -count=1 -timeout 10m -tags e2e -v -run TestUnderRealSystemd ./internal/e2e/
 
 # Runs the daemon in the foreground against the local Docker, with its state
 # and events under ./run. Ctrl-C stops it; `kill -HUP` forces a rescan.
@@ -72,7 +83,7 @@ lint:
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # then the 1,000-container run of the real daemon, which ends with one JSON
 # line of figures.
-bench: test-deps
+bench: cc test-deps
 	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/detector/
 	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
