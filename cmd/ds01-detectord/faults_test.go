@@ -42,16 +42,9 @@ func (f *files) args(extra ...string) []string {
 // readState parses the state file; a missing file is an empty state.
 func (f *files) readState() inventory.State {
 	f.t.Helper()
-	b, err := os.ReadFile(f.state)
-	if os.IsNotExist(err) {
-		return inventory.Empty()
-	}
+	st, err := statefile.Read(f.state)
 	if err != nil {
-		f.t.Fatal(err)
-	}
-	st, err := statefile.Parse(b)
-	if err != nil {
-		f.t.Fatalf("state file does not parse: %v", err)
+		f.t.Fatalf("state file: %v", err)
 	}
 	return st
 }

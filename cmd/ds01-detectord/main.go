@@ -157,6 +157,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		nvmlOpts = append(nvmlOpts, nvml.WithLibraryPath(c.nvmlLibrary))
 	}
 	gpus := gpu.New(nvml.New(nvmlOpts...))
+	gpus.Log = log
 	defer gpus.Close()
 
 	det := detector.New(detector.Config{

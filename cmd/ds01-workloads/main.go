@@ -162,7 +162,7 @@ func run(args []string, e env) int {
 		return 0
 	}
 	style := workloads.Style{Color: e.isTTY && e.getenv("NO_COLOR") == ""}
-	opts := workloads.Options{Wide: m.wide, ByUser: m.byUser, Now: now, Style: style}
+	opts := workloads.Options{Wide: m.wide, ByUser: m.byUser, Style: style}
 	if m.stats {
 		cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation(), withHost(m.dockerHost))
 		if err == nil {

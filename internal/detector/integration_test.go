@@ -63,13 +63,9 @@ func (r *rig) cycle() Summary {
 // state reads the state file back from disk.
 func (r *rig) state() inventory.State {
 	r.t.Helper()
-	b, err := os.ReadFile(filepath.Join(r.dir, "state.json"))
+	st, err := statefile.Read(filepath.Join(r.dir, "state.json"))
 	if err != nil {
-		r.t.Fatal(err)
-	}
-	st, err := statefile.Parse(b)
-	if err != nil {
-		r.t.Fatalf("state file does not parse: %v", err)
+		r.t.Fatalf("state file: %v", err)
 	}
 	return st
 }

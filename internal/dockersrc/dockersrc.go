@@ -121,8 +121,6 @@ type Snapshot struct {
 	// known only from the event stream. The caller reports them as
 	// discovered and exited unless it already knew them.
 	Ephemeral []Container
-	// Inspected counts the inspect calls this list made.
-	Inspected int
 	// Checkpoint is a time such that every event up to it is reflected in
 	// this snapshot: the last event handled, held back before any container
 	// the stream saw created that this snapshot neither lists nor reports.
@@ -153,9 +151,6 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
 		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
 }
-
-// Client exposes the underlying client (for tools that need other calls).
-func (s *Source) Client() *client.Client { return s.cli }
 
 // Close releases the client.
 func (s *Source) Close() error { return s.cli.Close() }
@@ -219,7 +214,6 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 	errs := make([]error, len(sums))
 	sem := make(chan struct{}, s.workers)
 	var wg sync.WaitGroup
-	inspected := 0
 	for i, sum := range sums {
 		name := ""
 		if len(sum.Names) > 0 {
@@ -233,7 +227,6 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			out[i] = &c
 			continue
 		}
-		inspected++
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -258,7 +251,7 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 		s.markDirty(dirty)
 		return Snapshot{}, err
 	}
-	snap := Snapshot{Containers: make([]Container, 0, len(out)), Inspected: inspected}
+	snap := Snapshot{Containers: make([]Container, 0, len(out))}
 	listed := make(map[string]bool, len(out))
 	for _, c := range out {
 		if c != nil {
@@ -388,6 +381,3 @@ func fromInspect(js container.InspectResponse, runtimes map[string]string, defau
 	c.Input = in
 	return c
 }
-
-// IsConnErr reports whether err means the daemon could not be reached.
-func IsConnErr(err error) bool { return client.IsErrConnectionFailed(err) }

@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -63,6 +64,10 @@ type Source struct {
 	mig      bool // MIG calls available
 	busy     chan struct{}
 	Warnings []string // symbols found missing at the last Init
+
+	// Log, when set, gets a warning naming the symbols a driver lacks,
+	// once per Init.
+	Log *zap.Logger
 }
 
 // New wraps lib. Init happens on the first call.
@@ -173,6 +178,10 @@ func (s *Source) init() error {
 			s.mig = false
 			s.Warnings = append(s.Warnings, sym)
 		}
+	}
+	if len(s.Warnings) > 0 && s.Log != nil {
+		s.Log.Warn("the NVIDIA driver lacks some NVML calls; scanning without them",
+			zap.Strings("missing", s.Warnings), zap.Bool("graphics_processes", s.graphics), zap.Bool("mig", s.mig))
 	}
 	return nil
 }

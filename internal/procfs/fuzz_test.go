@@ -33,7 +33,7 @@ func FuzzStatAndCmdline(f *testing.F) {
 	f.Add([]byte("python3\x00train.py\x00\xff\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ParseStatStartTime(b)
-		s := CleanCmdline(b)
+		s := cleanCmdline(b)
 		if len(s) > MaxCmdline {
 			t.Fatalf("cmdline of %d bytes", len(s))
 		}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -180,20 +179,4 @@ func JoinCmdline(argv []string) string {
 		s = s[:cut]
 	}
 	return s
-}
-
-// CleanCmdline turns raw cmdline bytes into the recorded string: NULs
-// become spaces, invalid UTF-8 becomes U+FFFD, capped at MaxCmdline.
-func CleanCmdline(b []byte) string { return JoinCmdline(SplitCmdline(b)) }
-
-// Cmdline reads /proc/<pid>/cmdline as one cleaned string.
-func (fs FS) Cmdline(pid int) (string, error) {
-	argv, err := fs.Argv(pid)
-	return JoinCmdline(argv), err
-}
-
-// Exists reports whether /proc/<pid> is there.
-func (fs FS) Exists(pid int) bool {
-	_, err := os.Stat(filepath.Join(fs.Root, strconv.Itoa(pid)))
-	return err == nil
 }

@@ -63,12 +63,12 @@ func TestProcessFacts(t *testing.T) {
 	if err != nil || uid != 1001 {
 		t.Errorf("uid %d, %v", uid, err)
 	}
-	cmd, err := fs.Cmdline(1003)
-	if err != nil || cmd != "python3 train.py --lr \uFFFD0.1" {
+	argv, err := fs.Argv(1003)
+	if cmd := JoinCmdline(argv); err != nil || cmd != "python3 train.py --lr \uFFFD0.1" {
 		t.Errorf("cmdline %q, %v", cmd, err)
 	}
-	if !fs.Exists(1003) || fs.Exists(99999) {
-		t.Error("Exists")
+	if _, err := fs.Argv(99999); err == nil {
+		t.Error("a vanished process has arguments")
 	}
 }
 
@@ -81,8 +81,8 @@ func TestRealProc(t *testing.T) {
 	if st, err := fs.StartTime(pid); err != nil || st == 0 {
 		t.Errorf("start %d %v", st, err)
 	}
-	if cmd, err := fs.Cmdline(pid); err != nil || !strings.Contains(cmd, "procfs.test") {
-		t.Errorf("cmdline %q %v", cmd, err)
+	if argv, err := fs.Argv(pid); err != nil || !strings.Contains(JoinCmdline(argv), "procfs.test") {
+		t.Errorf("cmdline %q %v", argv, err)
 	}
 }
 
@@ -105,7 +105,7 @@ func TestParseStatStartTime(t *testing.T) {
 	}
 }
 
-func TestCleanCmdline(t *testing.T) {
+func TestJoinCmdline(t *testing.T) {
 	long := strings.Repeat("é", MaxCmdline)
 	for _, tc := range []struct{ in, want string }{
 		{"a\x00b\x00", "a b"},
@@ -113,12 +113,14 @@ func TestCleanCmdline(t *testing.T) {
 		{"bad\xffutf8", "bad\uFFFDutf8"},
 		{"new\nline\x1b[31m", "new\nline\x1b[31m"}, // kept as data; encoders escape it
 	} {
-		if got := CleanCmdline([]byte(tc.in)); got != tc.want {
+		if got := cleanCmdline([]byte(tc.in)); got != tc.want {
 			t.Errorf("%q: %q", tc.in, got)
 		}
 	}
-	got := CleanCmdline([]byte(long))
+	got := cleanCmdline([]byte(long))
 	if len(got) > MaxCmdline || !strings.HasPrefix(long, got) || !strings.HasSuffix(got, "é") {
 		t.Errorf("cap: %d bytes", len(got))
 	}
 }
+
+func cleanCmdline(b []byte) string { return JoinCmdline(SplitCmdline(b)) }

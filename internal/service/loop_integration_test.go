@@ -36,13 +36,9 @@ type daemonFiles struct {
 
 func (f *daemonFiles) state() inventory.State {
 	f.t.Helper()
-	b, err := os.ReadFile(filepath.Join(f.dir, "state.json"))
+	st, err := statefile.Read(filepath.Join(f.dir, "state.json"))
 	if err != nil {
-		return inventory.Empty()
-	}
-	st, err := statefile.Parse(b)
-	if err != nil {
-		f.t.Fatalf("state file does not parse: %v", err)
+		f.t.Fatalf("state file: %v", err)
 	}
 	return st
 }

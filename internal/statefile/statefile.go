@@ -10,7 +10,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -60,6 +59,19 @@ func Parse(b []byte) (inventory.State, error) {
 	}
 	st.SchemaVersion = inventory.SchemaVersion
 	return st, nil
+}
+
+// Read reads and parses the state file at path without touching it: a
+// missing file is an empty state, a corrupt one an error.
+func Read(path string) (inventory.State, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return inventory.Empty(), nil
+	}
+	if err != nil {
+		return inventory.State{}, err
+	}
+	return Parse(b)
 }
 
 // Load reads the state file at path. A missing file gives an empty state
@@ -168,8 +180,6 @@ func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error
 func CleanTemps(path string) {
 	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
 	for _, m := range matches {
-		if strings.Contains(filepath.Base(m), ".tmp-") {
-			os.Remove(m)
-		}
+		os.Remove(m)
 	}
 }

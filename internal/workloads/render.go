@@ -184,7 +184,6 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 // Options for Render.
 type Options struct {
 	Wide, ByUser bool
-	Now          time.Time
 	Style        Style
 	Stats        map[string]Stats // nil unless --stats
 }
