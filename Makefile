@@ -1,6 +1,10 @@
-# ds01-detectord. `make test` needs root: it installs the packages the
-# integration tests use when they are missing (docker.io, jq) and starts
-# private dockerd instances on their own sockets.
+# ds01-detectord. Two test tiers:
+#   make test-unit  no root, no Docker, no network: unit tests, the reconcile
+#                   tables, fixture trees and the NVML mock (about a minute)
+#   make test       everything: needs root; it installs the packages the
+#                   integration tests use when they are missing (docker.io,
+#                   jq, systemd-container, ...) and starts private dockerd
+#                   instances on their own sockets and a systemd in nspawn.
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
@@ -19,7 +23,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all cc build test test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
+.PHONY: all cc build test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
 
 all: build
 
@@ -57,6 +61,11 @@ test-deps:
 		echo "make test: the integration tests start private dockerd instances and must run as root: 'sudo make test'." >&2; exit 1; \
 	fi
 
+# The fast tier: -short skips every test that needs a private dockerd or
+# root, each with a one-line reason; the e2e test is behind its build tag.
+test-unit: cc
+	CGO_ENABLED=1 $(GO) test -short -count=1 -timeout 5m $(TEST_PKGS)
+
 # Every test: unit, integration against private dockerd instances, and the
 # end-to-end run under a real systemd (build tag e2e).
 test: cc test-deps
@@ -76,15 +85,17 @@ run: build
 		--state-file $(RUNDIR)/workload-inventory.json \
 		--events-file $(RUNDIR)/events.jsonl
 
+# gofmt, go vet and staticcheck (pinned as a Go tool in go.mod).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags e2e ./...
+	$(GO) tool staticcheck -tags e2e ./...
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # then the 1,000-container run of the real daemon, which ends with one JSON
 # line of figures.
 bench: cc test-deps
-	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/detector/
+	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
 	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles
@@ -123,7 +134,7 @@ uninstall:
 # Each fuzz target for FUZZTIME. Inputs that found new coverage go to Go's
 # fuzz cache; `make fuzz-corpus` copies them into testdata/fuzz, where plain
 # `go test` replays them.
-FUZZ_TARGETS := FuzzParseCgroup:./internal/procfs FuzzStatAndCmdline:./internal/procfs \
+FUZZ_TARGETS := FuzzParseCgroup:./internal/source/proc FuzzStatAndCmdline:./internal/source/proc \
 	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify
 
 fuzz:

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
-	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 var (
@@ -154,7 +154,7 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := statefile.Parse(b)
+	st, err := inventory.Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}

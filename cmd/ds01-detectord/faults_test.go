@@ -19,34 +19,17 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
-	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
-	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // files are a daemon's state file and event log.
-type files struct {
-	t              *testing.T
-	state, events  string
-	consumedEvents int
-}
+type files struct{ *testutil.Files }
 
-func newFiles(t *testing.T, dir string) *files {
-	return &files{t: t, state: filepath.Join(dir, "state.json"), events: filepath.Join(dir, "events.jsonl")}
-}
+func newFiles(t *testing.T, dir string) *files { return &files{testutil.FilesIn(t, dir)} }
 
 func (f *files) args(extra ...string) []string {
-	return append([]string{"--state-file", f.state, "--events-file", f.events}, extra...)
-}
-
-// readState parses the state file; a missing file is an empty state.
-func (f *files) readState() inventory.State {
-	f.t.Helper()
-	st, err := statefile.Read(f.state)
-	if err != nil {
-		f.t.Fatalf("state file: %v", err)
-	}
-	return st
+	return append([]string{"--state-file", f.StatePath, "--events-file", f.EventsPath}, extra...)
 }
 
 // eventLines reads a whole event log, failing on a partial or bad line.
@@ -57,24 +40,6 @@ func eventLines(t *testing.T, path string) []event.Envelope {
 		t.Fatal(err)
 	}
 	return evs
-}
-
-func (f *files) newEvents() []event.Envelope {
-	all := eventLines(f.t, f.events)
-	out := all[min(f.consumedEvents, len(all)):]
-	f.consumedEvents = len(all)
-	return out
-}
-
-func until(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func countLines(log, substr string) int { return strings.Count(log, substr) }
@@ -94,20 +59,20 @@ func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
 			t.Logf("daemon log:\n%s", p.log())
 		}
 	})
-	until(t, 15*time.Second, "first inventory", func() bool { return len(f.readState().Containers) == 40 })
+	testutil.Eventually(t, 15*time.Second, "first inventory", func() bool { return len(f.State().Containers) == 40 })
 	time.Sleep(300 * time.Millisecond)
-	before := f.readState()
-	f.newEvents()
+	before := f.State()
+	f.NewEvents()
 
 	time.Sleep(time.Duration(rand.Intn(100)) * time.Millisecond) // somewhere in a cycle
 	d.Kill()
-	until(t, 10*time.Second, "docker marked failed", func() bool { return !f.readState().Sources.Docker.OK })
+	testutil.Eventually(t, 10*time.Second, "docker marked failed", func() bool { return !f.State().Sources.Docker.OK })
 	time.Sleep(time.Second)
-	st := f.readState()
+	st := f.State()
 	if st.Sources.Docker.Error == "" || len(st.Containers) != 40 {
 		t.Fatalf("while down: %d containers, sources %+v", len(st.Containers), st.Sources.Docker)
 	}
-	if evs := f.newEvents(); len(evs) != 0 {
+	if evs := f.NewEvents(); len(evs) != 0 {
 		t.Fatalf("events while dockerd was down: %+v", evs)
 	}
 	if n := countLines(p.log(), "docker source failed"); n != 1 {
@@ -118,7 +83,7 @@ func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	scansBefore := countLines(p.log(), "scan complete")
-	until(t, 10*time.Second, "docker back", func() bool { return f.readState().Sources.Docker.OK })
+	testutil.Eventually(t, 10*time.Second, "docker back", func() bool { return f.State().Sources.Docker.OK })
 	if n := countLines(p.log(), "scan complete") - scansBefore; n > 2 {
 		t.Errorf("recovery took %d cycles", n)
 	}
@@ -126,7 +91,7 @@ func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
 		t.Error("no recovery line in the log")
 	}
 	time.Sleep(500 * time.Millisecond)
-	for _, e := range f.newEvents() {
+	for _, e := range f.NewEvents() {
 		var id string
 		if e.EventType != event.ContainerStatusChanged {
 			t.Errorf("invented %s %s", e.EventType, e.Details)
@@ -147,8 +112,8 @@ func TestFaultNoDockerSocketAtStart(t *testing.T) {
 	}
 	f := newFiles(t, t.TempDir())
 	p := startDaemon(t, f.args("--docker-host", "unix://"+filepath.Join(dir, "docker.sock"), "--interval", "300ms")...)
-	until(t, 10*time.Second, "degraded state written", func() bool {
-		st := f.readState()
+	testutil.Eventually(t, 10*time.Second, "degraded state written", func() bool {
+		st := f.State()
 		return st.LastScan != nil && !st.Sources.Docker.OK && st.Sources.Docker.Error != ""
 	})
 	if !strings.Contains(p.log(), "docker source failed") {
@@ -159,8 +124,8 @@ func TestFaultNoDockerSocketAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	until(t, 15*time.Second, "Docker picked up", func() bool {
-		st := f.readState()
+	testutil.Eventually(t, 15*time.Second, "Docker picked up", func() bool {
+		st := f.State()
 		_, ok := st.Containers[id[:12]]
 		return st.Sources.Docker.OK && ok
 	})
@@ -176,9 +141,9 @@ func TestFaultDockerdStalls(t *testing.T) {
 	}
 	f := newFiles(t, t.TempDir())
 	p := startDaemon(t, f.args("--docker-host", d.Host, "--interval", "300ms", "--scan-timeout", "1s", "--docker-timeout", "500ms")...)
-	until(t, 15*time.Second, "inventory", func() bool { return len(f.readState().Containers) == 5 })
-	f.newEvents()
-	before := f.readState().Containers
+	testutil.Eventually(t, 15*time.Second, "inventory", func() bool { return len(f.State().Containers) == 5 })
+	f.NewEvents()
+	before := f.State().Containers
 
 	syscall.Kill(d.Pid(), syscall.SIGSTOP)
 	stalled := countLines(p.log(), "scan complete")
@@ -188,16 +153,16 @@ func TestFaultDockerdStalls(t *testing.T) {
 	if during < 2 {
 		t.Errorf("only %d cycles completed during a 4 s stall with a 1 s deadline", during)
 	}
-	st := f.readState()
+	st := f.State()
 	if st.Sources.Docker.OK || !strings.Contains(st.Sources.Docker.Error, "deadline") {
 		t.Errorf("stalled source: %+v", st.Sources.Docker)
 	}
-	until(t, 10*time.Second, "recovery", func() bool { return f.readState().Sources.Docker.OK })
+	testutil.Eventually(t, 10*time.Second, "recovery", func() bool { return f.State().Sources.Docker.OK })
 	time.Sleep(time.Second)
-	if evs := f.newEvents(); len(evs) != 0 {
+	if evs := f.NewEvents(); len(evs) != 0 {
 		t.Fatalf("a stall invented events: %+v", evs)
 	}
-	after := f.readState().Containers
+	after := f.State().Containers
 	for k, c := range before {
 		if after[k].Status != c.Status || after[k].DetectedAt != c.DetectedAt {
 			t.Errorf("%s changed across the stall: %+v -> %+v", k, c, after[k])
@@ -226,9 +191,9 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 	}
 	f := newFiles(t, dir)
 	p := startDaemon(t, f.args("--docker-host", d.Host, "--interval", "200ms")...)
-	until(t, 15*time.Second, "inventory", func() bool { return len(f.readState().Containers) == 3 })
+	testutil.Eventually(t, 15*time.Second, "inventory", func() bool { return len(f.State().Containers) == 3 })
 	time.Sleep(500 * time.Millisecond)
-	if n := len(f.newEvents()); n != 3 {
+	if n := len(f.NewEvents()); n != 3 {
 		t.Fatalf("%d events before the disk filled", n)
 	}
 
@@ -242,7 +207,7 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 		}
 	}
 	fh.Close()
-	stateBefore, _ := os.ReadFile(f.state)
+	stateBefore, _ := os.ReadFile(f.StatePath)
 	// Enough transitions that their lines cannot all fit in the slack of
 	// the event log's last page (tmpfs allocates whole pages).
 	var pending []string
@@ -254,12 +219,12 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 		pending = append(pending, id[:12])
 	}
 	time.Sleep(2 * time.Second) // several cycles against a full disk
-	if b, _ := os.ReadFile(f.state); string(b) != string(stateBefore) {
+	if b, _ := os.ReadFile(f.StatePath); string(b) != string(stateBefore) {
 		t.Fatal("state file changed on a full disk")
 	}
-	f.readState()
+	f.State()
 	early := map[string]int{} // lines that still fitted before the page was full
-	for _, e := range f.newEvents() {
+	for _, e := range f.NewEvents() {
 		early[string(e.Details)[17:29]]++
 	}
 	if len(early) == len(pending) {
@@ -280,17 +245,17 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 	if n := countLines(log, "state file write failed"); n != 2 || !strings.Contains(log, "read-only file system") {
 		t.Errorf("read-only: state failure logged %d times in all:\n%s", n, log)
 	}
-	if b, _ := os.ReadFile(f.state); string(b) != string(stateBefore) {
+	if b, _ := os.ReadFile(f.StatePath); string(b) != string(stateBefore) {
 		t.Fatal("state file changed on a read-only disk")
 	}
 
 	// Space comes back: the pending transitions are written exactly once.
 	mount(t, "-o", "remount,rw", dir)
 	os.Remove(filler)
-	until(t, 10*time.Second, "state written again", func() bool { return len(f.readState().Containers) == 3+len(pending) })
+	testutil.Eventually(t, 10*time.Second, "state written again", func() bool { return len(f.State().Containers) == 3+len(pending) })
 	time.Sleep(time.Second)
 	got := early
-	for _, e := range f.newEvents() {
+	for _, e := range f.NewEvents() {
 		if e.EventType != event.ContainerDiscovered {
 			t.Errorf("unexpected %s", e.EventType)
 		}
@@ -307,7 +272,7 @@ func TestFaultDiskFullThenReadOnly(t *testing.T) {
 	if !strings.Contains(p.log(), "state file write recovered") || !strings.Contains(p.log(), "event log append recovered") {
 		t.Error("recovery not logged")
 	}
-	eventLines(t, f.events) // no partial line anywhere
+	eventLines(t, f.EventsPath) // no partial line anywhere
 }
 
 func TestFaultEventLogRotated(t *testing.T) {
@@ -315,15 +280,15 @@ func TestFaultEventLogRotated(t *testing.T) {
 	ctx := context.Background()
 	f := newFiles(t, t.TempDir())
 	startDaemon(t, f.args("--docker-host", d.Host, "--interval", "1h")...)
-	until(t, 10*time.Second, "first scan", func() bool { return f.readState().LastScan != nil })
+	testutil.Eventually(t, 10*time.Second, "first scan", func() bool { return f.State().LastScan != nil })
 	seen := map[string]int{}
 	create := func(name string) string {
 		id, err := d.Create(ctx, dockertest.Spec{Name: name})
 		if err != nil {
 			t.Fatal(err)
 		}
-		until(t, 10*time.Second, name+" logged", func() bool {
-			for _, e := range eventLines(t, f.events) {
+		testutil.Eventually(t, 10*time.Second, name+" logged", func() bool {
+			for _, e := range eventLines(t, f.EventsPath) {
 				if strings.Contains(string(e.Details), id[:12]) {
 					return true
 				}
@@ -338,24 +303,24 @@ func TestFaultEventLogRotated(t *testing.T) {
 		}
 	}
 	ids := []string{create("rot1")}
-	os.Rename(f.events, f.events+".1") // logrotate "create"
+	os.Rename(f.EventsPath, f.EventsPath+".1") // logrotate "create"
 	ids = append(ids, create("rot2"))
-	count(f.events + ".1")
-	count(f.events)
-	os.Remove(f.events) // deleted outright
+	count(f.EventsPath + ".1")
+	count(f.EventsPath)
+	os.Remove(f.EventsPath) // deleted outright
 	ids = append(ids, create("rot3"))
-	b, _ := os.ReadFile(f.events) // logrotate "copytruncate"
-	os.WriteFile(f.events+".2", b, 0o644)
-	os.Truncate(f.events, 0)
+	b, _ := os.ReadFile(f.EventsPath) // logrotate "copytruncate"
+	os.WriteFile(f.EventsPath+".2", b, 0o644)
+	os.Truncate(f.EventsPath, 0)
 	ids = append(ids, create("rot4"))
-	count(f.events + ".2")
-	count(f.events)
+	count(f.EventsPath + ".2")
+	count(f.EventsPath)
 	for _, id := range ids {
 		if seen[id] != 1 {
 			t.Errorf("%s logged %d times across the rotations", id, seen[id])
 		}
 	}
-	if b, _ := os.ReadFile(f.events); len(b) == 0 || b[0] != '{' {
+	if b, _ := os.ReadFile(f.EventsPath); len(b) == 0 || b[0] != '{' {
 		t.Errorf("after copytruncate the log does not start with a line: %q", b[:min(len(b), 20)])
 	}
 }
@@ -445,14 +410,14 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 		kills++
 		n := strings.Count(out.String(), "scan complete")
 		cycles += n
-		st := f.readState()
+		st := f.State()
 		cp := ""
 		if st.DockerEventsSince != nil {
 			cp = st.DockerEventsSince.Format("15:04:05.000")
 		}
 		lives = append(lives, fmt.Sprintf("%s-%s cycles=%d checkpoint=%s", started.Format("15:04:05.000"), time.Now().Format("15:04:05.000"), n, cp))
-		f.readState()           // always parses
-		eventLines(t, f.events) // never a partial line
+		f.State()                   // always parses
+		eventLines(t, f.EventsPath) // never a partial line
 	}
 	cancel()
 	churn.Wait()
@@ -494,7 +459,7 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	}
 
 	disc, exit := map[string]int{}, map[string]int{}
-	for _, e := range eventLines(t, f.events) {
+	for _, e := range eventLines(t, f.EventsPath) {
 		id := string(e.Details)[17:29]
 		switch e.EventType {
 		case event.ContainerDiscovered:
@@ -526,12 +491,12 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 			t.Errorf("exited event for %s, which was not removed (created %s)", id, w[0].Format("15:04:05.000"))
 			if js, err := d.Client.ContainerInspect(context.Background(), id); err == nil {
 				t.Logf("  docker now: status %s, removal in progress %v, dead %v; in final state: %v; remove error: %v",
-					js.State.Status, js.State.Status == "removing", js.State.Dead, f.readState().Containers[id].Status, removeErr[id])
+					js.State.Status, js.State.Status == "removing", js.State.Dead, f.State().Containers[id].Status, removeErr[id])
 			} else {
 				t.Logf("  docker inspect: %v", err)
 			}
 			t.Logf("  alive at the end %v, churn removed %v, remove error %v, created %v, listed %d", alive[id], churnRemoved[id], removeErr[id], created[id], len(all))
-			for _, e := range eventLines(t, f.events) {
+			for _, e := range eventLines(t, f.EventsPath) {
 				if strings.Contains(string(e.Details), id) {
 					t.Logf("  %s %s %s", e.Timestamp, e.EventType, e.Details)
 				}

@@ -1,12 +1,13 @@
 // Command ds01-detectord is the awareness layer of a shared GPU server. It
-// scans Docker (and, later, NVML and /proc), writes the workload inventory
-// to a state file and appends every transition to the shared event log.
+// scans Docker, NVML and /proc, writes the workload inventory to a state
+// file and appends every transition to the shared event log.
 //
-// A scan, from here to the state file: main builds a detector.Detector with
-// its sources; service.Run (or --once) calls Detector.Cycle, which lists
-// containers through dockersrc, classifies them with classify, diffs them
-// against what was reported, appends events through eventlog and rewrites
-// the state through statefile.
+// A scan, from here to the state file: main parses the flags and builds the
+// daemon (internal/daemon), whose loop (internal/loop) calls
+// cycle.Scanner.Scan. A scan gathers facts from the sources
+// (internal/source/...), reconciles them with the last state
+// (internal/reconcile) and delivers the result: the state file, then the
+// event log (internal/deliver).
 package main
 
 import (
@@ -19,18 +20,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.uber.org/zap"
 
-	"github.com/ds01/ds01-detectord/internal/detector"
-	"github.com/ds01/ds01-detectord/internal/dockersrc"
-	"github.com/ds01/ds01-detectord/internal/gpu"
+	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
-	"github.com/ds01/ds01-detectord/internal/metrics"
-	"github.com/ds01/ds01-detectord/internal/procfs"
-	"github.com/ds01/ds01-detectord/internal/service"
 	"github.com/ds01/ds01-detectord/internal/statefile"
-	"github.com/ds01/ds01-detectord/internal/userdb"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -64,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.eventsFile, "events-file", event.DefaultPath, "JSONL event log to append transitions to")
 	fs.StringVar(&c.dockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 	fs.StringVar(&c.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)")
-	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the reference's system list; repeatable")
+	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; repeatable")
 	fs.StringVar(&c.procRoot, "proc-root", "/proc", "procfs root (tests point it at fixture trees)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", logging.FormatAuto, "auto (journal under systemd, else console), console, json or journal")
@@ -145,31 +139,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer log.Sync()
 
-	docker, err := dockersrc.New(c.dockerHost, c.dockerTimeout)
+	d, err := daemon.New(daemon.Config{
+		StateFile: c.stateFile, EventsFile: c.eventsFile, StateGroup: c.stateGroup,
+		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
+		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
+		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, MetricsListen: c.metricsListen,
+		DryRun: c.dryRun, Version: version,
+	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))
 		return 1
 	}
-	defer docker.Close()
-
-	var nvmlOpts []nvml.LibraryOption
-	if c.nvmlLibrary != "" {
-		nvmlOpts = append(nvmlOpts, nvml.WithLibraryPath(c.nvmlLibrary))
-	}
-	gpus := gpu.New(nvml.New(nvmlOpts...))
-	gpus.Log = log
-	defer gpus.Close()
-
-	det := detector.New(detector.Config{
-		StatePath: c.stateFile, EventsPath: c.eventsFile, DryRun: c.dryRun,
-		Docker: docker, GPU: gpus, ExtraExcluded: c.excludeProcesses, KeepSecrets: c.keepSecrets, StateGroup: c.stateGroup, Proc: procfs.New(c.procRoot), Users: userdb.New(5 * time.Minute).Lookup,
-		Log: log,
-	})
+	defer d.Close()
 
 	if c.once {
-		ctx, cancel := context.WithTimeout(context.Background(), c.scanTimeout)
-		defer cancel()
-		sum := det.Cycle(ctx)
+		sum := d.Once(context.Background())
 		if c.dryRun {
 			b, err := statefile.Encode(sum.State)
 			if err != nil {
@@ -182,36 +166,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	var onCycle func(detector.Summary)
-	if c.metricsListen != "" {
-		m := metrics.New(version)
-		m.APIRequests = docker.Requests
-		ln, err := m.Listen(c.metricsListen)
-		if err != nil {
-			log.Error("cannot serve metrics: check --metrics-listen (address taken, or not an address this host has?)",
-				zap.String("metrics_listen", c.metricsListen), zap.Error(err))
-			return 1
-		}
-		defer ln.Close()
-		log.Info("serving Prometheus metrics", zap.String("address", ln.Addr().String()), zap.String("path", "/metrics"))
-		onCycle = m.Observe
-	}
-
 	log.Info("ds01-detectord starting", zap.String("version", version),
 		zap.String("state_file", c.stateFile), zap.String("events_file", c.eventsFile),
 		zap.Duration("interval", c.interval), zap.Duration("scan_timeout", c.scanTimeout))
-	// Docker's event stream triggers a debounced scan, so a new container
-	// reaches the state file within about a second; the ticker stays as
-	// reconciliation.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	changed, trigger := service.Debounce(c.debounce)
-	var from time.Time
-	if t := det.Reported().DockerEventsSince; t != nil {
-		from = t.Time
-	}
-	go docker.Watch(ctx, from, changed, log)
-	if err := service.Run(ctx, det, log, service.Options{Interval: c.interval, ScanTimeout: c.scanTimeout, Trigger: trigger, OnCycle: onCycle}); err != nil {
+	if err := d.Run(context.Background()); err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
 	}

@@ -97,7 +97,7 @@ func TestExitCodes(t *testing.T) {
 		rc   int
 	}{
 		{[]string{"--state-file", td("full.json")}, 0},
-		{[]string{"--state-file", td("full.json"), "--by-user"}, 0}, // the reference exited 1 here
+		{[]string{"--state-file", td("full.json"), "--by-user"}, 0}, // the Python scanner exited 1 here
 		{[]string{"--state-file", td("full.json"), "--user", "nobody"}, 0},
 		{[]string{"--state-file", td("missing.json")}, 1},
 		{[]string{"--state-file", td("corrupt.json")}, 1},

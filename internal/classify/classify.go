@@ -42,7 +42,7 @@ type Input struct {
 	InitUID *uint32
 }
 
-// Origin classifies how the container was started (REFERENCE §1.4).
+// Origin classifies how the container was started (docs/COMPAT.md).
 func Origin(labels map[string]string, name string) string {
 	if labels["ds01.managed"] == "true" {
 		return inventory.OriginManaged
@@ -162,7 +162,7 @@ func splitList(s string) []string {
 
 // GPUDevices names the GPUs the container holds. Each GPU is one element: a
 // comma list such as ds01.gpu.allocated="0.0,0.1" becomes ["0.0","0.1"]
-// (the reference kept it as one element, which made ds01-workloads count one
+// (the Python scanner kept it as one element, which made ds01-workloads count one
 // GPU). Sources, first hit wins: the ds01.gpu.allocated slots, the first
 // device request with DeviceIDs, NVIDIA_VISIBLE_DEVICES (only when the
 // container has GPU access), else [].
@@ -187,17 +187,18 @@ func GPUDevices(in Input, hasGPU bool) []string {
 	return []string{}
 }
 
-// User attribution sources, as recorded in Container.UserSource.
+// User attribution sources, as recorded in Container.UserSource. The
+// values are public: pkg/inventory defines them.
 const (
-	SourceLabelUser    = "label:ds01.user"
-	SourceLabelMLC     = "label:aime.mlc.USER"
-	SourceLocalFolder  = "label:devcontainer.local_folder"
-	SourceComposeDir   = "label:com.docker.compose.project.working_dir"
-	SourceBindMount    = "bind-mount"
-	SourceNameUID      = "name-uid"
-	SourceProcessOwner = "process-owner"
-	SourceNone         = "none"
-	Unknown            = "unknown"
+	SourceLabelUser    = inventory.UserSourceLabelUser
+	SourceLabelMLC     = inventory.UserSourceLabelMLC
+	SourceLocalFolder  = inventory.UserSourceLocalFolder
+	SourceComposeDir   = inventory.UserSourceComposeDir
+	SourceBindMount    = inventory.UserSourceBindMount
+	SourceNameUID      = inventory.UserSourceNameUID
+	SourceProcessOwner = inventory.UserSourceProcessOwner
+	SourceNone         = inventory.UserSourceNone
+	Unknown            = inventory.UnknownUser
 )
 
 // Resolver maps a numeric UID to a user name through NSS.
@@ -214,6 +215,16 @@ func homeUser(p string) (string, bool) {
 		return "", false
 	}
 	return u, true
+}
+
+// NameUID returns the UID a container name of the form <x>._.<uid> carries.
+func NameUID(name string) (uint32, bool) {
+	i := strings.LastIndex(name, "._.")
+	if i <= 0 {
+		return 0, false
+	}
+	uid, err := strconv.ParseUint(name[i+3:], 10, 32)
+	return uint32(uid), err == nil
 }
 
 // User decides who owns the container and which signal said so. The order
@@ -241,11 +252,9 @@ func User(in Input, resolve Resolver) (user, source string) {
 			return u, SourceBindMount
 		}
 	}
-	if i := strings.LastIndex(in.Name, "._."); i > 0 && resolve != nil {
-		if uid, err := strconv.ParseUint(in.Name[i+3:], 10, 32); err == nil {
-			if name, ok := resolve(uint32(uid)); ok {
-				return name, SourceNameUID
-			}
+	if uid, ok := NameUID(in.Name); ok && resolve != nil {
+		if name, ok := resolve(uid); ok {
+			return name, SourceNameUID
 		}
 	}
 	if in.InitUID != nil && *in.InitUID != 0 {

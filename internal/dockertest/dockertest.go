@@ -338,6 +338,9 @@ func (d *Daemon) Create(ctx context.Context, s Spec) (string, error) {
 // start.
 func New(t testing.TB, opts Options) *Daemon {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a private dockerd (root and docker.io): not in the unit tier (-short); run 'sudo make test'")
+	}
 	d, err := Start(opts)
 	if err != nil {
 		t.Fatal(err)

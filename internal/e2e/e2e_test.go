@@ -24,6 +24,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 // cacheTree is a debootstrapped bookworm kept between runs (46 s to make).
@@ -110,18 +111,6 @@ func (m *machine) scans() int {
 	return strings.Count(m.journal("-o", "cat"), "scan complete:")
 }
 
-func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %v", what, limit)
-}
-
 func boot(t *testing.T, root, dockerSock string) *machine {
 	cmd := exec.Command("systemd-nspawn", "-D", root, "--register=no", "--keep-unit", "-b", "--console=passive",
 		"--bind="+dockerSock+":/run/docker.sock")
@@ -142,7 +131,7 @@ func boot(t *testing.T, root, dockerSock string) *machine {
 			cmd.Process.Kill()
 		}
 	})
-	eventually(t, 30*time.Second, "nspawn leader", func() bool {
+	testutil.Eventually(t, 30*time.Second, "nspawn leader", func() bool {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
 		f := strings.Fields(string(b))
 		if len(f) == 0 {
@@ -219,7 +208,7 @@ func TestUnderRealSystemd(t *testing.T) {
 	// Reload rescans within 2 s.
 	before := m.lastScan()
 	m.must("systemctl", "reload", "ds01-detectord.service")
-	eventually(t, 2*time.Second, "rescan after systemctl reload", func() bool { return m.lastScan() != before })
+	testutil.Eventually(t, 2*time.Second, "rescan after systemctl reload", func() bool { return m.lastScan() != before })
 	if !strings.Contains(m.journal("-o", "cat"), "rescan requested (SIGHUP)") {
 		t.Error("journal does not show the rescan")
 	}
@@ -243,11 +232,11 @@ func TestUnderRealSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	short := id[:12]
-	eventually(t, 5*time.Second, "new container in the state file", func() bool {
+	testutil.Eventually(t, 5*time.Second, "new container in the state file", func() bool {
 		b, _ := os.ReadFile(m.statePath())
 		return bytes.Contains(b, []byte(`"`+short+`"`))
 	})
-	eventually(t, 5*time.Second, "CONTAINER_ID= journal query", func() bool {
+	testutil.Eventually(t, 5*time.Second, "CONTAINER_ID= journal query", func() bool {
 		out, _ := m.in("journalctl", "--no-pager", "-o", "cat", "-u", "ds01-detectord.service", "CONTAINER_ID="+short)
 		return strings.Contains(out, "container discovered: "+short)
 	})
@@ -263,7 +252,7 @@ func TestUnderRealSystemd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "forging container in the journal", func() bool {
+	testutil.Eventually(t, 5*time.Second, "forging container in the journal", func() bool {
 		out, _ := m.in("journalctl", "--no-pager", "-o", "cat", "-u", "ds01-detectord.service", "CONTAINER_ID="+forge[:12])
 		return strings.Contains(out, "container discovered: "+forge[:12])
 	})
@@ -278,7 +267,7 @@ func TestUnderRealSystemd(t *testing.T) {
 	}
 	// One summary line per cycle: the count of summaries tracks last_scan.
 	s0, l0 := m.scans(), m.lastScan()
-	eventually(t, 5*time.Second, "next tick", func() bool { return m.lastScan() != l0 })
+	testutil.Eventually(t, 5*time.Second, "next tick", func() bool { return m.lastScan() != l0 })
 	time.Sleep(300 * time.Millisecond)
 	if n := m.scans() - s0; n < 1 || n > 2 {
 		t.Errorf("%d summary lines for one tick", n)
@@ -287,7 +276,7 @@ func TestUnderRealSystemd(t *testing.T) {
 	// SIGSTOP: the watchdog kills and restarts the service.
 	restarts, _ := strconv.Atoi(m.prop("NRestarts"))
 	m.must("kill", "-STOP", m.prop("MainPID"))
-	eventually(t, 6*time.Second+20*time.Second, "watchdog restart", func() bool {
+	testutil.Eventually(t, 6*time.Second+20*time.Second, "watchdog restart", func() bool {
 		n, _ := strconv.Atoi(m.prop("NRestarts"))
 		return n > restarts && m.prop("ActiveState") == "active"
 	})

@@ -18,7 +18,7 @@ import (
 )
 
 // Mode is the event log's permission when this daemon creates it:
-// root:docker 0664, so the reference's other writers (the docker group's
+// root:docker 0664, so the Python scanner's other writers (the docker group's
 // tools) can append. Group is that group; when it does not exist the file
 // keeps the daemon's group.
 const (

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ds01/ds01-detectord/internal/detector"
+	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -26,7 +26,7 @@ type Metrics struct {
 	events   *prometheus.CounterVec
 
 	mu   sync.RWMutex
-	last *detector.Summary
+	last *summary.Summary
 
 	// APIRequests, when set, reports the Docker API requests made so far,
 	// by endpoint.
@@ -74,7 +74,7 @@ func New(version string) *Metrics {
 }
 
 // Observe records a finished cycle. Call it once per cycle.
-func (m *Metrics) Observe(s detector.Summary) {
+func (m *Metrics) Observe(s summary.Summary) {
 	m.duration.Observe(s.Duration.Seconds())
 	for t, n := range s.EventCounts {
 		m.events.WithLabelValues(t).Add(float64(n))

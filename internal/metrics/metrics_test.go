@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/ds01/ds01-detectord/internal/detector"
-	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // Scrape fetches and parses the registry's exposition.
@@ -62,7 +62,7 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := statefile.Parse(b)
+	st, err := inventory.Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	if fams := scrape(t, m); fams["ds01_containers"] != nil || fams["ds01_detector_last_scan_timestamp_seconds"] != nil {
 		t.Fatal("workload series before the first cycle")
 	}
-	m.Observe(detector.Summary{State: st, Duration: 40 * time.Millisecond, EventCounts: map[string]int{"detection.container_discovered": 6}})
+	m.Observe(summary.Summary{State: st, Duration: 40 * time.Millisecond, EventCounts: map[string]int{"detection.container_discovered": 6}})
 	fams := scrape(t, m)
 
 	if v := series(fams["ds01_detector_last_scan_timestamp_seconds"])[""]; v != float64(st.LastScan.UnixNano())/1e9 {
@@ -136,7 +136,7 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	// A workload that is gone loses its series.
 	delete(st.Containers, "ddddddddddd4")
 	st.HostProcesses = nil
-	m.Observe(detector.Summary{State: st})
+	m.Observe(summary.Summary{State: st})
 	fams = scrape(t, m)
 	for k := range series(fams["ds01_gpu_memory_used_bytes"]) {
 		if strings.Contains(k, "ddddddddddd4") || strings.Contains(k, "host-process") {

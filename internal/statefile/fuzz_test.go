@@ -3,6 +3,8 @@ package statefile
 import (
 	"bytes"
 	"testing"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 func FuzzParse(f *testing.F) {
@@ -12,7 +14,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`[1,2]`))
 	f.Add([]byte(`{"containers":{"a":{"id":"b"}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st, err := Parse(b)
+		st, err := inventory.Parse(b)
 		if err != nil {
 			return
 		}
@@ -21,7 +23,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("parsed state does not encode: %v", err)
 		}
-		st2, err := Parse(enc)
+		st2, err := inventory.Parse(enc)
 		if err != nil {
 			t.Fatalf("encoded state does not parse: %v\n%s", err, enc)
 		}

@@ -2,7 +2,6 @@
 package statefile
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,64 +14,12 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Mode is the state file's permission: world-readable, as the reference's
+// Mode is the state file's permission: world-readable, as the Python scanner's
 // state README documents. GroupMode is used with a group.
 const (
 	Mode      = 0o644
 	GroupMode = 0o640
 )
-
-// Parse decodes a state file's bytes. Files without schema_version were
-// written by the Python scanner and are accepted as version 1. A newer or
-// otherwise unknown schema is an error.
-func Parse(b []byte) (inventory.State, error) {
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return inventory.State{}, fmt.Errorf("not a JSON object: %w", err)
-	}
-	st := inventory.Empty()
-	if err := json.Unmarshal(b, &st); err != nil {
-		return inventory.State{}, fmt.Errorf("bad field: %w", err)
-	}
-	if _, ok := raw["schema_version"]; !ok {
-		st.SchemaVersion = 1
-	}
-	if st.SchemaVersion < 1 || st.SchemaVersion > inventory.SchemaVersion {
-		return inventory.State{}, fmt.Errorf("unknown schema_version %d (this build reads 1 to %d)", st.SchemaVersion, inventory.SchemaVersion)
-	}
-	if _, ok := raw["containers"]; !ok {
-		return inventory.State{}, errors.New(`no "containers" object`)
-	}
-	for k, c := range st.Containers {
-		if c.ID != k {
-			return inventory.State{}, fmt.Errorf("container key %q holds id %q", k, c.ID)
-		}
-	}
-	if st.Containers == nil {
-		st.Containers = map[string]inventory.Container{}
-	}
-	if st.HostProcesses == nil {
-		st.HostProcesses = map[string]inventory.HostProcess{}
-	}
-	if st.PendingProcesses == nil {
-		st.PendingProcesses = map[string]inventory.HostProcess{}
-	}
-	st.SchemaVersion = inventory.SchemaVersion
-	return st, nil
-}
-
-// Read reads and parses the state file at path without touching it: a
-// missing file is an empty state, a corrupt one an error.
-func Read(path string) (inventory.State, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return inventory.Empty(), nil
-	}
-	if err != nil {
-		return inventory.State{}, err
-	}
-	return Parse(b)
-}
 
 // Load reads the state file at path. A missing file gives an empty state
 // and no error. A file that cannot be parsed is renamed to
@@ -86,7 +33,7 @@ func Load(path string) (inventory.State, error) {
 	if err != nil {
 		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
 	}
-	st, perr := Parse(b)
+	st, perr := inventory.Parse(b)
 	if perr == nil {
 		return st, nil
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// A file exactly as the Python scanner wrote it (REFERENCE §1.3).
+// A file exactly as the Python scanner wrote it.
 const referenceFile = `{
   "last_scan": "2026-02-04T10:30:00.123456Z",
   "containers": {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -60,38 +61,14 @@ type Event struct {
 	Raw       []byte
 }
 
-// parseEvent reads both the v1 envelope and the older ts/event schema.
+// parseEvent reads one line with the event log's one decoder, which takes
+// both the v1 envelope and the older ts/event lines.
 func parseEvent(line []byte) (Event, bool) {
-	var v struct {
-		Timestamp string          `json:"timestamp"`
-		TS        string          `json:"ts"`
-		EventType string          `json:"event_type"`
-		Event     string          `json:"event"`
-		User      json.RawMessage `json:"user"`
-		Source    string          `json:"source"`
-		Details   json.RawMessage `json:"details"`
-	}
-	if err := json.Unmarshal(line, &v); err != nil {
-		return Event{}, false
-	}
-	e := Event{EventType: v.EventType, Source: v.Source, Details: v.Details, Raw: line}
-	if e.EventType == "" {
-		e.EventType = v.Event
-	}
-	ts := v.Timestamp
-	if ts == "" {
-		ts = v.TS
-	}
-	t, err := time.Parse(time.RFC3339Nano, ts)
+	env, err := event.Decode(line)
 	if err != nil {
 		return Event{}, false
 	}
-	e.Time = t
-	var u string
-	if json.Unmarshal(v.User, &u) == nil {
-		e.User = u
-	}
-	return e, e.EventType != ""
+	return Event{Time: env.Timestamp.Time, EventType: env.EventType, User: env.User, Source: env.Source, Details: env.Details, Raw: line}, true
 }
 
 // Match compares times as times, the type as a prefix, the user exactly.

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -58,7 +57,7 @@ func Load(path string) (inventory.State, error) {
 	if len(strings.TrimSpace(string(b))) == 0 {
 		return inventory.State{}, fmt.Errorf("state file %s is empty: check 'systemctl status ds01-detectord' and the disk it lives on", path)
 	}
-	st, err := statefile.Parse(b)
+	st, err := inventory.Parse(b)
 	if err != nil {
 		return inventory.State{}, fmt.Errorf("state file %s is corrupt: %v (check 'journalctl -u ds01-detectord'; the detector rewrites it each cycle)", path, err)
 	}
@@ -83,7 +82,7 @@ func age(now time.Time, t *inventory.Time) (*int64, string) {
 	return &s, t.String()
 }
 
-// FormatAge renders seconds the reference's way: Ns, Nm, Nh or Nd, floored.
+// FormatAge renders seconds the Python scanner's way: Ns, Nm, Nh or Nd, floored.
 func FormatAge(s *int64) string {
 	if s == nil {
 		return "-"

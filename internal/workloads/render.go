@@ -298,7 +298,7 @@ func WriteSummary(out io.Writer, s Summary, lastScan *inventory.Time, st Style) 
 	}
 }
 
-// JSONDoc is the --json output: the reference's keys (last_scan, and the
+// JSONDoc is the --json output: the Python scanner's keys (last_scan, and the
 // filtered containers and host_processes maps) plus the filtered rows and
 // the summary.
 type JSONDoc struct {

@@ -1,7 +1,19 @@
-// Package event holds the public types of the event log,
-// /var/log/ds01/events.jsonl, and the one encoder every line goes through.
-// The envelope is the reference's v1 (REFERENCE §2): same keys, same order,
-// same timestamp format, compact separators and ASCII escaping.
+// Package event is the public API of the shared event log,
+// /var/log/ds01/events.jsonl: the envelope, the event types and their
+// details, the one encoder every line of this daemon goes through (Encode)
+// and the one decoder for reading lines back (Decode, ReadLog).
+//
+// The file contract (docs/COMPAT.md has it whole):
+//   - One JSON object per line, appended; each line is one write(2) of at
+//     most MaxLineBytes bytes, so lines of several writers never interleave.
+//   - The envelope is the Python scanner's v1: keys timestamp, event_type,
+//     schema_version ("1"), user, source, details, in that order, compact
+//     separators, ASCII escaping. user and source are left out when empty.
+//   - timestamp is UTC in the form 2026-02-04T10:30:00.123456Z.
+//   - An event too large for a line has its details replaced by
+//     {"truncated":true,"original_size":N}.
+//   - logrotate renames or truncates the file; archives are
+//     events.jsonl-YYYYMMDD.gz.
 package event
 
 import (
@@ -11,6 +23,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 	"unicode/utf8"
 
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -24,7 +37,7 @@ const (
 	// Source is what this daemon writes in the envelope's source key.
 	Source = "ds01-detectord"
 	// MaxLineBytes is the largest line written, newline excluded (4096, the
-	// PIPE_BUF atomic-append size, less 96), as in the reference.
+	// PIPE_BUF atomic-append size, less 96), as in the Python scanner.
 	MaxLineBytes = 4000
 	// maxUserRunes caps the envelope user when a line must be shrunk.
 	maxUserRunes = 64
@@ -50,7 +63,7 @@ type Envelope struct {
 }
 
 // ContainerDiscoveredDetails are the details of ContainerDiscovered. The
-// first five keys are the reference's, in its order.
+// first five keys are the Python scanner's, in its order.
 type ContainerDiscoveredDetails struct {
 	ContainerID string   `json:"container_id"`
 	Name        string   `json:"name"`
@@ -101,7 +114,7 @@ type Result struct {
 
 // Encode renders one event as a line without its trailing newline. The line
 // is valid JSON, pure ASCII and at most MaxLineBytes long. When the full
-// event is too large it applies the reference's rule, replacing the details
+// event is too large it applies the Python scanner's rule, replacing the details
 // with {"truncated":true,"original_size":N}; if even that is too large (a
 // huge user name) the user is cut short too, so no event is ever dropped.
 func Encode(e Envelope, details any) ([]byte, Result, error) {
@@ -144,14 +157,55 @@ func cutRunes(s string, n int) string {
 	return string(r[:n]) + "..."
 }
 
-// Decode parses one line of the event log.
+// Decode parses one line of the event log: the one decoder for the file,
+// used by the daemon's start-up recovery and by ds01-workloads. It reads
+// the v1 envelope and the older {"ts", "event"} lines some ds01 tools still
+// write (docs/COMPAT.md). A line is an event when it is a JSON object with
+// an RFC 3339 timestamp and a non-empty event type. A user that is not a
+// string (null in old lines) reads as "". The line may end in a newline.
 func Decode(line []byte) (Envelope, error) {
-	var e Envelope
-	if err := json.Unmarshal(line, &e); err != nil {
+	var v struct {
+		Timestamp     *string         `json:"timestamp"`
+		TS            *string         `json:"ts"`
+		EventType     string          `json:"event_type"`
+		Event         string          `json:"event"`
+		SchemaVersion json.RawMessage `json:"schema_version"`
+		User          json.RawMessage `json:"user"`
+		Source        json.RawMessage `json:"source"`
+		Details       json.RawMessage `json:"details"`
+	}
+	if err := json.Unmarshal(line, &v); err != nil {
 		return Envelope{}, err
 	}
+	e := Envelope{EventType: v.EventType, Details: v.Details}
 	if e.EventType == "" {
-		return Envelope{}, fmt.Errorf("event has no event_type")
+		e.EventType = v.Event
+	}
+	if e.EventType == "" {
+		return Envelope{}, errors.New("event has no event_type")
+	}
+	ts := v.Timestamp
+	if ts == nil {
+		ts = v.TS
+	}
+	if ts == nil {
+		return Envelope{}, errors.New("event has no timestamp")
+	}
+	t, err := time.Parse(time.RFC3339Nano, *ts)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("event timestamp: %w", err)
+	}
+	e.Timestamp = inventory.NewTime(t)
+	_ = json.Unmarshal(v.User, &e.User) // not a string: no user
+	_ = json.Unmarshal(v.Source, &e.Source)
+	if json.Unmarshal(v.SchemaVersion, &e.SchemaVersion) != nil {
+		var n json.Number
+		if json.Unmarshal(v.SchemaVersion, &n) == nil {
+			e.SchemaVersion = n.String()
+		}
+	}
+	if string(e.Details) == "null" {
+		e.Details = nil
 	}
 	return e, nil
 }

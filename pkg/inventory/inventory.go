@@ -1,7 +1,22 @@
-// Package inventory holds the public types of ds01-detectord's state file,
-// /var/lib/ds01/workload-inventory.json. Other programs import it to read the
-// file. The layout is a superset of the Python scanner's (REFERENCE §1.3):
-// every key that scanner wrote is still here with the same name and type.
+// Package inventory is the public API of ds01-detectord's state file,
+// /var/lib/ds01/workload-inventory.json: its types, Parse and Read (with the
+// schema check), and the constants for origin and user_source.
+//
+// The file contract (docs/COMPAT.md has it whole):
+//   - The daemon rewrites the whole file atomically every cycle (about every
+//     30 s, and within a second of a Docker event): a reader never sees a
+//     partial file. Read it whole; never hold it open.
+//   - indent-2 JSON, ASCII only. Containers are keyed by their 12-character
+//     ID, host processes by their PID as a decimal string.
+//   - Times are UTC in the form 2026-02-04T10:30:00.123456Z (microseconds;
+//     the fraction is left out when it is zero). See Time.
+//   - Memory is in MiB (gpu_memory_mb), null when NVML cannot tell.
+//   - The layout is a superset of the Python scanner's: every key that
+//     scanner wrote is still here with the same name and type. A file without
+//     schema_version is that scanner's and reads as version 1.
+//   - sources says whether Docker and NVML answered last cycle. When one did
+//     not, its workloads are the last known ones, not an empty list.
+//   - Keys that start with "_" are the daemon's own bookkeeping.
 package inventory
 
 import (
@@ -64,7 +79,7 @@ func Empty() State {
 }
 
 // Container is one Docker container, running or not. The first nine fields
-// are the reference's, in its order.
+// are the Python scanner's, in its order.
 type Container struct {
 	ID         string   `json:"id"` // first 12 hex characters of the container ID
 	Name       string   `json:"name"`
@@ -102,6 +117,21 @@ const (
 	AccessPrivileged    = "privileged"     // --privileged sees every device
 )
 
+// UserSource values: which signal named a container's user (the first that
+// matched, in this order). Every one of them is set by whoever starts the
+// container; see the README's section on ownership.
+const (
+	UserSourceLabelUser    = "label:ds01.user"
+	UserSourceLabelMLC     = "label:aime.mlc.USER"
+	UserSourceLocalFolder  = "label:devcontainer.local_folder"
+	UserSourceComposeDir   = "label:com.docker.compose.project.working_dir"
+	UserSourceBindMount    = "bind-mount"    // a bind mount of /home/<user>
+	UserSourceNameUID      = "name-uid"      // a name ending ._.<uid>
+	UserSourceProcessOwner = "process-owner" // the init process's non-root UID
+	UserSourceNone         = "none"          // user is UnknownUser
+	UnknownUser            = "unknown"
+)
+
 // Origins.
 const (
 	OriginManaged      = "ds01-managed"
@@ -111,7 +141,7 @@ const (
 )
 
 // HostProcess is a process using a GPU outside any container. The first six
-// fields are the reference's.
+// fields are the Python scanner's.
 type HostProcess struct {
 	Pid         int    `json:"pid"`
 	User        string `json:"user"`
@@ -168,7 +198,7 @@ type SourceHealth struct {
 	LastOK *Time  `json:"last_ok"`
 }
 
-// Time is a UTC instant written the way the reference wrote it:
+// Time is a UTC instant written the way the Python scanner wrote it:
 // 2026-02-04T10:30:00.123456Z, with the fraction left out when the
 // microseconds are exactly zero (Python's isoformat).
 type Time struct{ time.Time }
@@ -179,7 +209,7 @@ func NewTime(t time.Time) Time { return Time{t.UTC().Truncate(time.Microsecond)}
 // TimePtr is NewTime returning a pointer.
 func TimePtr(t time.Time) *Time { v := NewTime(t); return &v }
 
-// String formats the time in the reference's format.
+// String formats the time in the Python scanner's format.
 func (t Time) String() string {
 	u := t.UTC()
 	if u.Nanosecond()/1000 == 0 {

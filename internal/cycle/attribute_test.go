@@ -1,0 +1,114 @@
+package cycle
+
+import (
+	"context"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+// listed is a Docker source that reports a fixed snapshot; gpuList a GPU
+// source that reports fixed processes. The facts about those PIDs come
+// from the fixture /proc trees, read for real.
+type listed docker.Snapshot
+
+func (l listed) List(context.Context) (docker.Snapshot, error) { return docker.Snapshot(l), nil }
+
+type gpuList []gpu.Process
+
+func (g gpuList) Processes(context.Context) ([]gpu.Process, error) { return g, nil }
+
+func procsFor(pids ...int) gpuList {
+	var out gpuList
+	for i, p := range pids {
+		m := int64(100 * (i + 1))
+		out = append(out, gpu.Process{Pid: p, GPUIndex: i % 2, GPUUUID: "GPU-" + strconv.Itoa(i%2), MIGIndex: -1, MemoryMiB: &m})
+	}
+	return out
+}
+
+func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, procs gpuList) (*Scanner, *testutil.Files) {
+	files := testutil.NewFiles(t)
+	return New(Config{
+		StatePath: files.StatePath, EventsPath: files.EventsPath,
+		Docker: listed{Containers: containers}, GPU: procs,
+		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
+	}), files
+}
+
+func TestAttributionOverFixtures(t *testing.T) {
+	dockerA := strings.Repeat("a", 64)
+	ctr := docker.Container{ID: dockerA, Name: "a", Status: "running", Labels: map[string]string{},
+		DeviceRequests: []docker.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
+	// 1002: in docker container aaaa…; 1007: podman; 1020: host with
+	// secrets; 1021: vanished between reads; 1022: hostile command line;
+	// 1023: nvidia-smi; 99999: no /proc entry at all.
+	s, files := fixtureScanner(t, false, []docker.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 99999))
+	ctx := context.Background()
+	s.Scan(ctx)
+	sum := s.Scan(ctx) // the second sighting confirms host processes
+	st := sum.State
+
+	c := st.Containers[dockerA[:12]]
+	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != 1002 || !c.GPUProcesses[0].OutsideGPUDevices || c.GPUWithoutAccess || !c.HasGPU {
+		t.Errorf("container: %+v", c)
+	}
+	if len(st.HostProcesses) != 2 {
+		t.Fatalf("host processes: %+v", st.HostProcesses)
+	}
+	secret := st.HostProcesses["1020"]
+	if secret.Cmdline != "python3 serve.py --token=*** --password *** HF_TOKEN=*** --epochs 3" || secret.UID != 4321 || secret.User != "4321" {
+		t.Errorf("redacted host process: %+v", secret)
+	}
+	for _, e := range files.NewEvents() {
+		if strings.Contains(string(e.Details), "abc123") || strings.Contains(string(e.Details), "hunter2") {
+			t.Errorf("secret in event: %s", e.Details)
+		}
+	}
+	if evil := st.HostProcesses["1022"]; evil.Cmdline != "evil \x1b[31mred line\nbreak \uFFFD" {
+		t.Errorf("hostile cmdline kept as data: %q", evil.Cmdline)
+	}
+	var runtimes []string
+	for _, o := range st.OtherGPUProcesses {
+		runtimes = append(runtimes, o.Runtime+":"+strconv.Itoa(o.Pid))
+	}
+	if strings.Join(runtimes, " ") != "podman:1007 unknown:99999" || st.OtherGPUProcesses[1].Error == "" {
+		t.Errorf("other runtimes: %v %+v", runtimes, st.OtherGPUProcesses)
+	}
+	if sum.EventCounts[event.HostProcessDiscovered] != 2 {
+		t.Errorf("events of the second scan: %v", sum.EventCounts)
+	}
+
+	// --keep-secrets records the command line as it is.
+	s, _ = fixtureScanner(t, true, nil, procsFor(1020))
+	st = s.Scan(ctx).State
+	if !strings.Contains(st.PendingProcesses["1020"].Cmdline, "--token=abc123 --password hunter2") {
+		t.Errorf("keep-secrets: %q", st.PendingProcesses["1020"].Cmdline)
+	}
+}
+
+// The journal lines of a scan never carry a masked secret either.
+func TestSecretsStayOutOfTheJournal(t *testing.T) {
+	files := testutil.NewFiles(t)
+	log, lines := testutil.Logger()
+	s := New(Config{
+		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: procsFor(1020),
+		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), Log: log,
+		Now: func() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) },
+	})
+	s.Scan(context.Background())
+	if sum := s.Scan(context.Background()); sum.Events != 1 {
+		t.Fatalf("events: %v", sum.EventCounts)
+	}
+	if out := lines(); !strings.Contains(out, "host GPU process discovered") || strings.Contains(out, "hunter2") || strings.Contains(out, "abc123") {
+		t.Errorf("journal: %s", out)
+	}
+}

@@ -1,0 +1,175 @@
+// Package cycle runs one scan as three steps:
+//
+//  1. gather: ask the Docker and GPU sources what exists, and read the /proc
+//     facts and user names those answers need (gather.go);
+//  2. reconcile: a pure function turns the facts and the last reported
+//     state into the new state and its transitions (internal/reconcile);
+//  3. deliver: write the state carrying the new event lines, then append
+//     them (internal/deliver).
+//
+// Between the steps it keeps the health bookkeeping: a source that starts
+// failing or recovers gets one journal line, not one per cycle.
+package cycle
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Containers is the Docker source as the cycle sees it.
+type Containers interface {
+	List(ctx context.Context) (docker.Snapshot, error)
+}
+
+// GPUs is the GPU source as the cycle sees it.
+type GPUs interface {
+	Processes(ctx context.Context) ([]gpu.Process, error)
+}
+
+// Config is the cycle's wiring.
+type Config struct {
+	StatePath  string
+	EventsPath string
+	StateGroup string // when set, the state file is 0640 root:StateGroup
+	DryRun     bool   // write nothing; Scan returns the state for printing
+	Docker     Containers
+	GPU        GPUs // nil: no GPU source
+	Proc       proc.FS
+	// Users resolves UIDs to names (NSS); nil leaves UIDs as numbers.
+	Users func(uid uint32) (string, bool)
+	// ExtraExcluded adds process names to reconcile.DefaultExcluded.
+	ExtraExcluded []string
+	// KeepSecrets turns off the masking of secret-looking arguments in
+	// recorded command lines.
+	KeepSecrets bool
+	Log         *zap.Logger
+	Now         func() time.Time
+}
+
+// Scanner carries the reported state from one scan to the next.
+type Scanner struct {
+	cfg      Config
+	rules    reconcile.Rules
+	sink     *deliver.Sink // nil with DryRun
+	reported inventory.State
+	inits    map[string]initProc // container ID → init process and UID
+	failing  map[string]string   // source → its last error, while failing
+}
+
+// New loads the last state and, unless DryRun, takes over the two files:
+// lines the last run recorded but did not append are queued.
+func New(cfg Config) *Scanner {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	s := &Scanner{
+		cfg:     cfg,
+		rules:   reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets},
+		failing: map[string]string{},
+	}
+	if cfg.DryRun {
+		s.reported = deliver.Load(cfg.StatePath, cfg.Log)
+	} else {
+		s.sink, s.reported = deliver.Open(deliver.Config{StatePath: cfg.StatePath, EventsPath: cfg.EventsPath, StateGroup: cfg.StateGroup}, cfg.Log)
+	}
+	return s
+}
+
+// Reported returns the last reported state (read-only use).
+func (s *Scanner) Reported() inventory.State { return s.reported }
+
+// Scan runs one cycle. It never fails as a whole: a failing source is
+// recorded in the state's sources and its last known workloads are kept; a
+// failed write is reported in the summary and retried next cycle.
+func (s *Scanner) Scan(ctx context.Context) summary.Summary {
+	start := time.Now()
+	facts := s.gather(ctx)
+	res := reconcile.Reconcile(s.reported, facts, s.rules)
+	s.noteHealth("docker", facts.DockerErr)
+	s.noteHealth("gpu", facts.GPUErr)
+	for _, w := range res.Warnings {
+		s.cfg.Log.Warn(w.Message, w.Fields...)
+	}
+	s.reported = res.State
+
+	sum := summarize(res)
+	if !s.cfg.DryRun {
+		out := s.sink.Deliver(res.State, s.encode(res.Transitions, facts.Now))
+		sum.PendingEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.StateErr, out.AppendErr
+	}
+	sum.Duration = time.Since(start)
+	return sum
+}
+
+// encode turns transitions into event lines, logging each one: the
+// journal gets one line per transition.
+func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
+	lines := make([][]byte, 0, len(ts))
+	for _, t := range ts {
+		line, res, err := event.Encode(event.Envelope{
+			Timestamp: inventory.NewTime(now), EventType: t.EventType, User: t.User, Source: event.Source,
+		}, t.Details)
+		if err != nil { // cannot happen with our own types; say so loudly
+			s.cfg.Log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))
+			continue
+		}
+		if res.Truncated {
+			s.cfg.Log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
+		}
+		s.cfg.Log.Info(t.Message, append(t.Fields, zap.String("event_type", t.EventType))...)
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// noteHealth warns once when a source starts failing and logs once when it
+// recovers; while it keeps failing, a changed error is logged at debug
+// level only.
+func (s *Scanner) noteHealth(name string, err error) {
+	last, failing := s.failing[name]
+	switch {
+	case err != nil && !failing:
+		s.cfg.Log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
+	case err != nil && last != err.Error():
+		s.cfg.Log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
+	case err == nil && failing:
+		s.cfg.Log.Info(name+" source recovered", zap.String("source", name))
+		delete(s.failing, name)
+	}
+	if err != nil {
+		s.failing[name] = err.Error()
+	}
+}
+
+func summarize(res reconcile.Result) summary.Summary {
+	st := res.State
+	sum := summary.Summary{
+		Containers: len(st.Containers), HostProcesses: len(st.HostProcesses),
+		DockerOK: st.Sources.Docker.OK, DockerError: st.Sources.Docker.Error,
+		GPUOK: st.Sources.GPU.OK, GPUError: st.Sources.GPU.Error,
+		State: st, Events: len(res.Transitions), EventCounts: map[string]int{},
+	}
+	for _, t := range res.Transitions {
+		sum.EventCounts[t.EventType]++
+	}
+	for _, c := range st.Containers {
+		if c.HasGPU {
+			sum.GPUContainers++
+		}
+	}
+	return sum
+}

@@ -1,0 +1,114 @@
+package cycle
+
+import (
+	"context"
+	"errors"
+
+	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+)
+
+var errNoGPUSource = errors.New("no GPU source configured")
+
+// initProc is a container's init process and its real UID.
+type initProc struct {
+	pid int
+	uid uint32
+}
+
+// gather asks each source what exists and reads the facts reconcile needs
+// about the answers: the UIDs of the containers' init processes, the /proc
+// entries of the GPU processes, and the names of every UID involved.
+func (s *Scanner) gather(ctx context.Context) reconcile.Facts {
+	var f reconcile.Facts
+	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx)
+	if f.DockerErr == nil {
+		f.InitUIDs = s.initUIDs(f.Docker.Containers)
+	}
+	f.GPUErr = errNoGPUSource
+	if s.cfg.GPU != nil {
+		f.GPU, f.GPUErr = s.cfg.GPU.Processes(ctx)
+	}
+	if f.GPUErr == nil {
+		f.Procs = make(map[int]reconcile.Proc, len(f.GPU))
+		for _, p := range f.GPU {
+			if _, done := f.Procs[p.Pid]; !done {
+				f.Procs[p.Pid] = s.readProc(p.Pid)
+			}
+		}
+	}
+	f.Users = s.userNames(f)
+	f.Now = s.cfg.Now()
+	return f
+}
+
+// initUIDs reads the real UID of each running container's init process,
+// once per container and PID, and forgets the containers no longer listed.
+func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
+	out := make(map[string]uint32, len(list))
+	seen := make(map[string]initProc, len(list))
+	for _, c := range list {
+		if c.Pid <= 0 {
+			continue
+		}
+		p, ok := s.inits[c.ID]
+		if !ok || p.pid != c.Pid {
+			uid, err := s.cfg.Proc.UID(c.Pid)
+			if err != nil {
+				continue
+			}
+			p = initProc{c.Pid, uid}
+		}
+		seen[c.ID], out[c.ID] = p, p.uid
+	}
+	s.inits = seen
+	return out
+}
+
+// readProc reads what attribution needs about one GPU process.
+func (s *Scanner) readProc(pid int) reconcile.Proc {
+	fs := s.cfg.Proc
+	var p reconcile.Proc
+	p.Cgroup, p.CgroupErr = fs.Cgroup(pid)
+	if p.CgroupErr != nil {
+		return p
+	}
+	p.Argv, _ = fs.Argv(pid)
+	p.UID, p.UIDErr = fs.UID(pid)
+	p.StartTime, p.StartErr = fs.StartTime(pid)
+	return p
+}
+
+// userNames resolves every UID the facts name: GPU processes, init
+// processes and container names of the form <x>._.<uid>.
+func (s *Scanner) userNames(f reconcile.Facts) map[uint32]string {
+	names := map[uint32]string{}
+	if s.cfg.Users == nil {
+		return names
+	}
+	lookup := func(uid uint32) {
+		if _, done := names[uid]; done {
+			return
+		}
+		if n, ok := s.cfg.Users(uid); ok {
+			names[uid] = n
+		}
+	}
+	for _, uid := range f.InitUIDs {
+		lookup(uid)
+	}
+	for _, p := range f.Procs {
+		if p.CgroupErr == nil && p.UIDErr == nil {
+			lookup(p.UID)
+		}
+	}
+	for _, list := range [][]docker.Container{f.Docker.Containers, f.Docker.Ephemeral} {
+		for _, c := range list {
+			if uid, ok := classify.NameUID(c.Name); ok {
+				lookup(uid)
+			}
+		}
+	}
+	return names
+}

@@ -1,0 +1,177 @@
+package cycle
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/internal/userdb"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+const testUser = "ds01gputest"
+
+// ensureUser creates a non-root test user known to NSS and returns its UID.
+func ensureUser(t *testing.T) uint32 {
+	t.Helper()
+	if out, err := exec.Command("id", "-u", testUser).Output(); err == nil {
+		uid, _ := strconv.Atoi(string(out[:len(out)-1]))
+		return uint32(uid)
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", testUser).CombinedOutput(); err != nil {
+		t.Fatalf("useradd: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("userdel", testUser).Run() })
+	out, err := exec.Command("id", "-u", testUser).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(string(out[:len(out)-1]))
+	return uint32(uid)
+}
+
+// The mock NVML reports (a) the init process of a real container on the
+// private dockerd and (b) a real host process of a non-root user; the
+// state must attribute each to the right owner.
+func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	cid, err := d.Create(ctx, dockertest.Spec{Name: "no-gpu-config", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, cid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpid := js.State.Pid
+
+	uid := ensureUser(t)
+	host := exec.Command("sleep", "600")
+	host.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
+	hpid := host.Process.Pid
+
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(cpid, 2048)}, nil)
+	gputest.SetProcs(srv, 1, []nvml.ProcessInfo{gputest.Proc(hpid, gputest.Unknown)}, nil)
+	gputest.SetMIG(srv, 1, gputest.MIG{UUID: gputest.MIGUUID(1, 0), GI: 3, CI: 0, Compute: []nvml.ProcessInfo{gputest.Proc(hpid, 700)}})
+	ok := nvml.SUCCESS
+	guard := gputest.NewGuard(t, srv, &ok)
+	uuid0, _ := srv.Devices[0].GetUUID()
+	uuid1, _ := srv.Devices[1].GetUUID()
+
+	src, err := docker.New(d.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: src, GPU: gpu.New(guard), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+	})
+
+	// Cycle 1: the container's process is attributed at once; the host
+	// process is pending.
+	r.cycle()
+	st := r.State()
+	c := st.Containers[cid[:12]]
+	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != cpid || c.GPUProcesses[0].GPUUUID != uuid0 ||
+		c.GPUMemoryMB == nil || *c.GPUMemoryMB != 2048 || !c.GPUWithoutAccess {
+		t.Fatalf("container GPU use: %+v", c)
+	}
+	key := strconv.Itoa(hpid)
+	pend, ok2 := st.PendingProcesses[key]
+	if !ok2 || len(st.HostProcesses) != 0 || pend.FirstSeen == nil || pend.DetectedAt != nil {
+		t.Fatalf("host process after one cycle: pending %+v, confirmed %+v", st.PendingProcesses, st.HostProcesses)
+	}
+	if _, ok := st.PendingProcesses[strconv.Itoa(cpid)]; ok {
+		t.Fatal("container process listed as a host process")
+	}
+	for _, e := range r.NewEvents() {
+		if e.EventType == event.HostProcessDiscovered {
+			t.Fatal("host process discovered after one sighting")
+		}
+	}
+
+	// Cycle 2: confirmed, detected_at is the first sighting.
+	r.cycle()
+	st = r.State()
+	hp, ok2 := st.HostProcesses[key]
+	if !ok2 || hp.User != testUser || hp.UID != uid || hp.Cmdline != "sleep 600" || hp.GPUUUID != uuid1 ||
+		hp.MIG == nil || hp.MIG.UUID != gputest.MIGUUID(1, 0) || hp.MIG.GPUInstanceID != 3 || hp.GPUMemoryMB == nil || *hp.GPUMemoryMB != 700 {
+		t.Fatalf("confirmed host process: %+v", hp)
+	}
+	if hp.DetectedAt == nil || !hp.DetectedAt.Equal(pend.FirstSeen.Time) {
+		t.Errorf("detected_at %v, first seen %v", hp.DetectedAt, pend.FirstSeen)
+	}
+	evs := r.NewEvents()
+	if len(evs) != 1 || evs[0].EventType != event.HostProcessDiscovered || evs[0].User != testUser {
+		t.Fatalf("events: %+v", evs)
+	}
+	dd := testutil.Details(t, evs[0])
+	if int(dd["pid"].(float64)) != hpid || dd["cmdline"] != "sleep 600" || dd["gpu_uuid"] != uuid1 || dd["gpu_memory_mb"].(float64) != 700 {
+		t.Errorf("details: %v", dd)
+	}
+
+	// The GPU source fails: nothing is lost, no exited events.
+	guard.FailCount = nvml.ERROR_UNKNOWN
+	s := r.cycle()
+	st = r.State()
+	if s.GPUOK || st.Sources.GPU.OK || st.Sources.GPU.Error == "" {
+		t.Fatalf("gpu source: %+v", st.Sources.GPU)
+	}
+	if _, ok := st.HostProcesses[key]; !ok || len(st.Containers[cid[:12]].GPUProcesses) != 1 {
+		t.Fatal("GPU use forgotten while the GPU source failed")
+	}
+	if evs := r.NewEvents(); len(evs) != 0 {
+		t.Fatalf("failing GPU source emitted %+v", evs)
+	}
+
+	// Back, and the host process ended: exactly one exited event.
+	guard.FailCount = nvml.SUCCESS
+	host.Process.Kill()
+	host.Wait()
+	gputest.SetProcs(srv, 1, nil, nil)
+	gputest.SetMIG(srv, 1)
+	r.cycle()
+	evs = r.NewEvents()
+	if len(evs) != 1 || evs[0].EventType != event.HostProcessExited || int(testutil.Details(t, evs[0])["pid"].(float64)) != hpid {
+		t.Fatalf("after exit: %+v", evs)
+	}
+	if st := r.State(); len(st.HostProcesses) != 0 || !st.Sources.GPU.OK {
+		t.Fatalf("state after exit: %+v", st.HostProcesses)
+	}
+}
+
+func TestOnceWithoutGPUWritesContainers(t *testing.T) {
+	// On this GPU-less machine the real NVML fails to load; the cycle still
+	// writes the containers and reports the GPU source as failed.
+	d := dockertest.New(t, dockertest.Options{})
+	if _, err := d.Create(context.Background(), dockertest.Spec{Name: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, d)
+	r.det.cfg.GPU = gpu.New(nvml.New(nvml.WithLibraryPath(filepath.Join(r.Dir, "no-libnvidia-ml.so.1"))))
+	r.cycle()
+	st := r.State()
+	if len(st.Containers) != 1 || st.Sources.GPU.OK || st.Sources.GPU.Error == "" || !st.Sources.Docker.OK {
+		t.Fatalf("state: %+v", st)
+	}
+}

@@ -1,0 +1,74 @@
+package cycle
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+func TestHugeAndHostileLabels(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	huge := strings.Repeat("ü", 512*1024) // 1 MB of UTF-8
+	hostile := "eve\n2026-01-01T00:00:00Z INFO forged\x1b[2J\x00\u2028"
+	bigID, err := d.Create(ctx, dockertest.Spec{Name: "huge", Labels: map[string]string{"ds01.user": huge, "note": huge}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilID, err := d.Create(ctx, dockertest.Spec{Name: "hostile", Labels: map[string]string{"ds01.user": hostile, "devcontainer.x\x1b": "\xff\xfe"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, d)
+	r.cycle()
+	raw, err := os.ReadFile(r.StatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range raw {
+		if c >= 0x80 || (c < 0x20 && c != '\n') {
+			t.Fatalf("raw byte %#x in the state file", c)
+		}
+	}
+	st := r.State()
+	if st.Containers[bigID[:12]].User != huge || st.Containers[evilID[:12]].User != hostile {
+		t.Error("users not kept as data")
+	}
+	if st.Containers[evilID[:12]].Origin != "devcontainer" {
+		t.Errorf("origin %q", st.Containers[evilID[:12]].Origin)
+	}
+	evs, err := os.ReadFile(r.EventsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSuffix(evs, []byte("\n")), []byte("\n"))
+	if len(lines) != 2 {
+		t.Fatalf("%d event lines", len(lines))
+	}
+	for _, l := range lines {
+		if len(l) > event.MaxLineBytes {
+			t.Errorf("event line of %d bytes", len(l))
+		}
+		e, err := event.Decode(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(string(e.Details), bigID[:12]):
+			t.Fatal("the huge event kept its details")
+		case strings.Contains(string(e.Details), `"truncated":true`):
+			if len(e.User) > 200 {
+				t.Errorf("huge user not cut: %d bytes", len(e.User))
+			}
+		default:
+			if e.User != hostile {
+				t.Errorf("hostile user came back %q", e.User)
+			}
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package cycle
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+// watch runs the event stream of src until the test ends and returns a
+// channel that gets a value per change.
+func watch(t *testing.T, src *docker.Source) <-chan struct{} {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := make(chan struct{}, 1000)
+	go src.Watch(ctx, time.Time{}, func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}, zap.NewNop())
+	return ch
+}
+
+func drain(ch <-chan struct{}) int {
+	n := 0
+	for {
+		select {
+		case <-ch:
+			n++
+		default:
+			return n
+		}
+	}
+}
+
+func waitChange(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no change notification: %s", what)
+	}
+}
+
+func eventKinds(t *testing.T, evs []event.Envelope) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.EventType+" "+testutil.Details(t, e)["container_id"].(string))
+	}
+	return out
+}
+
+func TestShortLivedContainerBetweenTicks(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	r := newRig(t, d)
+	changes := watch(t, r.src)
+	waitChange(t, changes, "stream connected")
+	r.cycle()
+	r.NewEvents()
+
+	ctx := context.Background()
+	id, err := d.Create(ctx, dockertest.Spec{Name: "blink", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // it lives 2 s, between two ticks
+	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Let the destroy event arrive.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		drain(changes)
+		time.Sleep(300 * time.Millisecond)
+		if drain(changes) == 0 {
+			break
+		}
+	}
+	r.cycle()
+	got := eventKinds(t, r.NewEvents())
+	want := []string{event.ContainerDiscovered + " " + id[:12], event.ContainerExited + " " + id[:12]}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+	r.cycle()
+	if evs := r.NewEvents(); len(evs) != 0 {
+		t.Fatalf("repeated: %+v", evs)
+	}
+}
+
+func TestSteadyCycleMakesOneRequest(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if _, err := d.Create(ctx, dockertest.Spec{Name: "steady-" + string(rune('a'+i)), Start: i%2 == 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := d.Proxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	src, err := docker.New(p.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
+	r.det = r.newScanner()
+	changes := watch(t, src)
+	waitChange(t, changes, "stream connected")
+	r.cycle() // cold: inspects everything
+	time.Sleep(200 * time.Millisecond)
+	r.cycle()
+	p.Counts()
+	before := src.Requests()
+	for i := 0; i < 3; i++ {
+		r.cycle()
+	}
+	got := p.Counts()
+	if want := map[string]int{"GET /containers/json": 3}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("3 steady cycles made %v, want %v", got, want)
+	}
+	// The client's own count (exported as a metric) agrees with the proxy.
+	after := src.Requests()
+	for ep, n := range after {
+		if d := n - before[ep]; d != 0 && !(ep == "GET /containers/json" && d == 3) {
+			t.Errorf("client counted %d × %s", d, ep)
+		}
+	}
+	if after["GET /containers/json"]-before["GET /containers/json"] != 3 {
+		t.Errorf("client counted %v, then %v", before, after)
+	}
+	// A state change is re-inspected, and only that container.
+	var running string
+	for _, c := range r.State().Containers {
+		if c.Status == "running" {
+			running = c.FullID
+		}
+	}
+	timeout := 1
+	if err := d.Client.ContainerStop(ctx, running, container.StopOptions{Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	p.Counts()
+	r.cycle()
+	if got := p.Counts(); got["GET /containers/"+running+"/json"] != 1 || got["GET /containers/json"] != 1 || len(got) != 2 {
+		t.Fatalf("after a stop: %v", got)
+	}
+	if c := r.State().Containers[running[:12]]; c.Status != "exited" {
+		t.Fatalf("stopped container shows %s", c.Status)
+	}
+}

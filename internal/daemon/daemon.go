@@ -1,0 +1,125 @@
+// Package daemon wires ds01-detectord together from its configuration: the
+// Docker and GPU sources, the scanner, the metrics endpoint, Docker's event
+// stream and the service loop. main and the integration tests both build
+// the daemon here, so there is one wiring.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/cycle"
+	"github.com/ds01/ds01-detectord/internal/loop"
+	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/userdb"
+)
+
+// Config is everything the command line sets.
+type Config struct {
+	StateFile, EventsFile string
+	StateGroup            string
+	DockerHost            string        // "" : $DOCKER_HOST, else the default socket
+	DockerTimeout         time.Duration // one Docker API call
+	ProcRoot              string        // "" : /proc
+	NVMLLibrary           string        // "" : the system's libnvidia-ml.so.1
+	// NVML, when set, replaces the library (tests pass go-nvml's mock).
+	NVML             nvml.Interface
+	ExcludeProcesses []string
+	KeepSecrets      bool
+	Interval         time.Duration // reconciliation scans
+	ScanTimeout      time.Duration // one scan
+	Debounce         time.Duration // wait after a Docker event before scanning
+	MetricsListen    string        // "" : no metrics endpoint
+	DryRun           bool          // Once only: write nothing
+	Version          string
+}
+
+// Daemon is one wired daemon. Close releases it.
+type Daemon struct {
+	cfg     Config
+	log     *zap.Logger
+	docker  *docker.Source
+	gpus    *gpu.Source
+	scanner *cycle.Scanner
+}
+
+// New builds the daemon: one Docker client and one NVML handle for its
+// whole life, and a scanner that has loaded the last state.
+func New(cfg Config, log *zap.Logger) (*Daemon, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	dk, err := docker.New(cfg.DockerHost, cfg.DockerTimeout)
+	if err != nil {
+		return nil, err
+	}
+	lib := cfg.NVML
+	if lib == nil {
+		var opts []nvml.LibraryOption
+		if cfg.NVMLLibrary != "" {
+			opts = append(opts, nvml.WithLibraryPath(cfg.NVMLLibrary))
+		}
+		lib = nvml.New(opts...)
+	}
+	gpus := gpu.New(lib)
+	gpus.Log = log
+	sc := cycle.New(cycle.Config{
+		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
+		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
+		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
+	})
+	return &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, scanner: sc}, nil
+}
+
+// Close releases the Docker client and the NVML handle.
+func (d *Daemon) Close() {
+	d.gpus.Close()
+	d.docker.Close()
+}
+
+// Once runs one scan under the scan deadline (--once).
+func (d *Daemon) Once(ctx context.Context) summary.Summary {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.ScanTimeout)
+	defer cancel()
+	return d.scanner.Scan(ctx)
+}
+
+// Run serves until ctx ends or SIGTERM/SIGINT: the metrics endpoint when
+// configured, Docker's event stream (which triggers debounced scans), and
+// the service loop with its reconciliation ticker. A metrics address that
+// cannot be bound is an error before anything starts.
+func (d *Daemon) Run(ctx context.Context) error {
+	var onCycle func(summary.Summary)
+	if d.cfg.MetricsListen != "" {
+		m := metrics.New(d.cfg.Version)
+		m.APIRequests = d.docker.Requests
+		ln, err := m.Listen(d.cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("cannot serve metrics on %s (address taken, or not an address this host has?): %w", d.cfg.MetricsListen, err)
+		}
+		defer ln.Close()
+		d.log.Info("serving Prometheus metrics", zap.String("address", ln.Addr().String()), zap.String("path", "/metrics"))
+		onCycle = m.Observe
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// A new container reaches the state file within about a second of its
+	// event; the ticker stays as reconciliation. The stream resumes from
+	// the last run's checkpoint, so what happened while the daemon was
+	// down is replayed.
+	changed, trigger := loop.Debounce(d.cfg.Debounce)
+	var from time.Time
+	if t := d.scanner.Reported().DockerEventsSince; t != nil {
+		from = t.Time
+	}
+	go d.docker.Watch(ctx, from, changed, d.log)
+	return loop.Run(ctx, d.scanner, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
+}

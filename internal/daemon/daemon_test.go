@@ -1,0 +1,179 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+// These tests run the real daemon, wired by New as main wires it (the
+// loop, the scanner and Docker's event stream), against a private dockerd.
+
+// runDaemon runs the daemon in the test process until the test ends.
+func runDaemon(t *testing.T, host string, interval time.Duration) *testutil.Files {
+	files := testutil.NewFiles(t)
+	d, err := New(Config{
+		StateFile: files.StatePath, EventsFile: files.EventsPath, DockerHost: host, DockerTimeout: 3 * time.Second,
+		Interval: interval, ScanTimeout: 5 * time.Second, Debounce: 50 * time.Millisecond,
+	}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("run: %v", err)
+		}
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done; d.Close() })
+	return files
+}
+
+func stateHas(f *testutil.Files, id string) bool {
+	b, _ := os.ReadFile(f.StatePath)
+	return strings.Contains(string(b), `"`+id[:12]+`"`)
+}
+
+func TestRelistFindsContainerCreatedWhileStreamWasDown(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	p, err := d.Proxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	files := runDaemon(t, p.Host, time.Hour) // no tick will help
+	ctx := context.Background()
+	first, err := d.Create(ctx, dockertest.Spec{Name: "before"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "container via the event stream", func() bool { return stateHas(files, first) })
+
+	p.Cut()
+	time.Sleep(500 * time.Millisecond)
+	hidden, err := d.Create(ctx, dockertest.Spec{Name: "while-down"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if stateHas(files, hidden) {
+		t.Fatal("container seen through a cut link")
+	}
+	p.Mend()
+	testutil.Eventually(t, 15*time.Second, "container created while the stream was down", func() bool { return stateHas(files, hidden) })
+}
+
+func TestDockerdKilledAndRestartedWhileRunning(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	ids := map[string]string{}
+	for _, s := range []dockertest.Spec{
+		{Name: "runs", Start: true},
+		{Name: "created"},
+		{Name: "always", Start: true, Host: container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}}},
+	} {
+		id, err := d.Create(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[s.Name] = id
+	}
+	files := runDaemon(t, d.Host, time.Second)
+	r := files
+	testutil.Eventually(t, 10*time.Second, "all three in the state", func() bool {
+		return stateHas(files, ids["runs"]) && stateHas(files, ids["created"]) && stateHas(files, ids["always"])
+	})
+	time.Sleep(1500 * time.Millisecond)
+	before := map[string]string{}
+	for k, c := range r.State().Containers {
+		before[k] = c.Status
+	}
+	r.NewEvents()
+
+	d.Kill()
+	testutil.Eventually(t, 10*time.Second, "docker source marked failed", func() bool { return !r.State().Sources.Docker.OK })
+	time.Sleep(2 * time.Second) // a few failing cycles
+	if evs := r.NewEvents(); len(evs) != 0 {
+		t.Fatalf("events while dockerd was down: %+v", evs)
+	}
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 15*time.Second, "docker source back", func() bool { return r.State().Sources.Docker.OK })
+	time.Sleep(3 * time.Second) // let restart policies settle and the loop catch up
+
+	// The truth, from Docker itself.
+	var want []string
+	for _, id := range ids {
+		js, err := d.Client.ContainerInspect(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if js.State.Status != before[id[:12]] {
+			want = append(want, event.ContainerStatusChanged+" "+id[:12]+" "+before[id[:12]]+"->"+js.State.Status)
+		}
+	}
+	var got []string
+	for _, e := range r.NewEvents() {
+		dd := testutil.Details(t, e)
+		if e.EventType != event.ContainerStatusChanged {
+			t.Errorf("invented: %s %s", e.EventType, e.Details)
+			continue
+		}
+		got = append(got, e.EventType+" "+dd["container_id"].(string)+" "+dd["old_status"].(string)+"->"+dd["new_status"].(string))
+	}
+	// A container may pass through a state and back (always restarts);
+	// collapse each container's chain to its first and last status.
+	got = collapse(got)
+	sort.Strings(got)
+	sort.Strings(want)
+	t.Logf("real differences after the restart: %v", want)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("after the restart: got %v, want %v", got, want)
+	}
+	// And the stream is back: a new container arrives without a tick's help.
+	id, err := d.Create(ctx, dockertest.Spec{Name: "after"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "new container after the restart", func() bool { return stateHas(files, id) })
+}
+
+// collapse folds "type id a->b", "type id b->c" into "type id a->c", and
+// drops a chain that ends where it began.
+func collapse(lines []string) []string {
+	type chain struct{ first, last string }
+	order := []string{}
+	chains := map[string]*chain{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		key := f[0] + " " + f[1]
+		from, to, _ := strings.Cut(f[2], "->")
+		if c, ok := chains[key]; ok {
+			c.last = to
+			continue
+		}
+		chains[key] = &chain{from, to}
+		order = append(order, key)
+	}
+	var out []string
+	for _, k := range order {
+		if c := chains[k]; c.first != c.last {
+			out = append(out, k+" "+c.first+"->"+c.last)
+		}
+	}
+	return out
+}

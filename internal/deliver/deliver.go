@@ -1,0 +1,157 @@
+// Package deliver is the last step of a scan: it writes the state file,
+// carrying the event lines about to be appended, then appends those lines to
+// the event log. Lines that could not be appended stay queued and go out
+// with the next delivery.
+//
+// The order gives exactly-once delivery across crashes: a crash between the
+// state write and the append leaves the lines in the state file, and the
+// next start (Open) queues those the log does not hold yet. If the state
+// cannot be written the lines are appended anyway (at least once). A write
+// failure is logged once when it starts or changes kind, and once when it
+// ends, not every cycle. docs/FAULTS.md has the whole guarantee.
+package deliver
+
+import (
+	"errors"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/eventlog"
+	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Config names the two files.
+type Config struct {
+	StatePath  string
+	EventsPath string
+	// StateGroup, when set, makes the state file 0640 root:StateGroup.
+	StateGroup string
+}
+
+// Sink delivers states and event lines. One goroutine at a time.
+type Sink struct {
+	cfg     Config
+	log     *zap.Logger
+	pending [][]byte // encoded event lines not yet appended
+
+	// the kind of the last failure of each write, "" when it worked
+	stateErr, eventsErr string
+}
+
+// Result is what one delivery achieved.
+type Result struct {
+	Pending   int   // lines still waiting for the event log
+	StateErr  error // the state write failed
+	AppendErr error // the append failed (Pending lines are kept)
+}
+
+// Open loads the last state from the state file and queues the lines it
+// recorded that the event log does not hold. A corrupt state file is moved
+// aside and logged; Open then starts from an empty state and never fails.
+func Open(cfg Config, log *zap.Logger) (*Sink, inventory.State) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Sink{cfg: cfg, log: log}
+	st, err := statefile.Load(cfg.StatePath)
+	if err != nil {
+		log.Warn("state file not loaded", zap.String("path", cfg.StatePath), zap.Error(err))
+	}
+	statefile.CleanTemps(cfg.StatePath)
+	s.recover(st.UnloggedEvents)
+	st.UnloggedEvents = nil
+	return s, st
+}
+
+// Load reads the last state without taking over its files: for --dry-run.
+func Load(path string, log *zap.Logger) inventory.State {
+	st, err := inventory.Read(path)
+	if err != nil {
+		log.Warn("state file not loaded", zap.String("path", path), zap.Error(err))
+		return inventory.Empty()
+	}
+	st.UnloggedEvents = nil
+	return st
+}
+
+// recover queues the lines the last run recorded in its state but may not
+// have appended: those the log does not hold. A line that is not a
+// well-formed event is dropped and logged: the state file's directory is
+// writable by others, and the daemon appends as root.
+func (s *Sink) recover(unlogged []string) {
+	var valid []string
+	dropped := 0
+	for _, l := range unlogged {
+		if _, err := event.Decode([]byte(l)); err != nil || len(l) > event.MaxLineBytes {
+			dropped++
+			continue
+		}
+		valid = append(valid, l)
+	}
+	if dropped > 0 {
+		s.log.Warn("state file carried unlogged lines that are not events; dropped", zap.Int("dropped", dropped))
+	}
+	missing, err := eventlog.Log{Path: s.cfg.EventsPath}.Missing(valid)
+	if err != nil {
+		s.log.Warn("cannot check the event log for unlogged events; appending them", zap.Error(err))
+	}
+	for _, l := range missing {
+		s.pending = append(s.pending, []byte(l))
+	}
+	if len(missing) > 0 {
+		s.log.Info("appending events the last run recorded but did not log", zap.Int("events", len(missing)))
+	}
+}
+
+// Deliver writes st, carrying the queued lines and lines, then appends the
+// lines. It never fails as a whole: what could not be written is reported
+// and retried on the next call.
+func (s *Sink) Deliver(st inventory.State, lines [][]byte) Result {
+	s.pending = append(s.pending, lines...)
+	st.UnloggedEvents = make([]string, 0, len(s.pending))
+	for _, l := range s.pending {
+		st.UnloggedEvents = append(st.UnloggedEvents, string(l))
+	}
+	if len(st.UnloggedEvents) == 0 {
+		st.UnloggedEvents = nil
+	}
+	serr := statefile.Save(s.cfg.StatePath, st, s.cfg.StateGroup)
+	s.stateErr = s.noteErr("state file write", serr, s.stateErr, zap.String("path", s.cfg.StatePath))
+	n, aerr := eventlog.Log{Path: s.cfg.EventsPath}.Append(s.pending)
+	s.pending = s.pending[n:]
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	s.eventsErr = s.noteErr("event log append", aerr, s.eventsErr, zap.String("path", s.cfg.EventsPath), zap.Int("pending_events", len(s.pending)))
+	return Result{Pending: len(s.pending), StateErr: serr, AppendErr: aerr}
+}
+
+// noteErr logs a write failure when it starts or its kind changes (disk
+// full, then read-only, say) and a recovery when it ends, and returns the
+// remembered kind. The kind is the system error when there is one, since
+// the full text names a fresh temporary file every time.
+func (s *Sink) noteErr(what string, err error, last string, fields ...zap.Field) string {
+	switch {
+	case err == nil && last != "":
+		s.log.Info(what+" recovered", fields...)
+		return ""
+	case err == nil:
+		return ""
+	}
+	kind := errKind(err)
+	if kind != last {
+		s.log.Error(what+" failed; will retry every cycle", append(fields, zap.Error(err))...)
+	}
+	return kind
+}
+
+func errKind(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}

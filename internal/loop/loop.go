@@ -1,0 +1,192 @@
+// Package loop is the long-running loop: a scan at start, then one per
+// interval, never two at once, a rescan on SIGHUP, sd_notify readiness,
+// status and watchdog pings, and a clean stop on SIGTERM or SIGINT.
+package loop
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/summary"
+)
+
+// Scanner runs one cycle.
+type Scanner interface {
+	Scan(ctx context.Context) summary.Summary
+}
+
+// Options tune the loop.
+type Options struct {
+	Interval    time.Duration
+	ScanTimeout time.Duration
+	// Trigger, when set, asks for a scan soon (Docker events). Sends must not
+	// block: use a channel with a buffer of one and a non-blocking send.
+	Trigger <-chan struct{}
+	// OnCycle, when set, sees every finished cycle.
+	OnCycle func(summary.Summary)
+	// Ticks replaces the interval ticker (tests).
+	Ticks <-chan time.Time
+	// StuckGrace is how long past its deadline a scan may run before the
+	// watchdog pings stop (default 1s).
+	StuckGrace time.Duration
+}
+
+// Run loops until ctx ends or SIGTERM/SIGINT arrives, and returns nil then.
+func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
+	sigs := make(chan os.Signal, 1)
+	hup := make(chan os.Signal, 1) // buffer 1: HUPs during a scan coalesce
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	defer signal.Stop(hup)
+
+	// scanStart is the start of the running scan in UnixNano, 0 when idle.
+	var scanStart atomic.Int64
+	wdCtx, stopWD := context.WithCancel(ctx)
+	defer stopWD()
+	if opt.StuckGrace == 0 {
+		opt.StuckGrace = time.Second
+	}
+	go watchdog(wdCtx, &scanStart, opt.ScanTimeout+opt.StuckGrace, log)
+
+	ticks := opt.Ticks
+	if ticks == nil {
+		ticker := time.NewTicker(opt.Interval)
+		defer ticker.Stop()
+		ticks = ticker.C
+	}
+	ready := false
+	for {
+		scanCtx, cancel := context.WithTimeout(ctx, opt.ScanTimeout)
+		done := make(chan summary.Summary, 1)
+		scanStart.Store(time.Now().UnixNano())
+		go func() { done <- sc.Scan(scanCtx) }()
+
+		var sum summary.Summary
+		stopping := false
+		select {
+		case sum = <-done:
+		case s := <-sigs:
+			// Abort the scan's API calls; the write it may be in finishes.
+			log.Info("stopping after the current cycle", zap.String("signal", s.String()))
+			stopping = true
+			cancel()
+			sum = <-done
+		case <-ctx.Done():
+			stopping = true
+			cancel()
+			sum = <-done
+		}
+		cancel()
+		scanStart.Store(0)
+		report(log, sum, scanCtx.Err())
+		if opt.OnCycle != nil {
+			opt.OnCycle(sum)
+		}
+		status := "STATUS=" + sum.StatusLine()
+		if !ready {
+			status = daemon.SdNotifyReady + "\n" + status
+			ready = true
+		}
+		daemon.SdNotify(false, status)
+		if stopping {
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return nil
+		}
+
+		// Ticks that fell during the scan are dropped, not queued.
+		select {
+		case <-ticks:
+		default:
+		}
+		select {
+		case <-ticks:
+		case <-hup:
+			log.Info("rescan requested (SIGHUP)")
+		case <-opt.Trigger:
+		case s := <-sigs:
+			log.Info("stopping", zap.String("signal", s.String()))
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return nil
+		case <-ctx.Done():
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return nil
+		}
+	}
+}
+
+// report logs the one summary line of a cycle.
+func report(log *zap.Logger, s summary.Summary, scanErr error) {
+	fields := []zap.Field{
+		zap.Int("containers", s.Containers), zap.Int("gpu_containers", s.GPUContainers),
+		zap.Int("host_gpu_processes", s.HostProcesses), zap.Int("events", s.Events),
+		zap.Bool("docker_ok", s.DockerOK), zap.Bool("gpu_ok", s.GPUOK),
+		zap.Duration("duration", s.Duration),
+	}
+	if s.PendingEvents > 0 {
+		fields = append(fields, zap.Int("pending_events", s.PendingEvents))
+	}
+	if scanErr == context.DeadlineExceeded {
+		fields = append(fields, zap.Bool("deadline_exceeded", true))
+	}
+	log.Info("scan complete: "+s.StatusLine(), fields...)
+}
+
+// watchdog pings WATCHDOG=1 at half of WATCHDOG_USEC, but only while the
+// loop makes progress: idle between scans, or in a scan younger than its
+// deadline. A scan stuck past its deadline stops the pings, and systemd
+// kills and restarts the service after WatchdogSec.
+func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Duration, log *zap.Logger) {
+	every, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || every <= 0 {
+		return
+	}
+	t := time.NewTicker(every / 2)
+	defer t.Stop()
+	stuck := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := scanStart.Load()
+		if s != 0 && time.Since(time.Unix(0, s)) > stuckAfter {
+			if !stuck {
+				log.Error("scan stuck past its deadline; withholding watchdog pings so that systemd restarts the service", zap.Duration("stuck_after", stuckAfter))
+				stuck = true
+			}
+			continue
+		}
+		stuck = false
+		daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+	}
+}
+
+// Debounce returns a function to call on every change and the channel it
+// feeds: the first call starts a timer of d, calls until it fires are folded
+// into it, and then one value goes to the channel (buffer one, never
+// blocking). Pass the channel as Options.Trigger.
+func Debounce(d time.Duration) (func(), <-chan struct{}) {
+	ch := make(chan struct{}, 1)
+	var pending atomic.Bool
+	return func() {
+		if pending.Swap(true) {
+			return
+		}
+		time.AfterFunc(d, func() {
+			pending.Store(false)
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		})
+	}, ch
+}

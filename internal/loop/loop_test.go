@@ -1,0 +1,308 @@
+package loop
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/summary"
+)
+
+// scanner counts cycles and can hold them until released.
+type scanner struct {
+	mu        sync.Mutex
+	running   int
+	maxRun    int
+	cycles    atomic.Int32
+	started   chan struct{} // receives at each cycle start
+	hold      chan struct{} // when non-nil, cycles wait on it
+	ignoreCtx bool          // a stuck scan that ignores its deadline
+	ctxErrs   chan error    // the context error each cycle saw
+}
+
+func newScanner() *scanner {
+	return &scanner{started: make(chan struct{}, 100), ctxErrs: make(chan error, 100)}
+}
+
+func (s *scanner) Scan(ctx context.Context) summary.Summary {
+	s.mu.Lock()
+	s.running++
+	if s.running > s.maxRun {
+		s.maxRun = s.running
+	}
+	hold, ignore := s.hold, s.ignoreCtx
+	s.mu.Unlock()
+	s.cycles.Add(1)
+	s.started <- struct{}{}
+	if hold != nil {
+		if ignore {
+			<-hold
+		} else {
+			select {
+			case <-hold:
+			case <-ctx.Done():
+			}
+		}
+	}
+	s.ctxErrs <- ctx.Err()
+	s.mu.Lock()
+	s.running--
+	s.mu.Unlock()
+	return summary.Summary{Containers: 3, DockerOK: true}
+}
+
+func (s *scanner) setHold(ch chan struct{}, ignoreCtx bool) {
+	s.mu.Lock()
+	s.hold, s.ignoreCtx = ch, ignoreCtx
+	s.mu.Unlock()
+}
+
+func waitStart(t *testing.T, s *scanner) {
+	t.Helper()
+	select {
+	case <-s.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no cycle started")
+	}
+}
+
+// tickUntilStart sends ticks until a cycle starts: a tick that lands just
+// as a scan ends is dropped by design.
+func tickUntilStart(t *testing.T, s *scanner, ticks chan time.Time) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		select {
+		case ticks <- time.Now():
+		default:
+		}
+		select {
+		case <-s.started:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatal("no cycle started")
+}
+
+// noStart checks that no cycle starts within a short while.
+func noStart(t *testing.T, s *scanner, what string) {
+	t.Helper()
+	select {
+	case <-s.started:
+		t.Fatalf("%s: an extra cycle started", what)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// notify opens a real NOTIFY_SOCKET datagram listener and points the
+// environment at it. Messages arrive on the returned channel.
+func notify(t *testing.T, watchdog time.Duration) <-chan string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	if watchdog > 0 {
+		t.Setenv("WATCHDOG_USEC", strconv.FormatInt(watchdog.Microseconds(), 10))
+		t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	}
+	out := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			out <- string(buf[:n])
+		}
+	}()
+	return out
+}
+
+func run(t *testing.T, s *scanner, opt Options) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, s, zap.NewNop(), opt) }()
+	return func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return")
+			return nil
+		}
+	}
+}
+
+func TestTicksDuringAScanAreDropped(t *testing.T) {
+	notify(t, 0)
+	s := newScanner()
+	ticks := make(chan time.Time, 1) // like time.Ticker's channel
+	hold := make(chan struct{})
+	s.setHold(hold, false)
+	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: ticks})
+	waitStart(t, s)
+	for i := 0; i < 5; i++ { // ticks fall during the scan
+		select {
+		case ticks <- time.Now():
+		default:
+		}
+	}
+	s.setHold(nil, false)
+	close(hold)
+	noStart(t, s, "ticks during a scan")
+	ticks <- time.Now()
+	waitStart(t, s)
+	stop()
+	if s.maxRun != 1 || s.cycles.Load() != 2 {
+		t.Fatalf("max concurrent %d, cycles %d", s.maxRun, s.cycles.Load())
+	}
+}
+
+func TestHUPsCoalesce(t *testing.T) {
+	notify(t, 0)
+	s := newScanner()
+	hold := make(chan struct{})
+	s.setHold(hold, false)
+	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+	waitStart(t, s)
+	for i := 0; i < 10; i++ {
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	}
+	time.Sleep(100 * time.Millisecond) // let the signals land
+	s.setHold(nil, false)
+	close(hold)
+	waitStart(t, s) // exactly one follow-up scan
+	noStart(t, s, "ten HUPs during one scan")
+	// A HUP while idle rescans at once.
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitStart(t, s)
+	stop()
+	if s.cycles.Load() != 3 || s.maxRun != 1 {
+		t.Fatalf("cycles %d, max concurrent %d", s.cycles.Load(), s.maxRun)
+	}
+}
+
+func TestScanDeadline(t *testing.T) {
+	notify(t, 0)
+	s := newScanner()
+	s.setHold(make(chan struct{}), false) // never released: the deadline ends it
+	ticks := make(chan time.Time, 1)
+	stop := run(t, s, Options{ScanTimeout: 50 * time.Millisecond, Ticks: ticks})
+	waitStart(t, s)
+	if err := <-s.ctxErrs; err != context.DeadlineExceeded {
+		t.Fatalf("first scan ended with %v", err)
+	}
+	tickUntilStart(t, s, ticks) // later cycles carry on
+	if err := <-s.ctxErrs; err != context.DeadlineExceeded {
+		t.Fatalf("second scan ended with %v", err)
+	}
+	stop()
+}
+
+func TestNotifyReadyStatusStopping(t *testing.T) {
+	msgs := notify(t, 0)
+	s := newScanner()
+	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+	waitStart(t, s)
+	first := <-msgs
+	if !strings.Contains(first, "READY=1") || !strings.Contains(first, "STATUS=3 containers (0 with GPU)") {
+		t.Fatalf("first message %q", first)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitStart(t, s)
+	if m := <-msgs; strings.Contains(m, "READY=1") || !strings.HasPrefix(m, "STATUS=") {
+		t.Fatalf("second message %q", m)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-msgs; m != "STOPPING=1" {
+		t.Fatalf("last message %q", m)
+	}
+}
+
+func TestSIGTERMWaitsForTheCycle(t *testing.T) {
+	notify(t, 0)
+	s := newScanner()
+	hold := make(chan struct{})
+	s.setHold(hold, true) // a scan that finishes its write whatever the context says
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), s, zap.NewNop(), Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+	}()
+	waitStart(t, s)
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case <-done:
+		t.Fatal("Run returned in the middle of a cycle")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(hold)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop after the cycle")
+	}
+	if err := <-s.ctxErrs; err != context.Canceled {
+		t.Errorf("the cycle's context was not cancelled: %v", err)
+	}
+}
+
+func TestWatchdogPingsOnlyWhileProgressing(t *testing.T) {
+	msgs := notify(t, 100*time.Millisecond) // pings every 50ms
+	s := newScanner()
+	ticks := make(chan time.Time, 1)
+	stop := run(t, s, Options{ScanTimeout: 50 * time.Millisecond, StuckGrace: 50 * time.Millisecond, Ticks: ticks})
+	waitStart(t, s)
+	count := func(d time.Duration) int {
+		n := 0
+		end := time.After(d)
+		for {
+			select {
+			case m := <-msgs:
+				if m == "WATCHDOG=1" {
+					n++
+				}
+			case <-end:
+				return n
+			}
+		}
+	}
+	if n := count(400 * time.Millisecond); n < 2 {
+		t.Fatalf("idle loop sent %d pings", n)
+	}
+	// A scan stuck past its deadline: the pings stop.
+	hold := make(chan struct{})
+	s.setHold(hold, true)
+	tickUntilStart(t, s, ticks)
+	count(300 * time.Millisecond) // deadline plus grace pass
+	if n := count(400 * time.Millisecond); n != 0 {
+		t.Fatalf("stuck scan: %d pings", n)
+	}
+	s.setHold(nil, false)
+	close(hold)
+	if n := count(400 * time.Millisecond); n < 2 {
+		t.Fatalf("after the scan returned: %d pings", n)
+	}
+	stop()
+}

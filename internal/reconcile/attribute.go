@@ -1,0 +1,206 @@
+package reconcile
+
+import (
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/redact"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// DefaultExcluded are the system GPU processes the Python scanner left out
+// (docs/COMPAT.md), matched on the basename of argv[0].
+var DefaultExcluded = []string{"nvidia-persistenced", "nv-hostengine", "dcgm", "dcgmi", "nvidia-smi", "Xorg", "X"}
+
+// attribute sorts the GPU processes NVML reported into containers (added
+// to containers' gpu_processes), other runtimes and host processes.
+func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, []inventory.GPUProcess) {
+	host := map[string]inventory.HostProcess{}
+	other := []inventory.GPUProcess{}
+	for _, p := range f.GPU {
+		gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB}
+		pf, ok := f.Procs[p.Pid]
+		if !ok {
+			pf.CgroupErr = errNotGathered
+		}
+		if pf.CgroupErr != nil {
+			gp.Runtime, gp.Error = proc.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
+			other = append(other, gp)
+			continue
+		}
+		ref := pf.Cgroup
+		if ref.ID != "" {
+			if c, ok := containers[ShortID(ref.ID)]; ok {
+				gp.OutsideGPUDevices = outsideDevices(p, c.GPUDevices)
+				c.GPUProcesses = append(c.GPUProcesses, gp)
+				containers[c.ID] = c
+				continue
+			}
+			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
+		}
+		argv := pf.Argv
+		if !rules.KeepSecrets {
+			argv = redact.Args(argv)
+		}
+		cmdline := proc.JoinCmdline(argv)
+		user := classify.Unknown
+		if pf.UIDErr == nil {
+			user = f.userName(pf.UID)
+		}
+		if gp.Runtime != "" { // a container Docker does not know
+			gp.Cmdline, gp.User = cmdline, user
+			if pf.UIDErr == nil {
+				uid := pf.UID
+				gp.UID = &uid
+			}
+			other = append(other, gp)
+			continue
+		}
+		if excluded(cmdline, rules.Excluded) {
+			continue
+		}
+		if pf.StartErr != nil {
+			continue // gone between the two reads
+		}
+		key := strconv.Itoa(p.Pid)
+		if hp, ok := host[key]; ok { // same process on another GPU
+			hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
+			host[key] = hp
+			continue
+		}
+		host[key] = inventory.HostProcess{
+			Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
+			UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
+		}
+	}
+	for k, c := range containers {
+		if len(c.GPUProcesses) == 0 {
+			continue
+		}
+		var total *int64
+		for _, gp := range c.GPUProcesses {
+			total = addMem(total, gp.GPUMemoryMB)
+		}
+		if total == nil {
+			zero := int64(0)
+			total = &zero
+		}
+		c.GPUMemoryMB = total
+		c.GPUWithoutAccess = !c.HasGPU
+		containers[k] = c
+	}
+	return host, other
+}
+
+type gatherErr string
+
+func (e gatherErr) Error() string { return string(e) }
+
+const errNotGathered = gatherErr("no /proc facts were gathered")
+
+func migInfo(m *gpu.MIG) *inventory.MIGInfo {
+	if m == nil {
+		return nil
+	}
+	return &inventory.MIGInfo{UUID: m.UUID, GPUInstanceID: m.GPUInstanceID, ComputeInstanceID: m.ComputeInstanceID}
+}
+
+// errText is the last part of an error's text: "no such file or
+// directory", not the path that failed.
+func errText(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		return s[i+2:]
+	}
+	return s
+}
+
+func addMem(a, b *int64) *int64 {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	v := *a + *b
+	return &v
+}
+
+func (f Facts) userName(uid uint32) string {
+	if n, ok := f.Users[uid]; ok {
+		return n
+	}
+	return strconv.FormatUint(uint64(uid), 10)
+}
+
+func excluded(cmdline string, names []string) bool {
+	argv0, _, _ := strings.Cut(cmdline, " ")
+	name := path.Base(argv0)
+	for _, x := range names {
+		if name == x {
+			return true
+		}
+	}
+	return false
+}
+
+// outsideDevices reports whether process p runs on a GPU the container's
+// gpu_devices do not name. Empty gpu_devices (e.g. --gpus all) and "all"
+// name every GPU. Entries may be indexes ("1"), slots ("1.2"), or GPU-/MIG-
+// UUIDs.
+func outsideDevices(p gpu.Process, devices []string) bool {
+	if len(devices) == 0 {
+		return false
+	}
+	idx := strconv.Itoa(p.GPUIndex)
+	for _, dv := range devices {
+		switch {
+		case dv == "all", dv == p.GPUUUID, dv == idx:
+			return false
+		case p.MIG != nil && (dv == p.MIG.UUID || dv == idx+"."+strconv.Itoa(p.MIGIndex)):
+			return false
+		}
+	}
+	return true
+}
+
+// applyTransientRule confirms a host process after two consecutive
+// sightings. Identity is (pid, start time): a reused PID is a new process.
+// detected_at is the first sighting. It returns the confirmed and pending
+// maps and the transitions.
+func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.HostProcess, now time.Time) (confirmed, pending map[string]inventory.HostProcess, ts []Transition) {
+	confirmed, pending = map[string]inventory.HostProcess{}, map[string]inventory.HostProcess{}
+	for _, k := range sortedKeys(seen) {
+		p := seen[k]
+		if old, ok := oldConfirmed[k]; ok && old.StartTime == p.StartTime {
+			p.DetectedAt, p.FirstSeen = old.DetectedAt, old.FirstSeen
+			confirmed[k] = p
+			continue
+		}
+		if old, ok := oldPending[k]; ok && old.StartTime == p.StartTime {
+			p.FirstSeen = old.FirstSeen
+			if p.FirstSeen == nil {
+				p.FirstSeen = inventory.TimePtr(now)
+			}
+			p.DetectedAt = p.FirstSeen
+			confirmed[k] = p
+			ts = append(ts, hostDiscovered(p))
+			continue
+		}
+		p.FirstSeen, p.DetectedAt = inventory.TimePtr(now), nil
+		pending[k] = p
+	}
+	for _, k := range sortedKeys(oldConfirmed) {
+		old := oldConfirmed[k]
+		if cur, ok := confirmed[k]; ok && cur.StartTime == old.StartTime {
+			continue
+		}
+		ts = append(ts, hostExited(old))
+	}
+	return confirmed, pending, ts
+}

@@ -1,0 +1,281 @@
+// Package reconcile is the middle step of a scan. It takes what the sources
+// reported (containers as Docker lists them, GPU processes as NVML lists
+// them, the /proc facts about those PIDs) together with the state reported
+// last cycle and the time, and returns the new state and the transitions
+// between the two.
+//
+// Everything here is a pure function: no I/O, no clock, no goroutines. The
+// cycle package gathers the facts before and delivers the result after.
+// Classification, attribution of GPU processes, the two-cycle rule for host
+// processes, ephemeral containers and the replay checkpoint all live here.
+package reconcile
+
+import (
+	"sort"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Facts is everything the sources reported for one cycle.
+type Facts struct {
+	// Now is the time of the cycle: the timestamp of every transition and
+	// of last_scan.
+	Now time.Time
+
+	// Docker is the container list; DockerErr is set when the Docker source
+	// failed, and the containers reported last cycle are then kept.
+	Docker    docker.Snapshot
+	DockerErr error
+	// InitUIDs maps a container's full ID to the real UID of its init
+	// process, for the running containers whose UID could be read.
+	InitUIDs map[string]uint32
+
+	// GPU is every process NVML listed; GPUErr is set when the GPU source
+	// failed (or there is none), and the GPU data of last cycle is kept.
+	GPU    []gpu.Process
+	GPUErr error
+	// Procs holds the /proc facts of each PID in GPU.
+	Procs map[int]Proc
+
+	// Users maps UIDs to user names (NSS), for the UIDs above and those
+	// container names carry (see classify.NameUID). A UID missing here is
+	// shown as its number.
+	Users map[uint32]string
+}
+
+// Proc is what /proc told about one GPU process. Each fact has its own
+// error: a process can exit between two reads.
+type Proc struct {
+	Cgroup    proc.ContainerRef
+	CgroupErr error
+	Argv      []string
+	UID       uint32
+	UIDErr    error
+	StartTime uint64
+	StartErr  error
+}
+
+// Rules are the site's settings that change what is reported.
+type Rules struct {
+	// Excluded are the system process names left out of host processes.
+	Excluded []string
+	// KeepSecrets turns off the masking of secret-looking arguments in
+	// recorded command lines.
+	KeepSecrets bool
+}
+
+// Result is the outcome of one reconcile.
+type Result struct {
+	State       inventory.State
+	Transitions []Transition
+	// Warnings are conditions worth one journal line each, reported when
+	// they start (a container using a GPU its configuration does not grant).
+	Warnings []Warning
+}
+
+// Reconcile computes the new state from the previous one and this cycle's
+// facts. prev is not modified.
+func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
+	now := f.Now
+	next := inventory.Empty()
+	next.Sources = prev.Sources
+	next.DockerEventsSince = prev.DockerEventsSince
+	next.HostProcesses = prev.HostProcesses
+	next.PendingProcesses = prev.PendingProcesses
+	next.LastScan = inventory.TimePtr(now)
+	var res Result
+
+	next.Sources.Docker = health(prev.Sources.Docker, f.DockerErr, now)
+	if f.DockerErr != nil {
+		for k, c := range prev.Containers { // keep the last known containers
+			next.Containers[k] = c
+		}
+	} else {
+		next.DockerEventsSince = checkpoint(prev.DockerEventsSince, f.Docker)
+		next.Containers = buildContainers(f.Docker.Containers, prev.Containers, f, now)
+		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers)...)
+		res.Transitions = append(res.Transitions, ephemeral(prev, next, f)...)
+	}
+	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
+
+	next.Sources.GPU = health(prev.Sources.GPU, f.GPUErr, now)
+	if f.GPUErr != nil { // keep what was known of GPU use
+		for k, c := range next.Containers {
+			if o, ok := prev.Containers[k]; ok {
+				c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = o.GPUProcesses, o.GPUMemoryMB, o.GPUWithoutAccess
+				next.Containers[k] = c
+			}
+		}
+		next.OtherGPUProcesses = prev.OtherGPUProcesses
+	} else {
+		for k, c := range next.Containers {
+			c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = []inventory.GPUProcess{}, nil, false
+			next.Containers[k] = c
+		}
+		var seen map[string]inventory.HostProcess
+		seen, next.OtherGPUProcesses = attribute(f, next.Containers, rules)
+		var hostEvents []Transition
+		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now)
+		res.Transitions = append(res.Transitions, hostEvents...)
+		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers)...)
+	}
+	if next.OtherGPUProcesses == nil {
+		next.OtherGPUProcesses = []inventory.GPUProcess{}
+	}
+	res.State = next
+	return res
+}
+
+// health records a source's result for the state.
+func health(prev inventory.SourceHealth, err error, now time.Time) inventory.SourceHealth {
+	if err != nil {
+		return inventory.SourceHealth{OK: false, Error: err.Error(), LastOK: prev.LastOK}
+	}
+	return inventory.SourceHealth{OK: true, LastOK: inventory.TimePtr(now)}
+}
+
+// checkpoint is the replay checkpoint to record: the stream's, once it has
+// handled an event (it never moves back); before that the last one stands,
+// since the stream may still be replaying from it; with none at all (a
+// first run, --once) the list itself reflects everything before it began.
+func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
+	switch {
+	case !snap.Checkpoint.IsZero():
+		if prev == nil || snap.Checkpoint.After(prev.Time) {
+			return inventory.TimePtr(snap.Checkpoint)
+		}
+	case prev == nil && !snap.ListStart.IsZero():
+		return inventory.TimePtr(snap.ListStart.Add(-time.Second))
+	}
+	return prev
+}
+
+// ephemeral reports the containers born and destroyed between two scans,
+// known only from the event stream: each gets its discovered and exited
+// transitions, unless it was already known or already reported (a replay).
+func ephemeral(prev, next inventory.State, f Facts) []Transition {
+	var out []Transition
+	eph := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
+	for _, k := range sortedKeys(eph) {
+		if _, known := prev.Containers[k]; known {
+			continue
+		}
+		if _, listed := next.Containers[k]; listed {
+			continue
+		}
+		if _, done := prev.RecentlyExited[k]; done {
+			continue
+		}
+		one := map[string]inventory.Container{k: eph[k]}
+		out = append(out, diffContainers(nil, one)...)
+		out = append(out, diffContainers(one, nil)...)
+	}
+	return out
+}
+
+// recentlyExited adds this cycle's removals to the record and forgets
+// those a replay can no longer bring up: reported well before the replay
+// checkpoint.
+func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) map[string]inventory.Time {
+	out := map[string]inventory.Time{}
+	var horizon time.Time
+	if next.DockerEventsSince != nil {
+		horizon = next.DockerEventsSince.Add(-time.Minute)
+	}
+	for k, t := range prev.RecentlyExited {
+		if t.After(horizon) {
+			out[k] = t
+		}
+	}
+	for _, t := range ts {
+		if id := t.exitedContainer; id != "" {
+			out[id] = inventory.NewTime(now)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// buildContainers classifies the listed containers. A container already
+// known keeps its detected_at.
+func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) map[string]inventory.Container {
+	out := make(map[string]inventory.Container, len(list))
+	resolve := f.resolver()
+	for _, c := range list {
+		in := classifyInput(c)
+		if uid, ok := f.InitUIDs[c.ID]; ok && c.Pid > 0 {
+			in.InitUID = &uid
+		}
+		access := classify.GPUAccess(in)
+		hasGPU := len(access) > 0
+		user, src := classify.User(in, resolve)
+		key := ShortID(c.ID)
+		e := inventory.Container{
+			ID: key, Name: c.Name, Origin: classify.Origin(in.Labels, c.Name),
+			User: user, HasGPU: hasGPU, GPUDevices: classify.GPUDevices(in, hasGPU),
+			Status: c.Status, Image: c.Image, DetectedAt: inventory.NewTime(now),
+			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
+			GPUProcesses: []inventory.GPUProcess{},
+		}
+		if !c.Created.IsZero() {
+			e.CreatedAt = inventory.TimePtr(c.Created)
+		}
+		if old, ok := prev[key]; ok && !old.DetectedAt.IsZero() {
+			e.DetectedAt = old.DetectedAt
+		}
+		out[key] = e
+	}
+	return out
+}
+
+// classifyInput turns Docker's facts into classification's input.
+func classifyInput(c docker.Container) classify.Input {
+	in := classify.Input{
+		Name: c.Name, Labels: c.Labels, Env: c.Env, Runtime: c.Runtime,
+		NvidiaRuntime: c.Runtime != "" && classify.IsNvidiaRuntime(c.Runtime, c.RuntimePath),
+		DevicePaths:   c.DevicePaths, Privileged: c.Privileged,
+	}
+	if in.Labels == nil {
+		in.Labels = map[string]string{}
+	}
+	for _, r := range c.DeviceRequests {
+		in.DeviceRequests = append(in.DeviceRequests, classify.DeviceRequest{
+			Driver: r.Driver, Count: r.Count, DeviceIDs: r.DeviceIDs, Capabilities: r.Capabilities,
+		})
+	}
+	for _, m := range c.Mounts {
+		in.Mounts = append(in.Mounts, classify.Mount{Type: m.Type, Source: m.Source})
+	}
+	return in
+}
+
+func (f Facts) resolver() classify.Resolver {
+	return func(uid uint32) (string, bool) {
+		n, ok := f.Users[uid]
+		return n, ok
+	}
+}
+
+// ShortID is the 12-character form of a container ID, the state's key.
+func ShortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

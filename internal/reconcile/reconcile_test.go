@@ -1,0 +1,291 @@
+package reconcile
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func id(n int) string { return strings.Repeat(strconv.Itoa(n%10), 64) }
+
+func ctr(n int, status string) docker.Container {
+	c := docker.Container{ID: id(n), Name: "c" + strconv.Itoa(n), Image: "img", Status: status, Labels: map[string]string{"ds01.user": "alice"}}
+	if status == "running" {
+		c.Pid = 1000 + n
+	}
+	return c
+}
+
+func mib(v int64) *int64 { return &v }
+
+// gpuProc is a GPU process with its /proc facts: in container n's cgroup
+// when n > 0, else a host process of uid 1001 started at start.
+type gpuProc struct {
+	pid   int
+	ctr   int
+	start uint64
+}
+
+// step is one cycle: what the sources report, and what must come out.
+type step struct {
+	containers []docker.Container
+	ephemeral  []docker.Container
+	dockerErr  error
+	procs      []gpuProc
+	gpuErr     error
+	checkpoint time.Time // the stream's checkpoint
+	listStart  time.Time
+
+	want  []string // "event_type short-id-or-pid", in order
+	check func(t *testing.T, st inventory.State)
+}
+
+func (s step) facts(now time.Time) Facts {
+	f := Facts{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
+	f.Docker = docker.Snapshot{Containers: s.containers, Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
+	f.Procs = map[int]Proc{}
+	for _, p := range s.procs {
+		f.GPU = append(f.GPU, gpu.Process{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512)})
+		pf := Proc{Argv: []string{"python", "train.py"}, UID: 1001, StartTime: p.start}
+		if p.ctr > 0 {
+			pf.Cgroup = proc.ContainerRef{Runtime: proc.RuntimeDocker, ID: id(p.ctr)}
+		}
+		f.Procs[p.pid] = pf
+	}
+	return f
+}
+
+func describe(ts []Transition) []string {
+	out := []string{}
+	for _, t := range ts {
+		var subject string
+		switch d := t.Details.(type) {
+		case event.ContainerDiscoveredDetails:
+			subject = d.ContainerID
+		case event.ContainerStatusChangedDetails:
+			subject = d.ContainerID + " " + d.OldStatus + "->" + d.NewStatus
+		case event.ContainerExitedDetails:
+			subject = d.ContainerID
+		case event.HostProcessDiscoveredDetails:
+			subject = strconv.Itoa(d.Pid)
+		case event.HostProcessExitedDetails:
+			subject = strconv.Itoa(d.Pid) + "@" + strconv.FormatUint(d.StartTime, 10)
+		}
+		out = append(out, strings.TrimPrefix(t.EventType, "detection.")+" "+subject)
+	}
+	return out
+}
+
+var (
+	c1      = id(1)[:12]
+	c2      = id(2)[:12]
+	errDown = errors.New("docker list: connection refused")
+	errGPU  = errors.New("nvml: GPU is lost")
+)
+
+func TestReconcileTransitions(t *testing.T) {
+	cases := []struct {
+		name  string
+		steps []step
+	}{
+		{"discovered", []step{
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1},
+				check: func(t *testing.T, st inventory.State) {
+					c := st.Containers[c1]
+					if c.User != "alice" || c.UserSource != "label:ds01.user" || !c.DetectedAt.Equal(t0) || c.FullID != id(1) || c.Pid != 1001 {
+						t.Errorf("container: %+v", c)
+					}
+				}},
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{}},
+		}},
+		{"status change keeps detected_at", []step{
+			{containers: []docker.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1}},
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_status_changed " + c1 + " created->running"},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.Containers[c1].DetectedAt.Equal(t0) {
+						t.Errorf("detected_at moved: %v", st.Containers[c1].DetectedAt)
+					}
+				}},
+		}},
+		{"removal", []step{
+			{containers: []docker.Container{ctr(1, "exited"), ctr(2, "running")}, want: []string{"container_discovered " + c1, "container_discovered " + c2}},
+			{containers: []docker.Container{ctr(2, "running")}, want: []string{"container_exited " + c1},
+				check: func(t *testing.T, st inventory.State) {
+					if _, ok := st.Containers[c1]; ok {
+						t.Error("removed container still listed")
+					}
+					if _, ok := st.RecentlyExited[c1]; !ok {
+						t.Error("removal not remembered for replays")
+					}
+				}},
+		}},
+		{"ephemeral create and destroy, then its replay", []step{
+			{ephemeral: []docker.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1, "container_exited " + c1},
+				check: func(t *testing.T, st inventory.State) {
+					if len(st.Containers) != 0 {
+						t.Errorf("ephemeral container listed: %v", st.Containers)
+					}
+				}},
+			{ephemeral: []docker.Container{ctr(1, "created")}, want: []string{}},
+		}},
+		{"ephemeral already known is not reported twice", []step{
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{ephemeral: []docker.Container{ctr(1, "exited")}, want: []string{"container_exited " + c1}},
+		}},
+		{"docker fails: containers kept, then recovers", []step{
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{dockerErr: errDown, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					h := st.Sources.Docker
+					if len(st.Containers) != 1 || h.OK || h.Error != errDown.Error() || h.LastOK == nil || !h.LastOK.Equal(t0) {
+						t.Errorf("while failing: %d containers, health %+v", len(st.Containers), h)
+					}
+				}},
+			{dockerErr: errDown, want: []string{}},
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.Sources.Docker.OK || st.Sources.Docker.Error != "" {
+						t.Errorf("not recovered: %+v", st.Sources.Docker)
+					}
+				}},
+		}},
+		{"docker recovers without a container that went meanwhile", []step{
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{dockerErr: errDown, want: []string{}},
+			{want: []string{"container_exited " + c1}},
+		}},
+		{"gpu fails: GPU data kept", []step{
+			{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
+				want: []string{"container_discovered " + c1}},
+			{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
+				want: []string{"host_gpu_process_discovered 60"}},
+			{containers: []docker.Container{ctr(1, "running")}, gpuErr: errGPU, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					c := st.Containers[c1]
+					if len(c.GPUProcesses) != 1 || c.GPUMemoryMB == nil || *c.GPUMemoryMB != 512 || !c.GPUWithoutAccess {
+						t.Errorf("container GPU data lost: %+v", c)
+					}
+					if _, ok := st.HostProcesses["60"]; !ok || st.Sources.GPU.OK || st.Sources.GPU.Error != errGPU.Error() {
+						t.Errorf("host processes %v, health %+v", st.HostProcesses, st.Sources.GPU)
+					}
+				}},
+			{containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 60@7"},
+				check: func(t *testing.T, st inventory.State) {
+					if c := st.Containers[c1]; len(c.GPUProcesses) != 0 || c.GPUMemoryMB != nil || !st.Sources.GPU.OK {
+						t.Errorf("after recovery: %+v", c)
+					}
+				}},
+		}},
+		{"two-cycle rule", []step{
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					p, ok := st.PendingProcesses["10"]
+					if !ok || len(st.HostProcesses) != 0 || p.User != "bob" || p.Cmdline != "python train.py" {
+						t.Errorf("first sighting: pending %+v", st.PendingProcesses)
+					}
+				}},
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{"host_gpu_process_discovered 10"},
+				check: func(t *testing.T, st inventory.State) {
+					if p := st.HostProcesses["10"]; p.DetectedAt == nil || !p.DetectedAt.Equal(t0) {
+						t.Errorf("detected_at is not the first sighting: %+v", p)
+					}
+				}},
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},
+			{want: []string{"host_gpu_process_exited 10@100"}},
+		}},
+		{"a process seen once is never reported", []step{
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},
+			{want: []string{}},
+		}},
+		{"PID reuse is a new process", []step{
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},
+			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{"host_gpu_process_discovered 10"}},
+			{procs: []gpuProc{{pid: 10, start: 999}}, want: []string{"host_gpu_process_exited 10@100"},
+				check: func(t *testing.T, st inventory.State) {
+					if st.PendingProcesses["10"].StartTime != 999 || len(st.HostProcesses) != 0 {
+						t.Errorf("reused PID: confirmed %v pending %v", st.HostProcesses, st.PendingProcesses)
+					}
+				}},
+			{procs: []gpuProc{{pid: 10, start: 999}}, want: []string{"host_gpu_process_discovered 10"}},
+		}},
+		{"replay checkpoint", []step{
+			{listStart: t0, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if st.DockerEventsSince == nil || !st.DockerEventsSince.Equal(t0.Add(-time.Second)) {
+						t.Errorf("first checkpoint: %v", st.DockerEventsSince)
+					}
+				}},
+			{listStart: t0.Add(time.Minute), want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.DockerEventsSince.Equal(t0.Add(-time.Second)) {
+						t.Errorf("checkpoint moved without a stream event: %v", st.DockerEventsSince)
+					}
+				}},
+			{checkpoint: t0.Add(10 * time.Second), want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.DockerEventsSince.Equal(t0.Add(10 * time.Second)) {
+						t.Errorf("stream checkpoint not taken: %v", st.DockerEventsSince)
+					}
+				}},
+			{checkpoint: t0.Add(5 * time.Second), want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.DockerEventsSince.Equal(t0.Add(10 * time.Second)) {
+						t.Errorf("checkpoint moved back: %v", st.DockerEventsSince)
+					}
+				}},
+			{dockerErr: errDown, checkpoint: t0.Add(time.Hour), want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.DockerEventsSince.Equal(t0.Add(10 * time.Second)) {
+						t.Errorf("checkpoint moved on a failed list: %v", st.DockerEventsSince)
+					}
+				}},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := inventory.Empty()
+			for i, s := range tc.steps {
+				before, _ := json.Marshal(st)
+				res := Reconcile(st, s.facts(t0.Add(time.Duration(i)*30*time.Second)), Rules{Excluded: DefaultExcluded})
+				if got := describe(res.Transitions); !reflect.DeepEqual(got, s.want) {
+					t.Fatalf("step %d: transitions %q, want %q", i+1, got, s.want)
+				}
+				if after, _ := json.Marshal(st); string(before) != string(after) {
+					t.Fatalf("step %d: Reconcile changed its input", i+1)
+				}
+				if s.check != nil {
+					s.check(t, res.State)
+				}
+				st = res.State
+			}
+		})
+	}
+}
+
+// A container using a GPU its configuration does not grant gives one
+// warning when it starts, not one per cycle.
+func TestGPUWithoutAccessWarnsOnce(t *testing.T) {
+	s := step{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}}
+	st := inventory.Empty()
+	var warnings []int
+	for i := 0; i < 3; i++ {
+		res := Reconcile(st, s.facts(t0.Add(time.Duration(i)*time.Second)), Rules{})
+		warnings = append(warnings, len(res.Warnings))
+		st = res.State
+	}
+	if !reflect.DeepEqual(warnings, []int{1, 0, 0}) {
+		t.Errorf("warnings per cycle: %v", warnings)
+	}
+}

@@ -1,0 +1,124 @@
+package reconcile
+
+import (
+	"strconv"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Transition is one change to report: an event for the log and a line for
+// the journal.
+type Transition struct {
+	EventType string
+	User      string // the envelope's user
+	Details   any    // one of pkg/event's *Details types
+	// Message is the journal line. Only safe text goes into it (IDs,
+	// Docker names, PIDs); user-controlled strings travel in Fields, whose
+	// encoder escapes them.
+	Message string
+	Fields  []zap.Field
+
+	exitedContainer string // 12-char ID, for a container_exited
+}
+
+// Warning is a condition worth one journal line when it starts.
+type Warning struct {
+	Message string
+	Fields  []zap.Field
+}
+
+// diffContainers lists the transitions from old to cur, in the order the
+// Python scanner used: discovered and status changes, then removals.
+func diffContainers(old, cur map[string]inventory.Container) []Transition {
+	var out []Transition
+	for _, k := range sortedKeys(cur) {
+		c := cur[k]
+		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
+		o, seen := old[k]
+		switch {
+		case !seen:
+			out = append(out, Transition{
+				EventType: event.ContainerDiscovered, User: c.User, Message: "container discovered: " + c.ID + " " + c.Name,
+				Details: event.ContainerDiscoveredDetails{
+					ContainerID: c.ID, Name: c.Name, Origin: c.Origin, HasGPU: c.HasGPU, Image: c.Image,
+					Status: c.Status, GPUAccess: c.GPUAccess, UserSource: c.UserSource,
+				},
+				Fields: append(fields, zap.String("origin", c.Origin), zap.Bool("has_gpu", c.HasGPU), zap.String("status", c.Status)),
+			})
+		case o.Status != c.Status:
+			out = append(out, Transition{
+				EventType: event.ContainerStatusChanged, User: c.User, Message: "container " + c.ID + " " + c.Name + ": " + o.Status + " -> " + c.Status,
+				Details: event.ContainerStatusChangedDetails{
+					ContainerID: c.ID, Name: c.Name, OldStatus: o.Status, NewStatus: c.Status,
+				},
+				Fields: append(fields, zap.String("old_status", o.Status), zap.String("new_status", c.Status)),
+			})
+		}
+	}
+	for _, k := range sortedKeys(old) {
+		if _, ok := cur[k]; ok {
+			continue
+		}
+		o := old[k]
+		out = append(out, Transition{
+			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
+			Details:         event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin},
+			Fields:          []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), UserField(o.User)},
+			exitedContainer: o.ID,
+		})
+	}
+	return out
+}
+
+func hostDiscovered(p inventory.HostProcess) Transition {
+	return Transition{
+		EventType: event.HostProcessDiscovered, User: p.User, Message: "host GPU process discovered: pid " + strconv.Itoa(p.Pid),
+		Details: event.HostProcessDiscoveredDetails{Pid: p.Pid, Cmdline: p.Cmdline, GPUMemoryMB: p.GPUMemoryMB, GPUUUID: p.GPUUUID, StartTime: p.StartTime},
+		Fields:  []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("gpu_uuid", p.GPUUUID), zap.String("cmdline", p.Cmdline)},
+	}
+}
+
+func hostExited(p inventory.HostProcess) Transition {
+	return Transition{
+		EventType: event.HostProcessExited, User: p.User, Message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
+		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime},
+		Fields:  []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("cmdline", p.Cmdline)},
+	}
+}
+
+// gpuWithoutAccess warns once when a container starts using a GPU its
+// configuration does not grant.
+func gpuWithoutAccess(prev, cur map[string]inventory.Container) []Warning {
+	var out []Warning
+	for _, k := range sortedKeys(cur) {
+		c := cur[k]
+		if c.GPUWithoutAccess && !prev[k].GPUWithoutAccess {
+			out = append(out, Warning{
+				Message: "container uses a GPU its configuration does not grant",
+				Fields:  []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
+			})
+		}
+	}
+	return out
+}
+
+// MaxLogValue caps user-controlled strings in log fields (a label can hold
+// a megabyte).
+const MaxLogValue = 256
+
+// UserField is the user as a log field, cut to MaxLogValue bytes on a rune
+// boundary. The field's encoder escapes control characters.
+func UserField(u string) zap.Field {
+	if len(u) > MaxLogValue {
+		cut := MaxLogValue
+		for cut > 0 && !utf8.RuneStart(u[cut]) {
+			cut--
+		}
+		u = u[:cut] + "…"
+	}
+	return zap.String("user", u)
+}

@@ -1,0 +1,171 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"go.uber.org/zap"
+)
+
+// maxReplay bounds how far back a restarted daemon asks Docker to replay
+// events (dockerd keeps only recent ones in memory anyway).
+const maxReplay = time.Hour
+
+// watchedActions are the container events that change what a scan reports.
+var watchedActions = []events.Action{
+	events.ActionCreate, events.ActionStart, events.ActionDie, events.ActionDestroy,
+	events.ActionRename, events.ActionUpdate, events.ActionPause, events.ActionUnPause,
+}
+
+// Watch follows Docker's container events until ctx ends. Each event
+// invalidates that container's cache entry and calls changed, which should
+// schedule a (debounced) scan. A create event inspects the container at
+// once, so that one destroyed before the next scan is still reported (see
+// Snapshot.Ephemeral). When the stream breaks (a dockerd restart, say),
+// Watch reconnects with backoff from its last checkpoint, drops the cache,
+// and calls changed so that the next scan lists everything again.
+//
+// from is the checkpoint of the last run (the state file's
+// docker_events_since): when it is recent, the first subscription replays
+// the events after it, so containers created and removed while the daemon
+// was down are still reported. Otherwise the stream starts now.
+func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log *zap.Logger) {
+	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)))
+	for _, a := range watchedActions {
+		f.Add("event", string(a))
+	}
+	// since is the checkpoint: the time of the last event handled. The
+	// first subscription starts now (the first scan covers the past); a
+	// reconnection asks Docker to replay what came after the checkpoint,
+	// and events at or before it are skipped, so none is handled twice.
+	since := time.Now()
+	if !from.IsZero() && since.Sub(from) < maxReplay {
+		since = from
+	}
+	backoff := 100 * time.Millisecond
+	down := false
+	for ctx.Err() == nil {
+		if _, _, err := s.runtimeInfo(ctx); err != nil { // is the daemon there at all?
+			if !down {
+				log.Warn("docker event stream down; scans fall back to the interval", zap.Error(err))
+				down = true
+			}
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		replayedUpTo := since // events at or before it were handled already
+		msgs, errs := s.cli.Events(sctx, events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f})
+		s.resetCache(true)
+		if down {
+			log.Info("docker event stream reconnected")
+			down = false
+		}
+		changed() // relist: something may have happened while we were away
+		backoff = 100 * time.Millisecond
+	stream:
+		for {
+			select {
+			case m := <-msgs:
+				if m.TimeNano > 0 {
+					t := time.Unix(0, m.TimeNano)
+					if !t.After(replayedUpTo) {
+						continue // replayed, already handled
+					}
+					if t.After(since) { // events may come slightly out of order
+						since = t
+					}
+				}
+				s.handle(ctx, m)
+				s.mu.Lock()
+				s.handled = since
+				s.mu.Unlock()
+				changed()
+			case err := <-errs:
+				if ctx.Err() == nil {
+					log.Warn("docker event stream broke; reconnecting", zap.Error(err))
+					down = true
+				}
+				break stream
+			}
+		}
+		cancel()
+		s.resetCache(false)
+		sleep(ctx, backoff)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// resetCache empties the inspect cache (and the runtimes) and says whether
+// the cache may be used from now on.
+func (s *Source) resetCache(trusted bool) {
+	s.mu.Lock()
+	s.cache = map[string]cachedContainer{}
+	s.runtimes = nil
+	s.trusted = trusted
+	s.mu.Unlock()
+}
+
+func (s *Source) handle(ctx context.Context, m events.Message) {
+	id := m.Actor.ID
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	s.dirty[id] = true
+	if m.Action == events.ActionDestroy {
+		if b, ok := s.births[id]; ok {
+			b.destroyed = true
+		}
+	}
+	s.mu.Unlock()
+	if m.Action != events.ActionCreate {
+		return
+	}
+	b := &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano)}
+	rts, defRT, err := s.runtimeInfo(ctx)
+	if err == nil {
+		if c, err := s.inspect(ctx, id, rts, defRT); err == nil {
+			b.c = c
+		}
+	}
+	s.mu.Lock()
+	if old, ok := s.births[id]; ok && old.destroyed {
+		b.destroyed = true
+	}
+	s.births[id] = b
+	s.mu.Unlock()
+}
+
+// fromEvent builds what an event tells about a container (its name, image
+// and labels), for one that is gone before it could be inspected.
+func fromEvent(m events.Message) Container {
+	labels := map[string]string{}
+	name, image := "", ""
+	for k, v := range m.Actor.Attributes {
+		switch k {
+		case "name":
+			name = v
+		case "image":
+			image = v
+		default:
+			labels[k] = v
+		}
+	}
+	return Container{
+		ID: m.Actor.ID, Name: strings.TrimPrefix(name, "/"), Image: shortImage(image, ""),
+		Status: "created", Created: time.Unix(0, m.TimeNano),
+		Labels: labels,
+	}
+}

@@ -1,0 +1,358 @@
+// Package gpu is the GPU source: it lists every process on every GPU (and
+// on every MIG device) through NVML. NVML comes in as an nvml.Interface, so
+// tests use go-nvml's own mock; there are no package-level NVML calls.
+//
+// One handle serves the life of the daemon. Init is retried on later cycles
+// while it fails, and nothing else is ever called after a failed Init: on a
+// machine without the driver that would kill the process. Errors that mean
+// the handle is dead (GPU lost, driver unloaded, version mismatch,
+// uninitialised) shut it down so that the next cycle initialises afresh.
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"go.uber.org/zap"
+)
+
+// Process is one process seen on one GPU or MIG device.
+type Process struct {
+	Pid       int
+	GPUIndex  int
+	GPUUUID   string // the physical GPU
+	MIG       *MIG   // nil on a full GPU
+	MIGIndex  int    // MIG device index on its GPU, -1 on a full GPU
+	MemoryMiB *int64 // nil when NVML cannot tell
+}
+
+// MIG identifies the MIG device a process runs on.
+type MIG struct {
+	UUID              string
+	GPUInstanceID     int
+	ComputeInstanceID int
+}
+
+// unknownMemory is NVML_VALUE_NOT_AVAILABLE for UsedGpuMemory. Values at or
+// above maxPlausible (1 PiB) are treated as unknown too.
+const (
+	unknownMemory = ^uint64(0)
+	maxPlausible  = uint64(1) << 50
+	// Bounds on counts NVML reports, against a broken driver or library.
+	maxDevices    = 1024
+	maxMIGDevices = 64
+	maxPid        = 1 << 22 // PID_MAX_LIMIT
+)
+
+// Symbols read per cycle. They are checked once after each Init, since an
+// older driver may lack some of them and go-nvml binds them lazily: calling
+// a missing one crashes the process.
+var (
+	symCompute  = "nvmlDeviceGetComputeRunningProcesses"
+	symGraphics = "nvmlDeviceGetGraphicsRunningProcesses"
+	symMIG      = []string{"nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId"}
+)
+
+// Source reads GPU processes. It is safe for one caller at a time; a call
+// that NVML never answers is abandoned at the context's deadline, and later
+// calls fail fast until it returns, rather than queue behind it.
+type Source struct {
+	lib nvml.Interface
+
+	mu       sync.Mutex
+	inited   bool
+	graphics bool // graphics process list available
+	mig      bool // MIG calls available
+	busy     chan struct{}
+	Warnings []string // symbols found missing at the last Init
+
+	// Log, when set, gets a warning naming the symbols a driver lacks,
+	// once per Init.
+	Log *zap.Logger
+}
+
+// New wraps lib. Init happens on the first call.
+func New(lib nvml.Interface) *Source { return &Source{lib: lib} }
+
+// lifecycle reports whether ret means the handle must be rebuilt.
+func lifecycle(ret nvml.Return) bool {
+	switch ret {
+	case nvml.ERROR_GPU_IS_LOST, nvml.ERROR_DRIVER_NOT_LOADED, nvml.ERROR_LIB_RM_VERSION_MISMATCH, nvml.ERROR_UNINITIALIZED:
+		return true
+	}
+	return false
+}
+
+// Error is an NVML failure with the call that returned it.
+type Error struct {
+	Call string
+	Ret  nvml.Return
+}
+
+func (e *Error) Error() string {
+	msg := fmt.Sprintf("%s: %s", e.Call, e.Ret.Error())
+	switch e.Ret {
+	case nvml.ERROR_LIBRARY_NOT_FOUND:
+		msg += " (libnvidia-ml could not be loaded: no NVIDIA driver, or see --nvml-library)"
+	case nvml.ERROR_DRIVER_NOT_LOADED:
+		msg += " (the NVIDIA kernel driver is not loaded)"
+	}
+	return msg
+}
+
+// ErrBusy means an earlier NVML call still has not returned.
+var ErrBusy = errors.New("nvml: an earlier call is still blocked; not queuing behind it")
+
+// Processes returns every GPU process, sorted by GPU, MIG device and PID.
+func (s *Source) Processes(ctx context.Context) ([]Process, error) {
+	s.mu.Lock()
+	if s.busy != nil {
+		select {
+		case <-s.busy:
+			s.busy = nil
+		default:
+			s.mu.Unlock()
+			return nil, ErrBusy
+		}
+	}
+	done := make(chan struct{})
+	s.busy = done
+	s.mu.Unlock()
+
+	var procs []Process
+	var err error
+	go func() {
+		defer close(done)
+		procs, err = s.scan()
+	}()
+	select {
+	case <-done:
+		s.mu.Lock()
+		s.busy = nil
+		s.mu.Unlock()
+		return procs, err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("nvml: no answer before the scan deadline: %w", ctx.Err())
+	}
+}
+
+// Close shuts NVML down if it was initialised.
+func (s *Source) Close() {
+	s.mu.Lock()
+	busy := s.busy
+	s.mu.Unlock()
+	if busy != nil {
+		select {
+		case <-busy:
+		default:
+			return // a call is stuck inside NVML; do not race it
+		}
+	}
+	if s.inited {
+		s.lib.Shutdown()
+		s.inited = false
+	}
+}
+
+func (s *Source) init() error {
+	if s.inited {
+		return nil
+	}
+	if ret := s.lib.Init(); ret != nvml.SUCCESS {
+		return &Error{"nvmlInit", ret}
+	}
+	s.inited = true
+	s.Warnings = nil
+	ext := s.lib.Extensions()
+	if err := ext.LookupSymbol(symCompute); err != nil {
+		s.lib.Shutdown()
+		s.inited = false
+		return fmt.Errorf("nvml: the driver lacks %s: %w", symCompute, err)
+	}
+	s.graphics = ext.LookupSymbol(symGraphics) == nil
+	if !s.graphics {
+		s.Warnings = append(s.Warnings, symGraphics)
+	}
+	s.mig = true
+	for _, sym := range symMIG {
+		if ext.LookupSymbol(sym) != nil {
+			s.mig = false
+			s.Warnings = append(s.Warnings, sym)
+		}
+	}
+	if len(s.Warnings) > 0 && s.Log != nil {
+		s.Log.Warn("the NVIDIA driver lacks some NVML calls; scanning without them",
+			zap.Strings("missing", s.Warnings), zap.Bool("graphics_processes", s.graphics), zap.Bool("mig", s.mig))
+	}
+	return nil
+}
+
+// fail turns an NVML return into an error, shutting the handle down when
+// the error means it is dead.
+func (s *Source) fail(call string, ret nvml.Return) error {
+	if lifecycle(ret) && s.inited {
+		s.lib.Shutdown()
+		s.inited = false
+	}
+	return &Error{call, ret}
+}
+
+func (s *Source) scan() ([]Process, error) {
+	if err := s.init(); err != nil {
+		return nil, err
+	}
+	n, ret := s.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return nil, s.fail("nvmlDeviceGetCount", ret)
+	}
+	if n < 0 || n > maxDevices {
+		return nil, fmt.Errorf("nvml: absurd device count %d", n)
+	}
+	var out []Process
+	for i := 0; i < n; i++ {
+		dev, ret := s.lib.DeviceGetHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetHandleByIndex(%d)", i), ret)
+		}
+		uuid, ret := dev.GetUUID()
+		if ret != nvml.SUCCESS {
+			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetUUID(%d)", i), ret)
+		}
+		full, err := s.deviceProcs(dev, fmt.Sprintf("GPU %d", i))
+		if err != nil {
+			return nil, err
+		}
+		seen := map[int]bool{}
+		if s.mig {
+			migProcs, err := s.migProcs(dev, i, uuid)
+			if err != nil {
+				return nil, err
+			}
+			for _, p := range migProcs {
+				seen[p.Pid] = true
+				out = append(out, p)
+			}
+		}
+		// The parent's lists repeat MIG processes without memory; keep the
+		// MIG record, which says where the process runs.
+		for _, p := range full {
+			if seen[p.pid] {
+				continue
+			}
+			out = append(out, Process{Pid: p.pid, GPUIndex: i, GPUUUID: uuid, MIGIndex: -1, MemoryMiB: p.mem})
+		}
+	}
+	sort.Slice(out, func(a, b int) bool {
+		x, y := out[a], out[b]
+		if x.GPUIndex != y.GPUIndex {
+			return x.GPUIndex < y.GPUIndex
+		}
+		if x.MIGIndex != y.MIGIndex {
+			return x.MIGIndex < y.MIGIndex
+		}
+		return x.Pid < y.Pid
+	})
+	return out, nil
+}
+
+type rawProc struct {
+	pid int
+	mem *int64
+}
+
+// deviceProcs reads the compute and graphics lists of one device and
+// de-duplicates them by PID.
+func (s *Source) deviceProcs(dev nvml.Device, what string) ([]rawProc, error) {
+	compute, ret := dev.GetComputeRunningProcesses()
+	if ret != nvml.SUCCESS && ret != nvml.ERROR_NOT_SUPPORTED {
+		return nil, s.fail("nvmlDeviceGetComputeRunningProcesses("+what+")", ret)
+	}
+	var graphics []nvml.ProcessInfo
+	if s.graphics {
+		graphics, ret = dev.GetGraphicsRunningProcesses()
+		if ret != nvml.SUCCESS && ret != nvml.ERROR_NOT_SUPPORTED {
+			return nil, s.fail("nvmlDeviceGetGraphicsRunningProcesses("+what+")", ret)
+		}
+	}
+	var out []rawProc
+	idx := map[int]int{}
+	for _, p := range append(compute, graphics...) {
+		pid := int(p.Pid)
+		if pid <= 0 || pid > maxPid {
+			continue // not a PID this kernel can have
+		}
+		mem := memMiB(p.UsedGpuMemory)
+		if j, ok := idx[pid]; ok {
+			if out[j].mem == nil {
+				out[j].mem = mem
+			}
+			continue
+		}
+		idx[pid] = len(out)
+		out = append(out, rawProc{pid, mem})
+	}
+	return out, nil
+}
+
+func memMiB(b uint64) *int64 {
+	if b == unknownMemory || b >= maxPlausible {
+		return nil
+	}
+	v := int64(b / (1024 * 1024))
+	return &v
+}
+
+func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Process, error) {
+	mode, _, ret := dev.GetMigMode()
+	if ret == nvml.ERROR_NOT_SUPPORTED || (ret == nvml.SUCCESS && mode != nvml.DEVICE_MIG_ENABLE) {
+		return nil, nil
+	}
+	if ret != nvml.SUCCESS {
+		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMigMode(%d)", gpuIndex), ret)
+	}
+	max, ret := dev.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMaxMigDeviceCount(%d)", gpuIndex), ret)
+	}
+	if max < 0 || max > maxMIGDevices {
+		return nil, fmt.Errorf("nvml: absurd MIG device count %d on GPU %d", max, gpuIndex)
+	}
+	var out []Process
+	for m := 0; m < max; m++ {
+		mdev, ret := dev.GetMigDeviceHandleByIndex(m)
+		if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue // no MIG device in this slot
+		}
+		if ret != nvml.SUCCESS {
+			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMigDeviceHandleByIndex(%d,%d)", gpuIndex, m), ret)
+		}
+		what := fmt.Sprintf("GPU %d MIG %d", gpuIndex, m)
+		muuid, ret := mdev.GetUUID()
+		if ret != nvml.SUCCESS {
+			return nil, s.fail("nvmlDeviceGetUUID("+what+")", ret)
+		}
+		gi, ret := mdev.GetGpuInstanceId()
+		if ret != nvml.SUCCESS {
+			return nil, s.fail("nvmlDeviceGetGpuInstanceId("+what+")", ret)
+		}
+		ci, ret := mdev.GetComputeInstanceId()
+		if ret != nvml.SUCCESS {
+			return nil, s.fail("nvmlDeviceGetComputeInstanceId("+what+")", ret)
+		}
+		procs, err := s.deviceProcs(mdev, what)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range procs {
+			out = append(out, Process{
+				Pid: p.pid, GPUIndex: gpuIndex, GPUUUID: gpuUUID, MIGIndex: m, MemoryMiB: p.mem,
+				MIG: &MIG{UUID: muuid, GPUInstanceID: gi, ComputeInstanceID: ci},
+			})
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,58 @@
+// Package proc is the /proc source: it reads the few facts a scan needs
+// about a PID (cgroup, UID, start time, arguments), under a configurable
+// root so that tests can point it at fixture trees.
+package proc
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// FS is a /proc tree.
+type FS struct{ Root string }
+
+// New returns an FS rooted at root ("/proc" when empty).
+func New(root string) FS {
+	if root == "" {
+		root = "/proc"
+	}
+	return FS{Root: root}
+}
+
+func (fs FS) path(pid int, name string) string {
+	return filepath.Join(fs.Root, strconv.Itoa(pid), name)
+}
+
+// UID returns the real UID of pid, from the first field of the Uid: line of
+// /proc/<pid>/status.
+func (fs FS) UID(pid int) (uint32, error) {
+	b, err := os.ReadFile(fs.path(pid, "status"))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatusUID(b)
+}
+
+func parseStatusUID(b []byte) (uint32, error) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			v, err := strconv.ParseUint(f[0], 10, 32)
+			if err != nil {
+				return 0, fmt.Errorf("status Uid line %q: %w", line, err)
+			}
+			return uint32(v), nil
+		}
+	}
+	return 0, fmt.Errorf("status has no valid Uid line")
+}

@@ -1,0 +1,182 @@
+package proc
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Container runtimes a cgroup path can name.
+const (
+	RuntimeDocker     = "docker"
+	RuntimePodman     = "podman"
+	RuntimeContainerd = "containerd"
+	RuntimeCRIO       = "cri-o"
+	// RuntimeUnknown marks a bare 64-hex cgroup directory outside /docker:
+	// a container of some runtime (docker with a cgroupfs --cgroup-parent,
+	// for one). The caller decides by looking the ID up in Docker.
+	RuntimeUnknown = "unknown"
+)
+
+// ContainerRef is the container a process lives in, read from its cgroup.
+type ContainerRef struct {
+	Runtime string // "" for a host process
+	ID      string // full 64-hex ID
+}
+
+var (
+	hex64       = `([0-9a-f]{64})`
+	reBareID    = regexp.MustCompile(`^` + hex64 + `$`)
+	reScopeName = regexp.MustCompile(`^(docker|libpod|libpod-conmon|cri-containerd|nerdctl|crio|crio-conmon)-` + hex64 + `(\.scope)?$`)
+	scopeRT     = map[string]string{
+		"docker": RuntimeDocker, "libpod": RuntimePodman, "libpod-conmon": RuntimePodman,
+		"cri-containerd": RuntimeContainerd, "nerdctl": RuntimeContainerd,
+		"crio": RuntimeCRIO, "crio-conmon": RuntimeCRIO,
+	}
+)
+
+// ParseCgroup finds the outermost container in the contents of a
+// /proc/<pid>/cgroup file. It understands cgroup v1 (/docker/<id>), v2 with
+// the systemd driver (…/docker-<id>.scope under any slice, ds01.slice
+// parents included), v2 with the cgroupfs driver, podman (libpod-<id>),
+// containerd and CRI-O scopes. Path components ending in .mount are not
+// containers and are skipped. A nested container (docker in a
+// devcontainer) resolves to the outermost ID, the one the host's Docker
+// knows. Lines that are not hierarchy:controllers:path are ignored.
+func ParseCgroup(b []byte) ContainerRef {
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || !strings.HasPrefix(parts[2], "/") {
+			continue
+		}
+		if ref, ok := parsePath(parts[2]); ok {
+			return ref
+		}
+	}
+	return ContainerRef{}
+}
+
+func parsePath(p string) (ContainerRef, bool) {
+	segs := strings.Split(p, "/")
+	for i, seg := range segs {
+		if seg == "" || strings.HasSuffix(seg, ".mount") {
+			continue
+		}
+		if m := reScopeName.FindStringSubmatch(seg); m != nil {
+			return ContainerRef{Runtime: scopeRT[m[1]], ID: m[2]}, true
+		}
+		if m := reBareID.FindStringSubmatch(seg); m != nil {
+			rt := RuntimeUnknown
+			if i > 0 {
+				switch segs[i-1] {
+				case "docker":
+					rt = RuntimeDocker
+				case "libpod_parent":
+					rt = RuntimePodman
+				}
+			}
+			return ContainerRef{Runtime: rt, ID: m[1]}, true
+		}
+	}
+	return ContainerRef{}, false
+}
+
+// Cgroup reads /proc/<pid>/cgroup and finds its container.
+func (fs FS) Cgroup(pid int) (ContainerRef, error) {
+	b, err := os.ReadFile(fs.path(pid, "cgroup"))
+	if err != nil {
+		return ContainerRef{}, err
+	}
+	return ParseCgroup(b), nil
+}
+
+// StartTime is field 22 of /proc/<pid>/stat: the process's start time in
+// clock ticks since boot. With the PID, it identifies a process: a reused
+// PID has another start time.
+func (fs FS) StartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fs.path(pid, "stat"))
+	if err != nil {
+		return 0, err
+	}
+	return ParseStatStartTime(b)
+}
+
+// ParseStatStartTime extracts the start time from a stat line. The command
+// name (field 2) may hold spaces and parentheses, so fields are counted
+// from the last ')'.
+func ParseStatStartTime(b []byte) (uint64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat: no ')' in %q", truncate(b))
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); the start time is field 22.
+	if len(f) < 20 {
+		return 0, fmt.Errorf("stat: %d fields after the command, want ≥ 20", len(f))
+	}
+	v, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("stat start time: %w", err)
+	}
+	return v, nil
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
+}
+
+// MaxCmdline caps the command lines the detector records, in bytes.
+const MaxCmdline = 1024
+
+// Argv reads /proc/<pid>/cmdline as arguments, each with invalid UTF-8
+// replaced by U+FFFD. It reads at most 4×MaxCmdline bytes. A kernel thread
+// or a zombie has no arguments.
+func (fs FS) Argv(pid int) ([]string, error) {
+	f, err := os.Open(fs.path(pid, "cmdline"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, 4*MaxCmdline)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, err
+	}
+	return SplitCmdline(buf[:n]), nil
+}
+
+// SplitCmdline splits raw cmdline bytes on NUL.
+func SplitCmdline(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil
+	}
+	parts := bytes.Split(b, []byte{0})
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		out[i] = strings.ToValidUTF8(string(p), "\uFFFD")
+	}
+	return out
+}
+
+// JoinCmdline joins arguments with spaces and caps the result at
+// MaxCmdline bytes, on a rune boundary.
+func JoinCmdline(argv []string) string {
+	s := strings.Join(argv, " ")
+	if len(s) > MaxCmdline {
+		cut := MaxCmdline
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
+}

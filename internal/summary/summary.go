@@ -1,0 +1,45 @@
+// Package summary is the neutral description of one finished scan. The
+// cycle produces it; the service loop, the logs and the metrics read it,
+// without depending on the cycle.
+package summary
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Summary describes one finished cycle.
+type Summary struct {
+	Containers     int
+	GPUContainers  int
+	HostProcesses  int
+	PendingEvents  int            // event lines not yet appended to the log
+	Events         int            // transitions found this cycle
+	EventCounts    map[string]int // this cycle's transitions by event type
+	DockerOK       bool
+	DockerError    string
+	GPUOK          bool
+	GPUError       string
+	Duration       time.Duration
+	State          inventory.State
+	StateWriteErr  error
+	EventAppendErr error
+}
+
+// StatusLine is the one-line summary used for logs and sd_notify STATUS=.
+func (s Summary) StatusLine() string {
+	line := fmt.Sprintf("%d containers (%d with GPU), %d host GPU processes; docker ", s.Containers, s.GPUContainers, s.HostProcesses)
+	if s.DockerOK {
+		line += "ok"
+	} else {
+		line += "unavailable: " + s.DockerError
+	}
+	if s.GPUOK {
+		line += "; gpu ok"
+	} else if s.GPUError != "" {
+		line += "; gpu unavailable: " + s.GPUError
+	}
+	return line
+}

@@ -1,0 +1,117 @@
+// Package testutil holds the helpers the tests share: one rig for the two
+// files a scan writes, one polling helper and one captured logger. It is
+// imported by tests only.
+package testutil
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Files is a state file and an event log in a test's directory, read back
+// the way consumers read them.
+type Files struct {
+	t          testing.TB
+	Dir        string
+	StatePath  string
+	EventsPath string
+	consumed   int // event lines already returned by NewEvents
+}
+
+// NewFiles names the two files in a fresh temporary directory.
+func NewFiles(t testing.TB) *Files {
+	return FilesIn(t, t.TempDir())
+}
+
+// FilesIn names state.json and events.jsonl in dir.
+func FilesIn(t testing.TB, dir string) *Files {
+	return &Files{t: t, Dir: dir, StatePath: filepath.Join(dir, "state.json"), EventsPath: filepath.Join(dir, "events.jsonl")}
+}
+
+// State reads the state file back, failing the test when it does not parse.
+func (f *Files) State() inventory.State {
+	f.t.Helper()
+	st, err := inventory.Read(f.StatePath)
+	if err != nil {
+		f.t.Fatalf("state file: %v", err)
+	}
+	return st
+}
+
+// Events reads the whole event log, failing the test on a bad or partial
+// line.
+func (f *Files) Events() []event.Envelope {
+	f.t.Helper()
+	all, err := event.ReadLog(f.EventsPath)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return all
+}
+
+// NewEvents returns the event lines appended since the last call.
+func (f *Files) NewEvents() []event.Envelope {
+	f.t.Helper()
+	all := f.Events()
+	out := all[min(f.consumed, len(all)):]
+	f.consumed = len(all)
+	return out
+}
+
+// Details decodes an event's details as a map.
+func Details(t testing.TB, e event.Envelope) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(e.Details, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Eventually polls cond every 50 ms and fails the test when it does not
+// hold within limit.
+func Eventually(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Logger returns a logger that records JSON lines, and a function that
+// returns what was logged so far.
+func Logger() (*zap.Logger, func() string) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	ws := zapcore.AddSync(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}))
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), ws, zapcore.DebugLevel)
+	return zap.New(core), func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.String()
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }

@@ -1,0 +1,40 @@
+package event_test
+
+import (
+	"fmt"
+
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Every line the daemon writes goes through Encode.
+func ExampleEncode() {
+	at, _ := inventory.Parse([]byte(`{"containers":{},"last_scan":"2026-02-04T10:30:00.5Z"}`))
+	line, _, err := event.Encode(event.Envelope{
+		Timestamp: *at.LastScan, EventType: event.ContainerExited, User: "alice", Source: event.Source,
+	}, event.ContainerExitedDetails{ContainerID: "abc123def456", Name: "train", Origin: inventory.OriginRawDocker})
+	fmt.Println(string(line), err)
+	// Output:
+	// {"timestamp":"2026-02-04T10:30:00.500000Z","event_type":"detection.container_exited","schema_version":"1","user":"alice","source":"ds01-detectord","details":{"container_id":"abc123def456","name":"train","origin":"raw-docker"}} <nil>
+}
+
+// Decode reads one line: the v1 envelope, or the older ts/event form some
+// ds01 tools still write.
+func ExampleDecode() {
+	for _, line := range []string{
+		`{"timestamp":"2026-02-04T10:30:00Z","event_type":"detection.container_discovered","schema_version":"1","user":"alice","details":{"container_id":"abc123def456"}}`,
+		`{"ts":"2026-02-04T10:31:00Z","event":"bare_metal.warning","user":"bob"}`,
+		`not an event`,
+	} {
+		e, err := event.Decode([]byte(line))
+		if err != nil {
+			fmt.Println("skipped:", err)
+			continue
+		}
+		fmt.Printf("%s %s %s details=%s\n", e.Timestamp, e.EventType, e.User, e.Details)
+	}
+	// Output:
+	// 2026-02-04T10:30:00Z detection.container_discovered alice details={"container_id":"abc123def456"}
+	// 2026-02-04T10:31:00Z bare_metal.warning bob details=
+	// skipped: invalid character 'o' in literal null (expecting 'u')
+}
