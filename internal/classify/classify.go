@@ -9,22 +9,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// DeviceRequest mirrors Docker's HostConfig.DeviceRequests entry.
-type DeviceRequest struct {
-	Driver       string
-	Count        int
-	DeviceIDs    []string
-	Capabilities [][]string
-}
-
-// Mount is a container mount as inspect reports it.
-type Mount struct {
-	Type   string // bind, volume, tmpfs, …
-	Source string
-}
+// DeviceRequest and Mount are what the Docker source reports.
+type (
+	DeviceRequest = docker.DeviceRequest
+	Mount         = docker.Mount
+)
 
 // Input is everything classification needs to know about one container.
 type Input struct {

@@ -241,17 +241,10 @@ func classifyInput(c docker.Container) classify.Input {
 		Name: c.Name, Labels: c.Labels, Env: c.Env, Runtime: c.Runtime,
 		NvidiaRuntime: c.Runtime != "" && classify.IsNvidiaRuntime(c.Runtime, c.RuntimePath),
 		DevicePaths:   c.DevicePaths, Privileged: c.Privileged,
+		DeviceRequests: c.DeviceRequests, Mounts: c.Mounts,
 	}
 	if in.Labels == nil {
 		in.Labels = map[string]string{}
-	}
-	for _, r := range c.DeviceRequests {
-		in.DeviceRequests = append(in.DeviceRequests, classify.DeviceRequest{
-			Driver: r.Driver, Count: r.Count, DeviceIDs: r.DeviceIDs, Capabilities: r.Capabilities,
-		})
-	}
-	for _, m := range c.Mounts {
-		in.Mounts = append(in.Mounts, classify.Mount{Type: m.Type, Source: m.Source})
 	}
 	return in
 }
