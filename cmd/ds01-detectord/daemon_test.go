@@ -61,7 +61,16 @@ func (p *proc) log() string { p.mu.Lock(); defer p.mu.Unlock(); return p.stderr.
 // startDaemon runs the binary in the foreground with args.
 func startDaemon(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startDaemonEnv(t, nil, args...)
+}
+
+// startDaemonEnv runs the binary with extra environment variables.
+func startDaemonEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(daemonBinary(t), append([]string{"--log-format", "console"}, args...)...), done: make(chan struct{})}
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	r, w := io.Pipe()
 	p.cmd.Stderr = w
 	go func() {

@@ -163,6 +163,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			stdout.Write(b)
 		}
 		log.Info("scan complete", zap.String("summary", sum.StatusLine()), zap.Int("events", sum.Events), zap.Duration("duration", sum.Duration))
+		if sum.StateWriteErr != nil || sum.EventAppendErr != nil {
+			return 1 // the error was logged by the write that failed
+		}
 		return 0
 	}
 

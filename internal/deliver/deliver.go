@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/eventlog"
+	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -56,8 +57,21 @@ func Open(cfg Config, log *zap.Logger) (*Sink, inventory.State) {
 		log = zap.NewNop()
 	}
 	s := &Sink{cfg: cfg, log: log}
+	// Something other than a regular file at either path (a FIFO, a
+	// symlink, a directory) was put there by someone else: say so once
+	// now; the writes keep failing quietly with the same kind of error
+	// until it is gone, and the in-memory state is kept meanwhile.
+	for _, p := range []struct {
+		what, path string
+		kind       *string
+	}{{"state file write", cfg.StatePath, &s.stateErr}, {"event log append", cfg.EventsPath, &s.eventsErr}} {
+		if err := safefile.Lcheck(p.path); err != nil {
+			log.Error(p.what+" impossible; will retry every cycle", zap.String("path", p.path), zap.Error(err))
+			*p.kind = errKind(err)
+		}
+	}
 	st, err := statefile.Load(cfg.StatePath)
-	if err != nil {
+	if err != nil && !errors.Is(err, safefile.ErrNotRegular) {
 		log.Warn("state file not loaded", zap.String("path", cfg.StatePath), zap.Error(err))
 	}
 	statefile.CleanTemps(cfg.StatePath)
@@ -149,6 +163,9 @@ func (s *Sink) noteErr(what string, err error, last string, fields ...zap.Field)
 }
 
 func errKind(err error) string {
+	if errors.Is(err, safefile.ErrNotRegular) {
+		return safefile.ErrNotRegular.Error()
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return errno.Error()

@@ -13,8 +13,11 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ds01/ds01-detectord/internal/safefile"
 )
 
 // Mode is the event log's permission when this daemon creates it:
@@ -66,24 +69,41 @@ func (l Log) Append(lines [][]byte) (int, error) {
 // open opens path for appending. A file this call creates gets Mode and
 // Group whatever the umask, as logrotate's "create" would give it.
 func open(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := safefile.Open(path, os.O_WRONLY|os.O_APPEND, 0)
 	if !errors.Is(err, os.ErrNotExist) {
 		return f, err
 	}
-	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, Mode)
+	f, err = safefile.Open(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, Mode)
 	if errors.Is(err, os.ErrExist) { // another writer made it just now
-		return os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		return safefile.Open(path, os.O_WRONLY|os.O_APPEND, 0)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if g, err := user.LookupGroup(Group); err == nil {
-		if gid, err := strconv.Atoi(g.Gid); err == nil {
-			f.Chown(-1, gid)
-		}
-	}
+	setGroup(f)
 	f.Chmod(Mode)
 	return f, nil
+}
+
+// setGroup gives a file this call created to Group. Under the shipped
+// unit the directory is setgid root:docker, so the file already has that
+// group and nothing needs CAP_CHOWN; elsewhere (root with capabilities) the
+// chown does it.
+func setGroup(f *os.File) {
+	g, err := user.LookupGroup(Group)
+	if err != nil {
+		return
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return
+	}
+	if fi, err := f.Stat(); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) == gid {
+			return
+		}
+	}
+	f.Chown(-1, gid)
 }
 
 func reserve(f *os.File, n int) error {
@@ -105,7 +125,7 @@ func (l Log) Missing(lines []string) ([]string, error) {
 	if len(lines) == 0 {
 		return nil, nil
 	}
-	f, err := os.Open(l.Path)
+	f, err := safefile.Open(l.Path, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return lines, nil
 	}

@@ -9,8 +9,10 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -26,10 +28,15 @@ const (
 // <path>.corrupt-<UTC timestamp> and an empty state is returned together with
 // an error that says so; the caller logs it and carries on.
 func Load(path string) (inventory.State, error) {
-	b, err := os.ReadFile(path)
+	f, err := safefile.Open(path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return inventory.Empty(), nil
 	}
+	if err != nil {
+		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
+	}
+	b, err := safefile.ReadAll(f, path, inventory.MaxFileBytes)
+	f.Close()
 	if err != nil {
 		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
 	}
@@ -84,6 +91,12 @@ func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error
 	if err := os.MkdirAll(dir, 0o775); err != nil {
 		return err
 	}
+	// Only a regular file (or nothing) is replaced: something else at the
+	// path was put there by someone else, and the admin decides.
+	if err := safefile.Lcheck(path); err != nil {
+		return err
+	}
+	// CreateTemp uses O_EXCL, which never follows a planted symlink.
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err
@@ -98,9 +111,12 @@ func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error
 	if _, err = f.Write(data); err != nil {
 		return err
 	}
-	if gid >= 0 {
+	if gid >= 0 && fileGid(f) != gid {
+		// A setgid directory of that group (the shipped tmpfiles entry)
+		// makes this unnecessary; otherwise it takes CAP_CHOWN, or the
+		// group among the process's supplementary groups.
 		if err = f.Chown(-1, gid); err != nil {
-			return err
+			return fmt.Errorf("cannot give the state file to group %d (make its directory setgid with that group, or add SupplementaryGroups= to the unit): %w", gid, err)
 		}
 	}
 	if err = f.Chmod(mode); err != nil {
@@ -121,6 +137,17 @@ func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+func fileGid(f *os.File) int {
+	fi, err := f.Stat()
+	if err != nil {
+		return -1
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Gid)
+	}
+	return -1
 }
 
 // CleanTemps removes temporary files a killed writer left next to path.

@@ -7,9 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 )
 
-// MaxFileBytes caps how much of a state file Read accepts. A real state
+// MaxFileBytes caps how much of a state file Read (and the daemon) accepts. A real state
 // file of a busy host is a few megabytes; anything far larger is not one.
 const MaxFileBytes = 256 << 20
 
@@ -58,7 +59,8 @@ func Parse(b []byte) (State, error) {
 // missing file is an empty state and no error; a file larger than
 // MaxFileBytes, or one that does not parse, is an error.
 func Read(path string) (State, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO planted at the path must not hang the reader.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Empty(), nil
 	}
@@ -66,6 +68,11 @@ func Read(path string) (State, error) {
 		return State{}, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return State{}, err
+	} else if !fi.Mode().IsRegular() {
+		return State{}, fmt.Errorf("%s is not a regular file (%v)", path, fi.Mode().Type())
+	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
 		return State{}, err
