@@ -76,7 +76,11 @@ func TestPlantedFilesAtStateAndEventsPaths(t *testing.T) {
 				return err == nil && l == secret && string(b) == secretText
 			}},
 		{"directory", func(p string) error { return os.Mkdir(p, 0o775) },
-			func(p string) bool { es, err := os.ReadDir(p); fi, _ := os.Lstat(p); return err == nil && fi.IsDir() && len(es) == 0 }},
+			func(p string) bool {
+				es, err := os.ReadDir(p)
+				fi, _ := os.Lstat(p)
+				return err == nil && fi.IsDir() && len(es) == 0
+			}},
 	}
 	for _, which := range []string{"state", "events"} {
 		for _, pl := range plants {
