@@ -220,43 +220,68 @@ func NameUID(name string) (uint32, bool) {
 	return uint32(uid), err == nil
 }
 
-// User decides who owns the container and which signal said so. The order
-// is the issue's: labels, then paths under /home, then the <x>._.<uid> name,
-// then a non-root owner of the init process. A root-owned init process says
-// nothing about the owner, so it gives "unknown".
-func User(in Input, resolve Resolver) (user, source string) {
+// Signals lists every owner signal the container carries, in precedence
+// order: labels, then paths under /home, then the <x>._.<uid> name, then a
+// non-root owner of the init process (a root-owned init process says
+// nothing about the owner). Each is set by whoever started the container.
+func Signals(in Input, resolve Resolver) []inventory.UserSignal {
+	var out []inventory.UserSignal
+	add := func(src, user string) { out = append(out, inventory.UserSignal{Source: src, User: user}) }
 	if v, ok := in.Labels["ds01.user"]; ok {
-		return v, SourceLabelUser
+		add(SourceLabelUser, v)
 	}
 	if v, ok := in.Labels["aime.mlc.USER"]; ok {
-		return v, SourceLabelMLC
+		add(SourceLabelMLC, v)
 	}
 	if u, ok := homeUser(in.Labels["devcontainer.local_folder"]); ok {
-		return u, SourceLocalFolder
+		add(SourceLocalFolder, u)
 	}
 	if u, ok := homeUser(in.Labels["com.docker.compose.project.working_dir"]); ok {
-		return u, SourceComposeDir
+		add(SourceComposeDir, u)
 	}
+	seen := map[string]bool{}
 	for _, m := range in.Mounts {
 		if m.Type != "bind" {
 			continue
 		}
-		if u, ok := homeUser(m.Source); ok {
-			return u, SourceBindMount
+		if u, ok := homeUser(m.Source); ok && !seen[u] {
+			seen[u] = true
+			add(SourceBindMount, u)
 		}
 	}
 	if uid, ok := NameUID(in.Name); ok && resolve != nil {
 		if name, ok := resolve(uid); ok {
-			return name, SourceNameUID
+			add(SourceNameUID, name)
 		}
 	}
 	if in.InitUID != nil && *in.InitUID != 0 {
+		name, ok := "", false
 		if resolve != nil {
-			if name, ok := resolve(*in.InitUID); ok {
-				return name, SourceProcessOwner
-			}
+			name, ok = resolve(*in.InitUID)
 		}
-		return strconv.FormatUint(uint64(*in.InitUID), 10), SourceProcessOwner
+		if !ok {
+			name = strconv.FormatUint(uint64(*in.InitUID), 10)
+		}
+		add(SourceProcessOwner, name)
+	}
+	return out
+}
+
+// User decides who owns the container and which signal said so: the first
+// of Signals, or "unknown".
+func User(in Input, resolve Resolver) (user, source string) {
+	if s := Signals(in, resolve); len(s) > 0 {
+		return s[0].User, s[0].Source
 	}
 	return Unknown, SourceNone
+}
+
+// Conflict reports whether the signals name more than one user.
+func Conflict(signals []inventory.UserSignal) bool {
+	for _, s := range signals[min(1, len(signals)):] {
+		if s.User != signals[0].User {
+			return true
+		}
+	}
+	return false
 }

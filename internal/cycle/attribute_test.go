@@ -46,12 +46,14 @@ func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, proc
 
 func TestAttributionOverFixtures(t *testing.T) {
 	dockerA := strings.Repeat("a", 64)
-	ctr := docker.Container{ID: dockerA, Name: "a", Status: "running", Labels: map[string]string{},
+	ctr := docker.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{},
 		DeviceRequests: []docker.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
 	// 1002: in docker container aaaa…; 1007: podman; 1020: host with
 	// secrets; 1021: vanished between reads; 1022: hostile command line;
-	// 1023: nvidia-smi; 99999: no /proc entry at all.
-	s, files := fixtureScanner(t, false, []docker.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 99999))
+	// 1023: root's nvidia-smi; 1030: a user's scope named after aaaa…;
+	// 1031 and 1032: a user's exec -a Xorg and exec -a nvidia-persistenced;
+	// 99999: no /proc entry at all.
+	s, files := fixtureScanner(t, false, []docker.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 1030, 1031, 1032, 99999))
 	ctx := context.Background()
 	s.Scan(ctx)
 	sum := s.Scan(ctx) // the second sighting confirms host processes
@@ -61,8 +63,16 @@ func TestAttributionOverFixtures(t *testing.T) {
 	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != 1002 || !c.GPUProcesses[0].OutsideGPUDevices || c.GPUWithoutAccess || !c.HasGPU {
 		t.Errorf("container: %+v", c)
 	}
-	if len(st.HostProcesses) != 2 {
+	if len(st.HostProcesses) != 5 {
 		t.Fatalf("host processes: %+v", st.HostProcesses)
+	}
+	for pid, want := range map[string]string{"1030": "aaaaaaaaaaaa", "1031": "", "1032": ""} {
+		if p := st.HostProcesses[pid]; p.UID != 1001 || p.ClaimedContainer != want {
+			t.Errorf("host process %s: %+v", pid, p)
+		}
+	}
+	if sum.Excluded != 1 {
+		t.Errorf("%d processes excluded, want 1 (root's nvidia-smi)", sum.Excluded)
 	}
 	secret := st.HostProcesses["1020"]
 	if secret.Cmdline != "python3 serve.py --token=*** --password *** HF_TOKEN=*** --epochs 3" || secret.UID != 4321 || secret.User != "4321" {
@@ -83,7 +93,7 @@ func TestAttributionOverFixtures(t *testing.T) {
 	if strings.Join(runtimes, " ") != "podman:1007 unknown:99999" || st.OtherGPUProcesses[1].Error == "" {
 		t.Errorf("other runtimes: %v %+v", runtimes, st.OtherGPUProcesses)
 	}
-	if sum.EventCounts[event.HostProcessDiscovered] != 2 {
+	if sum.EventCounts[event.HostProcessDiscovered] != 5 {
 		t.Errorf("events of the second scan: %v", sum.EventCounts)
 	}
 

@@ -161,7 +161,7 @@ func summarize(res reconcile.Result) summary.Summary {
 		Containers: len(st.Containers), HostProcesses: len(st.HostProcesses),
 		DockerOK: st.Sources.Docker.OK, DockerError: st.Sources.Docker.Error,
 		GPUOK: st.Sources.GPU.OK, GPUError: st.Sources.GPU.Error,
-		State: st, Events: len(res.Transitions), EventCounts: map[string]int{},
+		State: st, Events: len(res.Transitions), EventCounts: map[string]int{}, Excluded: res.Excluded,
 	}
 	for _, t := range res.Transitions {
 		sum.EventCounts[t.EventType]++

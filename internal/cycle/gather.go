@@ -37,6 +37,7 @@ func (s *Scanner) gather(ctx context.Context) reconcile.Facts {
 				f.Procs[p.Pid] = s.readProc(p.Pid)
 			}
 		}
+		f.Inits = s.readInits(f)
 	}
 	f.Users = s.userNames(f)
 	f.Now = s.cfg.Now()
@@ -77,7 +78,37 @@ func (s *Scanner) readProc(pid int) reconcile.Proc {
 	p.Argv, _ = fs.Argv(pid)
 	p.UID, p.UIDErr = fs.UID(pid)
 	p.StartTime, p.StartErr = fs.StartTime(pid)
+	p.PidNS, _ = fs.PidNS(pid)
 	return p
+}
+
+// readInits reads the init process of each container a GPU process's
+// cgroup names, to check that the process really runs in it. The init's
+// PID comes from this cycle's list, or from the last state while Docker is
+// failing.
+func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
+	pids := map[string]int{}
+	if f.DockerErr == nil {
+		for _, c := range f.Docker.Containers {
+			pids[c.ID] = c.Pid
+		}
+	} else {
+		for _, c := range s.reported.Containers {
+			pids[c.FullID] = c.Pid
+		}
+	}
+	out := map[string]reconcile.Init{}
+	for _, p := range f.Procs {
+		id := p.Cgroup.ID
+		if _, done := out[id]; done || id == "" || pids[id] <= 0 {
+			continue
+		}
+		var in reconcile.Init
+		in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
+		in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
+		out[id] = in
+	}
+	return out
 }
 
 // userNames resolves every UID the facts name: GPU processes, init

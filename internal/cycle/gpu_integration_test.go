@@ -2,9 +2,11 @@ package cycle
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -173,5 +175,66 @@ func TestOnceWithoutGPUWritesContainers(t *testing.T) {
 	st := r.State()
 	if len(st.Containers) != 1 || st.Sources.GPU.OK || st.Sources.GPU.Error == "" || !st.Sources.Docker.OK {
 		t.Fatalf("state: %+v", st)
+	}
+}
+
+// A user makes a cgroup of their own named after alice's container (on a
+// production host: a scope in their delegated user@.service tree) and runs
+// GPU work in it. The work is theirs, not alice's.
+func TestForgedScopeIsNotCreditedToTheContainer(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	cid, err := d.Create(ctx, dockertest.Spec{Name: "alice-work", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := ensureUser(t)
+	// A real v2 cgroup, outside Docker's tree, whose name claims the
+	// container.
+	parent := filepath.Join("/sys/fs/cgroup/unified", "ds01test-"+strconv.Itoa(os.Getpid())+".slice")
+	scopeDir := filepath.Join(parent, "docker-"+cid+".scope")
+	if err := os.MkdirAll(scopeDir, 0o755); err != nil {
+		t.Fatalf("cannot make a v2 cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(scopeDir); os.Remove(parent) })
+	thief := exec.Command("sleep", "600")
+	thief.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if err := thief.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { thief.Process.Kill(); thief.Wait() })
+	if err := os.WriteFile(filepath.Join(scopeDir, "cgroup.procs"), []byte(strconv.Itoa(thief.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile("/proc/" + strconv.Itoa(thief.Process.Pid) + "/cgroup"); !strings.Contains(string(b), "docker-"+cid+".scope") {
+		t.Fatalf("the process is not in the forged scope:\n%s", b)
+	}
+
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(thief.Process.Pid, 4096)}, nil)
+	ok := nvml.SUCCESS
+	r := newRig(t, d)
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+	})
+	r.cycle()
+	r.cycle()
+	st := r.State()
+	if c := st.Containers[cid[:12]]; len(c.GPUProcesses) != 0 || c.GPUMemoryMB != nil {
+		t.Fatalf("the forged scope's process was credited to alice's container: %+v", c.GPUProcesses)
+	}
+	hp, found := st.HostProcesses[strconv.Itoa(thief.Process.Pid)]
+	if !found || hp.User != testUser || hp.ClaimedContainer != cid[:12] {
+		t.Fatalf("not a host process of %s claiming %s: %+v", testUser, cid[:12], st.HostProcesses)
+	}
+	var discovered bool
+	for _, e := range r.NewEvents() {
+		if e.EventType == event.HostProcessDiscovered && e.User == testUser {
+			discovered = true
+		}
+	}
+	if !discovered {
+		t.Error("no host_gpu_process_discovered for the thief")
 	}
 }

@@ -14,14 +14,31 @@ import (
 )
 
 // DefaultExcluded are the system GPU processes the Python scanner left out
-// (docs/COMPAT.md), matched on the basename of argv[0].
+// (docs/COMPAT.md), matched on the basename of argv[0]. A name hides only a
+// process of a system account (UID below FirstUserUID): argv[0] is the
+// user's to choose (exec -a Xorg).
 var DefaultExcluded = []string{"nvidia-persistenced", "nv-hostengine", "dcgm", "dcgmi", "nvidia-smi", "Xorg", "X"}
 
+// FirstUserUID is the first UID of an ordinary user account (Debian's
+// FIRST_UID). Processes of lower UIDs (root and system accounts) may be
+// left out by name.
+const FirstUserUID = 1000
+
 // attribute sorts the GPU processes NVML reported into containers (added
-// to containers' gpu_processes), other runtimes and host processes.
-func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, []inventory.GPUProcess) {
+// to containers' gpu_processes), other runtimes and host processes, and
+// counts the system processes left out by name.
+//
+// A process counts for a Docker container only when its cgroup is that
+// container's own (the same path as the container's init process's: a
+// user can name a scope in their own delegated tree after any container,
+// but cannot make one inside a container's) and, where the namespaces can
+// be read, it runs in the init's PID namespace. A process whose cgroup
+// names a container it does not run in, or one that a healthy Docker does
+// not list, is a host process of its real UID, with claimed_container set.
+func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, []inventory.GPUProcess, int) {
 	host := map[string]inventory.HostProcess{}
 	other := []inventory.GPUProcess{}
+	excludedCount := 0
 	for _, p := range f.GPU {
 		gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB}
 		pf, ok := f.Procs[p.Pid]
@@ -34,14 +51,27 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 			continue
 		}
 		ref := pf.Cgroup
+		claimed := ""
 		if ref.ID != "" {
-			if c, ok := containers[ShortID(ref.ID)]; ok {
-				gp.OutsideGPUDevices = outsideDevices(p, c.GPUDevices)
-				c.GPUProcesses = append(c.GPUProcesses, gp)
-				containers[c.ID] = c
-				continue
+			c, listed := containers[ShortID(ref.ID)]
+			switch {
+			case listed && c.FullID == ref.ID:
+				if how := inContainer(pf, f.Inits[ref.ID]); how != "" {
+					gp.Attribution, gp.OutsideGPUDevices = how, outsideDevices(p, c.GPUDevices)
+					if pf.UIDErr == nil {
+						uid := pf.UID
+						gp.UID = &uid
+					}
+					c.GPUProcesses = append(c.GPUProcesses, gp)
+					containers[c.ID] = c
+					continue
+				}
+				claimed = ShortID(ref.ID) // names a container it does not run in
+			case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
+				claimed = ShortID(ref.ID) // a Docker container Docker does not list
+			default:
+				gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 			}
-			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 		}
 		argv := pf.Argv
 		if !rules.KeepSecrets {
@@ -61,7 +91,8 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 			other = append(other, gp)
 			continue
 		}
-		if excluded(cmdline, rules.Excluded) {
+		if pf.UIDErr == nil && pf.UID < FirstUserUID && claimed == "" && excluded(pf.Argv, rules.Excluded) {
+			excludedCount++
 			continue
 		}
 		if pf.StartErr != nil {
@@ -76,6 +107,7 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 		host[key] = inventory.HostProcess{
 			Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
 			UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
+			ClaimedContainer: claimed,
 		}
 	}
 	for k, c := range containers {
@@ -94,7 +126,43 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 		c.GPUWithoutAccess = !c.HasGPU
 		containers[k] = c
 	}
-	return host, other
+	return host, other, excludedCount
+}
+
+// inContainer says how a process whose cgroup names a container was found
+// to run in it ("cgroup+pidns", or "cgroup" when a PID namespace could not
+// be read), or "" when it does not.
+func inContainer(pf Proc, init Init) string {
+	if init.CgroupErr != nil || init.Cgroup.ID == "" {
+		return "" // no init to compare with: not running, or gone
+	}
+	if pf.Cgroup.ID != init.Cgroup.ID || pf.Cgroup.Hierarchy != init.Cgroup.Hierarchy || pf.Cgroup.Path != init.Cgroup.Path {
+		return ""
+	}
+	if pf.PidNS == "" || init.PidNS == "" {
+		return "cgroup"
+	}
+	if pf.PidNS != init.PidNS && pf.Cgroup.Full == pf.Cgroup.Path {
+		// In the container's own cgroup but another PID namespace. (A
+		// process in a cgroup below the container's, a nested container,
+		// has its own namespace and is accepted on the cgroup alone.)
+		return ""
+	}
+	return "cgroup+pidns"
+}
+
+// processOwners flags a container whose GPU processes run as a non-root
+// UID other than its user.
+func processOwners(f Facts, containers map[string]inventory.Container) {
+	for k, c := range containers {
+		for _, gp := range c.GPUProcesses {
+			if gp.UID != nil && *gp.UID != 0 && f.userName(*gp.UID) != c.User {
+				c.UserConflict = true
+				containers[k] = c
+				break
+			}
+		}
+	}
 }
 
 type gatherErr string
@@ -138,9 +206,11 @@ func (f Facts) userName(uid uint32) string {
 	return strconv.FormatUint(uint64(uid), 10)
 }
 
-func excluded(cmdline string, names []string) bool {
-	argv0, _, _ := strings.Cut(cmdline, " ")
-	name := path.Base(argv0)
+func excluded(argv []string, names []string) bool {
+	if len(argv) == 0 {
+		return false
+	}
+	name := path.Base(argv[0])
 	for _, x := range names {
 		if name == x {
 			return true

@@ -41,6 +41,9 @@ type Facts struct {
 	GPUErr error
 	// Procs holds the /proc facts of each PID in GPU.
 	Procs map[int]Proc
+	// Inits holds, by full container ID, the /proc facts of the init
+	// process of each container a GPU process's cgroup names.
+	Inits map[string]Init
 
 	// Users maps UIDs to user names (NSS), for the UIDs above and those
 	// container names carry (see classify.NameUID). A UID missing here is
@@ -58,6 +61,14 @@ type Proc struct {
 	UIDErr    error
 	StartTime uint64
 	StartErr  error
+	PidNS     string // "pid:[…]"; "" when it could not be read
+}
+
+// Init is what /proc told about a container's init process.
+type Init struct {
+	Cgroup    proc.ContainerRef
+	CgroupErr error
+	PidNS     string // "" when it could not be read
 }
 
 // Rules are the site's settings that change what is reported.
@@ -76,6 +87,9 @@ type Result struct {
 	// Warnings are conditions worth one journal line each, reported when
 	// they start (a container using a GPU its configuration does not grant).
 	Warnings []Warning
+	// Excluded counts the system processes (UID < 1000) left out of host
+	// processes by name this cycle.
+	Excluded int
 }
 
 // Reconcile computes the new state from the previous one and this cycle's
@@ -118,15 +132,18 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 			next.Containers[k] = c
 		}
 		var seen map[string]inventory.HostProcess
-		seen, next.OtherGPUProcesses = attribute(f, next.Containers, rules)
+		seen, next.OtherGPUProcesses, res.Excluded = attribute(f, next.Containers, rules)
+		processOwners(f, next.Containers)
 		var hostEvents []Transition
 		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now)
 		res.Transitions = append(res.Transitions, hostEvents...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers)...)
+		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
+	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers)...)
 	res.State = next
 	return res
 }
@@ -216,12 +233,17 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		access := classify.GPUAccess(in)
 		hasGPU := len(access) > 0
 		user, src := classify.User(in, resolve)
+		signals := classify.Signals(in, resolve)
+		if signals == nil {
+			signals = []inventory.UserSignal{}
+		}
 		key := ShortID(c.ID)
 		e := inventory.Container{
 			ID: key, Name: c.Name, Origin: classify.Origin(in.Labels, c.Name),
 			User: user, HasGPU: hasGPU, GPUDevices: classify.GPUDevices(in, hasGPU),
 			Status: c.Status, Image: c.Image, DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
+			UserSignals: signals, UserConflict: classify.Conflict(signals),
 			GPUProcesses: []inventory.GPUProcess{},
 		}
 		if !c.Created.IsZero() {

@@ -33,9 +33,13 @@ func mib(v int64) *int64 { return &v }
 // gpuProc is a GPU process with its /proc facts: in container n's cgroup
 // when n > 0, else a host process of uid 1001 started at start.
 type gpuProc struct {
-	pid   int
-	ctr   int
-	start uint64
+	pid    int
+	ctr    int
+	start  uint64
+	forged bool     // the cgroup names ctr but lies in the user's own delegated tree
+	uid    uint32   // 0: 1001
+	argv   []string // nil: python train.py
+	root   bool     // uid 0
 }
 
 // step is one cycle: what the sources report, and what must come out.
@@ -56,15 +60,40 @@ func (s step) facts(now time.Time) Facts {
 	f := Facts{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
 	f.Docker = docker.Snapshot{Containers: s.containers, Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
 	f.Procs = map[int]Proc{}
+	f.Inits = map[string]Init{}
+	for _, c := range s.containers {
+		if c.Pid > 0 {
+			f.Inits[c.ID] = Init{Cgroup: scope("/system.slice", c.ID)}
+		}
+	}
 	for _, p := range s.procs {
 		f.GPU = append(f.GPU, gpu.Process{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512)})
-		pf := Proc{Argv: []string{"python", "train.py"}, UID: 1001, StartTime: p.start}
-		if p.ctr > 0 {
-			pf.Cgroup = proc.ContainerRef{Runtime: proc.RuntimeDocker, ID: id(p.ctr)}
+		pf := Proc{Argv: p.argv, UID: 1001, StartTime: p.start}
+		if pf.Argv == nil {
+			pf.Argv = []string{"python", "train.py"}
+		}
+		if p.uid != 0 {
+			pf.UID = p.uid
+		}
+		if p.root {
+			pf.UID = 0
+		}
+		switch {
+		case p.forged:
+			pf.Cgroup = scope("/user.slice/user-1001.slice/user@1001.service/app.slice", id(p.ctr))
+		case p.ctr > 0:
+			pf.Cgroup = scope("/system.slice", id(p.ctr))
 		}
 		f.Procs[p.pid] = pf
 	}
 	return f
+}
+
+// scope is the cgroup of a Docker container under parent (v2, systemd
+// driver).
+func scope(parent, full string) proc.ContainerRef {
+	p := parent + "/docker-" + full + ".scope"
+	return proc.ContainerRef{Runtime: proc.RuntimeDocker, ID: full, Hierarchy: "0", Path: p, Full: p}
 }
 
 func describe(ts []Transition) []string {
@@ -253,6 +282,7 @@ func TestReconcileTransitions(t *testing.T) {
 				}},
 		}},
 	}
+	cases = append(cases, hostileCases...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			st := inventory.Empty()
@@ -282,10 +312,104 @@ func TestGPUWithoutAccessWarnsOnce(t *testing.T) {
 	var warnings []int
 	for i := 0; i < 3; i++ {
 		res := Reconcile(st, s.facts(t0.Add(time.Duration(i)*time.Second)), Rules{})
-		warnings = append(warnings, len(res.Warnings))
+		n := 0
+		for _, w := range res.Warnings {
+			if strings.Contains(w.Message, "does not grant") {
+				n++
+			}
+		}
+		warnings = append(warnings, n)
 		st = res.State
 	}
 	if !reflect.DeepEqual(warnings, []int{1, 0, 0}) {
 		t.Errorf("warnings per cycle: %v", warnings)
+	}
+}
+
+var c3 = id(3)[:12]
+
+// Users are adversaries: no name hides a user's process, and no cgroup a
+// user can make credits their work to someone else's container.
+var hostileCases = []struct {
+	name  string
+	steps []step
+}{
+	{"exec -a Xorg by a user is a host process", []step{
+		{procs: []gpuProc{{pid: 20, start: 1, argv: []string{"Xorg", "train.py"}}, {pid: 21, start: 1, argv: []string{"/usr/bin/nvidia-persistenced", "--x"}}}, want: []string{}},
+		{procs: []gpuProc{{pid: 20, start: 1, argv: []string{"Xorg", "train.py"}}, {pid: 21, start: 1, argv: []string{"/usr/bin/nvidia-persistenced", "--x"}}},
+			want: []string{"host_gpu_process_discovered 20", "host_gpu_process_discovered 21"},
+			check: func(t *testing.T, st inventory.State) {
+				if st.HostProcesses["20"].User != "bob" || st.HostProcesses["21"].User != "bob" {
+					t.Errorf("host processes: %+v", st.HostProcesses)
+				}
+			}},
+	}},
+	{"root's Xorg and system accounts are left out by name", []step{
+		{procs: []gpuProc{{pid: 22, start: 1, root: true, argv: []string{"/usr/lib/xorg/Xorg", ":0"}}, {pid: 23, start: 1, uid: 999, argv: []string{"nv-hostengine"}}}, want: []string{}},
+		{procs: []gpuProc{{pid: 22, start: 1, root: true, argv: []string{"/usr/lib/xorg/Xorg", ":0"}}, {pid: 23, start: 1, uid: 999, argv: []string{"nv-hostengine"}}}, want: []string{},
+			check: func(t *testing.T, st inventory.State) {
+				if len(st.HostProcesses)+len(st.PendingProcesses) != 0 {
+					t.Errorf("system processes listed: %+v %+v", st.HostProcesses, st.PendingProcesses)
+				}
+			}},
+	}},
+	{"a delegated scope named after a container is not that container's", []step{
+		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
+			want: []string{"container_discovered " + c1},
+			check: func(t *testing.T, st inventory.State) {
+				if c := st.Containers[c1]; len(c.GPUProcesses) != 0 || c.GPUMemoryMB != nil {
+					t.Errorf("forged process credited to the container: %+v", c.GPUProcesses)
+				}
+				if p := st.PendingProcesses["70"]; p.ClaimedContainer != c1 || p.User != "bob" {
+					t.Errorf("not a pending host process of its user: %+v", st.PendingProcesses)
+				}
+			}},
+		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
+			want: []string{"host_gpu_process_discovered 70"}},
+	}},
+	{"a cgroup naming a container Docker does not list gets the two-cycle rule", []step{
+		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"container_discovered " + c1},
+			check: func(t *testing.T, st inventory.State) {
+				if len(st.OtherGPUProcesses) != 0 || st.PendingProcesses["80"].ClaimedContainer != c3 {
+					t.Errorf("other %+v pending %+v", st.OtherGPUProcesses, st.PendingProcesses)
+				}
+			}},
+		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"host_gpu_process_discovered 80"}},
+		{containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 80@9"}},
+	}},
+	{"the container's own process is credited, with how", []step{
+		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}, want: []string{"container_discovered " + c1},
+			check: func(t *testing.T, st inventory.State) {
+				gp := st.Containers[c1].GPUProcesses
+				if len(gp) != 1 || gp[0].Attribution != "cgroup" || gp[0].UID == nil || *gp[0].UID != 1001 {
+					t.Errorf("gpu processes: %+v", gp)
+				}
+				if !st.Containers[c1].UserConflict {
+					t.Error("label alice, process of bob: no conflict recorded")
+				}
+			}},
+	}},
+}
+
+func TestOwnerSignalsAndConflicts(t *testing.T) {
+	c := ctr(1, "running")
+	c.Mounts = []docker.Mount{{Type: "bind", Source: "/home/alice/proj"}}
+	f := step{containers: []docker.Container{c}}.facts(t0)
+	res := Reconcile(inventory.Empty(), f, Rules{})
+	got := res.State.Containers[c1]
+	want := []inventory.UserSignal{{Source: inventory.UserSourceLabelUser, User: "alice"}, {Source: inventory.UserSourceBindMount, User: "alice"}}
+	if !reflect.DeepEqual(got.UserSignals, want) || got.UserConflict || len(res.Warnings) != 0 {
+		t.Fatalf("agreeing signals: %+v conflict=%v warnings=%v", got.UserSignals, got.UserConflict, res.Warnings)
+	}
+	// The init process runs as bob: a conflict, warned about once.
+	f.InitUIDs = map[string]uint32{c.ID: 1001}
+	res = Reconcile(res.State, f, Rules{})
+	got = res.State.Containers[c1]
+	if !got.UserConflict || got.User != "alice" || len(res.Warnings) != 1 || got.UserSignals[2] != (inventory.UserSignal{Source: inventory.UserSourceProcessOwner, User: "bob"}) {
+		t.Fatalf("conflict: %+v warnings=%v", got, res.Warnings)
+	}
+	res = Reconcile(res.State, f, Rules{})
+	if len(res.Warnings) != 0 {
+		t.Errorf("conflict warned again: %v", res.Warnings)
 	}
 }

@@ -106,6 +106,50 @@ func gpuWithoutAccess(prev, cur map[string]inventory.Container) []Warning {
 	return out
 }
 
+// claimedContainers warns once about each newly seen process whose cgroup
+// names a container it does not run in.
+func claimedContainers(prev inventory.State, seen map[string]inventory.HostProcess) []Warning {
+	var out []Warning
+	for _, k := range sortedKeys(seen) {
+		p := seen[k]
+		if p.ClaimedContainer == "" {
+			continue
+		}
+		if old, ok := prev.PendingProcesses[k]; ok && old.StartTime == p.StartTime && old.ClaimedContainer == p.ClaimedContainer {
+			continue
+		}
+		if old, ok := prev.HostProcesses[k]; ok && old.StartTime == p.StartTime && old.ClaimedContainer == p.ClaimedContainer {
+			continue
+		}
+		out = append(out, Warning{
+			Message: "GPU process's cgroup names a container it does not run in; counted as a host process of its user",
+			Fields:  []zap.Field{zap.Int("pid", p.Pid), zap.Uint32("uid", p.UID), UserField(p.User), zap.String("claimed_container_id", p.ClaimedContainer)},
+		})
+	}
+	return out
+}
+
+// userConflicts warns once when a container's owner signals start to
+// disagree.
+func userConflicts(prev, cur map[string]inventory.Container) []Warning {
+	var out []Warning
+	for _, k := range sortedKeys(cur) {
+		c := cur[k]
+		if !c.UserConflict || prev[k].UserConflict {
+			continue
+		}
+		signals := make([]string, 0, len(c.UserSignals))
+		for _, s := range c.UserSignals {
+			signals = append(signals, s.Source+"="+s.User)
+		}
+		out = append(out, Warning{
+			Message: "container's owner signals disagree: " + c.ID + " " + c.Name,
+			Fields:  []zap.Field{zap.String("container_id", c.ID), UserField(c.User), zap.String("user_source", c.UserSource), zap.Strings("user_signals", signals)},
+		})
+	}
+	return out
+}
+
 // MaxLogValue caps user-controlled strings in log fields (a label can hold
 // a megabyte).
 const MaxLogValue = 256

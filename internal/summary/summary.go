@@ -16,6 +16,8 @@ type Summary struct {
 	GPUContainers  int
 	HostProcesses  int
 	PendingEvents  int            // event lines not yet appended to the log
+	DroppedEvents  int            // lines dropped this cycle: the queue was over its cap
+	Excluded       int            // system GPU processes left out by name this cycle
 	Events         int            // transitions found this cycle
 	EventCounts    map[string]int // this cycle's transitions by event type
 	DockerOK       bool

@@ -94,6 +94,12 @@ type Container struct {
 	// Added by ds01-detectord.
 	FullID     string   `json:"full_id"`
 	UserSource string   `json:"user_source"` // which signal decided User
+	// UserSignals are every owner signal found, in precedence order. Each
+	// is self-declared by whoever started the container (README).
+	UserSignals []UserSignal `json:"user_signals"`
+	// UserConflict: two signals name different users, or the container's
+	// processes run as a non-root UID that is not User.
+	UserConflict bool `json:"user_conflict"`
 	GPUAccess  []string `json:"gpu_access"`  // mechanisms that grant GPU access; empty when none
 	Pid        int      `json:"pid"`         // host PID of the init process, 0 when not running
 	CreatedAt  *Time    `json:"created_at"`
@@ -106,6 +112,12 @@ type Container struct {
 	// GPUWithoutAccess flags a container that uses a GPU although its
 	// configuration grants none.
 	GPUWithoutAccess bool `json:"gpu_without_access"`
+}
+
+// UserSignal is one owner signal: which source said which user.
+type UserSignal struct {
+	Source string `json:"source"` // one of the UserSource values
+	User   string `json:"user"`
 }
 
 // GPU access mechanisms, as recorded in Container.GPUAccess.
@@ -156,6 +168,10 @@ type HostProcess struct {
 	GPUIndex  int      `json:"gpu_index"`
 	MIG       *MIGInfo `json:"mig"`
 	FirstSeen *Time    `json:"first_seen,omitempty"` // first sighting; detected_at copies it on confirmation
+	// ClaimedContainer is the 12-char ID of the Docker container this
+	// process's cgroup names although it does not run in it (a scope made
+	// in a user's own delegated tree, say), or that Docker does not list.
+	ClaimedContainer string `json:"claimed_container,omitempty"`
 }
 
 // GPUProcess is one process on one GPU or MIG device, inside a container.
@@ -168,6 +184,11 @@ type GPUProcess struct {
 	// OutsideGPUDevices: the process runs on a GPU that is not among the
 	// container's gpu_devices.
 	OutsideGPUDevices bool `json:"outside_gpu_devices,omitempty"`
+	// Attribution says how a process in gpu_processes was tied to its
+	// container: "cgroup+pidns" (its cgroup is the container's and its PID
+	// namespace the container's init's) or "cgroup" (the namespace could
+	// not be read: the daemon runs without CAP_SYS_PTRACE).
+	Attribution string `json:"attribution,omitempty"`
 
 	// Only in other_gpu_processes.
 	Runtime     string  `json:"runtime,omitempty"` // podman, containerd, cri-o, docker, unknown

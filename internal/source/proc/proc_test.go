@@ -23,28 +23,28 @@ func TestCgroupFixtures(t *testing.T) {
 		pid  int
 		want ContainerRef
 	}{
-		{1001, ContainerRef{RuntimeDocker, idA}},
-		{1002, ContainerRef{RuntimeDocker, idA}},
-		{1003, ContainerRef{RuntimeDocker, idB}},
-		{1004, ContainerRef{RuntimeDocker, idC}},
-		{1005, ContainerRef{RuntimeDocker, idA}}, // outermost
-		{1006, ContainerRef{RuntimeDocker, idB}},
-		{1007, ContainerRef{RuntimePodman, idC}},
-		{1008, ContainerRef{RuntimePodman, idD}},
-		{1009, ContainerRef{RuntimeContainerd, idA}},
+		{1001, ContainerRef{Runtime: RuntimeDocker, ID: idA}},
+		{1002, ContainerRef{Runtime: RuntimeDocker, ID: idA}},
+		{1003, ContainerRef{Runtime: RuntimeDocker, ID: idB}},
+		{1004, ContainerRef{Runtime: RuntimeDocker, ID: idC}},
+		{1005, ContainerRef{Runtime: RuntimeDocker, ID: idA}}, // outermost
+		{1006, ContainerRef{Runtime: RuntimeDocker, ID: idB}},
+		{1007, ContainerRef{Runtime: RuntimePodman, ID: idC}},
+		{1008, ContainerRef{Runtime: RuntimePodman, ID: idD}},
+		{1009, ContainerRef{Runtime: RuntimeContainerd, ID: idA}},
 		{1010, ContainerRef{}},
-		{1011, ContainerRef{RuntimeDocker, idC}},
+		{1011, ContainerRef{Runtime: RuntimeDocker, ID: idC}},
 		{1012, ContainerRef{}},
 		{1013, ContainerRef{}},
-		{1014, ContainerRef{RuntimeUnknown, idB}},
-		{1015, ContainerRef{RuntimeDocker, idA}},
+		{1014, ContainerRef{Runtime: RuntimeUnknown, ID: idB}},
+		{1015, ContainerRef{Runtime: RuntimeDocker, ID: idA}},
 	} {
 		desc, _ := os.ReadFile(filepath.Join("testdata/proc", strconv.Itoa(tc.pid), "README"))
 		got, err := fs.Cgroup(tc.pid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got != tc.want {
+		if got.Runtime != tc.want.Runtime || got.ID != tc.want.ID {
 			t.Errorf("%d (%s): got %+v, want %+v", tc.pid, strings.TrimSpace(string(desc)), got, tc.want)
 		}
 	}

@@ -27,6 +27,15 @@ const (
 type ContainerRef struct {
 	Runtime string // "" for a host process
 	ID      string // full 64-hex ID
+	// Hierarchy and Path locate the container's cgroup: the hierarchy ID of
+	// the line it was found on, and the path up to and including the
+	// container's own directory. Two processes are in the same container's
+	// cgroup when both are equal.
+	Hierarchy string
+	Path      string
+	// Full is the whole cgroup path of that line: deeper than Path when the
+	// process sits in a cgroup inside the container (a nested container).
+	Full string
 }
 
 var (
@@ -55,6 +64,7 @@ func ParseCgroup(b []byte) ContainerRef {
 			continue
 		}
 		if ref, ok := parsePath(parts[2]); ok {
+			ref.Hierarchy, ref.Full = parts[0], parts[2]
 			return ref
 		}
 	}
@@ -68,7 +78,7 @@ func parsePath(p string) (ContainerRef, bool) {
 			continue
 		}
 		if m := reScopeName.FindStringSubmatch(seg); m != nil {
-			return ContainerRef{Runtime: scopeRT[m[1]], ID: m[2]}, true
+			return ContainerRef{Runtime: scopeRT[m[1]], ID: m[2], Path: strings.Join(segs[:i+1], "/")}, true
 		}
 		if m := reBareID.FindStringSubmatch(seg); m != nil {
 			rt := RuntimeUnknown
@@ -80,7 +90,7 @@ func parsePath(p string) (ContainerRef, bool) {
 					rt = RuntimePodman
 				}
 			}
-			return ContainerRef{Runtime: rt, ID: m[1]}, true
+			return ContainerRef{Runtime: rt, ID: m[1], Path: strings.Join(segs[:i+1], "/")}, true
 		}
 	}
 	return ContainerRef{}, false
@@ -93,6 +103,13 @@ func (fs FS) Cgroup(pid int) (ContainerRef, error) {
 		return ContainerRef{}, err
 	}
 	return ParseCgroup(b), nil
+}
+
+// PidNS returns the PID namespace of pid ("pid:[4026531836]"). Reading it
+// needs ptrace access to the process: without CAP_SYS_PTRACE only
+// processes of the same UID can be read.
+func (fs FS) PidNS(pid int) (string, error) {
+	return os.Readlink(fs.path(pid, "ns/pid"))
 }
 
 // StartTime is field 22 of /proc/<pid>/stat: the process's start time in
