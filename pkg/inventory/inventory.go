@@ -92,17 +92,17 @@ type Container struct {
 	DetectedAt Time     `json:"detected_at"` // when the detector first saw it
 
 	// Added by ds01-detectord.
-	FullID     string   `json:"full_id"`
-	UserSource string   `json:"user_source"` // which signal decided User
+	FullID     string `json:"full_id"`
+	UserSource string `json:"user_source"` // which signal decided User
 	// UserSignals are every owner signal found, in precedence order. Each
 	// is self-declared by whoever started the container (README).
 	UserSignals []UserSignal `json:"user_signals"`
 	// UserConflict: two signals name different users, or the container's
 	// processes run as a non-root UID that is not User.
-	UserConflict bool `json:"user_conflict"`
-	GPUAccess  []string `json:"gpu_access"`  // mechanisms that grant GPU access; empty when none
-	Pid        int      `json:"pid"`         // host PID of the init process, 0 when not running
-	CreatedAt  *Time    `json:"created_at"`
+	UserConflict bool     `json:"user_conflict"`
+	GPUAccess    []string `json:"gpu_access"` // mechanisms that grant GPU access; empty when none
+	Pid          int      `json:"pid"`        // host PID of the init process, 0 when not running
+	CreatedAt    *Time    `json:"created_at"`
 
 	// GPU use, from NVML: one entry per process and GPU.
 	GPUProcesses []GPUProcess `json:"gpu_processes"`
