@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/docker/docker/api/types/container"
 
@@ -253,4 +254,36 @@ func regexpMatch(re string, lines []string) bool {
 		}
 	}
 	return false
+}
+
+// The event log is group-writable: whatever a line holds must reach the
+// admin's terminal escaped, in the table and in --json, and an absurdly
+// long line is skipped, not read whole.
+func TestHostileEventLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	lines := []string{
+		`{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_discovered","schema_version":"1","user":"` + "\u202eevil\u2066" + `","details":{"name":"x\u001b[2Jy` + "\u200f" + `"}}`,
+		`{"timestamp":"2026-02-04T10:01:00Z","event_type":"detection.container_exited","user":"bob` + "\u0085" + `","details":{"note":"` + strings.Repeat("A", 200<<10) + `"}}`,
+		`{"timestamp":"2026-02-04T10:02:00Z","event_type":"detection.container_exited","user":"carol"}`,
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"events", "--events-file", path, "--json"}, {"events", "--events-file", path}} {
+		out, _, rc := invoke(args, false, nil)
+		if rc != 0 {
+			t.Fatalf("%v: exit %d", args, rc)
+		}
+		for i, r := range out {
+			if r == '\n' {
+				continue
+			}
+			if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || unicode.Is(unicode.Cf, r) {
+				t.Fatalf("%v: raw %U at %d in:\n%s", args, r, i, out)
+			}
+		}
+		if strings.Contains(out, "AAAA") || !strings.Contains(out, "carol") || !strings.Contains(out, "evil") {
+			t.Errorf("%v:\n%s", args, out)
+		}
+	}
 }

@@ -46,8 +46,9 @@ type Config struct {
 	Docker     Containers
 	GPU        GPUs // nil: no GPU source
 	Proc       proc.FS
-	// Users resolves UIDs to names (NSS); nil leaves UIDs as numbers.
-	Users func(uid uint32) (string, bool)
+	// Users resolves UIDs to names (NSS) within the scan's deadline; nil
+	// leaves UIDs as numbers.
+	Users func(ctx context.Context, uid uint32) (string, bool)
 	// ExtraExcluded adds process names to reconcile.DefaultExcluded.
 	ExtraExcluded []string
 	// KeepSecrets turns off the masking of secret-looking arguments in
@@ -109,7 +110,7 @@ func (s *Scanner) Scan(ctx context.Context) summary.Summary {
 	sum := summarize(res)
 	if !s.cfg.DryRun {
 		out := s.sink.Deliver(res.State, s.encode(res.Transitions, facts.Now))
-		sum.PendingEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.StateErr, out.AppendErr
+		sum.PendingEvents, sum.DroppedEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.Dropped, out.StateErr, out.AppendErr
 	}
 	sum.Duration = time.Since(start)
 	return sum

@@ -39,7 +39,7 @@ func (s *Scanner) gather(ctx context.Context) reconcile.Facts {
 		}
 		f.Inits = s.readInits(f)
 	}
-	f.Users = s.userNames(f)
+	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
 	return f
 }
@@ -113,7 +113,7 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 
 // userNames resolves every UID the facts name: GPU processes, init
 // processes and container names of the form <x>._.<uid>.
-func (s *Scanner) userNames(f reconcile.Facts) map[uint32]string {
+func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]string {
 	names := map[uint32]string{}
 	if s.cfg.Users == nil {
 		return names
@@ -122,7 +122,7 @@ func (s *Scanner) userNames(f reconcile.Facts) map[uint32]string {
 		if _, done := names[uid]; done {
 			return
 		}
-		if n, ok := s.cfg.Users(uid); ok {
+		if n, ok := s.cfg.Users(ctx, uid); ok {
 			names[uid] = n
 		}
 	}

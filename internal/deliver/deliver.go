@@ -24,6 +24,15 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
+// The queue of lines waiting for the event log is capped: past either cap
+// the oldest lines are dropped (counted and logged once), so an event log
+// that stays unwritable cannot grow the state file and each cycle's
+// rewrite without bound. docs/FAULTS.md says what the guarantee becomes.
+const (
+	MaxPendingLines = 10000
+	MaxPendingBytes = 8 << 20
+)
+
 // Config names the two files.
 type Config struct {
 	StatePath  string
@@ -40,11 +49,13 @@ type Sink struct {
 
 	// the kind of the last failure of each write, "" when it worked
 	stateErr, eventsErr string
+	dropping            bool // lines are being dropped (logged once)
 }
 
 // Result is what one delivery achieved.
 type Result struct {
 	Pending   int   // lines still waiting for the event log
+	Dropped   int   // lines dropped this time: the queue was over its cap
 	StateErr  error // the state write failed
 	AppendErr error // the append failed (Pending lines are kept)
 }
@@ -125,6 +136,7 @@ func (s *Sink) recover(unlogged []string) {
 // and retried on the next call.
 func (s *Sink) Deliver(st inventory.State, lines [][]byte) Result {
 	s.pending = append(s.pending, lines...)
+	dropped := s.trim()
 	st.UnloggedEvents = make([]string, 0, len(s.pending))
 	for _, l := range s.pending {
 		st.UnloggedEvents = append(st.UnloggedEvents, string(l))
@@ -140,7 +152,31 @@ func (s *Sink) Deliver(st inventory.State, lines [][]byte) Result {
 		s.pending = nil
 	}
 	s.eventsErr = s.noteErr("event log append", aerr, s.eventsErr, zap.String("path", s.cfg.EventsPath), zap.Int("pending_events", len(s.pending)))
-	return Result{Pending: len(s.pending), StateErr: serr, AppendErr: aerr}
+	return Result{Pending: len(s.pending), Dropped: dropped, StateErr: serr, AppendErr: aerr}
+}
+
+// trim drops the oldest queued lines past the caps and returns how many.
+func (s *Sink) trim() int {
+	size := 0
+	for _, l := range s.pending {
+		size += len(l) + 1
+	}
+	n := 0
+	for len(s.pending)-n > MaxPendingLines || size > MaxPendingBytes {
+		size -= len(s.pending[n]) + 1
+		n++
+	}
+	switch {
+	case n > 0 && !s.dropping:
+		s.log.Error("event log unwritable for too long: dropping the oldest unwritten events", zap.Int("dropped", n),
+			zap.Int("max_pending_lines", MaxPendingLines), zap.Int("max_pending_bytes", MaxPendingBytes))
+		s.dropping = true
+	case n == 0 && s.dropping && len(s.pending) < MaxPendingLines/2:
+		s.log.Info("unwritten events back under the cap; no longer dropping")
+		s.dropping = false
+	}
+	s.pending = s.pending[n:]
+	return n
 }
 
 // noteErr logs a write failure when it starts or its kind changes (disk

@@ -73,3 +73,40 @@ func TestUnappendedLinesTravelInTheState(t *testing.T) {
 		t.Errorf("events: %+v", evs)
 	}
 }
+
+// With the event log unwritable for good, the queue stops at its cap: the
+// state file stays bounded, drops are counted and logged once.
+func TestUnwritableLogQueueIsCapped(t *testing.T) {
+	f := testutil.NewFiles(t)
+	if err := os.Mkdir(f.EventsPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log, lines := testutil.Logger()
+	sink, st := Open(Config{StatePath: f.StatePath, EventsPath: f.EventsPath}, log)
+	batch := make([][]byte, 400)
+	for i := range batch {
+		batch[i] = []byte(unlogged)
+	}
+	dropped := 0
+	var res Result
+	for i := 0; i < 40; i++ { // 16,000 lines
+		res = sink.Deliver(st, batch)
+		dropped += res.Dropped
+	}
+	if res.Pending != MaxPendingLines || dropped != 40*400-MaxPendingLines {
+		t.Fatalf("pending %d, dropped %d", res.Pending, dropped)
+	}
+	if n := len(f.State().UnloggedEvents); n != MaxPendingLines {
+		t.Errorf("state carries %d lines", n)
+	}
+	if n := strings.Count(lines(), "dropping the oldest"); n != 1 {
+		t.Errorf("drops logged %d times, want once", n)
+	}
+	big := make([][]byte, 10)
+	for i := range big {
+		big[i] = make([]byte, MaxPendingBytes/4)
+	}
+	if res := sink.Deliver(st, big); res.Pending > MaxPendingLines || res.Dropped == 0 {
+		t.Errorf("byte cap: %+v", res)
+	}
+}

@@ -36,6 +36,10 @@ type Options struct {
 	// StuckGrace is how long past its deadline a scan may run before the
 	// watchdog pings stop (default 1s).
 	StuckGrace time.Duration
+	// Elapsed is the monotonic clock every duration of the loop is
+	// measured with (default: time since Run began, on Go's monotonic
+	// reading). A wall-clock step, backward or forward, never changes it.
+	Elapsed func() time.Duration
 }
 
 // Run loops until ctx ends or SIGTERM/SIGINT arrives, and returns nil then.
@@ -47,14 +51,20 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 	defer signal.Stop(sigs)
 	defer signal.Stop(hup)
 
-	// scanStart is the start of the running scan in UnixNano, 0 when idle.
+	if opt.Elapsed == nil {
+		began := time.Now() // carries the monotonic reading
+		opt.Elapsed = func() time.Duration { return time.Since(began) }
+	}
+	// scanStart is the start of the running scan on the Elapsed clock,
+	// idle when negative.
 	var scanStart atomic.Int64
+	scanStart.Store(idle)
 	wdCtx, stopWD := context.WithCancel(ctx)
 	defer stopWD()
 	if opt.StuckGrace == 0 {
 		opt.StuckGrace = time.Second
 	}
-	go watchdog(wdCtx, &scanStart, opt.ScanTimeout+opt.StuckGrace, log)
+	go watchdog(wdCtx, &scanStart, opt.Elapsed, opt.ScanTimeout+opt.StuckGrace, log)
 
 	ticks := opt.Ticks
 	if ticks == nil {
@@ -66,7 +76,7 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 	for {
 		scanCtx, cancel := context.WithTimeout(ctx, opt.ScanTimeout)
 		done := make(chan summary.Summary, 1)
-		scanStart.Store(time.Now().UnixNano())
+		scanStart.Store(int64(opt.Elapsed()))
 		go func() { done <- sc.Scan(scanCtx) }()
 
 		var sum summary.Summary
@@ -85,7 +95,7 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 			sum = <-done
 		}
 		cancel()
-		scanStart.Store(0)
+		scanStart.Store(idle)
 		report(log, sum, scanCtx.Err())
 		if opt.OnCycle != nil {
 			opt.OnCycle(sum)
@@ -143,7 +153,7 @@ func report(log *zap.Logger, s summary.Summary, scanErr error) {
 // loop makes progress: idle between scans, or in a scan younger than its
 // deadline. A scan stuck past its deadline stops the pings, and systemd
 // kills and restarts the service after WatchdogSec.
-func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Duration, log *zap.Logger) {
+func watchdog(ctx context.Context, scanStart *atomic.Int64, elapsed func() time.Duration, stuckAfter time.Duration, log *zap.Logger) {
 	every, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || every <= 0 {
 		return
@@ -158,7 +168,7 @@ func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Dura
 		case <-t.C:
 		}
 		s := scanStart.Load()
-		if s != 0 && time.Since(time.Unix(0, s)) > stuckAfter {
+		if s != idle && elapsed()-time.Duration(s) > stuckAfter {
 			if !stuck {
 				log.Error("scan stuck past its deadline; withholding watchdog pings so that systemd restarts the service", zap.Duration("stuck_after", stuckAfter))
 				stuck = true
@@ -169,6 +179,9 @@ func watchdog(ctx context.Context, scanStart *atomic.Int64, stuckAfter time.Dura
 		daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 	}
 }
+
+// idle marks scanStart between scans.
+const idle = -1
 
 // Debounce returns a function to call on every change and the channel it
 // feeds: the first call starts a timer of d, calls until it fires are folded

@@ -306,3 +306,51 @@ func TestWatchdogPingsOnlyWhileProgressing(t *testing.T) {
 	}
 	stop()
 }
+
+// fakeMono is a monotonic clock the test moves by hand.
+type fakeMono struct{ now atomic.Int64 }
+
+func (c *fakeMono) elapsed() time.Duration  { return time.Duration(c.now.Load()) }
+func (c *fakeMono) advance(d time.Duration) { c.now.Add(int64(d)) }
+
+// Stuck-scan detection follows the monotonic clock, whatever the wall
+// clock does: the scan's age is measured on Options.Elapsed only. Here an
+// hour passes on it in a moment (and not a second on the wall), and the
+// pings stop at once; a wall clock stepped back an hour would change
+// nothing.
+func TestWatchdogFollowsTheMonotonicClock(t *testing.T) {
+	msgs := notify(t, 100*time.Millisecond)
+	s := newScanner()
+	ticks := make(chan time.Time, 1)
+	clock := &fakeMono{}
+	stop := run(t, s, Options{ScanTimeout: time.Hour, StuckGrace: time.Second, Ticks: ticks, Elapsed: clock.elapsed})
+	waitStart(t, s)
+	hold := make(chan struct{})
+	s.setHold(hold, true)
+	tickUntilStart(t, s, ticks)
+	pings := func(d time.Duration) int {
+		n := 0
+		end := time.After(d)
+		for {
+			select {
+			case m := <-msgs:
+				if m == "WATCHDOG=1" {
+					n++
+				}
+			case <-end:
+				return n
+			}
+		}
+	}
+	if n := pings(300 * time.Millisecond); n < 2 {
+		t.Fatalf("a young scan (on the monotonic clock) got %d pings", n)
+	}
+	clock.advance(time.Hour + 2*time.Second)
+	pings(100 * time.Millisecond)
+	if n := pings(300 * time.Millisecond); n != 0 {
+		t.Fatalf("a scan an hour old on the monotonic clock still got %d pings", n)
+	}
+	s.setHold(nil, false)
+	close(hold)
+	stop()
+}

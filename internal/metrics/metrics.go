@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -24,6 +25,11 @@ type Metrics struct {
 
 	duration prometheus.Histogram
 	events   *prometheus.CounterVec
+	dropped  prometheus.Counter
+
+	// Timeouts of the HTTP server: a client that holds a connection open
+	// without finishing its request is cut off.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 
 	mu   sync.RWMutex
 	last *summary.Summary
@@ -46,6 +52,8 @@ var (
 		"GPU memory used per GPU and workload: kind container (id: 12-char container ID), host-process or other-runtime (id: PID).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
 	descWithoutAccess = prometheus.NewDesc("ds01_workloads_gpu_without_access",
 		"Containers using a GPU their configuration does not grant.", nil, nil)
+	descExcluded = prometheus.NewDesc("ds01_detector_excluded_gpu_processes",
+		"GPU processes of system accounts (UID < 1000) left out of host processes by name in the last scan.", nil, nil)
 	descAPIRequests = prometheus.NewDesc("ds01_detector_docker_api_requests_total",
 		"Docker API requests made, by endpoint (a steady cycle makes one GET /containers/json).", []string{"endpoint"}, nil)
 )
@@ -61,6 +69,10 @@ func New(version string) *Metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ds01_detector_events_total", Help: "Events queued for the event log, by type.",
 		}, []string{"event_type"}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ds01_detector_events_dropped_total", Help: "Unwritten event lines dropped because the queue for an unwritable event log was over its cap.",
+		}),
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ds01_detector_build_info", Help: "Always 1; the version is a label.",
 		ConstLabels: prometheus.Labels{"version": version}})
@@ -68,7 +80,7 @@ func New(version string) *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.duration, m.events, info, (*inventoryCollector)(m),
+		m.duration, m.events, m.dropped, info, (*inventoryCollector)(m),
 	)
 	return m
 }
@@ -79,6 +91,7 @@ func (m *Metrics) Observe(s summary.Summary) {
 	for t, n := range s.EventCounts {
 		m.events.WithLabelValues(t).Add(float64(n))
 	}
+	m.dropped.Add(float64(s.DroppedEvents))
 	m.mu.Lock()
 	m.last = &s
 	m.mu.Unlock()
@@ -93,7 +106,9 @@ func (m *Metrics) Listen(addr string) (net.Listener, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
-	go (&http.Server{Handler: mux}).Serve(ln)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: m.ReadHeaderTimeout, ReadTimeout: m.ReadTimeout,
+		WriteTimeout: m.WriteTimeout, IdleTimeout: m.IdleTimeout, MaxHeaderBytes: 64 << 10}
+	go srv.Serve(ln)
 	return ln, nil
 }
 
@@ -101,7 +116,7 @@ func (m *Metrics) Listen(addr string) (net.Listener, error) {
 type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests} {
+	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests, descExcluded} {
 		ch <- d
 	}
 }
@@ -132,6 +147,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.Docker), "docker")
 	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.GPU), "gpu")
 
+	ch <- prometheus.MustNewConstMetric(descExcluded, prometheus.GaugeValue, float64(s.Excluded))
+
+	// GPU memory series are summed by their labels first: two entries with
+	// the same labels (one PID on two MIG devices of a GPU) must not fail
+	// the whole scrape.
+	type mkey struct{ uuid, kind, id, user string }
+	gpuMem := map[mkey]float64{}
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
 	without := 0
@@ -147,7 +169,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		for uuid, mb := range mem {
-			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(mb)*1024*1024, uuid, "container", ct.ID, ct.User)
+			gpuMem[mkey{uuid, "container", ct.ID, ct.User}] += float64(mb) * 1024 * 1024
 		}
 	}
 	for k, n := range counts {
@@ -158,7 +180,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range st.HostProcesses {
 		perUser[p.User]++
 		if p.GPUMemoryMB != nil {
-			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(*p.GPUMemoryMB)*1024*1024, p.GPUUUID, "host-process", strconv.Itoa(p.Pid), p.User)
+			gpuMem[mkey{p.GPUUUID, "host-process", strconv.Itoa(p.Pid), p.User}] += float64(*p.GPUMemoryMB) * 1024 * 1024
 		}
 	}
 	for _, p := range st.OtherGPUProcesses {
@@ -167,8 +189,11 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 			if user == "" {
 				user = "unknown"
 			}
-			ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, float64(*p.GPUMemoryMB)*1024*1024, p.GPUUUID, "other-runtime", strconv.Itoa(p.Pid), user)
+			gpuMem[mkey{p.GPUUUID, "other-runtime", strconv.Itoa(p.Pid), user}] += float64(*p.GPUMemoryMB) * 1024 * 1024
 		}
+	}
+	for k, v := range gpuMem {
+		ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, v, k.uuid, k.kind, k.id, k.user)
 	}
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)

@@ -1,6 +1,9 @@
 package metrics
 
 import (
+	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -172,4 +175,59 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
+}
+
+// Two other_gpu_processes entries with identical labels (one PID on two
+// MIG devices of one GPU) are summed, not a failed scrape.
+func TestIdenticalSeriesAreAggregated(t *testing.T) {
+	m := New("test")
+	mb := int64(100)
+	st := inventory.Empty()
+	p := inventory.GPUProcess{Pid: 7, GPUUUID: "GPU-1", GPUMemoryMB: &mb, Runtime: "podman", User: "eve"}
+	st.OtherGPUProcesses = []inventory.GPUProcess{p, p}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	got := series(fams["ds01_gpu_memory_used_bytes"])
+	if len(got) != 1 {
+		t.Fatalf("series: %v", got)
+	}
+	for _, v := range got {
+		if v != 200*1024*1024 {
+			t.Errorf("value %v, want the sum", v)
+		}
+	}
+}
+
+// A client that opens connections and never finishes a request is cut off
+// after the header timeout.
+func TestSlowClientsAreCutOff(t *testing.T) {
+	m := New("test")
+	m.ReadHeaderTimeout = 300 * time.Millisecond
+	ln, err := m.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []net.Conn
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n")) // never ends the header
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("connection %d still held open by the server: %v", i, err)
+		}
+	}
+	// And the endpoint still answers.
+	resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }

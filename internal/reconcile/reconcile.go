@@ -238,10 +238,13 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 			signals = []inventory.UserSignal{}
 		}
 		key := ShortID(c.ID)
+		for i := range signals {
+			signals[i].User = inventory.Cut(signals[i].User)
+		}
 		e := inventory.Container{
-			ID: key, Name: c.Name, Origin: classify.Origin(in.Labels, c.Name),
-			User: user, HasGPU: hasGPU, GPUDevices: classify.GPUDevices(in, hasGPU),
-			Status: c.Status, Image: c.Image, DetectedAt: inventory.NewTime(now),
+			ID: key, Name: inventory.Cut(c.Name), Origin: classify.Origin(in.Labels, c.Name),
+			User: inventory.Cut(user), HasGPU: hasGPU, GPUDevices: cutList(classify.GPUDevices(in, hasGPU)),
+			Status: inventory.Cut(c.Status), Image: inventory.Cut(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
 			GPUProcesses: []inventory.GPUProcess{},
@@ -255,6 +258,20 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		out[key] = e
 	}
 	return out
+}
+
+// maxListLen caps lists built from user-controlled values (gpu_devices
+// from NVIDIA_VISIBLE_DEVICES).
+const maxListLen = 64
+
+func cutList(l []string) []string {
+	if len(l) > maxListLen {
+		l = append(l[:maxListLen:maxListLen], inventory.CutMarker)
+	}
+	for i := range l {
+		l[i] = inventory.Cut(l[i])
+	}
+	return l
 }
 
 // classifyInput turns Docker's facts into classification's input.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -44,6 +45,10 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-02-04T10:30:00Z), a date (2026-02-04), a local date and time (2026-02-04 10:30), or a duration back from now (90m, 2h, 3d)", s)
 }
 
+// MaxLineBytes is the longest line the events view reads (16 times what
+// the daemon writes); longer lines are skipped.
+const MaxLineBytes = 64 << 10
+
 // EventFilter selects event lines.
 type EventFilter struct {
 	Since, Until time.Time // zero: open
@@ -53,12 +58,13 @@ type EventFilter struct {
 
 // Event is one parsed line, kept with its raw bytes.
 type Event struct {
-	Time      time.Time
-	EventType string
-	User      string
-	Source    string
-	Details   json.RawMessage
-	Raw       []byte
+	Time          time.Time
+	EventType     string
+	SchemaVersion string
+	User          string
+	Source        string
+	Details       json.RawMessage
+	Raw           []byte
 }
 
 // parseEvent reads one line with the event log's one decoder, which takes
@@ -68,7 +74,10 @@ func parseEvent(line []byte) (Event, bool) {
 	if err != nil {
 		return Event{}, false
 	}
-	return Event{Time: env.Timestamp.Time, EventType: env.EventType, User: env.User, Source: env.Source, Details: env.Details, Raw: line}, true
+	if len(env.Details) > 0 && !json.Valid(env.Details) {
+		env.Details = nil
+	}
+	return Event{Time: env.Timestamp.Time, EventType: env.EventType, SchemaVersion: env.SchemaVersion, User: env.User, Source: env.Source, Details: env.Details, Raw: line}, true
 }
 
 // Match compares times as times, the type as a prefix, the user exactly.
@@ -99,7 +108,17 @@ type EventPrinter struct {
 // Print writes one event.
 func (p *EventPrinter) Print(e Event) {
 	if p.JSON {
-		p.Out.Write(append(bytes.TrimSpace(e.Raw), '\n'))
+		// Re-encoded, never copied: the file is group-writable, and its
+		// bytes must not reach the terminal as they are. The output is
+		// ASCII only (\uXXXX escapes), one object per line.
+		b, err := inventory.MarshalASCII(event.Envelope{
+			Timestamp: inventory.NewTime(e.Time), EventType: e.EventType, SchemaVersion: e.SchemaVersion,
+			User: e.User, Source: e.Source, Details: e.Details,
+		}, "")
+		if err != nil {
+			return
+		}
+		p.Out.Write(append(b, '\n'))
 		return
 	}
 	if !p.header {
@@ -128,17 +147,26 @@ func ReadEvents(path string, f EventFilter, limit int, p *EventPrinter) (int, in
 	defer fh.Close()
 	var keep []Event
 	var off int64
-	r := bufio.NewReaderSize(fh, 64*1024)
+	r := bufio.NewReaderSize(fh, MaxLineBytes)
+	long := false // inside a line longer than MaxLineBytes: skipped
 	for {
-		line, err := r.ReadBytes('\n')
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			off += int64(len(line))
+			long = true
+			continue
+		}
 		if len(line) > 0 && line[len(line)-1] == '\n' {
 			off += int64(len(line))
-			if e, ok := parseEvent(line); ok && f.Match(e) {
-				keep = append(keep, e)
-				if limit > 0 && len(keep) > limit {
-					keep = keep[1:]
+			if !long {
+				if e, ok := parseEvent(bytes.Clone(line)); ok && f.Match(e) {
+					keep = append(keep, e)
+					if limit > 0 && len(keep) > limit {
+						keep = keep[1:]
+					}
 				}
 			}
+			long = false
 		}
 		if err != nil {
 			break // a partial last line is left for --follow
@@ -185,10 +213,15 @@ func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *Ev
 				if i < 0 {
 					break
 				}
-				if e, ok := parseEvent(buf[:i+1]); ok && f.Match(e) {
-					p.Print(e)
+				if i < MaxLineBytes {
+					if e, ok := parseEvent(buf[:i+1]); ok && f.Match(e) {
+						p.Print(e)
+					}
 				}
 				buf = buf[i+1:]
+			}
+			if len(buf) > MaxLineBytes { // a line too long to be an event: drop what came so far
+				buf = nil
 			}
 			partial = append([]byte(nil), buf...)
 			if st, err := os.Stat(path); err == nil && inodeOf(st) != ino { // renamed away: reopen

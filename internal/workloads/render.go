@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -41,10 +42,13 @@ func typeColor(t string) string {
 	return red
 }
 
-// clean makes a cell printable on one line: control characters (a user
-// name with a newline or an escape sequence) are shown escaped.
+// clean makes a cell printable on one line: anything that is not a
+// graphic character is shown escaped. That covers C0 and C1 controls (a
+// user name with a newline or an escape sequence), Unicode format
+// characters (category Cf: bidi overrides such as U+202E, zero-width
+// joiners), line and paragraph separators, and invalid UTF-8.
 func clean(s string) string {
-	if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) < 0 {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsGraphic(r) || r == utf8.RuneError }) < 0 {
 		return s
 	}
 	q := strconv.QuoteToGraphic(s)

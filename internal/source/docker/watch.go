@@ -74,7 +74,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 			case m := <-msgs:
 				if m.TimeNano > 0 {
 					t := time.Unix(0, m.TimeNano)
-					if !t.After(replayedUpTo) {
+					if replayed(t, replayedUpTo) {
 						continue // replayed, already handled
 					}
 					if t.After(since) { // events may come slightly out of order
@@ -99,6 +99,14 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 		sleep(ctx, backoff)
 	}
 }
+
+// replayed reports whether an event of time t, received on a subscription
+// that asked Docker to replay from upTo, is one handled already. Docker
+// replays the events at or after upTo, and every event handled before was
+// at or before it: only one exactly at upTo can be a repeat. An event
+// before upTo is live, stamped by a wall clock that stepped back; it is
+// handled, not dropped.
+func replayed(t, upTo time.Time) bool { return t.Equal(upTo) }
 
 func sleep(ctx context.Context, d time.Duration) {
 	select {
