@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -138,5 +139,25 @@ func TestPlantedFilesAtStateAndEventsPaths(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// --once reports a failed write in its exit status, so a cron job or a
+// script notices.
+func TestOnceExitsOneWhenAWriteFails(t *testing.T) {
+	f := testutil.NewFiles(t)
+	if err := os.Mkdir(f.StatePath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(daemonBinary(t), "--once", "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
+		"--docker-host", "unix:///nonexistent/docker.sock", "--nvml-library", "/nonexistent/libnvidia-ml.so.1")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v\n%s", err, out)
+	}
+	os.Remove(f.StatePath)
+	if out, err := exec.Command(daemonBinary(t), "--once", "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
+		"--docker-host", "unix:///nonexistent/docker.sock", "--nvml-library", "/nonexistent/libnvidia-ml.so.1").CombinedOutput(); err != nil {
+		t.Fatalf("a good --once failed: %v\n%s", err, out)
 	}
 }

@@ -58,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.eventsFile, "events-file", event.DefaultPath, "JSONL event log to append transitions to")
 	fs.StringVar(&c.dockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 	fs.StringVar(&c.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)")
-	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; repeatable")
+	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable")
 	fs.StringVar(&c.procRoot, "proc-root", "/proc", "procfs root (tests point it at fixture trees)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", logging.FormatAuto, "auto (journal under systemd, else console), console, json or journal")
