@@ -28,6 +28,27 @@ type Process struct {
 	MIG       *MIG   // nil on a full GPU
 	MIGIndex  int    // MIG device index on its GPU, -1 on a full GPU
 	MemoryMiB *int64 // nil when NVML cannot tell
+	// SMUtil is the highest SM utilisation (percent) among the process's
+	// samples since the last scan: 0 when NVML has no sample for it (it was
+	// idle), nil when NVML cannot tell (NOT_SUPPORTED, MIG devices).
+	SMUtil *int
+}
+
+// Device is one physical GPU.
+type Device struct {
+	Index          int
+	UUID           string
+	Name           string
+	MemoryTotalMiB *int64
+	MemoryUsedMiB  *int64
+	Util           *int // whole-device utilisation (percent), nil when unknown
+	MIG            bool // MIG mode is on
+}
+
+// Report is one scan of every GPU.
+type Report struct {
+	Processes []Process // sorted by GPU, MIG device and PID
+	Devices   []Device  // by index
 }
 
 // MIG identifies the MIG device a process runs on.
@@ -54,6 +75,7 @@ const (
 var (
 	symCompute  = "nvmlDeviceGetComputeRunningProcesses"
 	symGraphics = "nvmlDeviceGetGraphicsRunningProcesses"
+	symUtil     = []string{"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetProcessUtilization"}
 	symMIG      = []string{"nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId"}
 )
 
@@ -67,7 +89,15 @@ type Source struct {
 	inited   bool
 	graphics bool // graphics process list available
 	mig      bool // MIG calls available
+	util     bool // utilisation calls available
 	busy     chan struct{}
+	// lastSample is, per GPU UUID, the newest process utilisation sample
+	// timestamp seen: the next scan asks for the samples after it.
+	lastSample map[string]uint64
+
+	// NoUtilization turns the utilisation calls off (the benchmark's
+	// baseline).
+	NoUtilization bool
 	Warnings []string // symbols found missing at the last Init
 
 	// Log, when set, gets a warning naming the symbols a driver lacks,
@@ -76,7 +106,7 @@ type Source struct {
 }
 
 // New wraps lib. Init happens on the first call.
-func New(lib nvml.Interface) *Source { return &Source{lib: lib} }
+func New(lib nvml.Interface) *Source { return &Source{lib: lib, lastSample: map[string]uint64{}} }
 
 // lifecycle reports whether ret means the handle must be rebuilt.
 func lifecycle(ret nvml.Return) bool {
@@ -109,6 +139,14 @@ var ErrBusy = errors.New("nvml: an earlier call is still blocked; not queuing be
 
 // Processes returns every GPU process, sorted by GPU, MIG device and PID.
 func (s *Source) Processes(ctx context.Context) ([]Process, error) {
+	r, err := s.Scan(ctx)
+	return r.Processes, err
+}
+
+// Scan reads every GPU: its processes with their memory and utilisation,
+// and the device's own figures. Per GPU it makes at most one process
+// utilisation call and one device utilisation call.
+func (s *Source) Scan(ctx context.Context) (Report, error) {
 	s.mu.Lock()
 	if s.busy != nil {
 		select {
@@ -116,27 +154,27 @@ func (s *Source) Processes(ctx context.Context) ([]Process, error) {
 			s.busy = nil
 		default:
 			s.mu.Unlock()
-			return nil, ErrBusy
+			return Report{}, ErrBusy
 		}
 	}
 	done := make(chan struct{})
 	s.busy = done
 	s.mu.Unlock()
 
-	var procs []Process
+	var rep Report
 	var err error
 	go func() {
 		defer close(done)
-		procs, err = s.scan()
+		rep, err = s.scan()
 	}()
 	select {
 	case <-done:
 		s.mu.Lock()
 		s.busy = nil
 		s.mu.Unlock()
-		return procs, err
+		return rep, err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("nvml: no answer before the scan deadline: %w", ctx.Err())
+		return Report{}, fmt.Errorf("nvml: no answer before the scan deadline: %w", ctx.Err())
 	}
 }
 
@@ -177,6 +215,13 @@ func (s *Source) init() error {
 	if !s.graphics {
 		s.Warnings = append(s.Warnings, symGraphics)
 	}
+	s.util = true
+	for _, sym := range symUtil {
+		if ext.LookupSymbol(sym) != nil {
+			s.util = false
+			s.Warnings = append(s.Warnings, sym)
+		}
+	}
 	s.mig = true
 	for _, sym := range symMIG {
 		if ext.LookupSymbol(sym) != nil {
@@ -201,40 +246,52 @@ func (s *Source) fail(call string, ret nvml.Return) error {
 	return &Error{call, ret}
 }
 
-func (s *Source) scan() ([]Process, error) {
+func (s *Source) scan() (Report, error) {
 	if err := s.init(); err != nil {
-		return nil, err
+		return Report{}, err
 	}
 	n, ret := s.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
-		return nil, s.fail("nvmlDeviceGetCount", ret)
+		return Report{}, s.fail("nvmlDeviceGetCount", ret)
 	}
 	if n < 0 || n > maxDevices {
-		return nil, fmt.Errorf("nvml: absurd device count %d", n)
+		return Report{}, fmt.Errorf("nvml: absurd device count %d", n)
 	}
 	var out []Process
+	var devs []Device
 	for i := 0; i < n; i++ {
 		dev, ret := s.lib.DeviceGetHandleByIndex(i)
 		if ret != nvml.SUCCESS {
-			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetHandleByIndex(%d)", i), ret)
+			return Report{}, s.fail(fmt.Sprintf("nvmlDeviceGetHandleByIndex(%d)", i), ret)
 		}
 		uuid, ret := dev.GetUUID()
 		if ret != nvml.SUCCESS {
-			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetUUID(%d)", i), ret)
+			return Report{}, s.fail(fmt.Sprintf("nvmlDeviceGetUUID(%d)", i), ret)
 		}
 		full, err := s.deviceProcs(dev, fmt.Sprintf("GPU %d", i))
 		if err != nil {
-			return nil, err
+			return Report{}, err
 		}
+		d := Device{Index: i, UUID: uuid}
 		seen := map[int]bool{}
 		if s.mig {
-			migProcs, err := s.migProcs(dev, i, uuid)
+			migProcs, on, err := s.migProcs(dev, i, uuid)
 			if err != nil {
-				return nil, err
+				return Report{}, err
 			}
+			d.MIG = on
 			for _, p := range migProcs {
 				seen[p.Pid] = true
 				out = append(out, p)
+			}
+		}
+		// Per-process utilisation of a full GPU; on a MIG GPU NVML's
+		// samples cannot say which instance did the work, so it stays
+		// unknown there.
+		var util func(pid int) *int
+		if !d.MIG {
+			if util, err = s.processUtil(dev, uuid, i); err != nil {
+				return Report{}, err
 			}
 		}
 		// The parent's lists repeat MIG processes without memory; keep the
@@ -243,8 +300,16 @@ func (s *Source) scan() ([]Process, error) {
 			if seen[p.pid] {
 				continue
 			}
-			out = append(out, Process{Pid: p.pid, GPUIndex: i, GPUUUID: uuid, MIGIndex: -1, MemoryMiB: p.mem})
+			proc := Process{Pid: p.pid, GPUIndex: i, GPUUUID: uuid, MIGIndex: -1, MemoryMiB: p.mem}
+			if util != nil {
+				proc.SMUtil = util(p.pid)
+			}
+			out = append(out, proc)
 		}
+		if err := s.deviceInfo(dev, &d); err != nil {
+			return Report{}, err
+		}
+		devs = append(devs, d)
 	}
 	sort.Slice(out, func(a, b int) bool {
 		x, y := out[a], out[b]
@@ -256,7 +321,67 @@ func (s *Source) scan() ([]Process, error) {
 		}
 		return x.Pid < y.Pid
 	})
-	return out, nil
+	return Report{Processes: out, Devices: devs}, nil
+}
+
+func intPtr(v int) *int { return &v }
+
+// processUtil reads the per-process utilisation samples of a full GPU
+// since the last scan and returns each PID's value: the highest SM
+// utilisation among its samples; 0 for a PID without samples (it was idle;
+// NOT_FOUND means no process had any); nil for every PID when NVML cannot
+// tell (NOT_SUPPORTED, or the call is missing).
+func (s *Source) processUtil(dev nvml.Device, uuid string, i int) (func(int) *int, error) {
+	if !s.util || s.NoUtilization {
+		return func(int) *int { return nil }, nil
+	}
+	samples, ret := dev.GetProcessUtilization(s.lastSample[uuid])
+	switch {
+	case ret == nvml.ERROR_NOT_FOUND:
+		return func(int) *int { return intPtr(0) }, nil
+	case ret == nvml.ERROR_NOT_SUPPORTED, ret == nvml.ERROR_NO_PERMISSION:
+		return func(int) *int { return nil }, nil
+	case ret != nvml.SUCCESS:
+		if lifecycle(ret) {
+			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetProcessUtilization(%d)", i), ret)
+		}
+		return func(int) *int { return nil }, nil
+	}
+	peak := map[int]int{}
+	for _, smp := range samples {
+		if smp.TimeStamp > s.lastSample[uuid] {
+			s.lastSample[uuid] = smp.TimeStamp
+		}
+		v := int(min(smp.SmUtil, 100))
+		if old, ok := peak[int(smp.Pid)]; !ok || v > old {
+			peak[int(smp.Pid)] = v
+		}
+	}
+	return func(pid int) *int { return intPtr(peak[pid]) }, nil
+}
+
+// deviceInfo fills in a GPU's name, memory and whole-device utilisation.
+// A figure NVML cannot give stays unknown; only an error that means the
+// handle is dead fails the scan.
+func (s *Source) deviceInfo(dev nvml.Device, d *Device) error {
+	if name, ret := dev.GetName(); ret == nvml.SUCCESS {
+		d.Name = name
+	} else if lifecycle(ret) {
+		return s.fail(fmt.Sprintf("nvmlDeviceGetName(%d)", d.Index), ret)
+	}
+	if mem, ret := dev.GetMemoryInfo(); ret == nvml.SUCCESS {
+		d.MemoryTotalMiB, d.MemoryUsedMiB = memMiB(mem.Total), memMiB(mem.Used)
+	} else if lifecycle(ret) {
+		return s.fail(fmt.Sprintf("nvmlDeviceGetMemoryInfo(%d)", d.Index), ret)
+	}
+	if s.util && !s.NoUtilization {
+		if u, ret := dev.GetUtilizationRates(); ret == nvml.SUCCESS && u.Gpu <= 100 {
+			d.Util = intPtr(int(u.Gpu))
+		} else if lifecycle(ret) {
+			return s.fail(fmt.Sprintf("nvmlDeviceGetUtilizationRates(%d)", d.Index), ret)
+		}
+	}
+	return nil
 }
 
 type rawProc struct {
@@ -306,20 +431,22 @@ func memMiB(b uint64) *int64 {
 	return &v
 }
 
-func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Process, error) {
+// migProcs lists the processes on GPU gpuIndex's MIG devices, and says
+// whether MIG mode is on.
+func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Process, bool, error) {
 	mode, _, ret := dev.GetMigMode()
 	if ret == nvml.ERROR_NOT_SUPPORTED || (ret == nvml.SUCCESS && mode != nvml.DEVICE_MIG_ENABLE) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if ret != nvml.SUCCESS {
-		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMigMode(%d)", gpuIndex), ret)
+		return nil, false, s.fail(fmt.Sprintf("nvmlDeviceGetMigMode(%d)", gpuIndex), ret)
 	}
 	max, ret := dev.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
-		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMaxMigDeviceCount(%d)", gpuIndex), ret)
+		return nil, true, s.fail(fmt.Sprintf("nvmlDeviceGetMaxMigDeviceCount(%d)", gpuIndex), ret)
 	}
 	if max < 0 || max > maxMIGDevices {
-		return nil, fmt.Errorf("nvml: absurd MIG device count %d on GPU %d", max, gpuIndex)
+		return nil, true, fmt.Errorf("nvml: absurd MIG device count %d on GPU %d", max, gpuIndex)
 	}
 	var out []Process
 	for m := 0; m < max; m++ {
@@ -328,24 +455,24 @@ func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Proc
 			continue // no MIG device in this slot
 		}
 		if ret != nvml.SUCCESS {
-			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetMigDeviceHandleByIndex(%d,%d)", gpuIndex, m), ret)
+			return nil, true, s.fail(fmt.Sprintf("nvmlDeviceGetMigDeviceHandleByIndex(%d,%d)", gpuIndex, m), ret)
 		}
 		what := fmt.Sprintf("GPU %d MIG %d", gpuIndex, m)
 		muuid, ret := mdev.GetUUID()
 		if ret != nvml.SUCCESS {
-			return nil, s.fail("nvmlDeviceGetUUID("+what+")", ret)
+			return nil, true, s.fail("nvmlDeviceGetUUID("+what+")", ret)
 		}
 		gi, ret := mdev.GetGpuInstanceId()
 		if ret != nvml.SUCCESS {
-			return nil, s.fail("nvmlDeviceGetGpuInstanceId("+what+")", ret)
+			return nil, true, s.fail("nvmlDeviceGetGpuInstanceId("+what+")", ret)
 		}
 		ci, ret := mdev.GetComputeInstanceId()
 		if ret != nvml.SUCCESS {
-			return nil, s.fail("nvmlDeviceGetComputeInstanceId("+what+")", ret)
+			return nil, true, s.fail("nvmlDeviceGetComputeInstanceId("+what+")", ret)
 		}
 		procs, err := s.deviceProcs(mdev, what)
 		if err != nil {
-			return nil, err
+			return nil, true, err
 		}
 		for _, p := range procs {
 			out = append(out, Process{
@@ -354,5 +481,5 @@ func (s *Source) migProcs(dev nvml.Device, gpuIndex int, gpuUUID string) ([]Proc
 			})
 		}
 	}
-	return out, nil
+	return out, true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -215,5 +216,70 @@ func TestAbsurdValues(t *testing.T) {
 	gputest.Device(s, 1).GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return -3, nvml.SUCCESS }
 	if _, err := New(s).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd MIG") {
 		t.Fatalf("absurd MIG count: %v", err)
+	}
+}
+
+// Utilisation semantics: a burst counts (the highest sample), a PID with no
+// sample was idle (0), NOT_FOUND means the whole GPU was idle, NOT_SUPPORTED
+// and MIG mean unknown (nil), and each scan asks only for the samples after
+// the last one it saw, with one call of each kind per GPU.
+func TestProcessUtilization(t *testing.T) {
+	srv := gputest.H100()
+	ok := nvml.SUCCESS
+	src := New(gputest.NewGuard(t, srv, &ok))
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(10, 100), gputest.Proc(11, 100)}, nil)
+	gputest.SetProcs(srv, 1, []nvml.ProcessInfo{gputest.Proc(20, 100)}, nil)
+	gputest.SetProcs(srv, 2, []nvml.ProcessInfo{gputest.Proc(30, 100)}, nil)
+	gputest.SetMIG(srv, 3, gputest.MIG{UUID: gputest.MIGUUID(3, 0), GI: 1, Compute: []nvml.ProcessInfo{gputest.Proc(40, 100)}})
+	// GPU 0: 10 bursts to 90 among lower samples; 11 has no sample.
+	gputest.SetUtil(srv, 0, gputest.Util{Device: 55, Samples: []nvml.ProcessUtilizationSample{
+		gputest.Sample(10, 1000, 20), gputest.Sample(10, 2000, 90), gputest.Sample(10, 3000, 5)}})
+	gputest.SetUtil(srv, 1, gputest.Util{Ret: nvml.ERROR_NOT_FOUND})
+	gputest.SetUtil(srv, 2, gputest.Util{Ret: nvml.ERROR_NOT_SUPPORTED})
+	var calls [8]int
+	for i := 0; i < 8; i++ {
+		d := gputest.Device(srv, i)
+		f, g := d.GetProcessUtilizationFunc, d.GetUtilizationRatesFunc
+		i := i
+		d.GetProcessUtilizationFunc = func(since uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			calls[i]++
+			return f(since)
+		}
+		d.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { calls[i]++; return g() }
+	}
+	rep, err := src.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	util := map[int]string{}
+	for _, p := range rep.Processes {
+		if p.SMUtil == nil {
+			util[p.Pid] = "unknown"
+		} else {
+			util[p.Pid] = strconv.Itoa(*p.SMUtil)
+		}
+	}
+	want := map[int]string{10: "90", 11: "0", 20: "0", 30: "unknown", 40: "unknown"}
+	if !reflect.DeepEqual(util, want) {
+		t.Errorf("utilisation %v, want %v", util, want)
+	}
+	if d := rep.Devices[0]; d.Util == nil || *d.Util != 55 || d.Name == "" || d.MemoryTotalMiB == nil || d.MIG {
+		t.Errorf("device 0: %+v", d)
+	}
+	if !rep.Devices[3].MIG {
+		t.Error("MIG mode not reported")
+	}
+	for i, n := range calls {
+		if n > 2 {
+			t.Errorf("GPU %d: %d utilisation calls in one scan", i, n)
+		}
+	}
+	// The next scan asks from timestamp 3000: the old samples are not
+	// counted again, so 10 had none and was idle.
+	rep, _ = src.Scan(context.Background())
+	for _, p := range rep.Processes {
+		if p.Pid == 10 && (p.SMUtil == nil || *p.SMUtil != 0) {
+			t.Errorf("old samples counted again: %v", *p.SMUtil)
+		}
 	}
 }

@@ -26,13 +26,52 @@ type MIG struct {
 	Graphics []nvml.ProcessInfo
 }
 
-// H100 returns an 8-GPU DGX H100 mock whose GPUs have no processes.
+// H100 returns an 8-GPU DGX H100 mock whose GPUs have no processes and
+// report no utilisation samples (NOT_FOUND: idle) and 0 % device use.
 func H100() *server.Server {
 	s := dgxh100.New()
 	for i := range s.Devices {
 		SetProcs(s, i, nil, nil)
+		SetUtil(s, i, Util{Ret: nvml.ERROR_NOT_FOUND})
 	}
 	return s
+}
+
+// Util is what GPU i reports for one scan's utilisation calls.
+type Util struct {
+	Device  uint32                          // nvmlDeviceGetUtilizationRates' gpu %
+	Samples []nvml.ProcessUtilizationSample // nvmlDeviceGetProcessUtilization
+	Ret     nvml.Return                     // its return (SUCCESS when zero)
+}
+
+// SetUtil makes GPU i report u from now on. Samples older than the
+// timestamp the caller asks from are left out, as NVML does; a call with
+// none left returns NOT_FOUND.
+func SetUtil(s *server.Server, i int, u Util) {
+	d := Device(s, i)
+	d.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
+		return nvml.Utilization{Gpu: u.Device}, nvml.SUCCESS
+	}
+	d.GetProcessUtilizationFunc = func(since uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+		if u.Ret != nvml.SUCCESS {
+			return nil, u.Ret
+		}
+		var out []nvml.ProcessUtilizationSample
+		for _, smp := range u.Samples {
+			if smp.TimeStamp > since {
+				out = append(out, smp)
+			}
+		}
+		if len(out) == 0 {
+			return nil, nvml.ERROR_NOT_FOUND
+		}
+		return out, nvml.SUCCESS
+	}
+}
+
+// Sample is one utilisation sample of pid at timestamp ts (µs).
+func Sample(pid int, ts uint64, sm uint32) nvml.ProcessUtilizationSample {
+	return nvml.ProcessUtilizationSample{Pid: uint32(pid), TimeStamp: ts, SmUtil: sm}
 }
 
 // Device returns GPU i of s.
