@@ -45,6 +45,8 @@ type config struct {
 	interval, scanTimeout, dockerTimeout        time.Duration
 	debounce                                    time.Duration
 	metricsListen                               string
+	idleThreshold                               int
+	idleAfter                                   time.Duration
 	keepSecrets                                 bool
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
@@ -67,6 +69,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9102); off when empty")
+	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
+	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
 	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
@@ -106,6 +110,10 @@ Flags:
 		return c, usageErr(fs, "--event-debounce must not be negative")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(fs, "--docker-timeout must be positive")
+	case c.idleThreshold < 1 || c.idleThreshold > 100:
+		return c, usageErr(fs, "--gpu-idle-threshold must be between 1 and 100")
+	case c.idleAfter <= 0:
+		return c, usageErr(fs, "--gpu-idle-after must be positive")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(fs, "--state-file and --events-file must not be empty")
 	}
@@ -144,7 +152,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, MetricsListen: c.metricsListen,
-		DryRun: c.dryRun, Version: version,
+		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))

@@ -24,7 +24,7 @@ func (l listed) List(context.Context) (docker.Snapshot, error) { return docker.S
 
 type gpuList []gpu.Process
 
-func (g gpuList) Processes(context.Context) ([]gpu.Process, error) { return g, nil }
+func (g gpuList) Scan(context.Context) (gpu.Report, error) { return gpu.Report{Processes: g}, nil }
 
 func procsFor(pids ...int) gpuList {
 	var out gpuList

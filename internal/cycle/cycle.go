@@ -34,7 +34,7 @@ type Containers interface {
 
 // GPUs is the GPU source as the cycle sees it.
 type GPUs interface {
-	Processes(ctx context.Context) ([]gpu.Process, error)
+	Scan(ctx context.Context) (gpu.Report, error)
 }
 
 // Config is the cycle's wiring.
@@ -54,8 +54,12 @@ type Config struct {
 	// KeepSecrets turns off the masking of secret-looking arguments in
 	// recorded command lines.
 	KeepSecrets bool
-	Log         *zap.Logger
-	Now         func() time.Time
+	// IdleThreshold and IdleAfter define an idle GPU workload (zero: the
+	// defaults, 5 % and 30 minutes).
+	IdleThreshold int
+	IdleAfter     time.Duration
+	Log           *zap.Logger
+	Now           func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
@@ -78,8 +82,9 @@ func New(cfg Config) *Scanner {
 		cfg.Log = zap.NewNop()
 	}
 	s := &Scanner{
-		cfg:     cfg,
-		rules:   reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets},
+		cfg: cfg,
+		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
+			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter},
 		failing: map[string]string{},
 	}
 	if cfg.DryRun {
@@ -163,6 +168,10 @@ func summarize(res reconcile.Result) summary.Summary {
 		DockerOK: st.Sources.Docker.OK, DockerError: st.Sources.Docker.Error,
 		GPUOK: st.Sources.GPU.OK, GPUError: st.Sources.GPU.Error,
 		State: st, Events: len(res.Transitions), EventCounts: map[string]int{}, Excluded: res.Excluded,
+		UserGPUSeconds: map[string]summary.GPUSeconds{},
+	}
+	for u, d := range res.UserGPUSeconds {
+		sum.UserGPUSeconds[u] = summary.GPUSeconds{Held: d.Held, Busy: d.Busy}
 	}
 	for _, t := range res.Transitions {
 		sum.EventCounts[t.EventType]++

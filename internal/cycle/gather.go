@@ -7,6 +7,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
 )
 
 var errNoGPUSource = errors.New("no GPU source configured")
@@ -28,7 +29,9 @@ func (s *Scanner) gather(ctx context.Context) reconcile.Facts {
 	}
 	f.GPUErr = errNoGPUSource
 	if s.cfg.GPU != nil {
-		f.GPU, f.GPUErr = s.cfg.GPU.Processes(ctx)
+		var rep gpu.Report
+		rep, f.GPUErr = s.cfg.GPU.Scan(ctx)
+		f.GPU, f.GPUDevices = rep.Processes, rep.Devices
 	}
 	if f.GPUErr == nil {
 		f.Procs = make(map[int]reconcile.Proc, len(f.GPU))

@@ -40,6 +40,8 @@ type Config struct {
 	MetricsListen    string        // "" : no metrics endpoint
 	DryRun           bool          // Once only: write nothing
 	Version          string
+	IdleThreshold    int           // percent SM; 0: the default
+	IdleAfter        time.Duration // 0: the default
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -75,6 +77,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
+		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter,
 	})
 	return &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, scanner: sc}, nil
 }

@@ -26,6 +26,8 @@ type Metrics struct {
 	duration prometheus.Histogram
 	events   *prometheus.CounterVec
 	dropped  prometheus.Counter
+	held     *prometheus.CounterVec
+	busy     *prometheus.CounterVec
 
 	// Timeouts of the HTTP server: a client that holds a connection open
 	// without finishing its request is cut off.
@@ -48,8 +50,16 @@ var (
 		"Containers by origin, Docker status and GPU access.", []string{"origin", "status", "has_gpu"}, nil)
 	descHostProcs = prometheus.NewDesc("ds01_host_gpu_processes",
 		"Confirmed host GPU processes (outside containers) per user.", []string{"user"}, nil)
-	descGPUMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
+	descGPUMem = prometheus.NewDesc("ds01_workload_gpu_memory_used_bytes",
 		"GPU memory used per GPU and workload: kind container (id: 12-char container ID), host-process or other-runtime (id: PID).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
+	descWorkloadUtil = prometheus.NewDesc("ds01_workload_gpu_utilization_ratio",
+		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
+	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
+		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", []string{"kind", "id", "user"}, nil)
+	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
+		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", []string{"gpu_uuid", "gpu"}, nil)
+	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
+		"GPU memory used on the device, all processes together (nvmlDeviceGetMemoryInfo).", []string{"gpu_uuid", "gpu"}, nil)
 	descWithoutAccess = prometheus.NewDesc("ds01_workloads_gpu_without_access",
 		"Containers using a GPU their configuration does not grant.", nil, nil)
 	descExcluded = prometheus.NewDesc("ds01_detector_excluded_gpu_processes",
@@ -72,6 +82,12 @@ func New(version string) *Metrics {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ds01_detector_events_dropped_total", Help: "Unwritten event lines dropped because the queue for an unwritable event log was over its cap.",
 		}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ds01_user_gpu_held_seconds_total", Help: "GPU-seconds a user's workloads held (time x GPUs they had processes on).",
+		}, []string{"user"}),
+		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ds01_user_gpu_busy_seconds_total", Help: "GPU-seconds a user's workloads were at or above --gpu-idle-threshold.",
+		}, []string{"user"}),
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ds01_detector_build_info", Help: "Always 1; the version is a label.",
@@ -80,7 +96,7 @@ func New(version string) *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.duration, m.events, m.dropped, info, (*inventoryCollector)(m),
+		m.duration, m.events, m.dropped, m.held, m.busy, info, (*inventoryCollector)(m),
 	)
 	return m
 }
@@ -92,6 +108,10 @@ func (m *Metrics) Observe(s summary.Summary) {
 		m.events.WithLabelValues(t).Add(float64(n))
 	}
 	m.dropped.Add(float64(s.DroppedEvents))
+	for u, d := range s.UserGPUSeconds {
+		m.held.WithLabelValues(u).Add(d.Held)
+		m.busy.WithLabelValues(u).Add(d.Busy)
+	}
 	m.mu.Lock()
 	m.last = &s
 	m.mu.Unlock()
@@ -116,7 +136,7 @@ func (m *Metrics) Listen(addr string) (net.Listener, error) {
 type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests, descExcluded} {
+	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem} {
 		ch <- d
 	}
 }
@@ -148,6 +168,54 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.GPU), "gpu")
 
 	ch <- prometheus.MustNewConstMetric(descExcluded, prometheus.GaugeValue, float64(s.Excluded))
+	now := st.LastScan
+	idleFor := func(since *inventory.Time) float64 {
+		if since == nil || now == nil {
+			return 0
+		}
+		return max(now.Sub(since.Time).Seconds(), 0)
+	}
+	for uuid, g := range st.GPUs {
+		idx := strconv.Itoa(g.Index)
+		if g.UtilizationPercent != nil {
+			ch <- prometheus.MustNewConstMetric(descDeviceUtil, prometheus.GaugeValue, float64(*g.UtilizationPercent)/100, uuid, idx)
+		}
+		if g.MemoryUsedMB != nil {
+			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, uuid, idx)
+		}
+	}
+	type ukey struct{ uuid, kind, id, user string }
+	util := map[ukey]*float64{}
+	addUtil := func(k ukey, v *int) {
+		cur, seen := util[k]
+		switch {
+		case v == nil:
+			util[k] = nil
+		case !seen:
+			f := float64(*v) / 100
+			util[k] = &f
+		case cur != nil:
+			f := min(*cur+float64(*v)/100, 1)
+			util[k] = &f
+		}
+	}
+	for _, ct := range st.Containers {
+		for _, p := range ct.GPUProcesses {
+			addUtil(ukey{p.GPUUUID, "container", ct.ID, ct.User}, p.SMUtilPercent)
+		}
+		if len(ct.GPUProcesses) > 0 {
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), "container", ct.ID, ct.User)
+		}
+	}
+	for _, p := range st.HostProcesses {
+		addUtil(ukey{p.GPUUUID, "host-process", strconv.Itoa(p.Pid), p.User}, p.SMUtilPercent)
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), "host-process", strconv.Itoa(p.Pid), p.User)
+	}
+	for k, v := range util {
+		if v != nil {
+			ch <- prometheus.MustNewConstMetric(descWorkloadUtil, prometheus.GaugeValue, *v, k.uuid, k.kind, k.id, k.user)
+		}
+	}
 
 	// GPU memory series are summed by their labels first: two entries with
 	// the same labels (one PID on two MIG devices of a GPU) must not fail

@@ -48,13 +48,17 @@ func labels(m *dto.Metric) string {
 	return strings.Join(parts, ",")
 }
 
-// series maps "label=value,…" to the gauge value.
+// series maps "label=value,…" to the gauge's or counter's value.
 func series(f *dto.MetricFamily) map[string]float64 {
 	out := map[string]float64{}
 	if f == nil {
 		return out
 	}
 	for _, m := range f.GetMetric() {
+		if c := m.GetCounter(); c != nil {
+			out[labels(m)] = c.GetValue()
+			continue
+		}
 		out[labels(m)] = m.GetGauge().GetValue()
 	}
 	return out
@@ -129,7 +133,7 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	for _, p := range st.OtherGPUProcesses {
 		mem["gpu_uuid="+p.GPUUUID+",id="+strconv.Itoa(p.Pid)+",kind=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
 	}
-	if got := series(fams["ds01_gpu_memory_used_bytes"]); !equal(got, mem) || len(mem) != 5 {
+	if got := series(fams["ds01_workload_gpu_memory_used_bytes"]); !equal(got, mem) || len(mem) != 5 {
 		t.Errorf("gpu memory\n got %v\nwant %v", got, mem)
 	}
 	if fams["go_goroutines"] == nil || fams["process_resident_memory_bytes"] == nil {
@@ -141,7 +145,7 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	st.HostProcesses = nil
 	m.Observe(summary.Summary{State: st})
 	fams = scrape(t, m)
-	for k := range series(fams["ds01_gpu_memory_used_bytes"]) {
+	for k := range series(fams["ds01_workload_gpu_memory_used_bytes"]) {
 		if strings.Contains(k, "ddddddddddd4") || strings.Contains(k, "host-process") {
 			t.Errorf("stale series %s", k)
 		}
@@ -187,7 +191,7 @@ func TestIdenticalSeriesAreAggregated(t *testing.T) {
 	st.OtherGPUProcesses = []inventory.GPUProcess{p, p}
 	m.Observe(summary.Summary{State: st})
 	fams := scrape(t, m)
-	got := series(fams["ds01_gpu_memory_used_bytes"])
+	got := series(fams["ds01_workload_gpu_memory_used_bytes"])
 	if len(got) != 1 {
 		t.Fatalf("series: %v", got)
 	}
@@ -230,4 +234,42 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+}
+
+// Held versus used: per-workload utilisation and idle time, per-GPU
+// figures, and per-user counters that only grow.
+func TestUtilizationMetrics(t *testing.T) {
+	m := New("test")
+	pct := func(v int) *int { return &v }
+	mb := int64(1024)
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	idleSince := inventory.NewTime(now.Add(-90 * time.Minute))
+	st := inventory.Empty()
+	st.LastScan = &now
+	st.GPUs["GPU-0"] = inventory.GPU{Index: 3, UtilizationPercent: pct(40), MemoryUsedMB: &mb}
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", GPUIdleSince: &idleSince,
+		GPUProcesses: []inventory.GPUProcess{{Pid: 1, GPUUUID: "GPU-0", SMUtilPercent: pct(2)}, {Pid: 2, GPUUUID: "GPU-0", SMUtilPercent: pct(1)}}}
+	st.Containers["def456abc123"] = inventory.Container{ID: "def456abc123", User: "bob",
+		GPUProcesses: []inventory.GPUProcess{{Pid: 3, GPUUUID: "GPU-1", SMUtilPercent: nil}}}
+	for i := 0; i < 2; i++ {
+		m.Observe(summary.Summary{State: st, UserGPUSeconds: map[string]summary.GPUSeconds{"alice": {Held: 30, Busy: 0}, "bob": {Held: 30, Busy: 30}}})
+	}
+	fams := scrape(t, m)
+	want := map[string]map[string]float64{
+		"ds01_workload_gpu_utilization_ratio": {`gpu_uuid=GPU-0,id=abc123def456,kind=container,user=alice`: 0.03},
+		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,kind=container,user=alice`: 5400, `id=def456abc123,kind=container,user=bob`: 0},
+		"ds01_gpu_utilization_ratio":          {`gpu=3,gpu_uuid=GPU-0`: 0.4},
+		"ds01_gpu_memory_used_bytes":          {`gpu=3,gpu_uuid=GPU-0`: 1024 * 1024 * 1024},
+		"ds01_user_gpu_held_seconds_total":    {`user=alice`: 60, `user=bob`: 60},
+		"ds01_user_gpu_busy_seconds_total":    {`user=alice`: 0, `user=bob`: 60},
+	}
+	for name, w := range want {
+		got := series(fams[name])
+		for k, v := range got {
+			got[k] = float64(int(v*1000+0.5)) / 1000
+		}
+		if !equal(got, w) {
+			t.Errorf("%s: %v, want %v", name, got, w)
+		}
+	}
 }

@@ -35,12 +35,13 @@ const FirstUserUID = 1000
 // be read, it runs in the init's PID namespace. A process whose cgroup
 // names a container it does not run in, or one that a healthy Docker does
 // not list, is a host process of its real UID, with claimed_container set.
-func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, []inventory.GPUProcess, int) {
+func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, int) {
 	host := map[string]inventory.HostProcess{}
+	hostUses := map[string][]use{}
 	other := []inventory.GPUProcess{}
 	excludedCount := 0
 	for _, p := range f.GPU {
-		gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB}
+		gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
 		pf, ok := f.Procs[p.Pid]
 		if !ok {
 			pf.CgroupErr = errNotGathered
@@ -99,6 +100,7 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 			continue // gone between the two reads
 		}
 		key := strconv.Itoa(p.Pid)
+		hostUses[key] = append(hostUses[key], use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
 		if hp, ok := host[key]; ok { // same process on another GPU
 			hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
 			host[key] = hp
@@ -126,7 +128,7 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 		c.GPUWithoutAccess = !c.HasGPU
 		containers[k] = c
 	}
-	return host, other, excludedCount
+	return host, hostUses, other, excludedCount
 }
 
 // inContainer says how a process whose cgroup names a container was found

@@ -37,8 +37,9 @@ type Facts struct {
 
 	// GPU is every process NVML listed; GPUErr is set when the GPU source
 	// failed (or there is none), and the GPU data of last cycle is kept.
-	GPU    []gpu.Process
-	GPUErr error
+	GPU        []gpu.Process
+	GPUDevices []gpu.Device
+	GPUErr     error
 	// Procs holds the /proc facts of each PID in GPU.
 	Procs map[int]Proc
 	// Inits holds, by full container ID, the /proc facts of the init
@@ -78,6 +79,12 @@ type Rules struct {
 	// KeepSecrets turns off the masking of secret-looking arguments in
 	// recorded command lines.
 	KeepSecrets bool
+	// IdleThreshold (percent SM) and IdleAfter define an idle workload;
+	// MaxGap caps the time one cycle's counters account for. Zero values
+	// take the defaults.
+	IdleThreshold int
+	IdleAfter     time.Duration
+	MaxGap        time.Duration
 }
 
 // Result is the outcome of one reconcile.
@@ -90,6 +97,8 @@ type Result struct {
 	// Excluded counts the system processes (UID < 1000) left out of host
 	// processes by name this cycle.
 	Excluded int
+	// UserGPUSeconds are this cycle's GPU-seconds held and busy, by user.
+	UserGPUSeconds map[string]UserGPUSeconds
 }
 
 // Reconcile computes the new state from the previous one and this cycle's
@@ -126,17 +135,26 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 			}
 		}
 		next.OtherGPUProcesses = prev.OtherGPUProcesses
+		next.GPUs = prev.GPUs
+		var ts []Transition
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, f, nil, rules)
+		res.Transitions = append(res.Transitions, ts...)
 	} else {
 		for k, c := range next.Containers {
 			c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = []inventory.GPUProcess{}, nil, false
 			next.Containers[k] = c
 		}
 		var seen map[string]inventory.HostProcess
-		seen, next.OtherGPUProcesses, res.Excluded = attribute(f, next.Containers, rules)
+		var hostUses map[string][]use
+		seen, hostUses, next.OtherGPUProcesses, res.Excluded = attribute(f, next.Containers, rules)
 		processOwners(f, next.Containers)
 		var hostEvents []Transition
 		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now)
 		res.Transitions = append(res.Transitions, hostEvents...)
+		next.GPUs = gpusFrom(f.GPUDevices)
+		var ts []Transition
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, f, hostUses, rules)
+		res.Transitions = append(res.Transitions, ts...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}

@@ -40,6 +40,7 @@ type gpuProc struct {
 	uid    uint32   // 0: 1001
 	argv   []string // nil: python train.py
 	root   bool     // uid 0
+	sm     *int     // SM utilisation NVML reported; nil: unknown
 }
 
 // step is one cycle: what the sources report, and what must come out.
@@ -67,7 +68,7 @@ func (s step) facts(now time.Time) Facts {
 		}
 	}
 	for _, p := range s.procs {
-		f.GPU = append(f.GPU, gpu.Process{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512)})
+		f.GPU = append(f.GPU, gpu.Process{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512), SMUtil: p.sm})
 		pf := Proc{Argv: p.argv, UID: 1001, StartTime: p.start}
 		if pf.Argv == nil {
 			pf.Argv = []string{"python", "train.py"}
@@ -111,6 +112,11 @@ func describe(ts []Transition) []string {
 			subject = strconv.Itoa(d.Pid)
 		case event.HostProcessExitedDetails:
 			subject = strconv.Itoa(d.Pid) + "@" + strconv.FormatUint(d.StartTime, 10)
+		case event.GPUIdleDetails:
+			subject = d.ContainerID
+			if d.Pid != 0 {
+				subject = strconv.Itoa(d.Pid)
+			}
 		}
 		out = append(out, strings.TrimPrefix(t.EventType, "detection.")+" "+subject)
 	}
@@ -412,4 +418,94 @@ func TestOwnerSignalsAndConflicts(t *testing.T) {
 	if len(res.Warnings) != 0 {
 		t.Errorf("conflict warned again: %v", res.Warnings)
 	}
+}
+
+func pct(v int) *int { return &v }
+
+// Held versus used, over a scripted run with 30 s cycles and a 60 s idle
+// rule: busy, then idle (one gpu_idle after 60 s below the threshold), then
+// busy again (one gpu_active); a restart in the middle of the idle period
+// keeps idle_since and the counters and emits no second gpu_idle; a
+// workload whose utilisation is unknown gets neither event.
+func TestHeldVersusUsed(t *testing.T) {
+	c := ctr(1, "running")
+	c.DeviceRequests = []docker.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}
+	c.Labels["ds01.user"] = "bob" // its processes run as bob: no conflict
+	unknownC := ctr(2, "running")
+	unknownC.Labels["ds01.user"] = "bob"
+	rules := Rules{IdleThreshold: 5, IdleAfter: 60 * time.Second}
+	seq := []struct {
+		sm       *int
+		want     []string
+		restart  bool
+		idleFrom int // cycle whose time idle_since must be; -1: null
+	}{
+		{pct(80), []string{"container_discovered " + c1, "container_discovered " + c2}, false, -1}, // 0
+		{pct(60), nil, false, -1},                     // 1
+		{pct(0), nil, false, 2},                       // 2: below, idle since now
+		{pct(3), nil, false, 2},                       // 3: 30 s
+		{pct(0), []string{"gpu_idle " + c1}, true, 2}, // 4: 60 s: idle; then a restart
+		{pct(1), nil, false, 2},                       // 5: still idle, no second event
+		{pct(40), []string{"gpu_active " + c1}, false, -1},
+		{pct(50), nil, false, -1},
+	}
+	st := inventory.Empty()
+	var all []Transition
+	for i, s := range seq {
+		now := t0.Add(time.Duration(i) * 30 * time.Second)
+		f := step{containers: []docker.Container{c, unknownC}, procs: []gpuProc{{pid: 50, ctr: 1, sm: s.sm}, {pid: 51, ctr: 2, sm: nil}}}.facts(now)
+		f.GPUDevices = []gpu.Device{{Index: 0, UUID: "GPU-0", Util: s.sm}}
+		res := Reconcile(st, f, rules)
+		got := []string{}
+		for _, d := range describe(res.Transitions) {
+			got = append(got, d)
+		}
+		if strings.Join(got, ",") != strings.Join(append([]string{}, s.want...), ",") {
+			t.Fatalf("cycle %d: transitions %q, want %q", i, got, s.want)
+		}
+		all = append(all, res.Transitions...)
+		st = res.State
+		cc := st.Containers[c1]
+		switch {
+		case s.idleFrom < 0 && cc.GPUIdleSince != nil:
+			t.Errorf("cycle %d: idle since %v while active", i, cc.GPUIdleSince)
+		case s.idleFrom >= 0 && (cc.GPUIdleSince == nil || !cc.GPUIdleSince.Equal(t0.Add(time.Duration(s.idleFrom)*30*time.Second))):
+			t.Errorf("cycle %d: idle since %v, want cycle %d", i, cc.GPUIdleSince, s.idleFrom)
+		}
+		if u := st.Containers[c2]; u.GPUIdle || u.GPUIdleSince != nil || u.GPUUtilizationPercent != nil || u.GPUBusySeconds != 0 {
+			t.Errorf("cycle %d: unknown utilisation counted: %+v", i, u)
+		}
+		if s.restart { // what a restarted daemon reads back
+			b, _ := json.Marshal(st)
+			var err error
+			if st, err = inventory.Parse(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cc := st.Containers[c1]
+	// 7 accounted intervals of 30 s; one GPU granted and held throughout;
+	// busy in cycles 1, 6 and 7 (80 % at cycle 0 has no interval before it).
+	if cc.GPUAllocatedSeconds != 210 || cc.GPUHeldSeconds != 210 || cc.GPUBusySeconds != 90 || *cc.GPUUtilizationPercent != 50 {
+		t.Errorf("counters: allocated %v held %v busy %v util %v", cc.GPUAllocatedSeconds, cc.GPUHeldSeconds, cc.GPUBusySeconds, *cc.GPUUtilizationPercent)
+	}
+	for _, tr := range all {
+		if d, ok := tr.Details.(event.GPUIdleDetails); ok {
+			if tr.User != "bob" || d.ContainerID != c1 || d.ThresholdPercent != 5 || len(d.GPUUUIDs) != 1 || d.GPUMemoryMB == nil || d.IdleSince == nil {
+				t.Errorf("%s details: %+v user %q", tr.EventType, d, tr.User)
+			}
+		}
+	}
+	// The exit carries the counters.
+	f := step{}.facts(t0.Add(8 * 30 * time.Second))
+	res := Reconcile(st, f, rules)
+	for _, tr := range res.Transitions {
+		if d, ok := tr.Details.(event.ContainerExitedDetails); ok && d.ContainerID == c1 {
+			if d.GPUAllocatedSeconds != 210 || d.GPUHeldSeconds != 210 || d.GPUBusySeconds != 90 {
+				t.Errorf("exited event counters: %+v", d.GPUSeconds)
+			}
+			return
+		}
+	}
+	t.Error("no container_exited")
 }

@@ -66,7 +66,8 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 		o := old[k]
 		out = append(out, Transition{
 			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
-			Details:         event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin},
+			Details: event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin, GPUSeconds: event.GPUSeconds{
+				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}},
 			Fields:          []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), UserField(o.User)},
 			exitedContainer: o.ID,
 		})
@@ -85,8 +86,9 @@ func hostDiscovered(p inventory.HostProcess) Transition {
 func hostExited(p inventory.HostProcess) Transition {
 	return Transition{
 		EventType: event.HostProcessExited, User: p.User, Message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
-		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime},
-		Fields:  []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("cmdline", p.Cmdline)},
+		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime, GPUSeconds: event.GPUSeconds{
+			GPUAllocatedSeconds: p.GPUAllocatedSeconds, GPUHeldSeconds: p.GPUHeldSeconds, GPUBusySeconds: p.GPUBusySeconds}},
+		Fields: []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("cmdline", p.Cmdline)},
 	}
 }
 

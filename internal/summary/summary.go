@@ -12,12 +12,14 @@ import (
 
 // Summary describes one finished cycle.
 type Summary struct {
-	Containers     int
-	GPUContainers  int
-	HostProcesses  int
-	PendingEvents  int            // event lines not yet appended to the log
-	DroppedEvents  int            // lines dropped this cycle: the queue was over its cap
-	Excluded       int            // system GPU processes left out by name this cycle
+	Containers    int
+	GPUContainers int
+	HostProcesses int
+	PendingEvents int // event lines not yet appended to the log
+	DroppedEvents int // lines dropped this cycle: the queue was over its cap
+	Excluded      int // system GPU processes left out by name this cycle
+	// UserGPUSeconds are this cycle's GPU-seconds held and busy, by user.
+	UserGPUSeconds map[string]GPUSeconds
 	Events         int            // transitions found this cycle
 	EventCounts    map[string]int // this cycle's transitions by event type
 	DockerOK       bool
@@ -29,6 +31,9 @@ type Summary struct {
 	StateWriteErr  error
 	EventAppendErr error
 }
+
+// GPUSeconds are GPU-seconds held and busy.
+type GPUSeconds struct{ Held, Busy float64 }
 
 // StatusLine is the one-line summary used for logs and sd_notify STATUS=.
 func (s Summary) StatusLine() string {

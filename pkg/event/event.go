@@ -50,6 +50,10 @@ const (
 	ContainerExited        = "detection.container_exited" // the container was removed
 	HostProcessDiscovered  = "detection.host_gpu_process_discovered"
 	HostProcessExited      = "detection.host_gpu_process_exited"
+	// GPUIdle: a workload has held GPU memory below the idle threshold on
+	// every GPU it holds for --gpu-idle-after; GPUActive: it works again.
+	GPUIdle   = "detection.gpu_idle"
+	GPUActive = "detection.gpu_active"
 )
 
 // Envelope is one line of the event log.
@@ -88,6 +92,26 @@ type ContainerExitedDetails struct {
 	ContainerID string `json:"container_id"`
 	Name        string `json:"name"`
 	Origin      string `json:"origin"`
+	GPUSeconds
+}
+
+// GPUSeconds are a workload's cumulative GPU-seconds at its exit: running
+// time x GPUs granted, held, and busy (at or above the idle threshold).
+type GPUSeconds struct {
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+}
+
+// GPUIdleDetails are the details of GPUIdle and GPUActive. Exactly one of
+// ContainerID and Pid is set.
+type GPUIdleDetails struct {
+	ContainerID      string          `json:"container_id,omitempty"`
+	Pid              int             `json:"pid,omitempty"`
+	GPUUUIDs         []string        `json:"gpu_uuids"`
+	IdleSince        *inventory.Time `json:"idle_since"`
+	GPUMemoryMB      *int64          `json:"gpu_memory_mb"`
+	ThresholdPercent int             `json:"threshold_percent"`
 }
 
 // HostProcessDiscoveredDetails are the details of HostProcessDiscovered.
@@ -104,6 +128,7 @@ type HostProcessExitedDetails struct {
 	Pid       int    `json:"pid"`
 	Cmdline   string `json:"cmdline"`
 	StartTime uint64 `json:"start_time,omitempty"`
+	GPUSeconds
 }
 
 // Result says how Encode had to shrink a line.

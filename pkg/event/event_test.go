@@ -17,7 +17,7 @@ func TestEncodeMatchesReferenceEnvelope(t *testing.T) {
 	if err != nil || res.Truncated {
 		t.Fatal(err, res)
 	}
-	want := `{"timestamp":"2026-02-04T10:30:00.123456Z","event_type":"detection.container_exited","schema_version":"1","user":"bj\u00f8rn<&>","source":"ds01-detectord","details":{"container_id":"abc123def456","name":"n","origin":"raw-docker"}}`
+	want := `{"timestamp":"2026-02-04T10:30:00.123456Z","event_type":"detection.container_exited","schema_version":"1","user":"bj\u00f8rn<&>","source":"ds01-detectord","details":{"container_id":"abc123def456","name":"n","origin":"raw-docker","gpu_allocated_seconds":0,"gpu_held_seconds":0,"gpu_busy_seconds":0}}`
 	if string(line) != want {
 		t.Errorf("got  %s\nwant %s", line, want)
 	}

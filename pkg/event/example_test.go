@@ -15,7 +15,7 @@ func ExampleEncode() {
 	}, event.ContainerExitedDetails{ContainerID: "abc123def456", Name: "train", Origin: inventory.OriginRawDocker})
 	fmt.Println(string(line), err)
 	// Output:
-	// {"timestamp":"2026-02-04T10:30:00.500000Z","event_type":"detection.container_exited","schema_version":"1","user":"alice","source":"ds01-detectord","details":{"container_id":"abc123def456","name":"train","origin":"raw-docker"}} <nil>
+	// {"timestamp":"2026-02-04T10:30:00.500000Z","event_type":"detection.container_exited","schema_version":"1","user":"alice","source":"ds01-detectord","details":{"container_id":"abc123def456","name":"train","origin":"raw-docker","gpu_allocated_seconds":0,"gpu_held_seconds":0,"gpu_busy_seconds":0}} <nil>
 }
 
 // Decode reads one line: the v1 envelope, or the older ts/event form some

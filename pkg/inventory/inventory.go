@@ -65,6 +65,18 @@ type State struct {
 	// could bring them up again; it keeps a replay from reporting them
 	// twice. Internal.
 	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
+	// GPUs are the host's physical GPUs by UUID, as NVML reported them last.
+	GPUs map[string]GPU `json:"gpus"`
+}
+
+// GPU is one physical GPU.
+type GPU struct {
+	Index              int    `json:"index"`
+	Name               string `json:"name"`
+	MemoryTotalMB      *int64 `json:"memory_total_mb"`
+	MemoryUsedMB       *int64 `json:"memory_used_mb"`
+	UtilizationPercent *int   `json:"utilization_percent"` // whole-device; null when unknown
+	MIGMode            bool   `json:"mig_mode"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
@@ -73,6 +85,7 @@ func Empty() State {
 		Containers:        map[string]Container{},
 		HostProcesses:     map[string]HostProcess{},
 		PendingProcesses:  map[string]HostProcess{},
+		GPUs:              map[string]GPU{},
 		SchemaVersion:     SchemaVersion,
 		OtherGPUProcesses: []GPUProcess{},
 	}
@@ -112,6 +125,24 @@ type Container struct {
 	// GPUWithoutAccess flags a container that uses a GPU although its
 	// configuration grants none.
 	GPUWithoutAccess bool `json:"gpu_without_access"`
+
+	// Held versus used (all null or zero until a GPU reports them).
+	// GPUUtilizationPercent is the mean, over the GPUs it has processes on,
+	// of its processes' summed SM utilisation on each (capped at 100);
+	// null when any of them is unknown (MIG, NOT_SUPPORTED).
+	GPUUtilizationPercent *int `json:"gpu_utilization_percent"`
+	// GPUIdleSince is when it last went below --gpu-idle-threshold on every
+	// GPU it holds memory on; null while active, unknown or holding none.
+	GPUIdleSince *Time `json:"gpu_idle_since"`
+	// GPUIdle: it has been idle for --gpu-idle-after (detection.gpu_idle
+	// was emitted; detection.gpu_active ends it).
+	GPUIdle bool `json:"gpu_idle"`
+	// Cumulative GPU-seconds, surviving restarts: running time x GPUs its
+	// configuration grants (host processes: x GPUs held), x GPUs it has
+	// processes on, and x GPUs where it was at or above the threshold.
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
 }
 
 // UserSignal is one owner signal: which source said which user.
@@ -172,6 +203,26 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
+	SMUtilPercent *int `json:"sm_util_percent"`
+
+	// Held versus used (all null or zero until a GPU reports them).
+	// GPUUtilizationPercent is the mean, over the GPUs it has processes on,
+	// of its processes' summed SM utilisation on each (capped at 100);
+	// null when any of them is unknown (MIG, NOT_SUPPORTED).
+	GPUUtilizationPercent *int `json:"gpu_utilization_percent"`
+	// GPUIdleSince is when it last went below --gpu-idle-threshold on every
+	// GPU it holds memory on; null while active, unknown or holding none.
+	GPUIdleSince *Time `json:"gpu_idle_since"`
+	// GPUIdle: it has been idle for --gpu-idle-after (detection.gpu_idle
+	// was emitted; detection.gpu_active ends it).
+	GPUIdle bool `json:"gpu_idle"`
+	// Cumulative GPU-seconds, surviving restarts: running time x GPUs its
+	// configuration grants (host processes: x GPUs held), x GPUs it has
+	// processes on, and x GPUs where it was at or above the threshold.
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
 }
 
 // GPUProcess is one process on one GPU or MIG device, inside a container.
@@ -181,6 +232,10 @@ type GPUProcess struct {
 	GPUUUID     string   `json:"gpu_uuid"` // the physical GPU
 	MIG         *MIGInfo `json:"mig"`
 	GPUMemoryMB *int64   `json:"gpu_memory_mb"`
+	// SMUtilPercent is the highest SM utilisation among NVML's samples of
+	// this process on this GPU since the last scan; 0 when it had none (it
+	// was idle); null when NVML cannot tell (MIG, NOT_SUPPORTED).
+	SMUtilPercent *int `json:"sm_util_percent"`
 	// OutsideGPUDevices: the process runs on a GPU that is not among the
 	// container's gpu_devices.
 	OutsideGPUDevices bool `json:"outside_gpu_devices,omitempty"`

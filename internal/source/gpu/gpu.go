@@ -98,7 +98,7 @@ type Source struct {
 	// NoUtilization turns the utilisation calls off (the benchmark's
 	// baseline).
 	NoUtilization bool
-	Warnings []string // symbols found missing at the last Init
+	Warnings      []string // symbols found missing at the last Init
 
 	// Log, when set, gets a warning naming the symbols a driver lacks,
 	// once per Init.

@@ -1,0 +1,306 @@
+package reconcile
+
+import (
+	"sort"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Held versus used. Each cycle a workload's processes give, per GPU it
+// holds memory on, the sum of their SM utilisation (capped at 100), or
+// unknown. From that come its utilisation, its idle state and its GPU-second
+// counters.
+
+// Defaults of the idle rules.
+const (
+	DefaultIdleThreshold = 5                // percent SM
+	DefaultIdleAfter     = 30 * time.Minute // below the threshold this long is idle
+	// DefaultMaxGap caps the time one cycle accounts for: after a daemon
+	// outage the counters do not claim what nobody saw.
+	DefaultMaxGap = 2 * time.Minute
+)
+
+// use is one process's share of one GPU.
+type use struct {
+	gpu string // physical GPU UUID
+	sm  *int
+	mem *int64
+}
+
+// usage is a workload's GPU use this cycle.
+type usage struct {
+	perGPU  map[string]*int // summed SM utilisation per GPU, capped; nil: unknown
+	mem     *int64
+	unknown bool
+}
+
+func summarizeUse(uses []use) usage {
+	u := usage{perGPU: map[string]*int{}}
+	for _, x := range uses {
+		u.mem = addMem(u.mem, x.mem)
+		cur, seen := u.perGPU[x.gpu]
+		switch {
+		case x.sm == nil:
+			u.perGPU[x.gpu] = nil
+			u.unknown = true
+		case !seen:
+			v := min(*x.sm, 100)
+			u.perGPU[x.gpu] = &v
+		case cur != nil:
+			v := min(*cur+*x.sm, 100)
+			u.perGPU[x.gpu] = &v
+		}
+	}
+	return u
+}
+
+// mean is the utilisation over the GPUs held, nil when unknown or none.
+func (u usage) mean() *int {
+	if u.unknown || len(u.perGPU) == 0 {
+		return nil
+	}
+	sum := 0
+	for _, v := range u.perGPU {
+		sum += *v
+	}
+	m := (sum + len(u.perGPU)/2) / len(u.perGPU)
+	return &m
+}
+
+func (u usage) busy(threshold int) int {
+	n := 0
+	for _, v := range u.perGPU {
+		if v != nil && *v >= threshold {
+			n++
+		}
+	}
+	return n
+}
+
+func (u usage) gpus() []string {
+	out := make([]string, 0, len(u.perGPU))
+	for g := range u.perGPU {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// gpuState is the part of a workload's state that usage changes.
+type gpuState struct {
+	Util                  *int
+	IdleSince             *inventory.Time
+	Idle                  bool
+	Allocated, Held, Busy float64
+	subject               string // for the journal: "container <id> <name>" or "pid <n>"
+	containerID           string
+	pid                   int
+	user                  string
+	fields                []zap.Field
+	heldDelta, busyDelta  float64
+	allocatedDelta        float64
+	transitions           []Transition
+	usage                 usage
+	threshold             int
+	idleAfter             time.Duration
+	dt                    float64
+	now                   time.Time
+	grant                 int
+	running               bool
+	known                 bool // the GPU source answered this cycle
+}
+
+// step applies one cycle's usage to a workload's state: counters, idle
+// since, and the gpu_idle / gpu_active transitions.
+func (g *gpuState) step() {
+	u := g.usage
+	if g.running {
+		g.allocatedDelta = g.dt * float64(g.grant)
+	}
+	if !g.known {
+		g.Allocated += g.allocatedDelta
+		return
+	}
+	g.Util = u.mean()
+	g.heldDelta = g.dt * float64(len(u.perGPU))
+	g.busyDelta = g.dt * float64(u.busy(g.threshold))
+	g.Allocated += g.allocatedDelta
+	g.Held += g.heldDelta
+	g.Busy += g.busyDelta
+	switch {
+	case u.unknown:
+		// Unknown never makes a workload idle, nor active: nothing changes.
+	case len(u.perGPU) == 0:
+		g.IdleSince, g.Idle = nil, false // holds no GPU: neither idle nor active
+	case u.busy(g.threshold) == 0:
+		if g.IdleSince == nil {
+			g.IdleSince = inventory.TimePtr(g.now)
+		}
+		if !g.Idle && g.now.Sub(g.IdleSince.Time) >= g.idleAfter {
+			g.Idle = true
+			g.transitions = append(g.transitions, g.idleTransition(event.GPUIdle, "GPU held idle: "))
+		}
+	default:
+		idleSince := g.IdleSince
+		g.IdleSince = nil
+		if g.Idle {
+			g.Idle = false
+			t := g.idleTransition(event.GPUActive, "GPU active again: ")
+			t.Details = withIdleSince(t.Details, idleSince)
+			g.transitions = append(g.transitions, t)
+		}
+	}
+}
+
+func withIdleSince(d any, since *inventory.Time) any {
+	if v, ok := d.(event.GPUIdleDetails); ok {
+		v.IdleSince = since
+		return v
+	}
+	return d
+}
+
+func (g *gpuState) idleTransition(typ, msg string) Transition {
+	return Transition{
+		EventType: typ, User: g.user, Message: msg + g.subject,
+		Details: event.GPUIdleDetails{
+			ContainerID: g.containerID, Pid: g.pid, GPUUUIDs: g.usage.gpus(), IdleSince: g.IdleSince,
+			GPUMemoryMB: g.usage.mem, ThresholdPercent: g.threshold,
+		},
+		Fields: append(append([]zap.Field{}, g.fields...), zap.Strings("gpu_uuids", g.usage.gpus()), zap.Int("threshold_percent", g.threshold)),
+	}
+}
+
+// UserGPUSeconds are one user's GPU-seconds of one cycle.
+type UserGPUSeconds struct{ Held, Busy float64 }
+
+// accountGPUUse updates every workload's utilisation, idle state and
+// counters, and returns the transitions and the per-user deltas.
+func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUses map[string][]use, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+	dt := 0.0
+	if prev.LastScan != nil {
+		gap := f.Now.Sub(prev.LastScan.Time)
+		dt = min(max(gap, 0), rules.maxGap()).Seconds()
+	}
+	hostGPUs := len(next.GPUs)
+	var ts []Transition
+	deltas := map[string]UserGPUSeconds{}
+	add := func(g *gpuState) {
+		ts = append(ts, g.transitions...)
+		if g.heldDelta > 0 || g.busyDelta > 0 {
+			d := deltas[g.user]
+			d.Held += g.heldDelta
+			d.Busy += g.busyDelta
+			deltas[g.user] = d
+		}
+	}
+	for _, k := range sortedKeys(next.Containers) {
+		c := next.Containers[k]
+		old := prev.Containers[k]
+		var uses []use
+		for _, p := range c.GPUProcesses {
+			uses = append(uses, use{p.GPUUUID, p.SMUtilPercent, p.GPUMemoryMB})
+		}
+		g := gpuState{
+			Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
+			Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
+			subject: "container " + c.ID + " " + c.Name, containerID: c.ID, user: c.User,
+			fields: []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
+			usage:  summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+			grant: grantedGPUs(c, hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
+		}
+		g.step()
+		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle
+		c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds = g.Allocated, g.Held, g.Busy
+		next.Containers[k] = c
+		add(&g)
+	}
+	if f.GPUErr != nil {
+		return ts, deltas // host processes are kept as they were
+	}
+	for _, m := range []map[string]inventory.HostProcess{next.HostProcesses, next.PendingProcesses} {
+		for _, k := range sortedKeys(m) {
+			p := m[k]
+			old, ok := prev.HostProcesses[k]
+			if !ok || old.StartTime != p.StartTime {
+				old = prev.PendingProcesses[k]
+				if old.StartTime != p.StartTime {
+					old = inventory.HostProcess{}
+				}
+			}
+			u := summarizeUse(hostUses[k])
+			g := gpuState{
+				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
+				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
+				subject: "pid " + strconv.Itoa(p.Pid), pid: p.Pid, user: p.User,
+				fields: []zap.Field{zap.Int("pid", p.Pid), UserField(p.User)},
+				usage:  u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+				grant: len(u.perGPU), running: true, known: true,
+			}
+			g.step()
+			p.SMUtilPercent = g.Util
+			p.GPUUtilizationPercent, p.GPUIdleSince, p.GPUIdle = g.Util, g.IdleSince, g.Idle
+			p.GPUAllocatedSeconds, p.GPUHeldSeconds, p.GPUBusySeconds = g.Allocated, g.Held, g.Busy
+			m[k] = p
+			add(&g)
+		}
+	}
+	return ts, deltas
+}
+
+// grantedGPUs is how many GPUs a container's configuration grants, where
+// that can be counted: its gpu_devices, or every GPU of the host for
+// --gpus all (no devices named) and "all".
+func grantedGPUs(c inventory.Container, hostGPUs int) int {
+	if !c.HasGPU {
+		return 0
+	}
+	if len(c.GPUDevices) == 0 {
+		return hostGPUs
+	}
+	for _, d := range c.GPUDevices {
+		if d == "all" {
+			return hostGPUs
+		}
+	}
+	return len(c.GPUDevices)
+}
+
+// gpusFrom turns the GPU source's devices into the state's gpus map.
+func gpusFrom(devs []gpu.Device) map[string]inventory.GPU {
+	out := make(map[string]inventory.GPU, len(devs))
+	for _, d := range devs {
+		out[d.UUID] = inventory.GPU{
+			Index: d.Index, Name: inventory.Cut(d.Name), MemoryTotalMB: d.MemoryTotalMiB, MemoryUsedMB: d.MemoryUsedMiB,
+			UtilizationPercent: d.Util, MIGMode: d.MIG,
+		}
+	}
+	return out
+}
+
+func (r Rules) threshold() int {
+	if r.IdleThreshold <= 0 {
+		return DefaultIdleThreshold
+	}
+	return r.IdleThreshold
+}
+
+func (r Rules) idleAfter() time.Duration {
+	if r.IdleAfter <= 0 {
+		return DefaultIdleAfter
+	}
+	return r.IdleAfter
+}
+
+func (r Rules) maxGap() time.Duration {
+	if r.MaxGap <= 0 {
+		return DefaultMaxGap
+	}
+	return r.MaxGap
+}
