@@ -92,10 +92,12 @@ lint:
 	$(GO) tool staticcheck -tags e2e ./...
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
-# then the 1,000-container run of the real daemon, which ends with one JSON
-# line of figures.
+# the NVML cycle with and without utilisation (go-nvml mock, 8 GPUs x 50
+# processes; one JSON line, goal nvml_utilization_ratio <= 1.2), then the
+# 1,000-container run of the real daemon, which ends with one JSON line.
 bench: cc test-deps
 	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
+	$(GO) test -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
 	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles

@@ -98,22 +98,23 @@ type gpuState struct {
 	IdleSince             *inventory.Time
 	Idle                  bool
 	Allocated, Held, Busy float64
-	subject               string // for the journal: "container <id> <name>" or "pid <n>"
-	containerID           string
-	pid                   int
-	user                  string
-	fields                []zap.Field
-	heldDelta, busyDelta  float64
-	allocatedDelta        float64
-	transitions           []Transition
-	usage                 usage
-	threshold             int
-	idleAfter             time.Duration
-	dt                    float64
-	now                   time.Time
-	grant                 int
-	running               bool
-	known                 bool // the GPU source answered this cycle
+	// describe gives the journal's subject and fields; called only for a
+	// transition.
+	describe             func() (string, []zap.Field)
+	containerID          string
+	pid                  int
+	user                 string
+	heldDelta, busyDelta float64
+	allocatedDelta       float64
+	transitions          []Transition
+	usage                usage
+	threshold            int
+	idleAfter            time.Duration
+	dt                   float64
+	now                  time.Time
+	grant                int
+	running              bool
+	known                bool // the GPU source answered this cycle
 }
 
 // step applies one cycle's usage to a workload's state: counters, idle
@@ -167,13 +168,14 @@ func withIdleSince(d any, since *inventory.Time) any {
 }
 
 func (g *gpuState) idleTransition(typ, msg string) Transition {
+	subject, fields := g.describe()
 	return Transition{
-		EventType: typ, User: g.user, Message: msg + g.subject,
+		EventType: typ, User: g.user, Message: msg + subject,
 		Details: event.GPUIdleDetails{
 			ContainerID: g.containerID, Pid: g.pid, GPUUUIDs: g.usage.gpus(), IdleSince: g.IdleSince,
 			GPUMemoryMB: g.usage.mem, ThresholdPercent: g.threshold,
 		},
-		Fields: append(append([]zap.Field{}, g.fields...), zap.Strings("gpu_uuids", g.usage.gpus()), zap.Int("threshold_percent", g.threshold)),
+		Fields: append(fields, zap.Strings("gpu_uuids", g.usage.gpus()), zap.Int("threshold_percent", g.threshold)),
 	}
 }
 
@@ -210,9 +212,11 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 		g := gpuState{
 			Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 			Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
-			subject: "container " + c.ID + " " + c.Name, containerID: c.ID, user: c.User,
-			fields: []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
-			usage:  summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+			containerID: c.ID, user: c.User,
+			describe: func() (string, []zap.Field) {
+				return "container " + c.ID + " " + c.Name, []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
+			},
+			usage: summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 			grant: grantedGPUs(c, hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
 		}
 		g.step()
@@ -238,9 +242,11 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 			g := gpuState{
 				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
-				subject: "pid " + strconv.Itoa(p.Pid), pid: p.Pid, user: p.User,
-				fields: []zap.Field{zap.Int("pid", p.Pid), UserField(p.User)},
-				usage:  u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+				pid: p.Pid, user: p.User,
+				describe: func() (string, []zap.Field) {
+					return "pid " + strconv.Itoa(p.Pid), []zap.Field{zap.Int("pid", p.Pid), UserField(p.User)}
+				},
+				usage: u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 				grant: len(u.perGPU), running: true, known: true,
 			}
 			g.step()
