@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+// stubNVML builds the stand-in libnvidia-ml (testdata/nvmlstub) and returns
+// its path and the control file that scripts it ("PID MIB SM" lines).
+func stubNVML(t *testing.T) (lib, ctl string) {
+	t.Helper()
+	dir := t.TempDir()
+	lib = filepath.Join(dir, "libnvidia-ml.so.1")
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", lib, filepath.Join("testdata", "nvmlstub", "nvmlstub.c")).CombinedOutput(); err != nil {
+		t.Fatalf("building the stand-in NVML: %v\n%s", err, out)
+	}
+	ctl = filepath.Join(dir, "gpu.txt")
+	return lib, ctl
+}
+
+func script(t *testing.T, ctl string, pid, mib int, sm string) {
+	t.Helper()
+	tmp := ctl + ".tmp"
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d %s\n", pid, mib, sm)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, ctl); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func metric(t *testing.T, addr, name string) (float64, bool) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? ([0-9.e+-]+)$`).FindStringSubmatch(string(b))
+	if m == nil {
+		return 0, false
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v, true
+}
+
+// The real daemon, a real container on a private dockerd, and a stand-in
+// NVML library (loaded with --nvml-library) that reports the container's
+// process with a scripted utilisation: idle, then busy, then removed. The
+// state, the events, the metrics and the counters in the exited event must
+// tell that story, each transition once.
+func TestUtilizationEndToEnd(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	id, err := d.Create(ctx, dockertest.Spec{Name: "notebook", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := js.State.Pid
+	lib, ctl := stubNVML(t)
+	script(t, ctl, pid, 70000, "0") // 70 GB held, idle
+	f := newFiles(t, t.TempDir())
+	addr := freeAddr(t)
+	start := time.Now()
+	p := startDaemonEnv(t, []string{"DS01_NVML_STUB=" + ctl}, f.args("--docker-host", d.Host, "--nvml-library", lib,
+		"--interval", "250ms", "--gpu-idle-after", "1s", "--gpu-idle-threshold", "5", "--metrics-listen", addr)...)
+	short := id[:12]
+	count := func(typ string) int {
+		n := 0
+		for _, e := range f.Events() {
+			if e.EventType == typ {
+				n++
+			}
+		}
+		return n
+	}
+	testutil.Eventually(t, 15*time.Second, "gpu_idle", func() bool { return count(event.GPUIdle) == 1 })
+	if since := time.Since(start); since < time.Second {
+		t.Errorf("gpu_idle after %v, before --gpu-idle-after", since)
+	}
+	st := f.State()
+	c := st.Containers[short]
+	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != pid || c.GPUProcesses[0].SMUtilPercent == nil || *c.GPUProcesses[0].SMUtilPercent != 0 ||
+		!c.GPUIdle || c.GPUIdleSince == nil || c.GPUMemoryMB == nil || *c.GPUMemoryMB != 70000 {
+		t.Fatalf("idle container: %+v", c)
+	}
+	if g := st.GPUs["GPU-57ab0000-0000-0000-0000-000000000000"]; g.Name != "Stand-in GPU" || g.UtilizationPercent == nil || *g.UtilizationPercent != 0 {
+		t.Errorf("gpus: %+v", st.GPUs)
+	}
+	testutil.Eventually(t, 5*time.Second, "idle seconds in the metrics", func() bool {
+		v, ok := metric(t, addr, "ds01_workload_gpu_idle_seconds")
+		return ok && v >= 1
+	})
+	for _, e := range f.Events() {
+		if e.EventType == event.GPUIdle {
+			dd := testutil.Details(t, e)
+			if e.User != "alice" || dd["container_id"] != short || dd["gpu_memory_mb"] != 70000.0 || dd["threshold_percent"] != 5.0 {
+				t.Errorf("gpu_idle: user %q details %s", e.User, e.Details)
+			}
+		}
+	}
+
+	script(t, ctl, pid, 70000, "85") // back to work
+	testutil.Eventually(t, 5*time.Second, "gpu_active", func() bool { return count(event.GPUActive) == 1 })
+	testutil.Eventually(t, 5*time.Second, "utilisation in the metrics", func() bool {
+		v, ok := metric(t, addr, "ds01_workload_gpu_utilization_ratio")
+		return ok && v == 0.85
+	})
+	time.Sleep(time.Second) // some busy time
+	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "container_exited", func() bool { return count(event.ContainerExited) == 1 })
+	elapsed := time.Since(start).Seconds()
+	var exited map[string]any
+	for _, e := range f.Events() {
+		if e.EventType == event.ContainerExited {
+			exited = testutil.Details(t, e)
+		}
+	}
+	held, busy, alloc := exited["gpu_held_seconds"].(float64), exited["gpu_busy_seconds"].(float64), exited["gpu_allocated_seconds"].(float64)
+	// Held from the first cycle that saw the process to the last: the run,
+	// within a couple of cycles and the start-up.
+	if held < elapsed-3 || held > elapsed || busy < 0.75 || busy > held || alloc != 0 {
+		t.Errorf("exited counters: held %.2f busy %.2f allocated %.2f over a %.2f s run", held, busy, alloc, elapsed)
+	}
+	if v, ok := metric(t, addr, `ds01_user_gpu_held_seconds_total`); !ok || v < held-1 {
+		t.Errorf("ds01_user_gpu_held_seconds_total = %v, want about %v", v, held)
+	}
+	time.Sleep(600 * time.Millisecond)
+	if count(event.GPUIdle) != 1 || count(event.GPUActive) != 1 {
+		t.Errorf("gpu_idle %d, gpu_active %d: want one each", count(event.GPUIdle), count(event.GPUActive))
+	}
+	if strings.Contains(p.log(), "panic") {
+		t.Errorf("daemon log:\n%s", p.log())
+	}
+}
