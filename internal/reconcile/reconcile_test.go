@@ -456,10 +456,7 @@ func TestHeldVersusUsed(t *testing.T) {
 		f := step{containers: []docker.Container{c, unknownC}, procs: []gpuProc{{pid: 50, ctr: 1, sm: s.sm}, {pid: 51, ctr: 2, sm: nil}}}.facts(now)
 		f.GPUDevices = []gpu.Device{{Index: 0, UUID: "GPU-0", Util: s.sm}}
 		res := Reconcile(st, f, rules)
-		got := []string{}
-		for _, d := range describe(res.Transitions) {
-			got = append(got, d)
-		}
+		got := describe(res.Transitions)
 		if strings.Join(got, ",") != strings.Join(append([]string{}, s.want...), ",") {
 			t.Fatalf("cycle %d: transitions %q, want %q", i, got, s.want)
 		}
