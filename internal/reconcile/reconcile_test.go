@@ -506,3 +506,24 @@ func TestHeldVersusUsed(t *testing.T) {
 	}
 	t.Error("no container_exited")
 }
+
+// While Docker fails, the kept containers are not observed: their counters
+// and idle state stay as they were.
+func TestDockerFailureAccountsNothing(t *testing.T) {
+	c := ctr(1, "running")
+	c.DeviceRequests = []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+	f := step{containers: []docker.Container{c}, procs: []gpuProc{{pid: 50, ctr: 1, sm: pct(50)}}}.facts(t0)
+	f.GPUDevices = []gpu.Device{{UUID: "GPU-0"}, {UUID: "GPU-1"}}
+	st := Reconcile(inventory.Empty(), f, Rules{}).State
+	f.Now = t0.Add(30 * time.Second)
+	st = Reconcile(st, f, Rules{}).State
+	if got := st.Containers[c1]; got.GPUAllocatedSeconds != 60 || got.GPUHeldSeconds != 30 {
+		t.Fatalf("--gpus all on a 2-GPU host for 30 s: allocated %v held %v", got.GPUAllocatedSeconds, got.GPUHeldSeconds)
+	}
+	before, _ := json.Marshal(st.Containers)
+	f.Now, f.DockerErr = t0.Add(60*time.Second), errDown
+	st = Reconcile(st, f, Rules{}).State
+	if after, _ := json.Marshal(st.Containers); string(after) != string(before) {
+		t.Errorf("containers changed while Docker was down:\n%s\n%s", before, after)
+	}
+}

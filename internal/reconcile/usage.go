@@ -41,7 +41,11 @@ type usage struct {
 }
 
 func summarizeUse(uses []use) usage {
-	u := usage{perGPU: map[string]*int{}}
+	var u usage
+	if len(uses) == 0 {
+		return u // no map: most containers hold no GPU
+	}
+	u.perGPU = make(map[string]*int, len(uses))
 	for _, x := range uses {
 		u.mem = addMem(u.mem, x.mem)
 		cur, seen := u.perGPU[x.gpu]
@@ -202,7 +206,13 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 			deltas[g.user] = d
 		}
 	}
-	for _, k := range sortedKeys(next.Containers) {
+	// While Docker fails, containers are the last known ones: nothing is
+	// observed of them, so nothing is accounted (the gap is not counted).
+	containers := next.Containers
+	if f.DockerErr != nil {
+		containers = nil
+	}
+	for _, k := range sortedKeys(containers) {
 		c := next.Containers[k]
 		old := prev.Containers[k]
 		var uses []use
@@ -213,10 +223,8 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 			Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 			Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 			containerID: c.ID, user: c.User,
-			describe: func() (string, []zap.Field) {
-				return "container " + c.ID + " " + c.Name, []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
-			},
-			usage: summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+			describe: describeContainer(c.ID, c.Name, c.User),
+			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 			grant: grantedGPUs(c, hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
 		}
 		g.step()
@@ -243,10 +251,8 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 				pid: p.Pid, user: p.User,
-				describe: func() (string, []zap.Field) {
-					return "pid " + strconv.Itoa(p.Pid), []zap.Field{zap.Int("pid", p.Pid), UserField(p.User)}
-				},
-				usage: u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+				describe: describeProcess(p.Pid, p.User),
+				usage:    u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 				grant: len(u.perGPU), running: true, known: true,
 			}
 			g.step()
@@ -258,6 +264,18 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 		}
 	}
 	return ts, deltas
+}
+
+func describeContainer(id, name, user string) func() (string, []zap.Field) {
+	return func() (string, []zap.Field) {
+		return "container " + id + " " + name, []zap.Field{zap.String("container_id", id), zap.String("name", name), UserField(user)}
+	}
+}
+
+func describeProcess(pid int, user string) func() (string, []zap.Field) {
+	return func() (string, []zap.Field) {
+		return "pid " + strconv.Itoa(pid), []zap.Field{zap.Int("pid", pid), UserField(user)}
+	}
 }
 
 // grantedGPUs is how many GPUs a container's configuration grants, where
