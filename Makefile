@@ -43,7 +43,7 @@ build: cc
 	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
-TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus
+TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus tmux:tmux
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \

@@ -72,6 +72,54 @@ func TestGolden(t *testing.T) {
 		{"events-bad-since", []string{"events", "--events-file", td("events.jsonl"), "--since", "yesterday-ish"}, false, nil},
 		{"events-missing", []string{"events", "--events-file", td("nope.jsonl")}, false, nil},
 		{"events-none", []string{"events", "--events-file", td("events.jsonl"), "--user", "zed"}, false, nil},
+		// Held versus used.
+		{"held-default", []string{"--state-file", td("held.json")}, false, nil},
+		{"held-all", []string{"--state-file", td("held.json"), "--all"}, false, nil},
+		{"held-wide", []string{"--state-file", td("held.json"), "--wide", "--all"}, false, nil},
+		{"held-wide-no-trunc", []string{"--state-file", td("held.json"), "--wide", "--no-trunc"}, false, nil},
+		{"held-by-user", []string{"--state-file", td("held.json"), "--by-user"}, false, nil},
+		{"gpus", []string{"gpus", "--state-file", td("held.json")}, false, nil},
+		{"by-gpu-alias", []string{"--state-file", td("held.json"), "--by-gpu"}, false, nil},
+		{"gpus-old-file", []string{"gpus", "--state-file", td("full.json")}, false, nil},
+		{"gpus-idle-user", []string{"gpus", "--state-file", td("held.json"), "--idle", "--user", "bob"}, false, nil},
+		{"idle", []string{"--state-file", td("held.json"), "--idle"}, false, nil},
+		{"gpu-3", []string{"--state-file", td("held.json"), "--gpu", "3"}, false, nil},
+		{"filters-and", []string{"--state-file", td("held.json"), "--gpu", "1", "--idle", "--user", "bob", "--type", "devcontainer", "--gpu-only"}, false, nil},
+		{"filters-and-none", []string{"--state-file", td("held.json"), "--gpu", "2", "--idle"}, false, nil},
+		{"sort-mem", []string{"--state-file", td("held.json"), "--sort", "mem"}, false, nil},
+		{"sort-util", []string{"--state-file", td("held.json"), "--sort", "util"}, false, nil},
+		{"sort-idle", []string{"--state-file", td("held.json"), "--sort", "idle", "--all"}, false, nil},
+		{"sort-age", []string{"--state-file", td("held.json"), "--sort", "age"}, false, nil},
+		{"sort-user", []string{"--state-file", td("held.json"), "--sort", "user"}, false, nil},
+		{"sort-name", []string{"--state-file", td("held.json"), "--sort", "name", "--all"}, false, nil},
+		{"quiet", []string{"--state-file", td("held.json"), "-q", "--all"}, false, nil},
+		{"quiet-no-trunc", []string{"--state-file", td("held.json"), "-q", "--no-trunc", "--user", "alice"}, false, nil},
+		{"format", []string{"--state-file", td("held.json"), "--format", "{{.Name}} {{.User}} {{.GPUMemory}} {{.Util}} {{.Idle}} {{.Status}}"}, false, nil},
+		{"format-bad", []string{"--state-file", td("held.json"), "--format", "{{.Nope"}, false, nil},
+		{"format-missing-field", []string{"--state-file", td("held.json"), "--format", "{{.Nope}}"}, false, nil},
+		{"json-held", []string{"--state-file", td("held.json"), "--json", "--user", "bob"}, false, nil},
+		{"color-always", []string{"--state-file", td("held.json"), "--color", "always"}, false, nil},
+		{"color-never-tty", []string{"--state-file", td("held.json"), "--color", "never"}, true, nil},
+		{"term-dumb", []string{"--state-file", td("held.json")}, true, map[string]string{"TERM": "dumb"}},
+		{"bad-sort", []string{"--state-file", td("held.json"), "--sort", "size"}, false, nil},
+		{"bad-color", []string{"--state-file", td("held.json"), "--color", "sometimes"}, false, nil},
+		{"bad-gpu", []string{"--state-file", td("held.json"), "--gpu", "-3"}, false, nil},
+		{"watch-with-json", []string{"--state-file", td("held.json"), "--watch", "--json"}, false, nil},
+		{"help", []string{"--help"}, false, nil},
+		{"help-short", []string{"-h"}, false, nil},
+		{"report", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01"}, false, nil},
+		{"report-json", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--json"}, false, nil},
+		{"report-csv", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--csv"}, false, nil},
+		{"report-by-origin", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--by", "origin"}, false, nil},
+		{"report-by-gpu", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--by", "gpu"}, false, nil},
+		{"report-until", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--until", "2026-01-31"}, false, nil},
+		{"report-since-duration", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "30d"}, false, nil},
+		{"report-empty", []string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2030-01-01"}, false, nil},
+		{"report-bad-by", []string{"report", "--by", "planet"}, false, nil},
+		{"report-help", []string{"report", "--help"}, false, nil},
+		{"completion-bash", []string{"completion", "bash"}, false, nil},
+		{"completion-zsh", []string{"completion", "zsh"}, false, nil},
+		{"completion-fish", []string{"completion", "fish"}, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errb, rc := invoke(tc.args, tc.tty, tc.env)
@@ -285,5 +333,67 @@ func TestHostileEventLines(t *testing.T) {
 		if strings.Contains(out, "AAAA") || !strings.Contains(out, "carol") || !strings.Contains(out, "evil") {
 			t.Errorf("%v:\n%s", args, out)
 		}
+	}
+}
+
+// The report over fixtures with a known answer: the archive's and the
+// log's exits in the period, plus what is still running at the last scan,
+// each workload once. dave's container is both removed in the log and
+// still listed in the (older) state: it counts once.
+func TestReportKnownAnswer(t *testing.T) {
+	out, errb, rc := invoke([]string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01", "--json"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb)
+	}
+	var doc workloads.ReportDoc
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	type secs struct {
+		n                 int
+		alloc, held, busy float64
+	}
+	want := map[string]secs{
+		"alice":   {2, 7200 + 14400, 3600 + 7200, 1800},                               // archive exit + running aaaa…
+		"bob":     {3, 1000 + 2073600 + 300, 1000 + 259200 + 300, 1000 + 86400 + 300}, // archive host exit + bbbb… + pid 7001
+		"dave":    {1, 1288800, 900000, 850000},                                       // once, not twice
+		"4242":    {1, 5400, 5400, 0},
+		"unknown": {1, 0, 60, 60},
+	}
+	got := map[string]secs{}
+	for _, r := range doc.Rows {
+		got[r.Key] = secs{r.Workloads, r.AllocatedSeconds, r.HeldSeconds, r.BusySeconds}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("report:\n got %+v\nwant %+v", got, want)
+	}
+	if doc.Totals.HeldSeconds != 10800+260500+900000+5400+60 {
+		t.Errorf("total held %v", doc.Totals.HeldSeconds)
+	}
+}
+
+// --help goes to stdout, so that `ds01-workloads --help | head -1` shows
+// the usage line, and exits 0.
+func TestHelpThroughAPipe(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ds01-workloads")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	out, err := exec.Command("bash", "-c", bin+" --help | head -1").Output()
+	if err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if string(out) != "Usage: ds01-workloads [flags]\n" {
+		t.Errorf("first line %q", out)
+	}
+	if out, err := exec.Command(bin, "--help").Output(); err != nil || !strings.HasPrefix(string(out), "Usage: ") {
+		t.Errorf("--help read whole: %v, %q", err, out)
+	}
+	cmd := exec.Command(bin, "--frobnicate")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || strings.Count(stderr.String(), "\n") != 2 {
+		t.Errorf("unknown flag: %v, stderr %q", err, stderr.String())
 	}
 }

@@ -270,6 +270,14 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		if !c.Created.IsZero() {
 			e.CreatedAt = inventory.TimePtr(c.Created)
 		}
+		if c.StartedAt.Year() > 1 {
+			e.StartedAt = inventory.TimePtr(c.StartedAt)
+		}
+		if c.FinishedAt.Year() > 1 {
+			e.FinishedAt = inventory.TimePtr(c.FinishedAt)
+			code := c.ExitCode
+			e.ExitCode = &code
+		}
 		if old, ok := prev[key]; ok && !old.DetectedAt.IsZero() {
 			e.DetectedAt = old.DetectedAt
 		}

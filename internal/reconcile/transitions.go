@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"slices"
 	"strconv"
 	"unicode/utf8"
 
@@ -67,7 +68,7 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 		out = append(out, Transition{
 			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
 			Details: event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin, GPUSeconds: event.GPUSeconds{
-				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}},
+				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}, GPUUUIDs: heldGPUs(o)},
 			Fields:          []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), UserField(o.User)},
 			exitedContainer: o.ID,
 		})
@@ -87,7 +88,7 @@ func hostExited(p inventory.HostProcess) Transition {
 	return Transition{
 		EventType: event.HostProcessExited, User: p.User, Message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
 		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime, GPUSeconds: event.GPUSeconds{
-			GPUAllocatedSeconds: p.GPUAllocatedSeconds, GPUHeldSeconds: p.GPUHeldSeconds, GPUBusySeconds: p.GPUBusySeconds}},
+			GPUAllocatedSeconds: p.GPUAllocatedSeconds, GPUHeldSeconds: p.GPUHeldSeconds, GPUBusySeconds: p.GPUBusySeconds}, GPUUUIDs: []string{p.GPUUUID}},
 		Fields: []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("cmdline", p.Cmdline)},
 	}
 }
@@ -149,6 +150,18 @@ func userConflicts(prev, cur map[string]inventory.Container) []Warning {
 			Fields:  []zap.Field{zap.String("container_id", c.ID), UserField(c.User), zap.String("user_source", c.UserSource), zap.Strings("user_signals", signals)},
 		})
 	}
+	return out
+}
+
+// heldGPUs are the GPUs a container has processes on, sorted.
+func heldGPUs(c inventory.Container) []string {
+	var out []string
+	for _, p := range c.GPUProcesses {
+		if !slices.Contains(out, p.GPUUUID) {
+			out = append(out, p.GPUUUID)
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 

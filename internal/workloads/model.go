@@ -38,10 +38,31 @@ type Workload struct {
 	Image       string   `json:"image,omitempty"`
 	Pid         int      `json:"pid,omitempty"`
 	DetectedAt  string   `json:"detected_at,omitempty"`
-	AgeSeconds  *int64   `json:"age_seconds"`
-	Flags       []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices
+	// AgeSeconds counts from the container's creation (docker ps's
+	// CREATED), or from a process's first sighting; null when unknown.
+	AgeSeconds *int64   `json:"age_seconds"`
+	Flags      []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices
+
+	// Added with held versus used.
+	FullID     string   `json:"full_id,omitempty"`
+	GPUsInUse  []string `json:"gpus_in_use"`  // GPU indexes (3/gi1 for a MIG instance) it has processes on
+	Granted    string   `json:"gpus_granted"` // what the configuration grants: "all", "0,1", or ""
+	StatusText string   `json:"status_text"`  // docker-style: Up 3 days, Exited (137) 2 hours ago
+	CreatedAt  string   `json:"created_at,omitempty"`
+	// UtilPercent is the mean SM utilisation over the GPUs in use; null
+	// when unknown (MIG, NOT_SUPPORTED) or none.
+	UtilPercent   *int    `json:"gpu_utilization_percent"`
+	IdleSince     string  `json:"gpu_idle_since,omitempty"`
+	IdleSeconds   *int64  `json:"idle_seconds"` // below the threshold this long while holding GPU memory
+	Idle          bool    `json:"gpu_idle"`     // idle for --gpu-idle-after (detection.gpu_idle)
+	UserConflict  bool    `json:"user_conflict"`
+	AllocatedSecs float64 `json:"gpu_allocated_seconds"`
+	HeldSecs      float64 `json:"gpu_held_seconds"`
+	BusySecs      float64 `json:"gpu_busy_seconds"`
 
 	running bool
+	gpuMem  map[string]*int64 // by GPU index label: memory held there
+	gpuUtil map[string]*int   // by GPU index label: summed utilisation, nil when unknown
 }
 
 // Load reads a state file for display. Unlike the daemon, it never moves a
@@ -62,6 +83,51 @@ func Load(path string) (inventory.State, error) {
 		return inventory.State{}, fmt.Errorf("state file %s is corrupt: %v (check 'journalctl -u ds01-detectord'; the detector rewrites it each cycle)", path, err)
 	}
 	return st, nil
+}
+
+// addUse records memory and utilisation held on one GPU.
+func (w *Workload) addUse(gpu string, mem *int64, util *int) {
+	old, seen := w.gpuMem[gpu]
+	switch {
+	case !seen:
+		w.gpuMem[gpu] = mem
+	case old != nil && mem != nil:
+		v := *old + *mem
+		w.gpuMem[gpu] = &v
+	case old == nil:
+		w.gpuMem[gpu] = mem
+	}
+	u, seen := w.gpuUtil[gpu]
+	switch {
+	case util == nil:
+		w.gpuUtil[gpu] = nil
+	case !seen:
+		v := *util
+		w.gpuUtil[gpu] = &v
+	case u != nil:
+		v := min(*u+*util, 100)
+		w.gpuUtil[gpu] = &v
+	}
+}
+
+// OnGPU reports whether w has processes on GPU index idx (any of its MIG
+// instances included).
+func (w Workload) OnGPU(idx int) bool {
+	for _, g := range w.GPUsInUse {
+		if g == strconv.Itoa(idx) || strings.HasPrefix(g, strconv.Itoa(idx)+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedLabels(m map[string]*int64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func gpuLabel(idx int, mig *inventory.MIGInfo) string {
@@ -121,7 +187,20 @@ func Rows(st inventory.State, now time.Time) []Workload {
 			Status: c.Status, HasGPU: c.HasGPU, GPUAccess: c.GPUAccess, GPUs: c.GPUDevices, GPUMemoryMB: c.GPUMemoryMB,
 			Image: c.Image, Pid: c.Pid, running: c.Status == "running",
 		}
-		w.AgeSeconds, w.DetectedAt = age(now, &c.DetectedAt)
+		_, w.DetectedAt = age(now, &c.DetectedAt)
+		w.AgeSeconds, w.CreatedAt = age(now, c.CreatedAt)
+		if w.AgeSeconds == nil {
+			w.AgeSeconds, _ = age(now, &c.DetectedAt)
+		}
+		w.FullID, w.UserConflict = c.FullID, c.UserConflict
+		w.StatusText = dockerStatus(c, now)
+		w.UtilPercent, w.Idle = c.GPUUtilizationPercent, c.GPUIdle
+		w.IdleSeconds, w.IdleSince = age(now, c.GPUIdleSince)
+		w.AllocatedSecs, w.HeldSecs, w.BusySecs = c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds
+		w.gpuMem, w.gpuUtil = map[string]*int64{}, map[string]*int{}
+		for _, p := range c.GPUProcesses {
+			w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
+		}
 		// Files from the Python scanner hold a comma list in one element.
 		w.GPUs = []string{}
 		for _, d := range c.GPUDevices {
@@ -134,6 +213,14 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		if w.GPUAccess == nil {
 			w.GPUAccess = []string{}
 		}
+		switch {
+		case !c.HasGPU:
+		case len(w.GPUs) == 0:
+			w.Granted = "all"
+		default:
+			w.Granted = strings.Join(w.GPUs, ",")
+		}
+		w.GPUsInUse = sortedLabels(w.gpuMem)
 		if c.GPUWithoutAccess {
 			w.Flags = append(w.Flags, "gpu-without-access")
 		}
@@ -156,11 +243,15 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		if p.ContainerID != "" {
 			name = p.Runtime + ":" + shortID(p.ContainerID) + " " + name
 		}
-		out = append(out, Workload{
+		w := Workload{
 			Kind: KindOtherRuntime, Type: KindOtherRuntime, ID: "PID:" + strconv.Itoa(p.Pid), Name: strings.TrimSpace(name),
-			User: user, Status: "active", HasGPU: true, GPUAccess: []string{}, GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)},
-			GPUMemoryMB: p.GPUMemoryMB, Pid: p.Pid, running: true,
-		})
+			User: user, Status: "active", StatusText: "active", HasGPU: true, GPUAccess: []string{}, GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)},
+			GPUMemoryMB: p.GPUMemoryMB, Pid: p.Pid, running: true, UtilPercent: p.SMUtilPercent,
+			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
+		}
+		w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
+		w.GPUsInUse = sortedLabels(w.gpuMem)
+		out = append(out, w)
 	}
 	return out
 }
@@ -185,9 +276,15 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 		p := byPid[pid]
 		w := Workload{
 			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
-			UserSource: "process-owner", Status: status, HasGPU: true, GPUAccess: []string{},
+			UserSource: "process-owner", Status: status, StatusText: status, HasGPU: true, GPUAccess: []string{},
 			GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
+			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle,
+			AllocatedSecs: p.GPUAllocatedSeconds, HeldSecs: p.GPUHeldSeconds, BusySecs: p.GPUBusySeconds,
+			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
 		}
+		w.IdleSeconds, w.IdleSince = age(now, p.GPUIdleSince)
+		w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
+		w.GPUsInUse = sortedLabels(w.gpuMem)
 		seen := p.DetectedAt
 		if seen == nil {
 			seen = p.FirstSeen
@@ -205,6 +302,8 @@ type Filter struct {
 	Type    string // an origin, host-process or other-runtime
 	GPUOnly bool
 	All     bool // include stopped containers and pending processes
+	Idle    bool // only workloads holding GPU memory below the idle threshold
+	GPU     *int // only workloads with processes on this GPU index
 }
 
 // Match reports whether w passes f.
@@ -219,6 +318,12 @@ func (f Filter) Match(w Workload) bool {
 		return false
 	}
 	if !f.All && !w.running {
+		return false
+	}
+	if f.Idle && w.IdleSince == "" {
+		return false
+	}
+	if f.GPU != nil && !w.OnGPU(*f.GPU) {
 		return false
 	}
 	return true

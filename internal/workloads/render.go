@@ -74,28 +74,6 @@ type column struct {
 	color func(Workload) string
 }
 
-func gpusCell(w Workload) string {
-	switch {
-	case w.Kind != KindContainer:
-		return strings.Join(w.GPUs, ", ")
-	case len(w.GPUs) > 0:
-		return strings.Join(w.GPUs, ", ")
-	case w.HasGPU:
-		return "all"
-	}
-	return "-"
-}
-
-func memCell(w Workload) string {
-	if w.GPUMemoryMB == nil {
-		if w.Kind != KindContainer {
-			return "?"
-		}
-		return "-"
-	}
-	return strconv.FormatInt(*w.GPUMemoryMB, 10) + "MB"
-}
-
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -103,19 +81,32 @@ func orDash(s string) string {
 	return s
 }
 
-func columns(wide, withUser bool, stats map[string]Stats) []column {
+func columns(o Options, withUser bool) []column {
 	cols := []column{{title: "TYPE", value: func(w Workload) string { return w.Type }, color: func(w Workload) string { return typeColor(w.Type) }}}
 	if withUser {
 		cols = append(cols, column{title: "USER", max: 24, value: func(w Workload) string { return w.User }})
 	}
 	cols = append(cols,
-		column{title: "GPU(S)", max: 20, value: gpusCell},
-		column{title: "STATUS", value: func(w Workload) string { return w.Status }},
+		column{title: "GPUS", max: 24, value: gpusCell},
+		column{title: "MEM", value: func(w Workload) string { return Mem(w.GPUMemoryMB) }},
+		column{title: "UTIL", value: func(w Workload) string { return pctCell(w.UtilPercent) }},
+		column{title: "IDLE", value: idleCell, color: func(w Workload) string {
+			if w.Idle {
+				return yellow
+			}
+			return ""
+		}},
+		column{title: "STATUS", max: 32, value: func(w Workload) string { return w.StatusText }},
 		column{title: "AGE", value: func(w Workload) string { return FormatAge(w.AgeSeconds) }},
 	)
-	if wide {
+	if o.Wide {
 		cols = append(cols,
-			column{title: "ID", value: func(w Workload) string { return w.ID }},
+			column{title: "ID", value: func(w Workload) string {
+				if o.NoTrunc && w.FullID != "" {
+					return w.FullID
+				}
+				return w.ID
+			}},
 			column{title: "IMAGE", max: 32, value: func(w Workload) string { return orDash(w.Image) }},
 			column{title: "ACCESS", value: func(w Workload) string {
 				if w.Kind != KindContainer {
@@ -123,13 +114,18 @@ func columns(wide, withUser bool, stats map[string]Stats) []column {
 				}
 				return orDash(strings.Join(w.GPUAccess, ","))
 			}},
-			column{title: "GPU-MEM", value: memCell},
 			column{title: "USER-FROM", value: func(w Workload) string { return orDash(w.UserSource) }},
+			column{title: "CONFLICT", value: func(w Workload) string {
+				if w.UserConflict {
+					return "yes"
+				}
+				return "-"
+			}},
 		)
-		if stats != nil {
+		if o.Stats != nil {
 			cols = append(cols,
-				column{title: "CPU%", value: func(w Workload) string { return orDash(stats[w.ID].CPU) }},
-				column{title: "MEM", value: func(w Workload) string { return orDash(stats[w.ID].Mem) }},
+				column{title: "CPU%", value: func(w Workload) string { return orDash(o.Stats[w.ID].CPU) }},
+				column{title: "MEM", value: func(w Workload) string { return orDash(o.Stats[w.ID].Mem) }},
 			)
 		}
 	}
@@ -140,6 +136,11 @@ func columns(wide, withUser bool, stats map[string]Stats) []column {
 		}
 		return n
 	}})
+	if o.NoTrunc {
+		for i := range cols {
+			cols[i].max = 0
+		}
+	}
 	return cols
 }
 
@@ -187,9 +188,9 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 
 // Options for Render.
 type Options struct {
-	Wide, ByUser bool
-	Style        Style
-	Stats        map[string]Stats // nil unless --stats
+	Wide, ByUser, NoTrunc bool
+	Style                 Style
+	Stats                 map[string]Stats // nil unless --stats
 }
 
 // Render writes the table (or per-user groups) of ws.
@@ -199,7 +200,7 @@ func Render(out io.Writer, ws []Workload, o Options) {
 		return
 	}
 	if !o.ByUser {
-		Table(out, ws, columns(o.Wide, true, o.Stats), o.Style, "")
+		Table(out, ws, columns(o, true), o.Style, "")
 		return
 	}
 	groups := map[string][]Workload{}
@@ -217,7 +218,7 @@ func Render(out io.Writer, ws []Workload, o Options) {
 		}
 		return a < b
 	})
-	cols := columns(o.Wide, false, o.Stats)
+	cols := columns(o, false)
 	for _, u := range users {
 		g := groups[u]
 		gpus := 0
@@ -229,7 +230,7 @@ func Render(out io.Writer, ws []Workload, o Options) {
 			name = `""`
 		}
 		fmt.Fprintln(out)
-		fmt.Fprintln(out, o.Style.paint(bold, fmt.Sprintf("%s (%d workloads, %d GPUs)", cut(name, 40), len(g), gpus)))
+		fmt.Fprintln(out, o.Style.paint(bold, fmt.Sprintf("%s (%s, %s)", cut(name, 40), Plural(len(g), "workload"), Plural(gpus, "GPU"))))
 		Table(out, g, cols, o.Style, "  ")
 	}
 }
@@ -282,13 +283,25 @@ func Summarize(st inventory.State, now time.Time, staleAfter time.Duration) Summ
 
 func ageOf(now time.Time, t *inventory.Time) *int64 { a, _ := age(now, t); return a }
 
-// WriteSummary prints the summary line and its warnings.
-func WriteSummary(out io.Writer, s Summary, lastScan *inventory.Time, st Style) {
+// Plural is "1 container", "2 containers".
+func Plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	switch {
+	case strings.HasSuffix(noun, "ss"):
+		return strconv.Itoa(n) + " " + noun + "es"
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// WriteSummary prints the summary line, and its warnings to warn.
+func WriteSummary(out, warn io.Writer, s Summary, lastScan *inventory.Time, st Style) {
 	ls := "unknown"
 	if lastScan != nil {
 		ls = lastScan.String() + " (" + FormatAge(s.LastScanAgeSeconds) + " ago)"
 	}
-	line := fmt.Sprintf("%d containers (%d with GPU), %d host GPU processes", s.Containers, s.GPUContainers, s.HostProcesses)
+	line := fmt.Sprintf("%s (%d with GPU), %s", Plural(s.Containers, "container"), s.GPUContainers, Plural(s.HostProcesses, "host GPU process"))
 	if s.Pending > 0 {
 		line += fmt.Sprintf(" (+%d pending)", s.Pending)
 	}
@@ -298,7 +311,7 @@ func WriteSummary(out io.Writer, s Summary, lastScan *inventory.Time, st Style) 
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, st.paint(dim, line+" — last scan: "+ls))
 	for _, w := range s.Warnings {
-		fmt.Fprintln(out, st.paint(yellow, "WARNING: "+w))
+		fmt.Fprintln(warn, st.paint(yellow, "WARNING: "+w))
 	}
 }
 

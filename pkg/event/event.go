@@ -93,6 +93,8 @@ type ContainerExitedDetails struct {
 	Name        string `json:"name"`
 	Origin      string `json:"origin"`
 	GPUSeconds
+	// GPUUUIDs are the GPUs it had processes on when last seen.
+	GPUUUIDs []string `json:"gpu_uuids,omitempty"`
 }
 
 // GPUSeconds are a workload's cumulative GPU-seconds at its exit: running
@@ -129,6 +131,7 @@ type HostProcessExitedDetails struct {
 	Cmdline   string `json:"cmdline"`
 	StartTime uint64 `json:"start_time,omitempty"`
 	GPUSeconds
+	GPUUUIDs []string `json:"gpu_uuids,omitempty"`
 }
 
 // Result says how Encode had to shrink a line.

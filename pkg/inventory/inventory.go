@@ -116,6 +116,11 @@ type Container struct {
 	GPUAccess    []string `json:"gpu_access"` // mechanisms that grant GPU access; empty when none
 	Pid          int      `json:"pid"`        // host PID of the init process, 0 when not running
 	CreatedAt    *Time    `json:"created_at"`
+	// StartedAt and FinishedAt are Docker's (null when never); ExitCode is
+	// the last exit code, null while it has never exited.
+	StartedAt  *Time `json:"started_at"`
+	FinishedAt *Time `json:"finished_at"`
+	ExitCode   *int  `json:"exit_code"`
 
 	// GPU use, from NVML: one entry per process and GPU.
 	GPUProcesses []GPUProcess `json:"gpu_processes"`

@@ -31,6 +31,10 @@ type Container struct {
 	Status  string // State.Status
 	Pid     int    // init process on the host; 0 when not running
 	Created time.Time
+	// StartedAt and FinishedAt are State's (zero when never), ExitCode its
+	// last exit code.
+	StartedAt, FinishedAt time.Time
+	ExitCode              int
 
 	Labels map[string]string // never nil
 	Env    []string          // effective environment (the image's included)
@@ -366,6 +370,9 @@ func fromInspect(js container.InspectResponse, runtimes map[string]string, defau
 		c.Created, _ = time.Parse(time.RFC3339Nano, js.Created)
 		if st := js.State; st != nil {
 			c.Status = st.Status
+			c.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
+			c.FinishedAt, _ = time.Parse(time.RFC3339Nano, st.FinishedAt)
+			c.ExitCode = st.ExitCode
 			if st.Running || st.Paused || st.Restarting {
 				c.Pid = st.Pid
 			}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testutil"
+)
+
+// --watch in a real terminal: tmux runs it, the state file is replaced,
+// the new row appears (well before the 30 s fallback interval: inotify),
+// and Ctrl-C ends it with exit 0 and the screen restored.
+func TestWatchInARealTerminal(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if testing.Short() {
+			t.Skip("needs tmux: runs under 'make test', which installs it")
+		}
+		t.Fatal("tmux is needed for this test; 'make test' installs it")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ds01-workloads")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	state := filepath.Join(dir, "state.json")
+	src, err := os.ReadFile(td("held.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "tmux.sock")
+	tmux := func(args ...string) string {
+		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	tmux("new-session", "-d", "-x", "220", "-y", "50", "-s", "w", "sh")
+	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	tmux("set-option", "-t", "w", "remain-on-exit", "on")
+	tmux("respawn-pane", "-k", "-t", "w", bin+" --watch 30s --color never --state-file "+state)
+	screen := func() string { return tmux("capture-pane", "-p", "-t", "w") }
+	testutil.Eventually(t, 10*time.Second, "first drawing", func() bool { return strings.Contains(screen(), "vsc-bob-proj-1234") })
+	if alt := strings.TrimSpace(tmux("display-message", "-p", "-t", "w", "#{alternate_on}")); alt != "1" {
+		t.Errorf("not on the alternate screen: %q", alt)
+	}
+
+	// The detector rewrites the state: a new container.
+	var st map[string]any
+	json.Unmarshal(src, &st)
+	cs := st["containers"].(map[string]any)
+	nc := map[string]any{}
+	for k, v := range cs["eeeeeeeeeee5"].(map[string]any) {
+		nc[k] = v
+	}
+	nc["id"], nc["name"] = "123456789abc", "the-new-row"
+	cs["123456789abc"] = nc
+	b, _ := json.Marshal(st)
+	os.WriteFile(state+".tmp", b, 0o644)
+	if err := os.Rename(state+".tmp", state); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	testutil.Eventually(t, 10*time.Second, "the new row", func() bool { return strings.Contains(screen(), "the-new-row") })
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("redrawn after %v: the interval, not the change", d)
+	}
+
+	tmux("send-keys", "-t", "w", "C-c")
+	testutil.Eventually(t, 10*time.Second, "exit on Ctrl-C", func() bool {
+		return strings.TrimSpace(tmux("display-message", "-p", "-t", "w", "#{pane_dead}")) == "1"
+	})
+	if rc := strings.TrimSpace(tmux("display-message", "-p", "-t", "w", "#{pane_dead_status}")); rc != "0" {
+		t.Errorf("exit status %s", rc)
+	}
+	if alt := strings.TrimSpace(tmux("display-message", "-p", "-t", "w", "#{alternate_on}")); alt != "0" {
+		t.Errorf("alternate screen still on after Ctrl-C")
+	}
+	if s := screen(); strings.Contains(s, "the-new-row") || strings.Contains(s, "vsc-bob-proj") {
+		t.Errorf("the screen was not restored:\n%s", s)
+	}
+}

@@ -1,0 +1,325 @@
+package workloads
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// ReportRow is one group of the GPU-time report.
+type ReportRow struct {
+	Key              string   `json:"key"`
+	Workloads        int      `json:"workloads"`
+	AllocatedSeconds float64  `json:"gpu_allocated_seconds"`
+	HeldSeconds      float64  `json:"gpu_held_seconds"`
+	BusySeconds      float64  `json:"gpu_busy_seconds"`
+	Efficiency       *float64 `json:"efficiency"` // busy / held; null when nothing was held
+}
+
+// ReportDoc is report --json.
+type ReportDoc struct {
+	Since  *inventory.Time `json:"since"`
+	Until  *inventory.Time `json:"until"`
+	By     string          `json:"by"`
+	Rows   []ReportRow     `json:"rows"`
+	Totals ReportRow       `json:"totals"`
+}
+
+// ReportInput says what to count.
+type ReportInput struct {
+	Since, Until time.Time // Until zero: now
+	By           string    // user, origin or gpu
+	EventsFile   string    // its rotated archives (<file>-*, .gz or not) are read too
+	State        inventory.State
+}
+
+type workloadTime struct {
+	user, origin          string
+	gpus                  []string
+	allocated, held, busy float64
+}
+
+// BuildReport sums GPU-seconds per group: the counters of every workload
+// whose exit (detection.container_exited, detection.host_gpu_process_exited)
+// falls in the period, from the event log and its archives, plus the
+// counters so far of the workloads still running at the last scan when the
+// period reaches it. Each workload counts once.
+func BuildReport(in ReportInput) (ReportDoc, error) {
+	files, err := logFiles(in.EventsFile)
+	if err != nil {
+		return ReportDoc{}, err
+	}
+	seen := map[string]workloadTime{}
+	for _, f := range files {
+		if err := readLog(f, func(e event.Envelope) {
+			t := e.Timestamp.Time
+			if (!in.Since.IsZero() && t.Before(in.Since)) || (!in.Until.IsZero() && t.After(in.Until)) {
+				return
+			}
+			var d struct {
+				ContainerID string   `json:"container_id"`
+				Pid         int      `json:"pid"`
+				StartTime   uint64   `json:"start_time"`
+				Origin      string   `json:"origin"`
+				GPUUUIDs    []string `json:"gpu_uuids"`
+				event.GPUSeconds
+			}
+			switch e.EventType {
+			case event.ContainerExited, event.HostProcessExited:
+			default:
+				return
+			}
+			if json.Unmarshal(e.Details, &d) != nil {
+				return
+			}
+			key, origin := "c:"+d.ContainerID, d.Origin
+			if e.EventType == event.HostProcessExited {
+				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), KindHostProcess
+			}
+			seen[key] = workloadTime{user: userOr(e.User), origin: origin, gpus: d.GPUUUIDs,
+				allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds}
+		}); err != nil {
+			return ReportDoc{}, err
+		}
+	}
+	st := in.State
+	if st.LastScan != nil && (in.Until.IsZero() || !in.Until.Before(st.LastScan.Time)) {
+		for _, c := range st.Containers {
+			key := "c:" + c.ID
+			if _, done := seen[key]; done {
+				continue
+			}
+			seen[key] = workloadTime{user: userOr(c.User), origin: c.Origin, gpus: containerGPUs(c),
+				allocated: c.GPUAllocatedSeconds, held: c.GPUHeldSeconds, busy: c.GPUBusySeconds}
+		}
+		for _, p := range st.HostProcesses {
+			key := "p:" + strconv.Itoa(p.Pid) + "@" + strconv.FormatUint(p.StartTime, 10)
+			if _, done := seen[key]; done {
+				continue
+			}
+			seen[key] = workloadTime{user: userOr(p.User), origin: KindHostProcess, gpus: []string{p.GPUUUID},
+				allocated: p.GPUAllocatedSeconds, held: p.GPUHeldSeconds, busy: p.GPUBusySeconds}
+		}
+	}
+	groups := map[string]*ReportRow{}
+	add := func(key string, share float64, w workloadTime) {
+		r, ok := groups[key]
+		if !ok {
+			r = &ReportRow{Key: key}
+			groups[key] = r
+		}
+		r.Workloads++
+		r.AllocatedSeconds += w.allocated * share
+		r.HeldSeconds += w.held * share
+		r.BusySeconds += w.busy * share
+	}
+	for _, w := range seen {
+		if w.held == 0 && w.allocated == 0 && w.busy == 0 {
+			continue // never near a GPU
+		}
+		switch in.By {
+		case "origin":
+			add(w.origin, 1, w)
+		case "gpu":
+			if len(w.gpus) == 0 {
+				add("none", 1, w)
+				continue
+			}
+			for _, g := range w.gpus { // split evenly over the GPUs it held
+				add(gpuName(st, g), 1/float64(len(w.gpus)), w)
+			}
+		default:
+			add(w.user, 1, w)
+		}
+	}
+	doc := ReportDoc{By: in.By, Rows: []ReportRow{}, Totals: ReportRow{Key: "TOTAL"}}
+	if doc.By == "" {
+		doc.By = "user"
+	}
+	if !in.Since.IsZero() {
+		doc.Since = inventory.TimePtr(in.Since)
+	}
+	if !in.Until.IsZero() {
+		doc.Until = inventory.TimePtr(in.Until)
+	}
+	for _, r := range groups {
+		r.Efficiency = efficiency(r.BusySeconds, r.HeldSeconds)
+		doc.Rows = append(doc.Rows, *r)
+		doc.Totals.Workloads += r.Workloads
+		doc.Totals.AllocatedSeconds += r.AllocatedSeconds
+		doc.Totals.HeldSeconds += r.HeldSeconds
+		doc.Totals.BusySeconds += r.BusySeconds
+	}
+	doc.Totals.Efficiency = efficiency(doc.Totals.BusySeconds, doc.Totals.HeldSeconds)
+	sort.Slice(doc.Rows, func(i, j int) bool {
+		if doc.Rows[i].HeldSeconds != doc.Rows[j].HeldSeconds {
+			return doc.Rows[i].HeldSeconds > doc.Rows[j].HeldSeconds
+		}
+		return doc.Rows[i].Key < doc.Rows[j].Key
+	})
+	return doc, nil
+}
+
+func userOr(u string) string {
+	if u == "" {
+		return "unknown"
+	}
+	return u
+}
+
+func containerGPUs(c inventory.Container) []string {
+	set := map[string]bool{}
+	var out []string
+	for _, p := range c.GPUProcesses {
+		if !set[p.GPUUUID] {
+			set[p.GPUUUID] = true
+			out = append(out, p.GPUUUID)
+		}
+	}
+	return out
+}
+
+func gpuName(st inventory.State, uuid string) string {
+	if g, ok := st.GPUs[uuid]; ok {
+		return "GPU " + strconv.Itoa(g.Index)
+	}
+	return uuid
+}
+
+func efficiency(busy, held float64) *float64 {
+	if held <= 0 {
+		return nil
+	}
+	e := busy / held
+	return &e
+}
+
+// logFiles is the event log and its rotated archives, oldest first.
+func logFiles(path string) ([]string, error) {
+	archives, err := filepath.Glob(path + "-*")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(archives)
+	out := archives
+	if _, err := os.Stat(path); err == nil {
+		out = append(out, path)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no event log at %s (nor archives %s-*)", path, path)
+	}
+	return out, nil
+}
+
+// readLog calls fn for each event line of a log or a .gz archive; lines
+// longer than MaxLineBytes and lines that are not events are skipped.
+func readLog(path string, fn func(event.Envelope)) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if strings.HasSuffix(path, ".gz") {
+		gz, err := gzip.NewReader(f)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		defer gz.Close()
+		r = gz
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+	for {
+		if !sc.Scan() {
+			if err := sc.Err(); err == bufio.ErrTooLong {
+				sc = bufio.NewScanner(r) // skip the long line's rest with the next scanner
+				sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+				continue
+			}
+			return sc.Err()
+		}
+		if e, err := event.Decode(sc.Bytes()); err == nil {
+			fn(e)
+		}
+	}
+}
+
+func hours(s float64) string { return fmt.Sprintf("%.2fh", s/3600) }
+
+func effCell(e *float64) string {
+	if e == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", *e*100)
+}
+
+// WriteReport prints the report as a table, JSON or CSV.
+func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error {
+	switch format {
+	case "json":
+		b, err := inventory.MarshalASCII(doc, "  ")
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(append(b, '\n'))
+		return err
+	case "csv":
+		w := csv.NewWriter(out)
+		w.Write([]string{doc.By, "workloads", "gpu_allocated_seconds", "gpu_held_seconds", "gpu_busy_seconds", "efficiency"})
+		for _, r := range append(doc.Rows, doc.Totals) {
+			eff := ""
+			if r.Efficiency != nil {
+				eff = strconv.FormatFloat(*r.Efficiency, 'f', 4, 64)
+			}
+			w.Write([]string{r.Key, strconv.Itoa(r.Workloads), strconv.FormatFloat(r.AllocatedSeconds, 'f', 0, 64),
+				strconv.FormatFloat(r.HeldSeconds, 'f', 0, 64), strconv.FormatFloat(r.BusySeconds, 'f', 0, 64), eff})
+		}
+		w.Flush()
+		return w.Error()
+	}
+	if len(doc.Rows) == 0 {
+		fmt.Fprintln(out, "No GPU time in this period")
+		return nil
+	}
+	title := strings.ToUpper(doc.By)
+	lines := [][]string{{title, "WORKLOADS", "ALLOCATED", "HELD", "BUSY", "EFFICIENCY"}}
+	for _, r := range append(doc.Rows, doc.Totals) {
+		lines = append(lines, []string{cut(r.Key, 32), strconv.Itoa(r.Workloads), hours(r.AllocatedSeconds), hours(r.HeldSeconds), hours(r.BusySeconds), effCell(r.Efficiency)})
+	}
+	width := make([]int, len(lines[0]))
+	for _, l := range lines {
+		for i, c := range l {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	for n, l := range lines {
+		var b strings.Builder
+		for i, c := range l {
+			if i == 0 {
+				b.WriteString(c + strings.Repeat(" ", width[i]-len([]rune(c))+2))
+				continue
+			}
+			b.WriteString(strings.Repeat(" ", width[i]-len([]rune(c))) + c + "  ")
+		}
+		text := strings.TrimRight(b.String(), " ")
+		if n == 0 || n == len(lines)-1 {
+			text = style.paint(bold, text)
+		}
+		fmt.Fprintln(out, text)
+	}
+	fmt.Fprintln(out, style.paint(dim, "GPU-hours: allocated = granted by the configuration, held = GPUs with the workload's processes, busy = at or above the idle threshold"))
+	return nil
+}
