@@ -43,7 +43,7 @@ type config struct {
 	excludeProcesses                            listFlag
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
-	debounce                                    time.Duration
+	debounce, debounceMax                       time.Duration
 	metricsListen                               string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
@@ -67,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.interval, "interval", 30*time.Second, "time between reconciliation scans")
 	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
+	fs.DurationVar(&c.debounceMax, "event-debounce-max", 500*time.Millisecond, "under continuous Docker events the wait doubles up to this: at most one state write per window")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9102); off when empty")
 	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
@@ -108,6 +109,8 @@ Flags:
 		return c, usageErr(fs, "--scan-timeout must be positive")
 	case c.debounce < 0:
 		return c, usageErr(fs, "--event-debounce must not be negative")
+	case c.debounceMax < c.debounce:
+		return c, usageErr(fs, "--event-debounce-max must not be below --event-debounce")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(fs, "--docker-timeout must be positive")
 	case c.idleThreshold < 1 || c.idleThreshold > 100:
@@ -151,7 +154,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		StateFile: c.stateFile, EventsFile: c.eventsFile, StateGroup: c.stateGroup,
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
-		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, MetricsListen: c.metricsListen,
+		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax, MetricsListen: c.metricsListen,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 	}, log)
 	if err != nil {

@@ -20,7 +20,7 @@ import (
 // from the fixture /proc trees, read for real.
 type listed docker.Snapshot
 
-func (l listed) List(context.Context) (docker.Snapshot, error) { return docker.Snapshot(l), nil }
+func (l listed) List(context.Context, bool) (docker.Snapshot, error) { return docker.Snapshot(l), nil }
 
 type gpuList []gpu.Process
 
@@ -55,8 +55,8 @@ func TestAttributionOverFixtures(t *testing.T) {
 	// 99999: no /proc entry at all.
 	s, files := fixtureScanner(t, false, []docker.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 1030, 1031, 1032, 99999))
 	ctx := context.Background()
-	s.Scan(ctx)
-	sum := s.Scan(ctx) // the second sighting confirms host processes
+	s.Scan(ctx, true)
+	sum := s.Scan(ctx, true) // the second sighting confirms host processes
 	st := sum.State
 
 	c := st.Containers[dockerA[:12]]
@@ -99,7 +99,7 @@ func TestAttributionOverFixtures(t *testing.T) {
 
 	// --keep-secrets records the command line as it is.
 	s, _ = fixtureScanner(t, true, nil, procsFor(1020))
-	st = s.Scan(ctx).State
+	st = s.Scan(ctx, true).State
 	if !strings.Contains(st.PendingProcesses["1020"].Cmdline, "--token=abc123 --password hunter2") {
 		t.Errorf("keep-secrets: %q", st.PendingProcesses["1020"].Cmdline)
 	}
@@ -114,8 +114,8 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), Log: log,
 		Now: func() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) },
 	})
-	s.Scan(context.Background())
-	if sum := s.Scan(context.Background()); sum.Events != 1 {
+	s.Scan(context.Background(), true)
+	if sum := s.Scan(context.Background(), true); sum.Events != 1 {
 		t.Fatalf("events: %v", sum.EventCounts)
 	}
 	if out := lines(); !strings.Contains(out, "host GPU process discovered") || strings.Contains(out, "hunter2") || strings.Contains(out, "abc123") {

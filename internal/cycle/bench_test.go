@@ -31,12 +31,12 @@ func BenchmarkScanCycle(b *testing.B) {
 		}
 	}
 	run := func(b *testing.B, r *rig) {
-		if s := r.det.Scan(ctx); s.Containers != 200 {
+		if s := r.det.Scan(ctx, true); s.Containers != 200 {
 			b.Fatalf("first cycle saw %d containers: %s", s.Containers, s.DockerError)
 		}
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
-			if s := r.det.Scan(ctx); s.Containers != 200 || s.Events != 0 {
+			if s := r.det.Scan(ctx, true); s.Containers != 200 || s.Events != 0 {
 				b.Fatalf("steady cycle: %d containers, %d events", s.Containers, s.Events)
 			}
 		}

@@ -27,9 +27,11 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Containers is the Docker source as the cycle sees it.
+// Containers is the Docker source as the cycle sees it. With full false
+// it may report only what changed since the last call (the containers
+// Docker's events named) on top of what it knew.
 type Containers interface {
-	List(ctx context.Context) (docker.Snapshot, error)
+	List(ctx context.Context, full bool) (docker.Snapshot, error)
 }
 
 // GPUs is the GPU source as the cycle sees it.
@@ -101,9 +103,12 @@ func (s *Scanner) Reported() inventory.State { return s.reported }
 // Scan runs one cycle. It never fails as a whole: a failing source is
 // recorded in the state's sources and its last known workloads are kept; a
 // failed write is reported in the summary and retried next cycle.
-func (s *Scanner) Scan(ctx context.Context) summary.Summary {
+//
+// full is false for a scan a Docker event triggered: the Docker source
+// then inspects only the containers the events named, with no list call.
+func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	start := time.Now()
-	facts := s.gather(ctx)
+	facts := s.gather(ctx, full)
 	res := reconcile.Reconcile(s.reported, facts, s.rules)
 	s.noteHealth("docker", facts.DockerErr)
 	s.noteHealth("gpu", facts.GPUErr)

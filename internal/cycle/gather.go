@@ -21,9 +21,9 @@ type initProc struct {
 // gather asks each source what exists and reads the facts reconcile needs
 // about the answers: the UIDs of the containers' init processes, the /proc
 // entries of the GPU processes, and the names of every UID involved.
-func (s *Scanner) gather(ctx context.Context) reconcile.Facts {
+func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	var f reconcile.Facts
-	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx)
+	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
 	if f.DockerErr == nil {
 		f.InitUIDs = s.initUIDs(f.Docker.Containers)
 	}

@@ -290,7 +290,7 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 		}
 		ts += 10
 		gputest.SetUtil(srv, 1, gputest.Util{Device: step.h, Samples: []nvml.ProcessUtilizationSample{gputest.Sample(1020, ts, step.h)}})
-		sum := s.Scan(context.Background())
+		sum := s.Scan(context.Background(), true)
 		idles += sum.EventCounts[event.GPUIdle]
 		actives += sum.EventCounts[event.GPUActive]
 		st := sum.State

@@ -51,7 +51,7 @@ func (r *rig) cycle() summary.Summary {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s := r.det.Scan(ctx)
+	s := r.det.Scan(ctx, true)
 	if s.StateWriteErr != nil || s.EventAppendErr != nil {
 		r.t.Fatalf("cycle write errors: state %v, events %v", s.StateWriteErr, s.EventAppendErr)
 	}

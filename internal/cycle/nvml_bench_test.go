@@ -54,11 +54,11 @@ func BenchmarkNVMLCycle(b *testing.B) {
 			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src,
 				Proc: proc.New(root), Now: func() time.Time { now = now.Add(30 * time.Second); return now }})
 			ctx := context.Background()
-			s.Scan(ctx)
-			s.Scan(ctx) // host processes confirmed
+			s.Scan(ctx, true)
+			s.Scan(ctx, true) // host processes confirmed
 			b.ResetTimer()
 			for n := 0; n < b.N; n++ {
-				if sum := s.Scan(ctx); sum.HostProcesses != 400 {
+				if sum := s.Scan(ctx, true); sum.HostProcesses != 400 {
 					b.Fatalf("%d host processes", sum.HostProcesses)
 				}
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
@@ -160,5 +161,86 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 	}
 	if c := r.State().Containers[running[:12]]; c.Status != "exited" {
 		t.Fatalf("stopped container shows %s", c.Status)
+	}
+}
+
+// An event-triggered scan costs the inspects of the containers the events
+// named, and no list call: creating, stopping and removing a container
+// among many others makes no GET /containers/json, and each transition is
+// reported once.
+func TestEventScanMakesNoListCall(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		if _, err := d.Create(ctx, dockertest.Spec{Name: "idle-" + string(rune('a'+i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := d.Proxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	src, err := docker.New(p.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
+	r.det = r.newScanner()
+	changes := watch(t, src)
+	waitChange(t, changes, "stream connected")
+	r.cycle() // full: primes the inventory
+	r.NewEvents()
+	events := func(full bool) summary.Summary {
+		drain(changes)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return r.det.Scan(ctx, full)
+	}
+
+	p.Counts()
+	id, err := d.Create(ctx, dockertest.Spec{Name: "churn", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitChange(t, changes, "create")
+	time.Sleep(300 * time.Millisecond) // create and start events
+	if s := events(false); s.Containers != 21 {
+		t.Fatalf("after create: %d containers", s.Containers)
+	}
+	timeout := 1
+	if err := d.Client.ContainerStop(ctx, id, container.StopOptions{Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	events(false)
+	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if s := events(false); s.Containers != 20 {
+		t.Fatalf("after remove: %d containers", s.Containers)
+	}
+	got := p.Counts()
+	if got["GET /containers/json"] != 0 {
+		t.Errorf("event scans listed: %v", got)
+	}
+	for ep := range got {
+		if ep != "GET /containers/"+id+"/json" && ep != "GET /containers/json" {
+			t.Errorf("a request about something else: %s", ep)
+		}
+	}
+	if kinds := eventKinds(t, r.NewEvents()); !reflect.DeepEqual(kinds, []string{
+		event.ContainerDiscovered + " " + id[:12], event.ContainerStatusChanged + " " + id[:12], event.ContainerExited + " " + id[:12]}) {
+		t.Errorf("transitions: %v", kinds)
+	}
+	// The reconciliation scan still lists, and finds nothing new.
+	p.Counts()
+	if s := events(true); s.Events != 0 {
+		t.Errorf("reconciliation found %d transitions", s.Events)
+	}
+	if got := p.Counts(); got["GET /containers/json"] != 1 {
+		t.Errorf("reconciliation: %v", got)
 	}
 }

@@ -37,6 +37,7 @@ type Config struct {
 	Interval         time.Duration // reconciliation scans
 	ScanTimeout      time.Duration // one scan
 	Debounce         time.Duration // wait after a Docker event before scanning
+	DebounceMax      time.Duration // how far that wait grows under continuous churn
 	MetricsListen    string        // "" : no metrics endpoint
 	DryRun           bool          // Once only: write nothing
 	Version          string
@@ -92,7 +93,7 @@ func (d *Daemon) Close() {
 func (d *Daemon) Once(ctx context.Context) summary.Summary {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.ScanTimeout)
 	defer cancel()
-	return d.scanner.Scan(ctx)
+	return d.scanner.Scan(ctx, true)
 }
 
 // Run serves until ctx ends or SIGTERM/SIGINT: the metrics endpoint when
@@ -118,7 +119,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// event; the ticker stays as reconciliation. The stream resumes from
 	// the last run's checkpoint, so what happened while the daemon was
 	// down is replayed.
-	changed, trigger := loop.Debounce(d.cfg.Debounce)
+	changed, trigger := loop.Debounce(d.cfg.Debounce, d.cfg.DebounceMax)
 	var from time.Time
 	if t := d.scanner.Reported().DockerEventsSince; t != nil {
 		from = t.Time

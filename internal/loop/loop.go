@@ -7,6 +7,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,9 +18,11 @@ import (
 	"github.com/ds01/ds01-detectord/internal/summary"
 )
 
-// Scanner runs one cycle.
+// Scanner runs one cycle. full is false for a scan a Docker event
+// triggered: the scanner may then look only at what the events named. The
+// first scan, the interval's reconciliation scans and SIGHUP are full.
 type Scanner interface {
-	Scan(ctx context.Context) summary.Summary
+	Scan(ctx context.Context, full bool) summary.Summary
 }
 
 // Options tune the loop.
@@ -73,11 +76,12 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 		ticks = ticker.C
 	}
 	ready := false
+	full := true
 	for {
 		scanCtx, cancel := context.WithTimeout(ctx, opt.ScanTimeout)
 		done := make(chan summary.Summary, 1)
 		scanStart.Store(int64(opt.Elapsed()))
-		go func() { done <- sc.Scan(scanCtx) }()
+		go func(full bool) { done <- sc.Scan(scanCtx, full) }(full)
 
 		var sum summary.Summary
 		stopping := false
@@ -116,11 +120,13 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 		case <-ticks:
 		default:
 		}
+		full = true
 		select {
 		case <-ticks:
 		case <-hup:
 			log.Info("rescan requested (SIGHUP)")
 		case <-opt.Trigger:
+			full = false
 		case s := <-sigs:
 			log.Info("stopping", zap.String("signal", s.String()))
 			daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -184,22 +190,47 @@ func watchdog(ctx context.Context, scanStart *atomic.Int64, elapsed func() time.
 const idle = -1
 
 // Debounce returns a function to call on every change and the channel it
-// feeds: the first call starts a timer of d, calls until it fires are folded
-// into it, and then one value goes to the channel (buffer one, never
-// blocking). Pass the channel as Options.Trigger.
-func Debounce(d time.Duration) (func(), <-chan struct{}) {
+// feeds: the first call starts a timer of window, calls until it fires are
+// folded into it, and then one value goes to the channel (buffer one, never
+// blocking). Pass the channel as Options.Trigger. Under continuous change
+// (a call soon after the last fire) the window doubles, up to max; after a
+// quiet window it is back to min. So a burst is seen within min, and
+// continuous churn causes at most one scan (one state write) per window.
+func Debounce(min, max time.Duration) (func(), <-chan struct{}) {
+	if max < min {
+		max = min
+	}
 	ch := make(chan struct{}, 1)
-	var pending atomic.Bool
+	var mu sync.Mutex
+	var timer *time.Timer
+	var lastFire time.Time
+	window := min
 	return func() {
-		if pending.Swap(true) {
+		mu.Lock()
+		defer mu.Unlock()
+		if timer != nil {
 			return
 		}
-		time.AfterFunc(d, func() {
-			pending.Store(false)
+		if !lastFire.IsZero() && time.Since(lastFire) < window {
+			window = minDur(window*2, max)
+		} else {
+			window = min
+		}
+		timer = time.AfterFunc(window, func() {
+			mu.Lock()
+			timer, lastFire = nil, time.Now()
+			mu.Unlock()
 			select {
 			case ch <- struct{}{}:
 			default:
 			}
 		})
 	}, ch
+}
+
+func minDur(a, b time.Duration) time.Duration {
+	if a < b {
+		return a
+	}
+	return b
 }

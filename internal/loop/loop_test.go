@@ -34,7 +34,7 @@ func newScanner() *scanner {
 	return &scanner{started: make(chan struct{}, 100), ctxErrs: make(chan error, 100)}
 }
 
-func (s *scanner) Scan(ctx context.Context) summary.Summary {
+func (s *scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.mu.Lock()
 	s.running++
 	if s.running > s.maxRun {

@@ -83,6 +83,11 @@ type Source struct {
 	cache   map[string]cachedContainer
 	dirty   map[string]bool // IDs named by events since the last list
 	trusted bool
+	// primed: a full list has completed since the stream (re)connected, so
+	// the cache plus the events since hold every container: an
+	// event-triggered scan may then inspect only what the events named.
+	primed  bool
+	gen     uint64            // counts cache resets: a list primes only the cache it began with
 	births  map[string]*birth // containers the stream saw created (see Ephemeral)
 	handled time.Time         // time of the last event handled
 
@@ -216,15 +221,24 @@ func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, er
 // List returns every container. A container removed between the list and
 // its inspect is left out. Any other failure fails the whole call, so that
 // the caller can keep what it knew rather than think containers vanished.
-func (s *Source) List(ctx context.Context) (Snapshot, error) {
+//
+// With full false, and while the event stream is connected and a full list
+// has completed since it connected, List makes no list call: it inspects
+// only the containers Docker's events named since the last call, drops
+// those that are gone, and reports the rest from its cache. Its cost then
+// follows the events, not the number of containers. Otherwise it lists.
+func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	rts, defRT, err := s.runtimeInfo(ctx)
 	if err != nil {
 		return Snapshot{}, err
 	}
 	s.mu.Lock()
-	dirty, trusted := s.dirty, s.trusted
+	dirty, trusted, primed, gen := s.dirty, s.trusted, s.primed, s.gen
 	s.dirty = map[string]bool{}
 	s.mu.Unlock()
+	if !full && trusted && primed {
+		return s.changes(ctx, dirty, rts, defRT)
+	}
 
 	listStart := time.Now()
 	lctx, cancel := s.call(ctx)
@@ -294,6 +308,49 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			delete(s.cache, id)
 		}
 	}
+	if trusted && s.trusted && gen == s.gen {
+		s.primed = true
+	}
+	s.finish(&snap, listed, listStart)
+	s.mu.Unlock()
+	return snap, nil
+}
+
+// changes is List for an event-triggered scan: it inspects the containers
+// the events named, and reports everything else from the cache.
+func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[string]string, defRT string) (Snapshot, error) {
+	start := time.Now()
+	for id := range dirty {
+		c, err := s.inspect(ctx, id, rts, defRT)
+		switch {
+		case cerrdefs.IsNotFound(err):
+			s.mu.Lock()
+			delete(s.cache, id) // removed
+			s.mu.Unlock()
+		case err != nil:
+			s.markDirty(dirty) // try them again with the next scan
+			return Snapshot{}, err
+		default:
+			s.mu.Lock()
+			s.cache[id] = cachedContainer{c: c, state: c.Status, name: c.Name}
+			s.mu.Unlock()
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := Snapshot{Containers: make([]Container, 0, len(s.cache))}
+	listed := make(map[string]bool, len(s.cache))
+	for id, cc := range s.cache {
+		snap.Containers = append(snap.Containers, cc.c)
+		listed[id] = true
+	}
+	s.finish(&snap, listed, start)
+	return snap, nil
+}
+
+// finish sets the snapshot's checkpoint and ephemeral containers from the
+// event stream's record. Call it with s.mu held.
+func (s *Source) finish(snap *Snapshot, listed map[string]bool, listStart time.Time) {
 	snap.ListStart = listStart
 	if !s.handled.IsZero() {
 		// Docker may publish events slightly out of order: hold the
@@ -314,8 +371,6 @@ func (s *Source) List(ctx context.Context) (Snapshot, error) {
 			snap.Checkpoint = b.event.Add(-time.Nanosecond)
 		}
 	}
-	s.mu.Unlock()
-	return snap, nil
 }
 
 func (s *Source) inspect(ctx context.Context, id string, rts map[string]string, defRT string) (Container, error) {

@@ -35,7 +35,7 @@ func TestListSkipsContainerRemovedMidScan(t *testing.T) {
 		}
 		removed = true
 	}
-	got, err := s.List(ctx)
+	got, err := s.List(ctx, true)
 	if err != nil {
 		t.Fatalf("a container removed mid-scan failed the list: %v", err)
 	}
@@ -50,7 +50,7 @@ func TestListSkipsContainerRemovedMidScan(t *testing.T) {
 	syscall.Kill(d.Pid(), syscall.SIGSTOP)
 	defer syscall.Kill(d.Pid(), syscall.SIGCONT)
 	s.callTimeout = 500 * time.Millisecond
-	_, err = s.List(ctx)
+	_, err = s.List(ctx, true)
 	if err == nil || !strings.Contains(err.Error(), "docker info") || !strings.Contains(err.Error(), "deadline") {
 		t.Fatalf("stalled daemon: err = %v", err)
 	}

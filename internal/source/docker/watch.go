@@ -122,6 +122,8 @@ func (s *Source) resetCache(trusted bool) {
 	s.cache = map[string]cachedContainer{}
 	s.runtimes = nil
 	s.trusted = trusted
+	s.primed = false
+	s.gen++
 	s.mu.Unlock()
 }
 
