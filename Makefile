@@ -137,7 +137,7 @@ uninstall:
 # fuzz cache; `make fuzz-corpus` copies them into testdata/fuzz, where plain
 # `go test` replays them.
 FUZZ_TARGETS := FuzzParseCgroup:./internal/source/proc FuzzStatAndCmdline:./internal/source/proc \
-	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify
+	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify FuzzIndentCompact:./pkg/inventory
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

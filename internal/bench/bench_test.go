@@ -29,10 +29,17 @@ import (
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 )
 
-const (
-	total   = 1000
-	running = 300
-)
+// The inventory of the main run: 1,000 containers, 30 % running, unless
+// DS01_BENCH_CONTAINERS says otherwise (the README's 4,000 figures).
+var total, running = benchSize()
+
+func benchSize() (int, int) {
+	n := 1000
+	if v, err := strconv.Atoi(os.Getenv("DS01_BENCH_CONTAINERS")); err == nil && v > 0 {
+		n = v
+	}
+	return n, n * 3 / 10
+}
 
 type result struct {
 	Containers                int     `json:"containers"`
@@ -44,6 +51,15 @@ type result struct {
 	DetectLatencyMsP95        float64 `json:"detect_latency_ms_p95"`
 	RSSMb                     float64 `json:"rss_mb"`
 	CPUMsPerSteadyCycle       float64 `json:"cpu_ms_per_steady_cycle"`
+	// The churn (a container started and removed every 0.2 s for 20 s),
+	// among 2,000 idle containers, against the same among 200.
+	ChurnListCalls          float64    `json:"churn_list_calls"`
+	ChurnDaemonCPURatio     float64    `json:"churn_daemon_cpu_ratio"`
+	ChurnDockerdCPURatio    float64    `json:"churn_dockerd_cpu_ratio"`
+	ChurnDetectLatencyMsP95 float64    `json:"churn_detect_latency_ms_p95"`
+	ChurnNotExactlyOnce     int        `json:"churn_not_exactly_once"`
+	ChurnDaemonCPUSeconds   [2]float64 `json:"churn_daemon_cpu_seconds"`  // at 200, at 2,000
+	ChurnDockerdCPUSeconds  [2]float64 `json:"churn_dockerd_cpu_seconds"` // at 200, at 2,000
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -264,6 +280,26 @@ func Benchmark1000Containers(b *testing.B) {
 	res.DetectLatencyMsP50 = ms(pct(lat, 50))
 	res.DetectLatencyMsP95 = ms(pct(lat, 95))
 	res.RSSMb = rssMB(cmd.Process.Pid)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	d.Cleanup() // the churn runs get the machine to themselves
+
+	if os.Getenv("DS01_BENCH_NO_CHURN") != "" {
+		line, _ := json.Marshal(res)
+		fmt.Println(string(line))
+		return
+	}
+	small, large := churn(b, 200), churn(b, 2000)
+	res.ChurnListCalls = large.listCalls
+	res.ChurnDaemonCPURatio = large.daemonCPU / maxf(small.daemonCPU, 0.01)
+	res.ChurnDockerdCPURatio = large.dockerdCPU / maxf(small.dockerdCPU, 0.01)
+	res.ChurnDetectLatencyMsP95 = ms(pct(large.latencies, 95))
+	res.ChurnNotExactlyOnce = len(small.wrongCounts) + len(large.wrongCounts)
+	res.ChurnDaemonCPUSeconds = [2]float64{small.daemonCPU, large.daemonCPU}
+	res.ChurnDockerdCPUSeconds = [2]float64{small.dockerdCPU, large.dockerdCPU}
+	for _, w := range append(small.wrongCounts, large.wrongCounts...) {
+		b.Errorf("churn: %s", w)
+	}
 
 	fmt.Printf("\nds01-detectord benchmark, %d containers (%d running), real private dockerd\n", total, running)
 	fmt.Printf("  raw GET /containers/json?all=1   %8.1f ms (median of 7)\n", res.RawListMs)
@@ -273,6 +309,10 @@ func Benchmark1000Containers(b *testing.B) {
 	fmt.Printf("  CPU per steady cycle             %8.1f ms  (reference: 5700 ms, %.0fx less)\n", res.CPUMsPerSteadyCycle, 5700/maxf(res.CPUMsPerSteadyCycle, 0.01))
 	fmt.Printf("  detection latency p50 / p95      %8.1f / %.1f ms\n", res.DetectLatencyMsP50, res.DetectLatencyMsP95)
 	fmt.Printf("  daemon RSS                       %8.1f MB\n", res.RSSMb)
+	fmt.Printf("  churn, 2,000 idle: list calls    %8.0f\n", res.ChurnListCalls)
+	fmt.Printf("  churn CPU 2,000 vs 200 idle      daemon %.2f s vs %.2f s (%.2fx), dockerd %.2f s vs %.2f s (%.2fx)\n",
+		large.daemonCPU, small.daemonCPU, res.ChurnDaemonCPURatio, large.dockerdCPU, small.dockerdCPU, res.ChurnDockerdCPURatio)
+	fmt.Printf("  churn detection p95 (2,000 idle) %8.1f ms\n", res.ChurnDetectLatencyMsP95)
 	line, _ := json.Marshal(res)
 	fmt.Println(string(line))
 }

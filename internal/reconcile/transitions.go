@@ -38,8 +38,11 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 	var out []Transition
 	for _, k := range sortedKeys(cur) {
 		c := cur[k]
-		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
 		o, seen := old[k]
+		if seen && o.Status == c.Status {
+			continue // the common case: nothing to report, nothing to build
+		}
+		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
 		switch {
 		case !seen:
 			out = append(out, Transition{

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -291,16 +292,21 @@ func NewTime(t time.Time) Time { return Time{t.UTC().Truncate(time.Microsecond)}
 func TimePtr(t time.Time) *Time { v := NewTime(t); return &v }
 
 // String formats the time in the Python scanner's format.
-func (t Time) String() string {
+func (t Time) String() string { return string(t.appendTo(make([]byte, 0, 27))) }
+
+func (t Time) appendTo(b []byte) []byte {
 	u := t.UTC()
 	if u.Nanosecond()/1000 == 0 {
-		return u.Format("2006-01-02T15:04:05Z")
+		return u.AppendFormat(b, "2006-01-02T15:04:05Z")
 	}
-	return u.Format("2006-01-02T15:04:05.000000Z")
+	return u.AppendFormat(b, "2006-01-02T15:04:05.000000Z")
 }
 
 // MarshalJSON implements json.Marshaler.
-func (t Time) MarshalJSON() ([]byte, error) { return []byte(`"` + t.String() + `"`), nil }
+func (t Time) MarshalJSON() ([]byte, error) {
+	b := append(make([]byte, 0, 29), '"')
+	return append(t.appendTo(b), '"'), nil
+}
 
 // UnmarshalJSON accepts any RFC 3339 time.
 func (t *Time) UnmarshalJSON(b []byte) error {
@@ -322,16 +328,76 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 // so it cannot carry terminal escape sequences or raw newlines.
 func MarshalASCII(v any, indent string) ([]byte, error) {
 	var buf bytes.Buffer
+	buf.Grow(int(sizeHint.Load()))
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if indent != "" {
-		enc.SetIndent("", indent)
-	}
 	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
 	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(b) > 64<<10 { // a state file: the next one will be about as big
+		sizeHint.Store(int64(len(b)) + int64(len(b))/8)
+	}
+	if indent != "" {
+		// Indentation about doubles a state file; room for a newline too.
+		b = indentCompact(make([]byte, 0, 2*len(b)+1), b, indent)
+	}
 	return escapeNonASCII(b), nil
+}
+
+// sizeHint is the buffer MarshalASCII starts with: the last large
+// document's size, so that encoding a state file does not grow its buffer
+// a dozen times every cycle.
+var sizeHint atomic.Int64
+
+// indentCompact indents compact JSON (as encoding/json writes it: no
+// whitespace outside strings) exactly as json.Indent does, in one plain
+// pass: the state file is rewritten every cycle, and json.Indent's
+// byte-by-byte scanner was half of its cost.
+func indentCompact(dst, src []byte, indent string) []byte {
+	depth := 0
+	newline := func() {
+		dst = append(dst, '\n')
+		for i := 0; i < depth; i++ {
+			dst = append(dst, indent...)
+		}
+	}
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch c {
+		case '"':
+			j := i + 1
+			for j < len(src) && src[j] != '"' {
+				if src[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			dst = append(dst, src[i:min(j+1, len(src))]...)
+			i = j
+		case '{', '[':
+			dst = append(dst, c)
+			if i+1 < len(src) && (src[i+1] == '}' || src[i+1] == ']') {
+				dst = append(dst, src[i+1])
+				i++
+				continue
+			}
+			depth++
+			newline()
+		case '}', ']':
+			depth--
+			newline()
+			dst = append(dst, c)
+		case ',':
+			dst = append(dst, c)
+			newline()
+		case ':':
+			dst = append(dst, ':', ' ')
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }
 
 func escapeNonASCII(b []byte) []byte {

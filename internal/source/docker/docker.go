@@ -37,7 +37,7 @@ type Container struct {
 	ExitCode              int
 
 	Labels map[string]string // never nil
-	Env    []string          // effective environment (the image's included)
+	Env    []string          // the NVIDIA_* variables of the effective environment
 	// Runtime is HostConfig.Runtime, or the daemon's default runtime when
 	// that is empty; RuntimePath is its binary as `docker info` lists it.
 	Runtime, RuntimePath string
@@ -400,6 +400,19 @@ func (s *Source) dropRuntimes() {
 	s.mu.Unlock()
 }
 
+// gpuEnv keeps the NVIDIA_* variables of a container's environment: all
+// that classification reads, and the rest (PATH, the image's settings, a
+// user's secrets) has no business in the daemon's memory.
+func gpuEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "NVIDIA_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 func shortImage(ref, id string) string {
 	if ref != "" && !strings.HasPrefix(ref, "sha256:") {
 		return ref
@@ -439,7 +452,7 @@ func fromInspect(js container.InspectResponse, runtimes map[string]string, defau
 		if cfg.Labels != nil {
 			c.Labels = cfg.Labels
 		}
-		c.Env = cfg.Env
+		c.Env = gpuEnv(cfg.Env)
 		c.Image = shortImage(cfg.Image, c.Image)
 	} else {
 		c.Image = shortImage("", c.Image)

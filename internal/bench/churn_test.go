@@ -1,0 +1,203 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/pkg/event"
+)
+
+// churnResult is one churn run: a container started and removed every
+// 0.2 s for 20 s among idle containers.
+type churnResult struct {
+	idle        int
+	churned     int
+	listCalls   float64
+	daemonCPU   float64 // seconds
+	dockerdCPU  float64 // seconds
+	latencies   []time.Duration
+	wrongCounts []string // containers not reported exactly once
+}
+
+// buildDaemon builds the daemon binary once per run.
+var buildDaemon = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "ds01bench")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "ds01-detectord")
+	_, self, _, _ := runtime.Caller(0)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/ds01-detectord")
+	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// churn runs the churn against idle stopped containers on a private
+// dockerd, with the real daemon (default --interval, so the 20 s window
+// holds at most one reconciliation tick).
+func churn(b *testing.B, idle int) churnResult {
+	d := dockertest.New(b, dockertest.Options{})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := 0; i < idle; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, err := d.Create(ctx, dockertest.Spec{Name: fmt.Sprintf("idle-%04d", i), Labels: map[string]string{"ds01.user": fmt.Sprintf("user%02d", i%40)}}); err != nil {
+				b.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	bin, err := buildDaemon()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	state, events := filepath.Join(dir, "state.json"), filepath.Join(dir, "events.jsonl")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "--docker-host", d.Host, "--metrics-listen", addr, "--state-file", state, "--events-file", events,
+		"--log-format", "json", "--nvml-library", filepath.Join(dir, "none.so"))
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	// Ready: the first scan has written the state, and the stream's first
+	// (full) scan has primed the inventory.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if st, err := os.ReadFile(state); err == nil && strings.Count(string(st), `"full_id"`) == idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the daemon never listed %d containers", idle)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+
+	// Detection: a poller notes when each container first shows up in the
+	// state file on disk.
+	seen := map[string]time.Time{}
+	var seenMu sync.Mutex
+	stopPoll := make(chan struct{})
+	pollDone := make(chan struct{})
+	go func() {
+		defer close(pollDone)
+		for {
+			select {
+			case <-stopPoll:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			bb, _ := os.ReadFile(state)
+			now := time.Now()
+			seenMu.Lock()
+			var st struct {
+				Containers map[string]struct {
+					Name string `json:"name"`
+				} `json:"containers"`
+			}
+			if json.Unmarshal(bb, &st) == nil {
+				for id, c := range st.Containers {
+					if strings.HasPrefix(c.Name, "churn-") {
+						if _, ok := seen[id]; !ok {
+							seen[id] = now
+						}
+					}
+				}
+			}
+			seenMu.Unlock()
+		}
+	}()
+
+	lists0 := apiRequests(b, addr)["GET /containers/json"]
+	t0, dt0 := cpuTicks(cmd.Process.Pid), cpuTicks(d.Pid())
+	started := map[string]time.Time{}
+	var ids []string
+	end := time.Now().Add(20 * time.Second)
+	prev := ""
+	for i := 0; time.Now().Before(end); i++ {
+		next := time.Now().Add(200 * time.Millisecond)
+		id, err := d.Create(ctx, dockertest.Spec{Name: fmt.Sprintf("churn-%03d", i), Start: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		started[id[:12]] = time.Now()
+		ids = append(ids, id)
+		if prev != "" {
+			if err := d.Client.ContainerRemove(ctx, prev, container.RemoveOptions{Force: true}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		prev = id
+		time.Sleep(time.Until(next))
+	}
+	t1, dt1 := cpuTicks(cmd.Process.Pid), cpuTicks(d.Pid())
+	lists1 := apiRequests(b, addr)["GET /containers/json"]
+	if err := d.Client.ContainerRemove(ctx, prev, container.RemoveOptions{Force: true}); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	close(stopPoll)
+	<-pollDone
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	d.Cleanup() // stop this dockerd before the next run
+
+	res := churnResult{idle: idle, churned: len(ids), listCalls: lists1 - lists0,
+		daemonCPU: float64(t1-t0) / 100, dockerdCPU: float64(dt1-dt0) / 100}
+	for id, t := range started {
+		if s, ok := seen[id]; ok {
+			res.latencies = append(res.latencies, max(s.Sub(t), 0))
+		} else {
+			res.latencies = append(res.latencies, time.Minute) // never seen: counts as a miss
+		}
+	}
+	disc, exit := map[string]int{}, map[string]int{}
+	evs, err := event.ReadLog(events)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, e := range evs {
+		var dd struct {
+			ContainerID string `json:"container_id"`
+		}
+		json.Unmarshal(e.Details, &dd)
+		switch e.EventType {
+		case event.ContainerDiscovered:
+			disc[dd.ContainerID]++
+		case event.ContainerExited:
+			exit[dd.ContainerID]++
+		}
+	}
+	for _, id := range ids {
+		if disc[id[:12]] != 1 || exit[id[:12]] != 1 {
+			res.wrongCounts = append(res.wrongCounts, fmt.Sprintf("%s discovered %d exited %d", id[:12], disc[id[:12]], exit[id[:12]]))
+		}
+	}
+	b.Logf("churn among %d idle: %d containers, %.0f list calls, daemon CPU %.2f s, dockerd CPU %.2f s, detection p95 %v, %d not exactly once",
+		idle, res.churned, res.listCalls, res.daemonCPU, res.dockerdCPU, pct(res.latencies, 95), len(res.wrongCounts))
+	return res
+}
