@@ -55,7 +55,7 @@ type workloadTime struct {
 // whose exit (detection.container_exited, detection.host_gpu_process_exited)
 // falls in the period, from the event log and its archives, plus the
 // counters so far of the workloads still running at the last scan when the
-// period reaches it. Each workload counts once.
+// last scan falls in the period. Each workload counts once.
 func BuildReport(in ReportInput) (ReportDoc, error) {
 	files, err := logFiles(in.EventsFile)
 	if err != nil {
@@ -95,7 +95,8 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		}
 	}
 	st := in.State
-	if st.LastScan != nil && (in.Until.IsZero() || !in.Until.Before(st.LastScan.Time)) {
+	// The running workloads count when the last scan falls in the period.
+	if st.LastScan != nil && (in.Until.IsZero() || !in.Until.Before(st.LastScan.Time)) && (in.Since.IsZero() || !st.LastScan.Before(in.Since)) {
 		for _, c := range st.Containers {
 			key := "c:" + c.ID
 			if _, done := seen[key]; done {
