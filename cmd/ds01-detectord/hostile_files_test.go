@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,31 +12,6 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
-
-// notifySocket listens where a daemon's sd_notify messages go and reports
-// each datagram on the channel.
-func notifySocket(t *testing.T) (string, <-chan string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch := make(chan string, 64)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(ch)
-				return
-			}
-			ch <- string(buf[:n])
-		}
-	}()
-	return path, ch
-}
 
 func rssKB(pid int) int {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -94,7 +68,7 @@ func TestPlantedFilesAtStateAndEventsPaths(t *testing.T) {
 				if err := pl.plant(target); err != nil {
 					t.Fatal(err)
 				}
-				sock, notes := notifySocket(t)
+				sock, notes := testutil.NotifySocket(t)
 				start := time.Now()
 				p := startDaemonEnv(t, []string{"NOTIFY_SOCKET=" + sock},
 					"--state-file", f.StatePath, "--events-file", f.EventsPath, "--docker-host", "unix:///nonexistent/docker.sock",

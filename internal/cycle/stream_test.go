@@ -106,20 +106,7 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := d.Proxy()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	src, err := docker.New(p.Host, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
-	r.det = r.newScanner()
-	changes := watch(t, src)
-	waitChange(t, changes, "stream connected")
+	r, p, src, _ := proxiedRig(t, d)
 	r.cycle() // cold: inspects everything
 	time.Sleep(200 * time.Millisecond)
 	r.cycle()
@@ -176,20 +163,7 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := d.Proxy()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	src, err := docker.New(p.Host, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
-	r.det = r.newScanner()
-	changes := watch(t, src)
-	waitChange(t, changes, "stream connected")
+	r, p, _, changes := proxiedRig(t, d)
 	r.cycle() // full: primes the inventory
 	r.NewEvents()
 	events := func(full bool) summary.Summary {
@@ -243,4 +217,25 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 	if got := p.Counts(); got["GET /containers/json"] != 1 {
 		t.Errorf("reconciliation: %v", got)
 	}
+}
+
+// proxiedRig is a scanner whose Docker source goes through a counting
+// proxy, with the event stream connected.
+func proxiedRig(t *testing.T, d *dockertest.Daemon) (*rig, *dockertest.Proxy, *docker.Source, <-chan struct{}) {
+	t.Helper()
+	p, err := d.Proxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	src, err := docker.New(p.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
+	r.det = r.newScanner()
+	changes := watch(t, src)
+	waitChange(t, changes, "stream connected")
+	return r, p, src, changes
 }

@@ -2,9 +2,7 @@ package loop
 
 import (
 	"context"
-	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 // scanner counts cycles and can hold them until released.
@@ -108,28 +107,12 @@ func noStart(t *testing.T, s *scanner, what string) {
 // environment at it. Messages arrive on the returned channel.
 func notify(t *testing.T, watchdog time.Duration) <-chan string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	path, out := testutil.NotifySocket(t)
 	t.Setenv("NOTIFY_SOCKET", path)
 	if watchdog > 0 {
 		t.Setenv("WATCHDOG_USEC", strconv.FormatInt(watchdog.Microseconds(), 10))
 		t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	}
-	out := make(chan string, 1000)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			out <- string(buf[:n])
-		}
-	}()
 	return out
 }
 
@@ -274,20 +257,7 @@ func TestWatchdogPingsOnlyWhileProgressing(t *testing.T) {
 	ticks := make(chan time.Time, 1)
 	stop := run(t, s, Options{ScanTimeout: 50 * time.Millisecond, StuckGrace: 50 * time.Millisecond, Ticks: ticks})
 	waitStart(t, s)
-	count := func(d time.Duration) int {
-		n := 0
-		end := time.After(d)
-		for {
-			select {
-			case m := <-msgs:
-				if m == "WATCHDOG=1" {
-					n++
-				}
-			case <-end:
-				return n
-			}
-		}
-	}
+	count := func(d time.Duration) int { return pings(msgs, d) }
 	if n := count(400 * time.Millisecond); n < 2 {
 		t.Fatalf("idle loop sent %d pings", n)
 	}
@@ -328,29 +298,32 @@ func TestWatchdogFollowsTheMonotonicClock(t *testing.T) {
 	hold := make(chan struct{})
 	s.setHold(hold, true)
 	tickUntilStart(t, s, ticks)
-	pings := func(d time.Duration) int {
-		n := 0
-		end := time.After(d)
-		for {
-			select {
-			case m := <-msgs:
-				if m == "WATCHDOG=1" {
-					n++
-				}
-			case <-end:
-				return n
-			}
-		}
-	}
-	if n := pings(300 * time.Millisecond); n < 2 {
+	count := func(d time.Duration) int { return pings(msgs, d) }
+	if n := count(300 * time.Millisecond); n < 2 {
 		t.Fatalf("a young scan (on the monotonic clock) got %d pings", n)
 	}
 	clock.advance(time.Hour + 2*time.Second)
-	pings(100 * time.Millisecond)
-	if n := pings(300 * time.Millisecond); n != 0 {
+	count(100 * time.Millisecond)
+	if n := count(300 * time.Millisecond); n != 0 {
 		t.Fatalf("a scan an hour old on the monotonic clock still got %d pings", n)
 	}
 	s.setHold(nil, false)
 	close(hold)
 	stop()
+}
+
+// pings counts the WATCHDOG=1 messages that arrive within d.
+func pings(msgs <-chan string, d time.Duration) int {
+	n := 0
+	end := time.After(d)
+	for {
+		select {
+		case m := <-msgs:
+			if m == "WATCHDOG=1" {
+				n++
+			}
+		case <-end:
+			return n
+		}
+	}
 }

@@ -6,6 +6,7 @@ package testutil
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -115,3 +116,29 @@ func Logger() (*zap.Logger, func() string) {
 type writerFunc func([]byte) (int, error)
 
 func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
+
+// NotifySocket listens where a service's sd_notify messages go (a unix
+// datagram socket in the test's directory) and delivers each message on
+// the channel.
+func NotifySocket(t testing.TB) (string, <-chan string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	out := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(out)
+				return
+			}
+			out <- string(buf[:n])
+		}
+	}()
+	return path, out
+}
