@@ -46,6 +46,7 @@ type Sink struct {
 	cfg     Config
 	log     *zap.Logger
 	pending [][]byte // encoded event lines not yet appended
+	enc     statefile.Encoder
 
 	// the kind of the last failure of each write, "" when it worked
 	stateErr, eventsErr string
@@ -144,7 +145,7 @@ func (s *Sink) Deliver(st inventory.State, lines [][]byte) Result {
 	if len(st.UnloggedEvents) == 0 {
 		st.UnloggedEvents = nil
 	}
-	serr := statefile.Save(s.cfg.StatePath, st, s.cfg.StateGroup)
+	serr := statefile.SaveWith(&s.enc, s.cfg.StatePath, st, s.cfg.StateGroup)
 	s.stateErr = s.noteErr("state file write", serr, s.stateErr, zap.String("path", s.cfg.StatePath))
 	n, aerr := eventlog.Log{Path: s.cfg.EventsPath}.Append(s.pending)
 	s.pending = s.pending[n:]

@@ -2,12 +2,16 @@
 package statefile
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"syscall"
 	"time"
@@ -60,14 +64,94 @@ func Encode(st inventory.State) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// Encoder writes states as Encode does, byte for byte, but keeps each
+// container's encoding and encodes again only the containers that changed
+// (inventory.Container.Equal), and streams the file instead of building it
+// in memory: a cycle among thousands of unchanged containers then costs
+// little more than its changes. One goroutine at a time.
+type Encoder struct {
+	last map[string]encoded
+}
+
+type encoded struct {
+	c inventory.Container
+	b []byte // `"<key>": {…}` indented at the containers map's depth
+}
+
+// containersMarker is where the containers go in the rest of the state,
+// encoded with an empty map: no other key of the state is "containers".
+var containersMarker = []byte(`"containers": {}`)
+
+// Write writes st to w.
+func (e *Encoder) Write(w io.Writer, st inventory.State) error {
+	containers := st.Containers
+	st.Containers = map[string]inventory.Container{}
+	rest, err := inventory.MarshalASCII(st, "  ")
+	if err != nil {
+		return err
+	}
+	at := bytes.Index(rest, containersMarker)
+	if at < 0 {
+		return errors.New("encode state: no containers key")
+	}
+	keys := make([]string, 0, len(containers))
+	for k := range containers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	next := make(map[string]encoded, len(keys))
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.Write(rest[:at])
+	if len(keys) == 0 {
+		bw.Write(containersMarker)
+	} else {
+		bw.WriteString(`"containers": {`)
+		for i, k := range keys {
+			c := containers[k]
+			enc, ok := e.last[k]
+			if !ok || !enc.c.Equal(c) {
+				kb, err := inventory.MarshalASCII(k, "")
+				if err != nil {
+					return err
+				}
+				cb, err := inventory.MarshalASCII(c, "")
+				if err != nil {
+					return err
+				}
+				b := append(append(kb, ':', ' '), nil...)
+				enc = encoded{c: c, b: inventory.AppendIndented(b, cb, "  ", 2)}
+			}
+			next[k] = enc
+			if i > 0 {
+				bw.WriteByte(',')
+			}
+			bw.WriteString("\n    ")
+			bw.Write(enc.b)
+		}
+		bw.WriteString("\n  }")
+	}
+	bw.Write(rest[at+len(containersMarker):])
+	bw.WriteByte('\n')
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	e.last = next
+	return nil
+}
+
 // Save writes st to path atomically: a temporary file in the same
 // directory, fsync, rename over path, fsync of the directory. A reader sees
 // the old file or the new one, never a mix. With a group the file is 0640
 // and owned by that group; without, 0644.
 func Save(path string, st inventory.State, group string) error {
-	b, err := Encode(st)
-	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+	return SaveWith(nil, path, st, group)
+}
+
+// SaveWith is Save through enc, which keeps the containers' encodings
+// between calls; nil encodes from scratch.
+func SaveWith(enc *Encoder, path string, st inventory.State, group string) error {
+	if enc == nil {
+		enc = &Encoder{}
 	}
 	gid, mode := -1, os.FileMode(Mode)
 	if group != "" {
@@ -78,15 +162,15 @@ func Save(path string, st inventory.State, group string) error {
 		gid, _ = strconv.Atoi(g.Gid)
 		mode = GroupMode
 	}
-	return writeAtomic(path, b, mode, gid)
+	return writeAtomic(path, func(w io.Writer) error { return enc.Write(w, st) }, mode, gid)
 }
 
 // WriteAtomic replaces path with data, atomically and durably.
 func WriteAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeAtomic(path, data, mode, -1)
+	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err }, mode, -1)
 }
 
-func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error) {
+func writeAtomic(path string, write func(io.Writer) error, mode os.FileMode, gid int) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o775); err != nil {
 		return err
@@ -108,7 +192,7 @@ func writeAtomic(path string, data []byte, mode os.FileMode, gid int) (err error
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
+	if err = write(f); err != nil {
 		return err
 	}
 	if gid >= 0 && fileGid(f) != gid {

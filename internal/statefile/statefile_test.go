@@ -1,6 +1,8 @@
 package statefile
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -173,5 +175,56 @@ func TestSaveWithGroupIs0640(t *testing.T) {
 	}
 	if err := Save(p, inventory.Empty(), "no-such-group-ds01"); err == nil {
 		t.Error("unknown group accepted")
+	}
+}
+
+// The caching, streaming encoder writes exactly what Encode writes, cycle
+// after cycle, as containers come, change and go.
+func TestEncoderMatchesEncode(t *testing.T) {
+	var enc Encoder
+	st := inventory.Empty()
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	st.LastScan = &now
+	for step := 0; step < 7; step++ {
+		switch step {
+		case 1:
+			for i := 0; i < 50; i++ {
+				id := fmt.Sprintf("%012x", i)
+				st.Containers[id] = inventory.Container{ID: id, Name: "n\u00f8\"\u202e" + id, User: "u", Status: "running", GPUDevices: []string{}, GPUAccess: []string{}, DetectedAt: now,
+					UserSignals: []inventory.UserSignal{{Source: "label:ds01.user", User: "u"}}, GPUProcesses: []inventory.GPUProcess{}}
+			}
+		case 2:
+			c := st.Containers[fmt.Sprintf("%012x", 7)]
+			c.Status = "exited"
+			st.Containers[c.ID] = c
+		case 3:
+			delete(st.Containers, fmt.Sprintf("%012x", 9))
+			mb, pct := int64(5), 40
+			c := st.Containers[fmt.Sprintf("%012x", 3)]
+			c.GPUMemoryMB, c.GPUHeldSeconds = &mb, 30
+			c.GPUProcesses = []inventory.GPUProcess{{Pid: 4, GPUUUID: "GPU-1", GPUMemoryMB: &mb, SMUtilPercent: &pct}}
+			st.Containers[c.ID] = c
+		case 4:
+			st.HostProcesses["10"] = inventory.HostProcess{Pid: 10, User: "containers"}
+			st.GPUs["GPU-1"] = inventory.GPU{Index: 1}
+		case 5:
+			c := st.Containers[fmt.Sprintf("%012x", 3)]
+			pct := 41
+			c.GPUProcesses = []inventory.GPUProcess{{Pid: 4, GPUUUID: "GPU-1", GPUMemoryMB: c.GPUMemoryMB, SMUtilPercent: &pct}}
+			st.Containers[c.ID] = c
+		case 6:
+			st.Containers = map[string]inventory.Container{}
+		}
+		want, err := Encode(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := enc.Write(&got, st); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != string(want) {
+			t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
+		}
 	}
 }

@@ -350,12 +350,21 @@ func MarshalASCII(v any, indent string) ([]byte, error) {
 // a dozen times every cycle.
 var sizeHint atomic.Int64
 
+// AppendIndented appends compact JSON indented as if it stood depth
+// levels deep in a document MarshalASCII(v, indent) writes.
+func AppendIndented(dst, compact []byte, indent string, depth int) []byte {
+	return indentDepth(dst, compact, indent, depth)
+}
+
 // indentCompact indents compact JSON (as encoding/json writes it: no
 // whitespace outside strings) exactly as json.Indent does, in one plain
 // pass: the state file is rewritten every cycle, and json.Indent's
 // byte-by-byte scanner was half of its cost.
 func indentCompact(dst, src []byte, indent string) []byte {
-	depth := 0
+	return indentDepth(dst, src, indent, 0)
+}
+
+func indentDepth(dst, src []byte, indent string, depth int) []byte {
 	newline := func() {
 		dst = append(dst, '\n')
 		for i := 0; i < depth; i++ {

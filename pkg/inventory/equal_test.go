@@ -1,0 +1,92 @@
+package inventory
+
+import (
+	"reflect"
+	"testing"
+	"time"
+)
+
+// Equal must look at every field: changing any one of them, at any depth
+// the state file shows, makes two values unequal.
+func TestEqualSeesEveryField(t *testing.T) {
+	base := Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}
+	for _, path := range fieldPaths(reflect.TypeOf(base), nil) {
+		c := base
+		c.GPUProcesses = []GPUProcess{{}}
+		c.UserSignals = []UserSignal{{}}
+		set(reflect.ValueOf(&c).Elem(), path)
+		if base.Equal(c) || c.Equal(base) {
+			t.Errorf("Equal does not see %v", path)
+		}
+	}
+	if !base.Equal(Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}) {
+		t.Error("equal values are not Equal")
+	}
+}
+
+// fieldPaths lists the paths to every leaf field, going into structs,
+// pointers and the first element of slices.
+func fieldPaths(t reflect.Type, prefix []int) [][]int {
+	var out [][]int
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		p := append(append([]int{}, prefix...), i)
+		ft := f.Type
+		if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+			out = append(out, fieldPaths(ft.Elem(), append(p, -1))...)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// set changes the field at path to something other than its zero value.
+func set(v reflect.Value, path []int) {
+	for i, idx := range path {
+		if idx == -1 {
+			v = v.Index(0)
+			continue
+		}
+		v = v.Field(idx)
+		if i == len(path)-1 {
+			break
+		}
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Int, reflect.Int64:
+		v.SetInt(7)
+	case reflect.Uint32, reflect.Uint64:
+		v.SetUint(7)
+	case reflect.Float64:
+		v.SetFloat(1.5)
+	case reflect.Slice:
+		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		if v.Type().Elem().Kind() == reflect.String {
+			v.Index(0).SetString("x")
+		}
+	case reflect.Pointer:
+		p := reflect.New(v.Type().Elem())
+		switch e := p.Elem(); e.Kind() {
+		case reflect.Struct:
+			if e.Type() == reflect.TypeOf(Time{}) {
+				e.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
+			} else {
+				e.Field(0).SetString("x")
+			}
+		case reflect.Int, reflect.Int64:
+			e.SetInt(7)
+		case reflect.Uint32:
+			e.SetUint(7)
+		}
+		v.Set(p)
+	case reflect.Struct: // Time
+		v.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
+	default:
+		panic("unhandled kind " + v.Kind().String())
+	}
+}
