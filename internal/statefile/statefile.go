@@ -118,8 +118,11 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) error {
 				if err != nil {
 					return err
 				}
-				b := append(append(kb, ':', ' '), nil...)
-				enc = encoded{c: c, b: inventory.AppendIndented(b, cb, "  ", 2)}
+				// A right-sized copy: the cache must not pin encoding buffers.
+				b := make([]byte, 0, len(kb)+2+2*len(cb))
+				b = append(append(b, kb...), ':', ' ')
+				b = inventory.AppendIndented(b, cb, "  ", 2)
+				enc = encoded{c: c, b: bytes.Clone(b)}
 			}
 			next[k] = enc
 			if i > 0 {

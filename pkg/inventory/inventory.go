@@ -24,7 +24,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -328,16 +327,12 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 // so it cannot carry terminal escape sequences or raw newlines.
 func MarshalASCII(v any, indent string) ([]byte, error) {
 	var buf bytes.Buffer
-	buf.Grow(int(sizeHint.Load()))
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
 	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	if len(b) > 64<<10 { // a state file: the next one will be about as big
-		sizeHint.Store(int64(len(b)) + int64(len(b))/8)
-	}
 	if indent != "" {
 		// Indentation about doubles a state file; room for a newline too.
 		b = indentCompact(make([]byte, 0, 2*len(b)+1), b, indent)
@@ -345,10 +340,6 @@ func MarshalASCII(v any, indent string) ([]byte, error) {
 	return escapeNonASCII(b), nil
 }
 
-// sizeHint is the buffer MarshalASCII starts with: the last large
-// document's size, so that encoding a state file does not grow its buffer
-// a dozen times every cycle.
-var sizeHint atomic.Int64
 
 // AppendIndented appends compact JSON indented as if it stood depth
 // levels deep in a document MarshalASCII(v, indent) writes.
