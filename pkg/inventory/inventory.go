@@ -340,7 +340,6 @@ func MarshalASCII(v any, indent string) ([]byte, error) {
 	return escapeNonASCII(b), nil
 }
 
-
 // AppendIndented appends compact JSON indented as if it stood depth
 // levels deep in a document MarshalASCII(v, indent) writes.
 func AppendIndented(dst, compact []byte, indent string, depth int) []byte {
