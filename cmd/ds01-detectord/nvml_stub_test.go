@@ -81,7 +81,6 @@ func TestUtilizationEndToEnd(t *testing.T) {
 	script(t, ctl, pid, 70000, "0") // 70 GB held, idle
 	f := newFiles(t, t.TempDir())
 	addr := freeAddr(t)
-	start := time.Now()
 	p := startDaemonEnv(t, []string{"DS01_NVML_STUB=" + ctl}, f.args("--docker-host", d.Host, "--nvml-library", lib,
 		"--interval", "250ms", "--gpu-idle-after", "1s", "--gpu-idle-threshold", "5", "--metrics-listen", addr)...)
 	short := id[:12]
@@ -95,9 +94,6 @@ func TestUtilizationEndToEnd(t *testing.T) {
 		return n
 	}
 	testutil.Eventually(t, 15*time.Second, "gpu_idle", func() bool { return count(event.GPUIdle) == 1 })
-	if since := time.Since(start); since < time.Second {
-		t.Errorf("gpu_idle after %v, before --gpu-idle-after", since)
-	}
 	st := f.State()
 	c := st.Containers[short]
 	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != pid || c.GPUProcesses[0].SMUtilPercent == nil || *c.GPUProcesses[0].SMUtilPercent != 0 ||
@@ -111,11 +107,18 @@ func TestUtilizationEndToEnd(t *testing.T) {
 		v, ok := metric(t, addr, "ds01_workload_gpu_idle_seconds")
 		return ok && v >= 1
 	})
+	var idleSince, idleAt time.Time
 	for _, e := range f.Events() {
 		if e.EventType == event.GPUIdle {
 			dd := testutil.Details(t, e)
 			if e.User != "alice" || dd["container_id"] != short || dd["gpu_memory_mb"] != 70000.0 || dd["threshold_percent"] != 5.0 {
 				t.Errorf("gpu_idle: user %q details %s", e.User, e.Details)
+			}
+			idleSince, _ = time.Parse(time.RFC3339Nano, dd["idle_since"].(string))
+			idleAt = e.Timestamp.Time
+			// On the daemon's own timeline: not before --gpu-idle-after.
+			if d := e.Timestamp.Sub(idleSince); d < time.Second {
+				t.Errorf("gpu_idle %v after idle_since, before --gpu-idle-after", d)
 			}
 		}
 	}
@@ -131,18 +134,25 @@ func TestUtilizationEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "container_exited", func() bool { return count(event.ContainerExited) == 1 })
-	elapsed := time.Since(start).Seconds()
 	var exited map[string]any
+	var activeAt, exitAt time.Time
 	for _, e := range f.Events() {
-		if e.EventType == event.ContainerExited {
-			exited = testutil.Details(t, e)
+		switch e.EventType {
+		case event.ContainerExited:
+			exited, exitAt = testutil.Details(t, e), e.Timestamp.Time
+		case event.GPUActive:
+			activeAt = e.Timestamp.Time
 		}
 	}
 	held, busy, alloc := exited["gpu_held_seconds"].(float64), exited["gpu_busy_seconds"].(float64), exited["gpu_allocated_seconds"].(float64)
-	// Held from the first cycle that saw the process to the last: the run,
-	// within a couple of cycles and the start-up.
-	if held < elapsed-3 || held > elapsed || busy < 0.75 || busy > held || alloc != 0 {
-		t.Errorf("exited counters: held %.2f busy %.2f allocated %.2f over a %.2f s run", held, busy, alloc, elapsed)
+	// On the daemon's own timeline (event timestamps, not the test's
+	// clock): the process was held from idle_since until at least the
+	// gpu_active cycle and at most until the exit; it was busy only in
+	// cycles after the gpu_idle one.
+	heldMin, heldMax := activeAt.Sub(idleSince).Seconds(), exitAt.Sub(idleSince).Seconds()
+	busyMax := exitAt.Sub(idleAt).Seconds()
+	if held < heldMin || held > heldMax+0.001 || busy <= 0 || busy > busyMax+0.001 || busy > held || alloc != 0 {
+		t.Errorf("exited counters: held %.3f (want %.3f to %.3f) busy %.3f (want up to %.3f) allocated %.3f", held, heldMin, heldMax, busy, busyMax, alloc)
 	}
 	if v, ok := metric(t, addr, `ds01_user_gpu_held_seconds_total`); !ok || v < held-1 {
 		t.Errorf("ds01_user_gpu_held_seconds_total = %v, want about %v", v, held)

@@ -13,7 +13,7 @@ import (
 )
 
 // --watch in a real terminal: tmux runs it, the state file is replaced,
-// the new row appears (well before the 30 s fallback interval: inotify),
+// the new row appears (with an hour's fallback interval: inotify),
 // and Ctrl-C ends it with exit 0 and the screen restored.
 func TestWatchInARealTerminal(t *testing.T) {
 	if _, err := exec.LookPath("tmux"); err != nil {
@@ -48,7 +48,9 @@ func TestWatchInARealTerminal(t *testing.T) {
 	// bash waits for it and records its exit status (the trap keeps the
 	// shell itself alive through Ctrl-C; the program gets SIGINT as usual).
 	rcFile := filepath.Join(dir, "rc")
-	tmux("respawn-pane", "-k", "-t", "w", "bash -c 'trap true INT; "+bin+" --watch 30s --color never --state-file "+state+"; echo $? > "+rcFile+"; sleep 60'")
+	// The fallback interval is an hour: any redraw within the test comes
+	// from the change notification.
+	tmux("respawn-pane", "-k", "-t", "w", "bash -c 'trap true INT; "+bin+" --watch 1h --color never --state-file "+state+"; echo $? > "+rcFile+"; sleep 60'")
 	screen := func() string { return tmux("capture-pane", "-p", "-t", "w") }
 	testutil.Eventually(t, 10*time.Second, "first drawing", func() bool { return strings.Contains(screen(), "vsc-bob-proj-1234") })
 	if alt := strings.TrimSpace(tmux("display-message", "-p", "-t", "w", "#{alternate_on}")); alt != "1" {
@@ -75,11 +77,7 @@ func TestWatchInARealTerminal(t *testing.T) {
 	if err := os.Rename(state+".tmp", state); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	testutil.Eventually(t, 10*time.Second, "the new row", func() bool { return strings.Contains(screen(), "the-new-row") })
-	if d := time.Since(start); d > 20*time.Second {
-		t.Errorf("redrawn after %v: the interval, not the change", d)
-	}
 
 	tmux("send-keys", "-t", "w", "C-c")
 	testutil.Eventually(t, 10*time.Second, "exit on Ctrl-C", func() bool {
