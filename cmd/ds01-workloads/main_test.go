@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode"
@@ -398,5 +399,26 @@ func TestHelpThroughAPipe(t *testing.T) {
 	err = cmd.Run()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || strings.Count(stderr.String(), "\n") != 2 {
 		t.Errorf("unknown flag: %v, stderr %q", err, stderr.String())
+	}
+}
+
+// /var/log/ds01 is group-writable: a FIFO planted as the event log or as
+// an archive is refused, not waited on.
+func TestPlantedFIFOsAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "events.jsonl")
+	if err := syscall.Mkfifo(log, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errb, rc := invoke([]string{"events", "--events-file", log}, false, nil); rc != 1 || !strings.Contains(errb, "not a regular file") {
+		t.Errorf("events from a FIFO: exit %d, %q", rc, errb)
+	}
+	os.Remove(log)
+	os.WriteFile(log, []byte{}, 0o644)
+	if err := syscall.Mkfifo(log+"-20260101.gz", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", td("held.json")}, false, nil); rc != 1 || !strings.Contains(errb, "not a regular file") {
+		t.Errorf("report over a FIFO archive: exit %d, %q", rc, errb)
 	}
 }

@@ -270,8 +270,13 @@ func Signals(in Input, resolve Resolver) []inventory.UserSignal {
 // User decides who owns the container and which signal said so: the first
 // of Signals, or "unknown".
 func User(in Input, resolve Resolver) (user, source string) {
-	if s := Signals(in, resolve); len(s) > 0 {
-		return s[0].User, s[0].Source
+	return UserOf(Signals(in, resolve))
+}
+
+// UserOf is User for signals already gathered.
+func UserOf(signals []inventory.UserSignal) (user, source string) {
+	if len(signals) > 0 {
+		return signals[0].User, signals[0].Source
 	}
 	return Unknown, SourceNone
 }

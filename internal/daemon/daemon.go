@@ -30,19 +30,17 @@ type Config struct {
 	DockerTimeout         time.Duration // one Docker API call
 	ProcRoot              string        // "" : /proc
 	NVMLLibrary           string        // "" : the system's libnvidia-ml.so.1
-	// NVML, when set, replaces the library (tests pass go-nvml's mock).
-	NVML             nvml.Interface
-	ExcludeProcesses []string
-	KeepSecrets      bool
-	Interval         time.Duration // reconciliation scans
-	ScanTimeout      time.Duration // one scan
-	Debounce         time.Duration // wait after a Docker event before scanning
-	DebounceMax      time.Duration // how far that wait grows under continuous churn
-	MetricsListen    string        // "" : no metrics endpoint
-	DryRun           bool          // Once only: write nothing
-	Version          string
-	IdleThreshold    int           // percent SM; 0: the default
-	IdleAfter        time.Duration // 0: the default
+	ExcludeProcesses      []string
+	KeepSecrets           bool
+	Interval              time.Duration // reconciliation scans
+	ScanTimeout           time.Duration // one scan
+	Debounce              time.Duration // wait after a Docker event before scanning
+	DebounceMax           time.Duration // how far that wait grows under continuous churn
+	MetricsListen         string        // "" : no metrics endpoint
+	DryRun                bool          // Once only: write nothing
+	Version               string
+	IdleThreshold         int           // percent SM; 0: the default
+	IdleAfter             time.Duration // 0: the default
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -64,15 +62,11 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	lib := cfg.NVML
-	if lib == nil {
-		var opts []nvml.LibraryOption
-		if cfg.NVMLLibrary != "" {
-			opts = append(opts, nvml.WithLibraryPath(cfg.NVMLLibrary))
-		}
-		lib = nvml.New(opts...)
+	var opts []nvml.LibraryOption
+	if cfg.NVMLLibrary != "" {
+		opts = append(opts, nvml.WithLibraryPath(cfg.NVMLLibrary))
 	}
-	gpus := gpu.New(lib)
+	gpus := gpu.New(nvml.New(opts...))
 	gpus.Log = log
 	sc := cycle.New(cycle.Config{
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,

@@ -193,18 +193,16 @@ const idle = -1
 // feeds: the first call starts a timer of window, calls until it fires are
 // folded into it, and then one value goes to the channel (buffer one, never
 // blocking). Pass the channel as Options.Trigger. Under continuous change
-// (a call soon after the last fire) the window doubles, up to max; after a
-// quiet window it is back to min. So a burst is seen within min, and
+// (a call soon after the last fire) the window doubles, up to most; after a
+// quiet window it is back to first. So a burst is seen within min, and
 // continuous churn causes at most one scan (one state write) per window.
-func Debounce(min, max time.Duration) (func(), <-chan struct{}) {
-	if max < min {
-		max = min
-	}
+func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
+	most = max(most, first)
 	ch := make(chan struct{}, 1)
 	var mu sync.Mutex
 	var timer *time.Timer
 	var lastFire time.Time
-	window := min
+	window := first
 	return func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -212,9 +210,9 @@ func Debounce(min, max time.Duration) (func(), <-chan struct{}) {
 			return
 		}
 		if !lastFire.IsZero() && time.Since(lastFire) < window {
-			window = minDur(window*2, max)
+			window = min(window*2, most)
 		} else {
-			window = min
+			window = first
 		}
 		timer = time.AfterFunc(window, func() {
 			mu.Lock()
@@ -226,11 +224,4 @@ func Debounce(min, max time.Duration) (func(), <-chan struct{}) {
 			}
 		})
 	}, ch
-}
-
-func minDur(a, b time.Duration) time.Duration {
-	if a < b {
-		return a
-	}
-	return b
 }

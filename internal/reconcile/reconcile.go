@@ -250,8 +250,8 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		}
 		access := classify.GPUAccess(in)
 		hasGPU := len(access) > 0
-		user, src := classify.User(in, resolve)
 		signals := classify.Signals(in, resolve)
+		user, src := classify.UserOf(signals)
 		if signals == nil {
 			signals = []inventory.UserSignal{}
 		}

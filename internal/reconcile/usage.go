@@ -212,7 +212,14 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 	if f.DockerErr != nil {
 		containers = nil
 	}
-	for _, k := range sortedKeys(containers) {
+	// Map order, not sorted: this runs over every container each cycle,
+	// and only the few that change state need an order (sorted below).
+	type keyed struct {
+		key string
+		ts  []Transition
+	}
+	var changed []keyed
+	for k := range containers {
 		c := next.Containers[k]
 		old := prev.Containers[k]
 		var uses []use
@@ -231,7 +238,15 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle
 		c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds = g.Allocated, g.Held, g.Busy
 		next.Containers[k] = c
+		if len(g.transitions) > 0 {
+			changed = append(changed, keyed{k, g.transitions})
+			g.transitions = nil
+		}
 		add(&g)
+	}
+	sort.Slice(changed, func(i, j int) bool { return changed[i].key < changed[j].key })
+	for _, c := range changed {
+		ts = append(ts, c.ts...)
 	}
 	if f.GPUErr != nil {
 		return ts, deltas // host processes are kept as they were

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -80,6 +81,24 @@ func parseEvent(line []byte) (Event, bool) {
 	return Event{Time: env.Timestamp.Time, EventType: env.EventType, SchemaVersion: env.SchemaVersion, User: env.User, Source: env.Source, Details: env.Details, Raw: line}, true
 }
 
+// openRegular opens a file for reading that others may have put there
+// (/var/log/ds01 is group-writable): without blocking on a FIFO, and only
+// when it is a regular file.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%s is not a regular file", path)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
 // Match compares times as times, the type as a prefix, the user exactly.
 func (f EventFilter) Match(e Event) bool {
 	if !f.Since.IsZero() && e.Time.Before(f.Since) {
@@ -140,7 +159,7 @@ func (p *EventPrinter) Print(e Event) {
 // them when limit > 0. It returns how many were printed and the offset it
 // read up to.
 func ReadEvents(path string, f EventFilter, limit int, p *EventPrinter) (int, int64, error) {
-	fh, err := os.Open(path)
+	fh, err := openRegular(path)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -192,7 +211,7 @@ func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *Ev
 	}()
 	for {
 		if fh == nil {
-			if h, err := os.Open(path); err == nil {
+			if h, err := openRegular(path); err == nil {
 				fh, ino = h, inode(h)
 				if _, err := fh.Seek(offset, io.SeekStart); err != nil {
 					offset = 0

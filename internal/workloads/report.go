@@ -227,7 +227,7 @@ func logFiles(path string) ([]string, error) {
 // readLog calls fn for each event line of a log or a .gz archive; lines
 // longer than MaxLineBytes and lines that are not events are skipped.
 func readLog(path string, fn func(event.Envelope)) error {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return err
 	}
