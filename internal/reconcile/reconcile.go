@@ -148,6 +148,9 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		var hostUses map[string][]use
 		seen, hostUses, next.OtherGPUProcesses, res.Excluded = attribute(f, next.Containers, rules)
 		processOwners(f, next.Containers)
+		// Entries the Python scanner wrote (no start time) join the
+		// running processes they describe: a switch-over emits nothing.
+		prev.HostProcesses, prev.PendingProcesses = adoptLegacy(prev.HostProcesses, prev.PendingProcesses, seen, f, rules.KeepSecrets)
 		var hostEvents []Transition
 		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now)
 		res.Transitions = append(res.Transitions, hostEvents...)
