@@ -340,3 +340,17 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// sortedKeysWhere returns, sorted, the keys of the entries keep selects.
+// Only those are sorted: over thousands of containers where one changed,
+// a cycle sorts one key, not thousands.
+func sortedKeysWhere[V any](m map[string]V, keep func(k string, v V) bool) []string {
+	var keys []string
+	for k, v := range m {
+		if keep(k, v) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -36,12 +36,13 @@ type Warning struct {
 // Python scanner used: discovered and status changes, then removals.
 func diffContainers(old, cur map[string]inventory.Container) []Transition {
 	var out []Transition
-	for _, k := range sortedKeys(cur) {
+	changed := sortedKeysWhere(cur, func(k string, c inventory.Container) bool {
+		o, seen := old[k]
+		return !seen || o.Status != c.Status // else the common case: nothing to report
+	})
+	for _, k := range changed {
 		c := cur[k]
 		o, seen := old[k]
-		if seen && o.Status == c.Status {
-			continue // the common case: nothing to report, nothing to build
-		}
 		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
 		switch {
 		case !seen:
@@ -63,10 +64,8 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 			})
 		}
 	}
-	for _, k := range sortedKeys(old) {
-		if _, ok := cur[k]; ok {
-			continue
-		}
+	gone := sortedKeysWhere(old, func(k string, _ inventory.Container) bool { _, ok := cur[k]; return !ok })
+	for _, k := range gone {
 		o := old[k]
 		out = append(out, Transition{
 			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
@@ -100,14 +99,12 @@ func hostExited(p inventory.HostProcess) Transition {
 // configuration does not grant.
 func gpuWithoutAccess(prev, cur map[string]inventory.Container) []Warning {
 	var out []Warning
-	for _, k := range sortedKeys(cur) {
+	for _, k := range sortedKeysWhere(cur, func(k string, c inventory.Container) bool { return c.GPUWithoutAccess && !prev[k].GPUWithoutAccess }) {
 		c := cur[k]
-		if c.GPUWithoutAccess && !prev[k].GPUWithoutAccess {
-			out = append(out, Warning{
-				Message: "container uses a GPU its configuration does not grant",
-				Fields:  []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
-			})
-		}
+		out = append(out, Warning{
+			Message: "container uses a GPU its configuration does not grant",
+			Fields:  []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
+		})
 	}
 	return out
 }
@@ -139,11 +136,8 @@ func claimedContainers(prev inventory.State, seen map[string]inventory.HostProce
 // disagree.
 func userConflicts(prev, cur map[string]inventory.Container) []Warning {
 	var out []Warning
-	for _, k := range sortedKeys(cur) {
+	for _, k := range sortedKeysWhere(cur, func(k string, c inventory.Container) bool { return c.UserConflict && !prev[k].UserConflict }) {
 		c := cur[k]
-		if !c.UserConflict || prev[k].UserConflict {
-			continue
-		}
 		signals := make([]string, 0, len(c.UserSignals))
 		for _, s := range c.UserSignals {
 			signals = append(signals, s.Source+"="+s.User)

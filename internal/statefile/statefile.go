@@ -71,6 +71,7 @@ func Encode(st inventory.State) ([]byte, error) {
 // little more than its changes. One goroutine at a time.
 type Encoder struct {
 	last map[string]encoded
+	keys []string // last's keys, sorted
 }
 
 type encoded struct {
@@ -83,7 +84,12 @@ type encoded struct {
 var containersMarker = []byte(`"containers": {}`)
 
 // Write writes st to w.
-func (e *Encoder) Write(w io.Writer, st inventory.State) error {
+func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
+	defer func() {
+		if err != nil { // start afresh: the cache may be half updated
+			e.last, e.keys = nil, nil
+		}
+	}()
 	containers := st.Containers
 	st.Containers = map[string]inventory.Container{}
 	rest, err := inventory.MarshalASCII(st, "  ")
@@ -94,19 +100,14 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) error {
 	if at < 0 {
 		return errors.New("encode state: no containers key")
 	}
-	keys := make([]string, 0, len(containers))
-	for k := range containers {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	next := make(map[string]encoded, len(keys))
+	e.sync(containers)
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.Write(rest[:at])
-	if len(keys) == 0 {
+	if len(e.keys) == 0 {
 		bw.Write(containersMarker)
 	} else {
 		bw.WriteString(`"containers": {`)
-		for i, k := range keys {
+		for i, k := range e.keys {
 			c := containers[k]
 			enc, ok := e.last[k]
 			if !ok || !enc.c.Equal(c) {
@@ -123,8 +124,8 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) error {
 				b = append(append(b, kb...), ':', ' ')
 				b = inventory.AppendIndented(b, cb, "  ", 2)
 				enc = encoded{c: c, b: bytes.Clone(b)}
+				e.last[k] = enc
 			}
-			next[k] = enc
 			if i > 0 {
 				bw.WriteByte(',')
 			}
@@ -135,11 +136,42 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) error {
 	}
 	bw.Write(rest[at+len(containersMarker):])
 	bw.WriteByte('\n')
-	if err := bw.Flush(); err != nil {
-		return err
+	return bw.Flush()
+}
+
+// sync makes e.keys the sorted keys of containers and drops the cached
+// encodings of containers that are gone. Only the keys that came or went
+// are sorted: among thousands of containers where one changed, a write
+// sorts one key, not thousands.
+func (e *Encoder) sync(containers map[string]inventory.Container) {
+	if e.last == nil {
+		e.last = make(map[string]encoded, len(containers))
 	}
-	e.last = next
-	return nil
+	var added []string
+	for k := range containers {
+		if _, ok := e.last[k]; !ok {
+			added = append(added, k)
+		}
+	}
+	removed := len(e.keys) + len(added) - len(containers)
+	if len(added) == 0 && removed == 0 {
+		return
+	}
+	sort.Strings(added)
+	keys := make([]string, 0, len(containers))
+	i := 0
+	for _, k := range e.keys {
+		if _, ok := containers[k]; !ok {
+			delete(e.last, k)
+			continue
+		}
+		for i < len(added) && added[i] < k {
+			keys = append(keys, added[i])
+			i++
+		}
+		keys = append(keys, k)
+	}
+	e.keys = append(keys, added[i:]...) // the added are encoded on the way out
 }
 
 // Save writes st to path atomically: a temporary file in the same

@@ -3,6 +3,7 @@ package statefile
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -214,6 +215,38 @@ func TestEncoderMatchesEncode(t *testing.T) {
 			st.Containers[c.ID] = c
 		case 6:
 			st.Containers = map[string]inventory.Container{}
+		}
+		want, err := Encode(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := enc.Write(&got, st); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != string(want) {
+			t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
+		}
+	}
+}
+
+// Containers coming and going at random, several at a time, some at both
+// ends of the key order: the encoder's incrementally kept key order must
+// stay the sorted one.
+func TestEncoderKeyOrderUnderChurn(t *testing.T) {
+	var enc Encoder
+	st := inventory.Empty()
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for step := 0; step < 200; step++ {
+		for n := rnd.IntN(4); n > 0; n-- {
+			id := fmt.Sprintf("%012x", rnd.IntN(64))
+			if _, ok := st.Containers[id]; ok && rnd.IntN(2) == 0 {
+				delete(st.Containers, id)
+				continue
+			}
+			st.Containers[id] = inventory.Container{ID: id, Name: "c", Status: []string{"running", "exited"}[rnd.IntN(2)], DetectedAt: now,
+				GPUDevices: []string{}, GPUAccess: []string{}, UserSignals: []inventory.UserSignal{}, GPUProcesses: []inventory.GPUProcess{}}
 		}
 		want, err := Encode(st)
 		if err != nil {

@@ -1,0 +1,54 @@
+package cycle
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+)
+
+// churning is a Containers source for the event path's own cost: a fixed
+// inventory of idle containers plus one that changes every call, the way
+// the Docker source reports an event-triggered scan (no list call).
+type churning struct {
+	idle []docker.Container
+	n    int
+}
+
+func (c *churning) List(context.Context, bool) (docker.Snapshot, error) {
+	c.n++
+	out := make([]docker.Container, len(c.idle), len(c.idle)+1)
+	copy(out, c.idle)
+	out = append(out, docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
+		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}})
+	return docker.Snapshot{Containers: out}, nil
+}
+
+// BenchmarkEventCycle is the daemon's side of one event-triggered scan
+// (reconcile and deliver, Docker's cost left out) among 200 and 2,000 idle
+// containers: the churn benchmark's CPU ratio comes from here.
+func BenchmarkEventCycle(b *testing.B) {
+	for _, idle := range []int{200, 2000} {
+		b.Run(strconv.Itoa(idle), func(b *testing.B) {
+			src := &churning{}
+			for i := 0; i < idle; i++ {
+				src.idle = append(src.idle, docker.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
+					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
+			}
+			files := testutil.NewFiles(b)
+			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src})
+			ctx := context.Background()
+			s.Scan(ctx, true)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if sum := s.Scan(ctx, false); sum.Containers != idle+1 {
+					b.Fatalf("%d containers", sum.Containers)
+				}
+			}
+		})
+	}
+}
