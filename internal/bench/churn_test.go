@@ -2,9 +2,11 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,23 +104,58 @@ func churn(b *testing.B, idle int) churnResult {
 	}
 	time.Sleep(3 * time.Second)
 
-	// Detection: a poller notes when each container first shows up in the
-	// state file on disk.
+	// Detection: a poller notes when each container is first reported:
+	// listed in the state file on disk, or discovered in the event log (a
+	// container that lives between two cycles is only in the log). It
+	// parses the state only when a new file was renamed into place.
 	seen := map[string]time.Time{}
 	var seenMu sync.Mutex
 	stopPoll := make(chan struct{})
 	pollDone := make(chan struct{})
 	go func() {
 		defer close(pollDone)
+		var stateIno uint64
+		var logOff int64
 		for {
 			select {
 			case <-stopPoll:
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			bb, _ := os.ReadFile(state)
 			now := time.Now()
-			seenMu.Lock()
+			note := func(id string) {
+				seenMu.Lock()
+				if _, ok := seen[id]; !ok {
+					seen[id] = now
+				}
+				seenMu.Unlock()
+			}
+			if f, err := os.Open(events); err == nil {
+				f.Seek(logOff, io.SeekStart)
+				bb, _ := io.ReadAll(f)
+				f.Close()
+				if i := bytes.LastIndexByte(bb, '\n'); i >= 0 {
+					logOff += int64(i + 1)
+					for _, line := range bytes.Split(bb[:i], []byte("\n")) {
+						var e struct {
+							EventType string `json:"event_type"`
+							Details   struct {
+								ContainerID string `json:"container_id"`
+								Name        string `json:"name"`
+							} `json:"details"`
+						}
+						if json.Unmarshal(line, &e) == nil && e.EventType == event.ContainerDiscovered && strings.HasPrefix(e.Details.Name, "churn-") {
+							note(e.Details.ContainerID)
+						}
+					}
+				}
+			}
+			var fst syscall.Stat_t
+			if syscall.Stat(state, &fst) != nil || fst.Ino == stateIno {
+				continue
+			}
+			stateIno = fst.Ino
+			bb, _ := os.ReadFile(state)
 			var st struct {
 				Containers map[string]struct {
 					Name string `json:"name"`
@@ -126,13 +164,10 @@ func churn(b *testing.B, idle int) churnResult {
 			if json.Unmarshal(bb, &st) == nil {
 				for id, c := range st.Containers {
 					if strings.HasPrefix(c.Name, "churn-") {
-						if _, ok := seen[id]; !ok {
-							seen[id] = now
-						}
+						note(id)
 					}
 				}
 			}
-			seenMu.Unlock()
 		}
 	}()
 

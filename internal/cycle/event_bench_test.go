@@ -24,8 +24,8 @@ func (c *churning) List(context.Context, bool) (docker.Snapshot, error) {
 	out := make([]docker.Container, len(c.idle), len(c.idle)+1)
 	copy(out, c.idle)
 	out = append(out, docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
-		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}})
-	return docker.Snapshot{Containers: out}, nil
+		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}, Rev: uint64(1<<32 + c.n)})
+	return docker.Snapshot{Containers: out, Incremental: true}, nil
 }
 
 // BenchmarkEventCycle is the daemon's side of one event-triggered scan
@@ -37,7 +37,7 @@ func BenchmarkEventCycle(b *testing.B) {
 			src := &churning{}
 			for i := 0; i < idle; i++ {
 				src.idle = append(src.idle, docker.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
-					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
+					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}, Rev: uint64(i + 1)})
 			}
 			files := testutil.NewFiles(b)
 			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src})

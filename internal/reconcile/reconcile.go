@@ -247,6 +247,11 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 	out := make(map[string]inventory.Container, len(list))
 	resolve := f.resolver()
 	for _, c := range list {
+		key := ShortID(c.ID)
+		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
+			out[key] = classified(old)
+			continue
+		}
 		in := classifyInput(c)
 		if uid, ok := f.InitUIDs[c.ID]; ok && c.Pid > 0 {
 			in.InitUID = &uid
@@ -258,7 +263,6 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		if signals == nil {
 			signals = []inventory.UserSignal{}
 		}
-		key := ShortID(c.ID)
 		for i := range signals {
 			signals[i].User = inventory.Cut(signals[i].User)
 		}
@@ -268,7 +272,7 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 			Status: inventory.Cut(c.Status), Image: inventory.Cut(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
-			GPUProcesses: []inventory.GPUProcess{},
+			GPUProcesses: []inventory.GPUProcess{}, SourceRev: c.Rev,
 		}
 		if !c.Created.IsZero() {
 			e.CreatedAt = inventory.TimePtr(c.Created)
@@ -287,6 +291,25 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		out[key] = e
 	}
 	return out
+}
+
+// classified is the part of a container's entry that buildContainers
+// derives from Docker's facts, taken from the last cycle's entry. An
+// event-triggered cycle reuses it for a stopped container the events did
+// not name (its facts have the same revision): among thousands of idle
+// containers, a cycle then classifies the few that changed. A running
+// container is classified again every cycle (its init's UID is read
+// fresh), and the full list of every --interval re-derives everything (a
+// user database change reaches the names then).
+func classified(old inventory.Container) inventory.Container {
+	return inventory.Container{
+		ID: old.ID, Name: old.Name, Origin: old.Origin, User: old.User, HasGPU: old.HasGPU, GPUDevices: old.GPUDevices,
+		Status: old.Status, Image: old.Image, DetectedAt: old.DetectedAt,
+		FullID: old.FullID, UserSource: old.UserSource, GPUAccess: old.GPUAccess, Pid: old.Pid,
+		UserSignals: old.UserSignals, UserConflict: old.UserConflict, GPUProcesses: []inventory.GPUProcess{},
+		CreatedAt: old.CreatedAt, StartedAt: old.StartedAt, FinishedAt: old.FinishedAt, ExitCode: old.ExitCode,
+		SourceRev: old.SourceRev,
+	}
 }
 
 // maxListLen caps lists built from user-controlled values (gpu_devices

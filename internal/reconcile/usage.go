@@ -222,6 +222,14 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 	for k := range containers {
 		c := next.Containers[k]
 		old := prev.Containers[k]
+		if c.Status != "running" && len(c.GPUProcesses) == 0 && f.GPUErr == nil {
+			// A stopped container that holds no GPU: what step would
+			// give, without building it (most of a large inventory).
+			c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = nil, nil, false
+			c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds = old.GPUAllocatedSeconds, old.GPUHeldSeconds, old.GPUBusySeconds
+			next.Containers[k] = c
+			continue
+		}
 		var uses []use
 		for _, p := range c.GPUProcesses {
 			uses = append(uses, use{p.GPUUUID, p.SMUtilPercent, p.GPUMemoryMB})

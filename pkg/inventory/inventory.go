@@ -148,6 +148,12 @@ type Container struct {
 	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+
+	// SourceRev is the Docker source's revision of the facts this entry was
+	// built from (docker.Container.Rev); in memory only, never written. An
+	// event-triggered cycle reuses the classification of a stopped
+	// container whose facts have the same revision.
+	SourceRev uint64 `json:"-"`
 }
 
 // UserSignal is one owner signal: which source said which user.

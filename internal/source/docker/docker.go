@@ -45,6 +45,11 @@ type Container struct {
 	DevicePaths          []string // HostConfig.Devices[].PathOnHost
 	DeviceRequests       []DeviceRequest
 	Mounts               []Mount
+
+	// Rev is this source's revision of these facts: every inspect gives a
+	// new one, and a container reported from the cache keeps its own. 0
+	// when unknown (a container known only from the event stream).
+	Rev uint64
 }
 
 // DeviceRequest is Docker's HostConfig.DeviceRequests entry (--gpus).
@@ -88,6 +93,7 @@ type Source struct {
 	// event-triggered scan may then inspect only what the events named.
 	primed  bool
 	gen     uint64            // counts cache resets: a list primes only the cache it began with
+	rev     uint64            // the last Container.Rev given
 	births  map[string]*birth // containers the stream saw created (see Ephemeral)
 	handled time.Time         // time of the last event handled
 
@@ -162,6 +168,10 @@ type Snapshot struct {
 	Checkpoint time.Time
 	// ListStart is when the list call began.
 	ListStart time.Time
+	// Incremental: no list call was made; only the containers events named
+	// were inspected again (List with full false). A Rev seen before then
+	// means facts unchanged since.
+	Incremental bool
 }
 
 // New connects lazily to host (DOCKER_HOST and the default socket when
@@ -345,6 +355,7 @@ func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[str
 		listed[id] = true
 	}
 	s.finish(&snap, listed, start)
+	snap.Incremental = true
 	return snap, nil
 }
 
@@ -383,7 +394,12 @@ func (s *Source) inspect(ctx context.Context, id string, rts map[string]string, 
 		}
 		return Container{}, fmt.Errorf("docker inspect %.12s: %w", id, err)
 	}
-	return fromInspect(js, rts, defRT), nil
+	c := fromInspect(js, rts, defRT)
+	s.mu.Lock()
+	s.rev++
+	c.Rev = s.rev
+	s.mu.Unlock()
+	return c, nil
 }
 
 func (s *Source) markDirty(ids map[string]bool) {

@@ -1,0 +1,53 @@
+package reconcile
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// An event-triggered cycle reuses the classification of stopped
+// containers whose facts have the same revision: the state must be the
+// one a full cycle derives from the same facts, and a container whose
+// facts changed (a new revision) must be classified again.
+func TestIncrementalCycleMatchesFull(t *testing.T) {
+	list := []docker.Container{}
+	for i := 1; i <= 6; i++ {
+		c := ctr(i, []string{"exited", "created", "running"}[i%3])
+		c.Rev = uint64(i)
+		if i == 4 {
+			c.Labels = map[string]string{"ds01.user": "alice", "devcontainer.local_folder": "/home/bob/x"} // a conflict
+		}
+		list = append(list, c)
+	}
+	s := step{containers: list}
+	prev := Reconcile(inventory.Empty(), s.facts(t0), Rules{}).State
+
+	// The events named container 1 (relabelled: a new revision); the rest
+	// come from the cache with their old revisions.
+	next := append([]docker.Container{}, list...)
+	next[0].Labels = map[string]string{"ds01.user": "carol"}
+	next[0].Rev = 100
+	s = step{containers: next}
+	now := t0.Add(time.Second)
+	incr := s.facts(now)
+	incr.Docker.Incremental = true
+	got := Reconcile(prev, incr, Rules{}).State
+	want := Reconcile(prev, s.facts(now), Rules{}).State
+	gb, _ := json.Marshal(got)
+	wb, _ := json.Marshal(want)
+	if string(gb) != string(wb) {
+		t.Fatalf("incremental cycle differs from a full one:\n%s\n---\n%s", gb, wb)
+	}
+	if u := got.Containers[c1].User; u != "carol" {
+		t.Errorf("container with a new revision kept its old classification: user %q", u)
+	}
+	for k, c := range got.Containers {
+		if !c.Equal(want.Containers[k]) {
+			t.Errorf("%s: %+v, want %+v", k, c, want.Containers[k])
+		}
+	}
+}
