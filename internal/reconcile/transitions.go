@@ -36,8 +36,12 @@ type Warning struct {
 // Python scanner used: discovered and status changes, then removals.
 func diffContainers(old, cur map[string]inventory.Container) []Transition {
 	var out []Transition
+	fresh := 0 // keys of cur that old lacks
 	changed := sortedKeysWhere(cur, func(k string, c inventory.Container) bool {
 		o, seen := old[k]
+		if !seen {
+			fresh++
+		}
 		return !seen || o.Status != c.Status // else the common case: nothing to report
 	})
 	for _, k := range changed {
@@ -64,7 +68,10 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 			})
 		}
 	}
-	gone := sortedKeysWhere(old, func(k string, _ inventory.Container) bool { _, ok := cur[k]; return !ok })
+	var gone []string
+	if len(cur)-fresh != len(old) { // else every old key is in cur
+		gone = sortedKeysWhere(old, func(k string, _ inventory.Container) bool { _, ok := cur[k]; return !ok })
+	}
 	for _, k := range gone {
 		o := old[k]
 		out = append(out, Transition{
