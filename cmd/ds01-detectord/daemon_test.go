@@ -64,10 +64,22 @@ func startDaemon(t *testing.T, args ...string) *proc {
 	return startDaemonEnv(t, nil, args...)
 }
 
+// withListen gives a daemon's arguments a metrics endpoint on a port of
+// its own unless they name one: the default port would collide with the
+// next daemon, or with a real one on this host.
+func withListen(args []string) []string {
+	for _, a := range args {
+		if strings.HasPrefix(a, "--web.listen-address") || strings.HasPrefix(a, "--metrics-listen") {
+			return args
+		}
+	}
+	return append([]string{"--web.listen-address=127.0.0.1:0"}, args...)
+}
+
 // startDaemonEnv runs the binary with extra environment variables.
 func startDaemonEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(daemonBinary(t), append([]string{"--log-format", "console"}, args...)...), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(daemonBinary(t), append([]string{"--log-format", "console"}, withListen(args)...)...), done: make(chan struct{})}
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}
@@ -140,7 +152,7 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 	state := filepath.Join(dir, "state.json")
 	addr := freeAddr(t)
 	p := startDaemon(t, "--docker-host", d.Host, "--state-file", state, "--events-file", filepath.Join(dir, "e.jsonl"),
-		"--interval", "1h", "--metrics-listen", addr, "--nvml-library", filepath.Join(dir, "none.so"))
+		"--interval", "1h", "--web.listen-address", addr, "--nvml-library", filepath.Join(dir, "none.so"))
 
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
@@ -177,7 +189,8 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 		`ds01_detector_events_total{event_type="detection.container_discovered"} 3`,
 		`ds01_workloads_gpu_without_access 0`,
 		`ds01_detector_scan_duration_seconds_count 1`,
-		`ds01_detector_build_info{version=`,
+		`ds01_detector_build_info{branch=`,
+		`,version="dev"} 1`,
 		`go_goroutines `,
 		`process_resident_memory_bytes `,
 	}
@@ -191,29 +204,56 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 	}
 }
 
-func TestNoListenerWithoutTheFlag(t *testing.T) {
+// --web.listen-address "" (or --metrics-listen "") turns the endpoint off:
+// no listening socket at all.
+func TestNoListenerWhenTurnedOff(t *testing.T) {
 	dir := t.TempDir()
-	p := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, "s.json"),
-		"--events-file", filepath.Join(dir, "e.jsonl"), "--interval", "1h")
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.log(), "scan complete") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no cycle:\n%s", p.log())
+	for i, off := range []string{"--web.listen-address=", "--metrics-listen="} {
+		p := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, fmt.Sprint(i, "s.json")),
+			"--events-file", filepath.Join(dir, fmt.Sprint(i, "e.jsonl")), "--interval", "1h", off)
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(p.log(), "scan complete") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no cycle:\n%s", p.log())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
+		if l := listeningTCP(p.cmd.Process.Pid); len(l) != 0 {
+			t.Fatalf("listening on %v with %s", l, off)
+		}
 	}
-	if l := listeningTCP(p.cmd.Process.Pid); len(l) != 0 {
-		t.Fatalf("listening on %v without --metrics-listen", l)
-	}
-	// And with the flag the same check sees the listener (the check works).
+	// And with an address the same check sees the listener (the check
+	// works), with no warning: it is loopback.
 	addr := freeAddr(t)
 	q := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, "s2.json"),
-		"--events-file", filepath.Join(dir, "e2.jsonl"), "--interval", "1h", "--metrics-listen", addr)
-	for len(listeningTCP(q.cmd.Process.Pid)) == 0 {
-		if time.Now().After(deadline.Add(10 * time.Second)) {
-			t.Fatalf("no listener with --metrics-listen:\n%s", q.log())
+		"--events-file", filepath.Join(dir, "e2.jsonl"), "--interval", "1h", "--web.listen-address", addr)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(listeningTCP(q.cmd.Process.Pid)) == 0 || !strings.Contains(q.log(), "scan complete") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no listener with --web.listen-address:\n%s", q.log())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Contains(q.log(), "reachable from other hosts") {
+		t.Errorf("warning for a loopback address:\n%s", q.log())
+	}
+}
+
+// An endpoint other hosts can reach, without a web configuration, is
+// warned about once at the start, with the addresses as fields.
+func TestExposedEndpointWarnsOnce(t *testing.T) {
+	dir := t.TempDir()
+	p := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, "s.json"),
+		"--events-file", filepath.Join(dir, "e.jsonl"), "--interval", "100ms", "--web.listen-address", ":0")
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(p.log(), "scan complete") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no cycles:\n%s", p.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := strings.Count(p.log(), "reachable from other hosts"); n != 1 || !strings.Contains(p.log(), `"exposed_addresses": ["`) {
+		t.Errorf("%d warnings:\n%s", n, p.log())
 	}
 }
 
@@ -224,13 +264,27 @@ func TestBadMetricsAddressFailsAtStartup(t *testing.T) {
 	}
 	defer taken.Close()
 	dir := t.TempDir()
-	for _, addr := range []string{taken.Addr().String(), "192.0.2.1:9102", "127.0.0.1:99999"} {
-		cmd := exec.Command(daemonBinary(t), "--log-format", "console", "--docker-host", "unix://"+filepath.Join(dir, "none.sock"),
-			"--state-file", filepath.Join(dir, "s.json"), "--events-file", filepath.Join(dir, "e.jsonl"), "--metrics-listen", addr)
-		out, err := cmd.CombinedOutput()
+	badConf := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(badConf, []byte("tls_server_config:\n  cert_file: none.pem\n  key_file: none.pem\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ flag, addr, want string }{
+		{"--metrics-listen", taken.Addr().String(), taken.Addr().String()},
+		{"--web.listen-address", taken.Addr().String(), taken.Addr().String()},
+		{"--web.listen-address", "192.0.2.1:19400", "192.0.2.1:19400"},
+		{"--web.listen-address", "127.0.0.1:99999", "127.0.0.1:99999"},
+		{"--web.config.file", badConf, badConf},
+		{"--web.config.file", filepath.Join(dir, "missing.yml"), "missing.yml"},
+	} {
+		args := []string{"--log-format", "console", "--docker-host", "unix://" + filepath.Join(dir, "none.sock"),
+			"--state-file", filepath.Join(dir, "s.json"), "--events-file", filepath.Join(dir, "e.jsonl"), c.flag, c.addr}
+		if c.flag == "--web.config.file" {
+			args = append(args, "--web.listen-address", "127.0.0.1:0")
+		}
+		out, err := exec.Command(daemonBinary(t), args...).CombinedOutput()
 		ee, ok := err.(*exec.ExitError)
-		if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "cannot serve metrics") || !strings.Contains(string(out), addr) {
-			t.Errorf("%s: err %v, output:\n%s", addr, err, out)
+		if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "cannot serve metrics") || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s %s: err %v, output:\n%s", c.flag, c.addr, err, out)
 		}
 	}
 }

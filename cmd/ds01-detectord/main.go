@@ -17,25 +17,60 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	promversion "github.com/prometheus/common/version"
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
+	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// version is set by the Makefile with -ldflags.
+// version is set by the Makefile with -ldflags, as are
+// prometheus/common/version's Version, Revision, Branch and BuildDate
+// (ds01_detector_build_info); a build without them reads that Version.
 var version = "dev"
+
+func init() {
+	if version == "dev" && promversion.Version != "" {
+		version = promversion.Version
+	}
+}
 
 type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// addrFlag is a repeatable address flag with a default that the first
+// explicit value replaces; "" alone turns the endpoint off.
+type addrFlag struct {
+	addrs []string
+	set   bool
+}
+
+func (a *addrFlag) String() string {
+	if a == nil {
+		return ""
+	}
+	return strings.Join(a.addrs, ",")
+}
+
+func (a *addrFlag) Set(v string) error {
+	if !a.set {
+		a.addrs, a.set = nil, true
+	}
+	if v != "" {
+		a.addrs = append(a.addrs, v)
+	}
+	return nil
+}
 
 type config struct {
 	stateFile, eventsFile, dockerHost, procRoot string
@@ -44,7 +79,9 @@ type config struct {
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
 	debounce, debounceMax                       time.Duration
+	webListen                                   addrFlag
 	metricsListen                               string
+	webConfigFile                               string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	keepSecrets                                 bool
@@ -67,9 +104,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.interval, "interval", 30*time.Second, "time between reconciliation scans")
 	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
-	fs.DurationVar(&c.debounceMax, "event-debounce-max", 500*time.Millisecond, "under continuous Docker events the wait doubles up to this: at most one state write per window")
+	fs.DurationVar(&c.debounceMax, "event-debounce-max", 800*time.Millisecond, "under continuous Docker events the wait doubles up to this: at most one state write per window")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
-	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9102); off when empty")
+	c.webListen.addrs = []string{metrics.DefaultListenAddress}
+	fs.Var(&c.webListen, "web.listen-address", "serve Prometheus /metrics (and a landing page at /) on this `address`; repeatable; \"\" turns the endpoint off")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "the same as --web.listen-address (its older name), one `address`")
+	fs.StringVar(&c.webConfigFile, "web.config.file", "", "exporter-toolkit web configuration `file` for the metrics endpoint: TLS and basic auth (README, \"Prometheus metrics\")")
 	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
 	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
@@ -99,6 +139,18 @@ Flags:
 	if fs.NArg() > 0 {
 		fs.Usage()
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["metrics-listen"] {
+		alias := []string{}
+		if c.metricsListen != "" {
+			alias = []string{c.metricsListen}
+		}
+		if set["web.listen-address"] && !slices.Equal(alias, c.webListen.addrs) {
+			return c, usageErr(fs, "--metrics-listen is another name for --web.listen-address: give one of them, or the same address to both")
+		}
+		c.webListen.addrs = alias
 	}
 	switch {
 	case c.dryRun && !c.once:
@@ -154,7 +206,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		StateFile: c.stateFile, EventsFile: c.eventsFile, StateGroup: c.stateGroup,
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
-		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax, MetricsListen: c.metricsListen,
+		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
+		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 	}, log)
 	if err != nil {
@@ -180,7 +233,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	log.Info("ds01-detectord starting", zap.String("version", version),
+	log.Info("ds01-detectord starting", zap.String("version", version), zap.String("revision", promversion.GetRevision()),
+		zap.String("build_date", promversion.BuildDate),
 		zap.String("state_file", c.stateFile), zap.String("events_file", c.eventsFile),
 		zap.Duration("interval", c.interval), zap.Duration("scan_timeout", c.scanTimeout))
 	if err := d.Run(context.Background()); err != nil {

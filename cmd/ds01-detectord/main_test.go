@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -107,5 +108,44 @@ func TestOnceWithoutDockerStillWrites(t *testing.T) {
 	var st inventory.State
 	if err := json.Unmarshal(b, &st); err != nil || st.Sources.Docker.OK || st.Sources.Docker.Error == "" {
 		t.Fatalf("state %s, err %v", b, err)
+	}
+}
+
+// The metrics endpoint is on by default, on loopback; --metrics-listen is
+// another name for --web.listen-address.
+func TestListenFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"127.0.0.1:19400"}},
+		{[]string{"--web.listen-address", ""}, nil},
+		{[]string{"--web.listen-address="}, nil},
+		{[]string{"--metrics-listen", ""}, nil},
+		{[]string{"--web.listen-address", "172.17.0.1:19400"}, []string{"172.17.0.1:19400"}},
+		{[]string{"--web.listen-address", "127.0.0.1:19400", "--web.listen-address", "172.17.0.1:19400"}, []string{"127.0.0.1:19400", "172.17.0.1:19400"}},
+		{[]string{"--metrics-listen", "127.0.0.1:9102"}, []string{"127.0.0.1:9102"}},
+		{[]string{"--metrics-listen", "127.0.0.1:9102", "--web.listen-address", "127.0.0.1:9102"}, []string{"127.0.0.1:9102"}},
+		{[]string{"--metrics-listen", "", "--web.listen-address", ""}, nil},
+	} {
+		var errb bytes.Buffer
+		cfg, err := parseFlags(c.args, &errb)
+		if err != nil {
+			t.Errorf("%q: %v", c.args, err)
+			continue
+		}
+		if !slices.Equal(cfg.webListen.addrs, c.want) {
+			t.Errorf("%q: listen on %q, want %q", c.args, cfg.webListen.addrs, c.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"--metrics-listen", "127.0.0.1:9102", "--web.listen-address", "127.0.0.1:19400"},
+		{"--metrics-listen", "", "--web.listen-address", "127.0.0.1:19400"},
+		{"--metrics-listen", "127.0.0.1:9102", "--web.listen-address", "127.0.0.1:9102", "--web.listen-address", "[::1]:9102"},
+	} {
+		var out, errb bytes.Buffer
+		if rc := run(args, &out, &errb); rc != 2 || !strings.Contains(errb.String(), "--metrics-listen") {
+			t.Errorf("%q: exit %d, %q", args, rc, errb.String())
+		}
 	}
 }

@@ -82,7 +82,7 @@ func TestUtilizationEndToEnd(t *testing.T) {
 	f := newFiles(t, t.TempDir())
 	addr := freeAddr(t)
 	p := startDaemonEnv(t, []string{"DS01_NVML_STUB=" + ctl}, f.args("--docker-host", d.Host, "--nvml-library", lib,
-		"--interval", "250ms", "--gpu-idle-after", "1s", "--gpu-idle-threshold", "5", "--metrics-listen", addr)...)
+		"--interval", "250ms", "--gpu-idle-after", "1s", "--gpu-idle-threshold", "5", "--web.listen-address", addr)...)
 	short := id[:12]
 	count := func(typ string) int {
 		n := 0

@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -36,7 +37,8 @@ type Config struct {
 	ScanTimeout           time.Duration // one scan
 	Debounce              time.Duration // wait after a Docker event before scanning
 	DebounceMax           time.Duration // how far that wait grows under continuous churn
-	MetricsListen         string        // "" : no metrics endpoint
+	WebListenAddresses    []string      // the metrics endpoint's addresses; none: no endpoint
+	WebConfigFile         string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
 	DryRun                bool          // Once only: write nothing
 	Version               string
 	IdleThreshold         int           // percent SM; 0: the default
@@ -93,18 +95,29 @@ func (d *Daemon) Once(ctx context.Context) summary.Summary {
 // Run serves until ctx ends or SIGTERM/SIGINT: the metrics endpoint when
 // configured, Docker's event stream (which triggers debounced scans), and
 // the service loop with its reconciliation ticker. A metrics address that
-// cannot be bound is an error before anything starts.
+// cannot be bound, or a web configuration that does not load, is an error
+// before anything starts.
 func (d *Daemon) Run(ctx context.Context) error {
 	var onCycle func(summary.Summary)
-	if d.cfg.MetricsListen != "" {
+	if len(d.cfg.WebListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		ln, err := m.Listen(d.cfg.MetricsListen)
+		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, Log: webLogger(d.log)})
 		if err != nil {
-			return fmt.Errorf("cannot serve metrics on %s (address taken, or not an address this host has?): %w", d.cfg.MetricsListen, err)
+			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
+				strings.Join(d.cfg.WebListenAddresses, ", "), err)
 		}
-		defer ln.Close()
-		d.log.Info("serving Prometheus metrics", zap.String("address", ln.Addr().String()), zap.String("path", "/metrics"))
+		defer func() {
+			for _, ln := range lns {
+				ln.Close()
+			}
+		}()
+		d.log.Info("serving Prometheus metrics", zap.String("address", metrics.Addresses(lns)), zap.String("path", "/metrics"),
+			zap.Bool("web_config", d.cfg.WebConfigFile != ""))
+		if exposed := metrics.Exposed(lns); len(exposed) > 0 && d.cfg.WebConfigFile == "" {
+			d.log.Warn("the metrics endpoint is reachable from other hosts or containers without TLS or authentication, and its labels name users, containers and images; give --web.config.file, or listen on 127.0.0.1",
+				zap.Strings("exposed_addresses", exposed))
+		}
 		onCycle = m.Observe
 	}
 	ctx, cancel := context.WithCancel(ctx)

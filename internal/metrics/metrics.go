@@ -2,18 +2,23 @@
 // a registry of its own. Workload series are rebuilt from each cycle's
 // inventory as a whole, so a scrape never mixes two cycles and the series of
 // a workload that is gone disappear with it.
+//
+// The metric and label names are stable: dashboards and alert rules depend
+// on them (README, docs/alerts.yml, docs/grafana). GPU series carry
+// dcgm-exporter's labels, gpu (the index) and UUID, so they join DCGM_*
+// series as they are.
 package metrics
 
 import (
-	"net"
-	"net/http"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -22,6 +27,7 @@ import (
 // Metrics holds the registry and the latest cycle.
 type Metrics struct {
 	Registry *prometheus.Registry
+	version  string
 
 	duration prometheus.Histogram
 	events   *prometheus.CounterVec
@@ -41,25 +47,42 @@ type Metrics struct {
 	APIRequests func() map[string]uint64
 }
 
+// Workload kinds, the kind label of the per-workload series.
+const (
+	KindContainer    = "container"     // id: the 12-hex-character container ID
+	KindHostProcess  = "host-process"  // id: the PID
+	KindOtherRuntime = "other-runtime" // id: the PID of a process in podman, containerd, ...
+)
+
 var (
+	workloadLabels    = []string{"kind", "id", "user"}
+	workloadGPULabels = []string{"gpu", "UUID", "kind", "id", "user"}
+	gpuLabels         = []string{"gpu", "UUID"}
+
 	descLastScan = prometheus.NewDesc("ds01_detector_last_scan_timestamp_seconds",
 		"Unix time of the last completed scan (the state file's last_scan).", nil, nil)
 	descSourceUp = prometheus.NewDesc("ds01_detector_source_up",
-		"1 when the source answered in the last scan, 0 when it failed.", []string{"source"}, nil)
+		"1 when the source (docker, gpu) answered in the last scan, 0 when it failed.", []string{"source"}, nil)
 	descContainers = prometheus.NewDesc("ds01_containers",
 		"Containers by origin, Docker status and GPU access.", []string{"origin", "status", "has_gpu"}, nil)
 	descHostProcs = prometheus.NewDesc("ds01_host_gpu_processes",
 		"Confirmed host GPU processes (outside containers) per user.", []string{"user"}, nil)
+	descWorkloadInfo = prometheus.NewDesc("ds01_workload_info",
+		"Always 1: names a workload. kind container (id: 12-char container ID; name, image and origin from Docker), host-process or other-runtime (id: PID; name: the process name; origin: the runtime for other-runtime).",
+		[]string{"kind", "id", "name", "image", "user", "origin"}, nil)
+	descAllocated = prometheus.NewDesc("ds01_workload_gpus_allocated",
+		"GPUs a running container's configuration grants (--gpus all and the like: every GPU of the host); running containers with GPU access only.",
+		workloadLabels, nil)
 	descGPUMem = prometheus.NewDesc("ds01_workload_gpu_memory_used_bytes",
-		"GPU memory used per GPU and workload: kind container (id: 12-char container ID), host-process or other-runtime (id: PID).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
+		"GPU memory used per GPU and workload (kind container, host-process or other-runtime).", workloadGPULabels, nil)
 	descWorkloadUtil = prometheus.NewDesc("ds01_workload_gpu_utilization_ratio",
-		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", []string{"gpu_uuid", "kind", "id", "user"}, nil)
+		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
-		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", []string{"kind", "id", "user"}, nil)
+		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
-		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", []string{"gpu_uuid", "gpu"}, nil)
+		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
-		"GPU memory used on the device, all processes together (nvmlDeviceGetMemoryInfo).", []string{"gpu_uuid", "gpu"}, nil)
+		"GPU memory used on the device, all processes together (nvmlDeviceGetMemoryInfo).", gpuLabels, nil)
 	descWithoutAccess = prometheus.NewDesc("ds01_workloads_gpu_without_access",
 		"Containers using a GPU their configuration does not grant.", nil, nil)
 	descExcluded = prometheus.NewDesc("ds01_detector_excluded_gpu_processes",
@@ -68,10 +91,14 @@ var (
 		"Docker API requests made, by endpoint (a steady cycle makes one GET /containers/json).", []string{"endpoint"}, nil)
 )
 
-// New builds the registry, with the Go runtime and process collectors.
+// New builds the registry, with the Go runtime and process collectors and
+// ds01_detector_build_info. version is the daemon's version; the build's
+// revision, branch and Go version come from prometheus/common/version
+// (set by the Makefile's -ldflags).
 func New(version string) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
+		version:  version,
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "ds01_detector_scan_duration_seconds", Help: "Duration of scan cycles.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 25},
@@ -90,13 +117,15 @@ func New(version string) *Metrics {
 		}, []string{"user"}),
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 	}
-	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "ds01_detector_build_info", Help: "Always 1; the version is a label.",
-		ConstLabels: prometheus.Labels{"version": version}})
-	info.Set(1)
+	var opts []versioncollector.Option
+	if version != "" {
+		opts = append(opts, versioncollector.WithExtraConstLabels(prometheus.Labels{"version": version}))
+	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.duration, m.events, m.dropped, m.held, m.busy, info, (*inventoryCollector)(m),
+		versioncollector.NewCollector("ds01_detector", opts...),
+		m.duration, m.events, m.dropped, m.held, m.busy, (*inventoryCollector)(m),
 	)
 	return m
 }
@@ -105,38 +134,24 @@ func New(version string) *Metrics {
 func (m *Metrics) Observe(s summary.Summary) {
 	m.duration.Observe(s.Duration.Seconds())
 	for t, n := range s.EventCounts {
-		m.events.WithLabelValues(t).Add(float64(n))
+		m.events.WithLabelValues(lv(t)).Add(float64(n))
 	}
 	m.dropped.Add(float64(s.DroppedEvents))
 	for u, d := range s.UserGPUSeconds {
-		m.held.WithLabelValues(u).Add(d.Held)
-		m.busy.WithLabelValues(u).Add(d.Busy)
+		m.held.WithLabelValues(lv(u)).Add(d.Held)
+		m.busy.WithLabelValues(lv(u)).Add(d.Busy)
 	}
 	m.mu.Lock()
 	m.last = &s
 	m.mu.Unlock()
 }
 
-// Listen opens addr at once, so that a bad or taken address fails at
-// startup, and serves /metrics on it in the background.
-func (m *Metrics) Listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: m.ReadHeaderTimeout, ReadTimeout: m.ReadTimeout,
-		WriteTimeout: m.WriteTimeout, IdleTimeout: m.IdleTimeout, MaxHeaderBytes: 64 << 10}
-	go srv.Serve(ln)
-	return ln, nil
-}
-
 // inventoryCollector renders the last cycle's inventory at scrape time.
 type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem} {
+	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem} {
 		ch <- d
 	}
 }
@@ -147,6 +162,42 @@ func up(h inventory.SourceHealth) float64 {
 	}
 	return 0
 }
+
+// lv makes a label value of a string the daemon did not choose (a Docker
+// name, a user from a label or a path, a command line): client_golang
+// refuses invalid UTF-8, and one bad byte must not fail the scrape.
+func lv(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
+// processName is the name of a recorded command line's program: the base
+// name of its first word ("python" for "/usr/bin/python train.py").
+func processName(cmdline string) string {
+	f := strings.Fields(cmdline)
+	if len(f) == 0 {
+		return ""
+	}
+	return path.Base(f[0])
+}
+
+// grantedGPUs is how many GPUs a container's configuration grants, as the
+// GPU-seconds allocated count them: its gpu_devices, or every GPU of the
+// host for --gpus all (no devices named) and "all".
+func grantedGPUs(c inventory.Container, hostGPUs int) int {
+	if !c.HasGPU {
+		return 0
+	}
+	if len(c.GPUDevices) == 0 {
+		return hostGPUs
+	}
+	for _, d := range c.GPUDevices {
+		if d == "all" {
+			return hostGPUs
+		}
+	}
+	return len(c.GPUDevices)
+}
+
+// gpuKey identifies a workload's series on one GPU.
+type gpuKey struct{ uuid, kind, id, user string }
 
 func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.APIRequests != nil {
@@ -178,15 +229,35 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for uuid, g := range st.GPUs {
 		idx := strconv.Itoa(g.Index)
 		if g.UtilizationPercent != nil {
-			ch <- prometheus.MustNewConstMetric(descDeviceUtil, prometheus.GaugeValue, float64(*g.UtilizationPercent)/100, uuid, idx)
+			ch <- prometheus.MustNewConstMetric(descDeviceUtil, prometheus.GaugeValue, float64(*g.UtilizationPercent)/100, idx, lv(uuid))
 		}
 		if g.MemoryUsedMB != nil {
-			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, uuid, idx)
+			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, idx, lv(uuid))
 		}
 	}
-	type ukey struct{ uuid, kind, id, user string }
-	util := map[ukey]*float64{}
-	addUtil := func(k ukey, v *int) {
+	// A workload's GPU index is the GPU's in the gpus map; the process's
+	// own gpu_index stands in when the map lacks the GPU (GPU source down
+	// since the start, a state from the Python scanner).
+	gpuIndex := map[string]string{} // by UUID
+	seeIndex := func(uuid string, own int) string {
+		uuid = lv(uuid)
+		if _, ok := gpuIndex[uuid]; !ok {
+			gpuIndex[uuid] = strconv.Itoa(own)
+		}
+		return uuid
+	}
+	for uuid, g := range st.GPUs {
+		gpuIndex[lv(uuid)] = strconv.Itoa(g.Index)
+	}
+	emitGPU := func(d *prometheus.Desc, k gpuKey, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, gpuIndex[k.uuid], k.uuid, k.kind, k.id, k.user)
+	}
+
+	// Per-workload utilisation and memory are summed by their labels
+	// first: two entries with the same labels (one PID on two MIG devices
+	// of a GPU) must not fail the whole scrape.
+	util := map[gpuKey]*float64{}
+	addUtil := func(k gpuKey, v *int) {
 		cur, seen := util[k]
 		switch {
 		case v == nil:
@@ -199,70 +270,74 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 			util[k] = &f
 		}
 	}
-	for _, ct := range st.Containers {
-		for _, p := range ct.GPUProcesses {
-			addUtil(ukey{p.GPUUUID, "container", ct.ID, ct.User}, p.SMUtilPercent)
-		}
-		if len(ct.GPUProcesses) > 0 {
-			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), "container", ct.ID, ct.User)
-		}
-	}
-	for _, p := range st.HostProcesses {
-		addUtil(ukey{p.GPUUUID, "host-process", strconv.Itoa(p.Pid), p.User}, p.SMUtilPercent)
-		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), "host-process", strconv.Itoa(p.Pid), p.User)
-	}
-	for k, v := range util {
-		if v != nil {
-			ch <- prometheus.MustNewConstMetric(descWorkloadUtil, prometheus.GaugeValue, *v, k.uuid, k.kind, k.id, k.user)
-		}
-	}
-
-	// GPU memory series are summed by their labels first: two entries with
-	// the same labels (one PID on two MIG devices of a GPU) must not fail
-	// the whole scrape.
-	type mkey struct{ uuid, kind, id, user string }
-	gpuMem := map[mkey]float64{}
+	gpuMem := map[gpuKey]float64{}
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
 	without := 0
+	hostGPUs := len(st.GPUs)
 	for _, ct := range st.Containers {
-		counts[ckey{ct.Origin, ct.Status, strconv.FormatBool(ct.HasGPU)}]++
+		user, id := ct.User, ct.ID
+		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
+			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
+		if ct.Status == "running" && ct.HasGPU {
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(grantedGPUs(ct, hostGPUs)), KindContainer, lv(id), lv(user))
+		}
+		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {
 			without++
 		}
-		mem := map[string]int64{} // per GPU
 		for _, p := range ct.GPUProcesses {
+			k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindContainer, lv(id), lv(user)}
+			addUtil(k, p.SMUtilPercent)
 			if p.GPUMemoryMB != nil {
-				mem[p.GPUUUID] += *p.GPUMemoryMB
+				gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
 			}
 		}
-		for uuid, mb := range mem {
-			gpuMem[mkey{uuid, "container", ct.ID, ct.User}] += float64(mb) * 1024 * 1024
+		if len(ct.GPUProcesses) > 0 {
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
 		}
+	}
+	perUser := map[string]int{}
+	for _, p := range st.HostProcesses {
+		id := strconv.Itoa(p.Pid)
+		perUser[lv(p.User)]++
+		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
+			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
+		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
+		addUtil(k, p.SMUtilPercent)
+		if p.GPUMemoryMB != nil {
+			gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
+		}
+	}
+	others := map[string]bool{} // one info series per PID
+	for _, p := range st.OtherGPUProcesses {
+		id, user := strconv.Itoa(p.Pid), p.User
+		if user == "" {
+			user = inventory.UnknownUser
+		}
+		if !others[id] {
+			others[id] = true
+			ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
+				KindOtherRuntime, id, lv(processName(p.Cmdline)), "", lv(user), lv(p.Runtime))
+		}
+		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindOtherRuntime, id, lv(user)}
+		if p.GPUMemoryMB != nil {
+			gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
+		}
+	}
+	for k, v := range util {
+		if v != nil {
+			emitGPU(descWorkloadUtil, k, *v)
+		}
+	}
+	for k, v := range gpuMem {
+		emitGPU(descGPUMem, k, v)
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(descContainers, prometheus.GaugeValue, float64(n), k.origin, k.status, k.gpu)
 	}
 	ch <- prometheus.MustNewConstMetric(descWithoutAccess, prometheus.GaugeValue, float64(without))
-	perUser := map[string]int{}
-	for _, p := range st.HostProcesses {
-		perUser[p.User]++
-		if p.GPUMemoryMB != nil {
-			gpuMem[mkey{p.GPUUUID, "host-process", strconv.Itoa(p.Pid), p.User}] += float64(*p.GPUMemoryMB) * 1024 * 1024
-		}
-	}
-	for _, p := range st.OtherGPUProcesses {
-		if p.GPUMemoryMB != nil {
-			user := p.User
-			if user == "" {
-				user = "unknown"
-			}
-			gpuMem[mkey{p.GPUUUID, "other-runtime", strconv.Itoa(p.Pid), user}] += float64(*p.GPUMemoryMB) * 1024 * 1024
-		}
-	}
-	for k, v := range gpuMem {
-		ch <- prometheus.MustNewConstMetric(descGPUMem, prometheus.GaugeValue, v, k.uuid, k.kind, k.id, k.user)
-	}
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)
 	}

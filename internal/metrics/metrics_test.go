@@ -86,7 +86,8 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	if got := series(fams["ds01_detector_source_up"]); got["source=docker"] != 1 || got["source=gpu"] != 1 {
 		t.Errorf("source_up %v", got)
 	}
-	if got := series(fams["ds01_detector_build_info"]); got["version=v-test"] != 1 {
+	if got := fams["ds01_detector_build_info"].GetMetric(); len(got) != 1 || got[0].GetGauge().GetValue() != 1 ||
+		!strings.Contains(labels(got[0]), ",goversion=go") || !strings.Contains(labels(got[0]), ",revision=") || !strings.HasSuffix(labels(got[0]), ",version=v-test") {
 		t.Errorf("build_info %v", got)
 	}
 	if c := fams["ds01_detector_events_total"].GetMetric()[0]; labels(c) != "event_type=detection.container_discovered" || c.GetCounter().GetValue() != 6 {
@@ -121,17 +122,17 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	for _, c := range st.Containers {
 		for _, p := range c.GPUProcesses {
 			if p.GPUMemoryMB != nil {
-				mem["gpu_uuid="+p.GPUUUID+",id="+c.ID+",kind=container,user="+c.User] += float64(*p.GPUMemoryMB) * 1048576
+				mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+c.ID+",kind=container,user="+c.User] += float64(*p.GPUMemoryMB) * 1048576
 			}
 		}
 	}
 	for _, p := range st.HostProcesses {
 		if p.GPUMemoryMB != nil {
-			mem["gpu_uuid="+p.GPUUUID+",id="+strconv.Itoa(p.Pid)+",kind=host-process,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+			mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",kind=host-process,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
 		}
 	}
 	for _, p := range st.OtherGPUProcesses {
-		mem["gpu_uuid="+p.GPUUUID+",id="+strconv.Itoa(p.Pid)+",kind=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+		mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",kind=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
 	}
 	if got := series(fams["ds01_workload_gpu_memory_used_bytes"]); !equal(got, mem) || len(mem) != 5 {
 		t.Errorf("gpu memory\n got %v\nwant %v", got, mem)
@@ -207,10 +208,11 @@ func TestIdenticalSeriesAreAggregated(t *testing.T) {
 func TestSlowClientsAreCutOff(t *testing.T) {
 	m := New("test")
 	m.ReadHeaderTimeout = 300 * time.Millisecond
-	ln, err := m.Listen("127.0.0.1:0")
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln := lns[0]
 	defer ln.Close()
 	var conns []net.Conn
 	for i := 0; i < 200; i++ {
@@ -256,10 +258,10 @@ func TestUtilizationMetrics(t *testing.T) {
 	}
 	fams := scrape(t, m)
 	want := map[string]map[string]float64{
-		"ds01_workload_gpu_utilization_ratio": {`gpu_uuid=GPU-0,id=abc123def456,kind=container,user=alice`: 0.03},
+		"ds01_workload_gpu_utilization_ratio": {`UUID=GPU-0,gpu=3,id=abc123def456,kind=container,user=alice`: 0.03},
 		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,kind=container,user=alice`: 5400, `id=def456abc123,kind=container,user=bob`: 0},
-		"ds01_gpu_utilization_ratio":          {`gpu=3,gpu_uuid=GPU-0`: 0.4},
-		"ds01_gpu_memory_used_bytes":          {`gpu=3,gpu_uuid=GPU-0`: 1024 * 1024 * 1024},
+		"ds01_gpu_utilization_ratio":          {`UUID=GPU-0,gpu=3`: 0.4},
+		"ds01_gpu_memory_used_bytes":          {`UUID=GPU-0,gpu=3`: 1024 * 1024 * 1024},
 		"ds01_user_gpu_held_seconds_total":    {`user=alice`: 60, `user=bob`: 60},
 		"ds01_user_gpu_busy_seconds_total":    {`user=alice`: 0, `user=bob`: 60},
 	}
@@ -271,5 +273,85 @@ func TestUtilizationMetrics(t *testing.T) {
 		if !equal(got, w) {
 			t.Errorf("%s: %v, want %v", name, got, w)
 		}
+	}
+}
+
+// Every workload is named by ds01_workload_info, and its per-GPU series
+// carry dcgm-exporter's gpu and UUID; running containers with GPU access
+// have their grant.
+func TestWorkloadInfoAndAllocation(t *testing.T) {
+	m := New("test")
+	s := realisticSummary(t)
+	m.Observe(s)
+	fams := scrape(t, m)
+	st := s.State
+	info := map[string]float64{}
+	for _, c := range st.Containers {
+		info["id="+c.ID+",image="+c.Image+",kind=container,name="+c.Name+",origin="+c.Origin+",user="+c.User] = 1
+	}
+	info["id=7001,image=,kind=host-process,name=python,origin=,user=bob"] = 1
+	info["id=7002,image=,kind=host-process,name=a.out,origin=,user=4242"] = 1
+	info["id=8001,image=,kind=other-runtime,name=python,origin=podman,user=erin"] = 1
+	if got := series(fams["ds01_workload_info"]); !equal(got, info) {
+		t.Errorf("workload_info\n got %v\nwant %v", got, info)
+	}
+	// alice's container names two MIG slots; bob's devcontainer has
+	// --gpus all (six GPUs on this host); dave's is granted one but has
+	// exited; sneaky has no grant.
+	alloc := map[string]float64{"id=aaaaaaaaaaa1,kind=container,user=alice": 2, "id=bbbbbbbbbbb2,kind=container,user=bob": 6}
+	if got := series(fams["ds01_workload_gpus_allocated"]); !equal(got, alloc) {
+		t.Errorf("gpus_allocated %v, want %v", got, alloc)
+	}
+	util := map[string]float64{
+		"UUID=" + gpuUUID(0) + ",gpu=0,id=ddddddddddd4,kind=container,user=unknown": 0.88,
+		"UUID=" + gpuUUID(1) + ",gpu=1,id=bbbbbbbbbbb2,kind=container,user=bob":     0,
+		"UUID=" + gpuUUID(2) + ",gpu=2,id=7001,kind=host-process,user=bob":          0.97,
+	}
+	if got := series(fams["ds01_workload_gpu_utilization_ratio"]); !equal(got, util) {
+		t.Errorf("utilization\n got %v\nwant %v", got, util)
+	}
+	if got := series(fams["ds01_gpu_utilization_ratio"]); len(got) != 6 || got["UUID="+gpuUUID(1)+",gpu=1"] != 0.97 {
+		t.Errorf("device utilization %v", got)
+	}
+}
+
+// The GPU index of a workload's series is the gpus map's; without the GPU
+// in the map, the process's own.
+func TestWorkloadGPUIndex(t *testing.T) {
+	m := New("test")
+	mb := int64(10)
+	st := inventory.Empty()
+	st.GPUs["GPU-a"] = inventory.GPU{Index: 7}
+	st.HostProcesses["1"] = inventory.HostProcess{Pid: 1, User: "u", GPUUUID: "GPU-a", GPUIndex: 3, GPUMemoryMB: &mb}
+	st.HostProcesses["2"] = inventory.HostProcess{Pid: 2, User: "u", GPUUUID: "GPU-b", GPUIndex: 4, GPUMemoryMB: &mb}
+	m.Observe(summary.Summary{State: st})
+	want := map[string]float64{"UUID=GPU-a,gpu=7,id=1,kind=host-process,user=u": 10 << 20, "UUID=GPU-b,gpu=4,id=2,kind=host-process,user=u": 10 << 20}
+	if got := series(scrape(t, m)["ds01_workload_gpu_memory_used_bytes"]); !equal(got, want) {
+		t.Errorf("%v, want %v", got, want)
+	}
+}
+
+// Label values the daemon did not choose may hold bytes that are not
+// UTF-8 (a user taken from a path, a command line): the scrape still
+// succeeds, with the bytes replaced.
+func TestInvalidUTF8LabelValues(t *testing.T) {
+	m := New("test")
+	mb := int64(1)
+	bad := "al\xffice"
+	st := inventory.Empty()
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", Name: "n\xfe", Image: "i\xfd", User: bad, Origin: "raw-docker", Status: "running", HasGPU: true,
+		GPUProcesses: []inventory.GPUProcess{{Pid: 1, GPUUUID: "GPU-0", GPUMemoryMB: &mb}}}
+	st.HostProcesses["9"] = inventory.HostProcess{Pid: 9, User: bad, Cmdline: "/opt/\xff/run x", GPUUUID: "GPU-0", GPUMemoryMB: &mb}
+	st.HostProcesses["10"] = inventory.HostProcess{Pid: 10, User: "al\xfeice", GPUUUID: "GPU-0", GPUMemoryMB: &mb}
+	m.Observe(summary.Summary{State: st, UserGPUSeconds: map[string]summary.GPUSeconds{bad: {Held: 1}}})
+	fams := scrape(t, m)
+	if got := series(fams["ds01_host_gpu_processes"]); got["user=al\uFFFDice"] != 2 {
+		t.Errorf("host processes %v", got)
+	}
+	if got := series(fams["ds01_workload_info"]); got["id=9,image=,kind=host-process,name=run,origin=,user=al\uFFFDice"] != 1 {
+		t.Errorf("info %v", got)
+	}
+	if got := series(fams["ds01_user_gpu_held_seconds_total"]); got["user=al\uFFFDice"] != 1 {
+		t.Errorf("held %v", got)
 	}
 }

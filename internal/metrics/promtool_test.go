@@ -1,0 +1,31 @@
+package metrics
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// promtoolMetricsLint is `promtool check metrics` over the endpoint's output
+// for a realistic cycle: names, units, _total suffixes and help texts as
+// the Prometheus conventions want them. Any remark fails.
+func TestPromtoolCheckMetrics(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		if testing.Short() {
+			t.Skip("promtool (Debian package prometheus) not installed")
+		}
+		t.Fatal("promtool (Debian package prometheus) is needed; 'make test' installs it")
+	}
+	body := realisticEndpoint(t)
+	for _, w := range []string{"ds01_workload_info{", "ds01_workload_gpus_allocated{", "ds01_workload_gpu_utilization_ratio{", "ds01_gpu_memory_used_bytes{"} {
+		if !strings.Contains(body, w) {
+			t.Errorf("the fixture does not exercise %s", w)
+		}
+	}
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
