@@ -25,7 +25,7 @@ func (c *churning) List(context.Context, bool) (docker.Snapshot, error) {
 	copy(out, c.idle)
 	out = append(out, docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
 		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}, Rev: uint64(1<<32 + c.n)})
-	return docker.Snapshot{Containers: out, Incremental: true}, nil
+	return docker.Snapshot{Containers: out, Incremental: true, Checkpoint: time.Now()}, nil
 }
 
 // BenchmarkEventCycle is the daemon's side of one event-triggered scan

@@ -50,8 +50,8 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 // initUIDs reads the real UID of each running container's init process,
 // once per container and PID, and forgets the containers no longer listed.
 func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
-	out := make(map[string]uint32, len(list))
-	seen := make(map[string]initProc, len(list))
+	out := map[string]uint32{} // running containers only: not sized by the list
+	seen := make(map[string]initProc, len(s.inits))
 	for _, c := range list {
 		if c.Pid <= 0 {
 			continue
