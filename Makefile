@@ -7,7 +7,7 @@
 #                   instances on their own sockets and a systemd in nspawn.
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -X main.version=$(VERSION)
+LDFLAGS  := -X main.version=$(VERSION) $(addprefix -X github.com/prometheus/common/version.,Version=$(VERSION) Revision=$(shell git rev-parse HEAD 2>/dev/null) Branch=$(shell git rev-parse --abbrev-ref HEAD 2>/dev/null) BuildDate=$(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y%m%d-%H:%M:%S))
 BINARIES := ds01-detectord ds01-workloads
 RUNDIR   ?= $(CURDIR)/run
 TEST_PKGS ?= ./...
@@ -23,7 +23,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all cc build test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e
+.PHONY: all cc build test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e deb
 
 all: build
 
@@ -43,7 +43,7 @@ build: cc
 	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 # Packages the tests need, installed with apt-get when missing (root only).
-TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus tmux:tmux
+TEST_DEBS := dockerd:docker.io jq:jq python3:python3 systemd-nspawn:systemd-container debootstrap:debootstrap nsenter:util-linux promtool:prometheus tmux:tmux lintian:lintian man:man-db
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
@@ -114,12 +114,14 @@ install: build
 
 # What the old deploy step did, on this host, as root: install, create the
 # state and log directories with their ownership (root:docker 0775), reload
-# systemd, retire the Python scanner's timer and enable --now the daemon.
+# systemd, retire the Python scanner (stop, disable, move its unit files to
+# /var/backups/ds01-detectord, mask: the script the package's postinst
+# runs) and enable --now the daemon.
 deploy: install
 	getent group docker >/dev/null || groupadd --system docker
 	systemd-tmpfiles --create $(TMPFILESDIR)/ds01-detectord.conf
 	systemctl daemon-reload
-	-systemctl disable --now ds01-workload-detector.timer 2>/dev/null
+	sh packaging/retire-legacy.sh
 	systemctl enable --now ds01-detectord.service
 
 # Stops and removes everything install put in place. The state and the
@@ -154,5 +156,46 @@ fuzz-corpus:
 		mkdir -p $$pkg/testdata/fuzz/$$name && cp $$src/* $$pkg/testdata/fuzz/$$name/; \
 	done
 
+# The Debian package, into $(DIST): ds01-detectord_<version>-<release>_<arch>.deb
+# with nfpm (a Go tool in go.mod) and packaging/nfpm.yaml. The binaries are
+# built here with VERSION (`make deb VERSION=1.2.3`); packaging/deb-version.sh
+# turns it, or the default git describe, into a Debian version. The man pages
+# come from docs/man (go-md2man), the completions from ds01-workloads itself,
+# libc6's minimum version from the binaries' symbols. DIST=/some/dir puts
+# the package elsewhere.
+DIST           ?= $(CURDIR)/dist
+DEB_RELEASE    ?= 1
+DEB_MAINTAINER ?= DS01 Infrastructure <ds01-infra@example.org>
+DEB_STAGE      := $(DIST)/.stage
+# Debian's hardening (PIE, hence RELRO) and stripped binaries (lintian's
+# unstripped-binary-or-object is an error); panics keep their stack traces.
+DEB_GOFLAGS    ?= -trimpath -buildmode=pie
+DEB_LDFLAGS    ?= -s -w
+
+deb: cc
+	@debver=$$(sh packaging/deb-version.sh '$(VERSION)') || exit 1; \
+	epoch=$$(git log -1 --format=%ct 2>/dev/null || date +%s); \
+	set -e; stage='$(DEB_STAGE)'; \
+	rm -rf "$$stage"; mkdir -p "$$stage/bin"; \
+	echo "building ds01-detectord $$debver-$(DEB_RELEASE) (VERSION=$(VERSION))"; \
+	CGO_ENABLED=1 $(GO) build $(DEB_GOFLAGS) -ldflags '$(DEB_LDFLAGS) $(LDFLAGS)' -o "$$stage/bin/" ./cmd/...; \
+	for m in ds01-detectord.8 ds01-workloads.1; do \
+		$(GO) tool go-md2man -in docs/man/$$m.md -out "$$stage/$$m"; \
+		gzip -9nf "$$stage/$$m"; \
+	done; \
+	"$$stage/bin/ds01-workloads" completion bash > "$$stage/ds01-workloads.bash"; \
+	"$$stage/bin/ds01-workloads" completion zsh > "$$stage/ds01-workloads.zsh"; \
+	printf 'ds01-detectord (%s) unstable; urgency=medium\n\n  * Built from %s (git %s).\n\n -- %s  %s\n' \
+		"$$debver-$(DEB_RELEASE)" '$(VERSION)' "$$(git rev-parse --short HEAD 2>/dev/null || echo none)" \
+		'$(DEB_MAINTAINER)' "$$(LC_ALL=C date -u -R -d @$$epoch)" > "$$stage/changelog.Debian"; \
+	gzip -9nf "$$stage/changelog.Debian"; \
+	libc=$$(objdump -T "$$stage"/bin/* | sed -n 's/.*GLIBC_\([0-9][0-9.]*\).*/\1/p' | sort -uV | tail -n 1); \
+	[ -n "$$libc" ] || { echo "make deb: no GLIBC symbol versions in the binaries (objdump -T)" >&2; exit 1; }; \
+	mkdir -p '$(DIST)'; \
+	DEB_VERSION="$$debver" DEB_RELEASE='$(DEB_RELEASE)' DEB_ARCH="$$($(GO) env GOARCH)" DEB_STAGE="$$stage" \
+	DEB_LIBC="$$libc" DEB_MAINTAINER='$(DEB_MAINTAINER)' SOURCE_DATE_EPOCH="$$epoch" \
+		$(GO) tool nfpm package -f packaging/nfpm.yaml -p deb -t '$(DIST)/'; \
+	rm -rf "$$stage"
+
 clean:
-	rm -rf bin run
+	rm -rf bin run dist

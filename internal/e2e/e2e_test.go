@@ -11,6 +11,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,6 +155,20 @@ func boot(t *testing.T, root, dockerSock string) *machine {
 	return m
 }
 
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
+}
+
 func setOpts(t *testing.T, root, opts string) {
 	if err := os.WriteFile(filepath.Join(root, "etc/default/ds01-detectord"), []byte("DS01_DETECTORD_OPTS=\""+opts+"\"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -203,6 +219,12 @@ func TestUnderRealSystemd(t *testing.T) {
 	}
 	if st := m.prop("StatusText"); !strings.Contains(st, "containers (0 with GPU)") || !strings.Contains(st, "docker ok") {
 		t.Errorf("StatusText=%q", st)
+	}
+
+	// The metrics endpoint is on by default, on loopback, and the unit's
+	// sandbox lets it listen (nspawn shares the host's network).
+	if body := httpGet(t, "http://127.0.0.1:19400/metrics"); !strings.Contains(body, "ds01_detector_build_info{") || !strings.Contains(body, `ds01_detector_source_up{source="docker"} 1`) {
+		t.Errorf("metrics on the default address:\n%.2000s", body)
 	}
 
 	// Reload rescans within 2 s.
