@@ -158,9 +158,14 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 func TestEventScanMakesNoListCall(t *testing.T) {
 	d := dockertest.New(t, dockertest.Options{})
 	ctx := context.Background()
+	var idle0 string
 	for i := 0; i < 20; i++ {
-		if _, err := d.Create(ctx, dockertest.Spec{Name: "idle-" + string(rune('a'+i))}); err != nil {
+		id, err := d.Create(ctx, dockertest.Spec{Name: "idle-" + string(rune('a'+i))})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if i == 0 {
+			idle0 = id
 		}
 	}
 	r, p, _, changes := proxiedRig(t, d)
@@ -208,6 +213,19 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 	if kinds := eventKinds(t, r.NewEvents()); !reflect.DeepEqual(kinds, []string{
 		event.ContainerDiscovered + " " + id[:12], event.ContainerStatusChanged + " " + id[:12], event.ContainerExited + " " + id[:12]}) {
 		t.Errorf("transitions: %v", kinds)
+	}
+	// An idle container renamed among the others: the event names it, so
+	// it is inspected and classified again (the others' classification is
+	// reused), still without a list call.
+	if err := d.Client.ContainerRename(ctx, idle0, "renamed-idle"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if s := events(false); s.State.Containers[idle0[:12]].Name != "renamed-idle" || s.Containers != 20 {
+		t.Errorf("after a rename: %+v", s.State.Containers[idle0[:12]])
+	}
+	if got := p.Counts(); got["GET /containers/json"] != 0 || got["GET /containers/"+idle0+"/json"] != 1 {
+		t.Errorf("the rename's scan: %v", got)
 	}
 	// The reconciliation scan still lists, and finds nothing new.
 	p.Counts()

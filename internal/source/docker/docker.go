@@ -321,7 +321,7 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	if trusted && s.trusted && gen == s.gen {
 		s.primed = true
 	}
-	s.finish(&snap, listed, listStart)
+	s.finish(&snap, listStart)
 	s.mu.Unlock()
 	return snap, nil
 }
@@ -349,19 +349,18 @@ func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[str
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap := Snapshot{Containers: make([]Container, 0, len(s.cache))}
-	listed := make(map[string]bool, len(s.cache))
-	for id, cc := range s.cache {
+	for _, cc := range s.cache {
 		snap.Containers = append(snap.Containers, cc.c)
-		listed[id] = true
 	}
-	s.finish(&snap, listed, start)
+	s.finish(&snap, start)
 	snap.Incremental = true
 	return snap, nil
 }
 
 // finish sets the snapshot's checkpoint and ephemeral containers from the
-// event stream's record. Call it with s.mu held.
-func (s *Source) finish(snap *Snapshot, listed map[string]bool, listStart time.Time) {
+// event stream's record. The cache then holds exactly the snapshot's
+// containers. Call it with s.mu held.
+func (s *Source) finish(snap *Snapshot, listStart time.Time) {
 	snap.ListStart = listStart
 	if !s.handled.IsZero() {
 		// Docker may publish events slightly out of order: hold the
@@ -369,8 +368,9 @@ func (s *Source) finish(snap *Snapshot, listed map[string]bool, listStart time.T
 		snap.Checkpoint = s.handled.Add(-reorderMargin)
 	}
 	for id, b := range s.births {
+		_, listed := s.cache[id]
 		switch {
-		case listed[id]:
+		case listed:
 			delete(s.births, id) // the scan saw it; the normal diff takes over
 		case b.destroyed:
 			snap.Ephemeral = append(snap.Ephemeral, b.c)
