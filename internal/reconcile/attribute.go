@@ -35,8 +35,9 @@ const FirstUserUID = 1000
 // be read, it runs in the init's PID namespace. A process whose cgroup
 // names a container it does not run in, or one that a healthy Docker does
 // not list, is a host process of its real UID, with claimed_container set.
-func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, int) {
+func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, []string, int) {
 	host := map[string]inventory.HostProcess{}
+	withGPU := map[string]bool{} // containers given a GPU process
 	hostUses := map[string][]use{}
 	other := []inventory.GPUProcess{}
 	excludedCount := 0
@@ -65,6 +66,7 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 					}
 					c.GPUProcesses = append(c.GPUProcesses, gp)
 					containers[c.ID] = c
+					withGPU[c.ID] = true
 					continue
 				}
 				claimed = ShortID(ref.ID) // names a container it does not run in
@@ -112,10 +114,10 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 			ClaimedContainer: claimed,
 		}
 	}
-	for k, c := range containers {
-		if len(c.GPUProcesses) == 0 {
-			continue
-		}
+	keys := make([]string, 0, len(withGPU))
+	for k := range withGPU {
+		keys = append(keys, k)
+		c := containers[k]
 		var total *int64
 		for _, gp := range c.GPUProcesses {
 			total = addMem(total, gp.GPUMemoryMB)
@@ -128,7 +130,7 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 		c.GPUWithoutAccess = !c.HasGPU
 		containers[k] = c
 	}
-	return host, hostUses, other, excludedCount
+	return host, hostUses, other, keys, excludedCount
 }
 
 // inContainer says how a process whose cgroup names a container was found
@@ -155,8 +157,9 @@ func inContainer(pf Proc, init Init) string {
 
 // processOwners flags a container whose GPU processes run as a non-root
 // UID other than its user.
-func processOwners(f Facts, containers map[string]inventory.Container) {
-	for k, c := range containers {
+func processOwners(f Facts, containers map[string]inventory.Container, withGPU []string) {
+	for _, k := range withGPU {
+		c := containers[k]
 		for _, gp := range c.GPUProcesses {
 			if gp.UID != nil && *gp.UID != 0 && f.userName(*gp.UID) != c.User {
 				c.UserConflict = true

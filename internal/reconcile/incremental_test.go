@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -49,5 +50,57 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 		if !c.Equal(want.Containers[k]) {
 			t.Errorf("%s: %+v, want %+v", k, c, want.Containers[k])
 		}
+	}
+}
+
+// The same, cycle after cycle, through GPU use, a failing GPU source and
+// its recovery: a container that stops while the GPU source fails keeps
+// stale GPU fields, and must not be taken over as settled afterwards.
+func TestIncrementalCyclesThroughGPUFailure(t *testing.T) {
+	list := func(stopped bool) []docker.Container {
+		var out []docker.Container
+		for i := 1; i <= 5; i++ {
+			status := "exited"
+			if i == 3 && !stopped {
+				status = "running"
+			}
+			c := ctr(i, status)
+			c.Rev = uint64(i)
+			if i == 3 && stopped {
+				c.Rev = 30 // stopping is an event: a new inspect
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	busy := []gpuProc{{pid: 4003, ctr: 3, start: 9, sm: pct(80)}}
+	steps := []step{
+		{containers: list(false), procs: busy},
+		{containers: list(false), procs: busy},
+		{containers: list(false), gpuErr: errGPU},
+		{containers: list(true), gpuErr: errGPU}, // stops while NVML fails
+		{containers: list(true), gpuErr: errGPU},
+		{containers: list(true)}, // NVML is back
+		{containers: list(true)},
+	}
+	prev := inventory.Empty()
+	for i, s := range steps {
+		now := t0.Add(time.Duration(i) * 30 * time.Second)
+		incr := s.facts(now)
+		incr.Docker.Incremental = i > 0
+		got := Reconcile(prev, incr, Rules{})
+		want := Reconcile(prev, s.facts(now), Rules{})
+		gb, _ := json.Marshal(got.State)
+		wb, _ := json.Marshal(want.State)
+		if string(gb) != string(wb) {
+			t.Fatalf("cycle %d: incremental differs from full:\n%s\n---\n%s", i, gb, wb)
+		}
+		if g, w := describe(got.Transitions), describe(want.Transitions); !reflect.DeepEqual(g, w) {
+			t.Fatalf("cycle %d: transitions %q, want %q", i, g, w)
+		}
+		prev = got.State
+	}
+	if c := prev.Containers[id(3)[:12]]; len(c.GPUProcesses) != 0 || c.GPUHeldSeconds == 0 {
+		t.Errorf("container 3 at the end: %d GPU processes, %v GPU-seconds held", len(c.GPUProcesses), c.GPUHeldSeconds)
 	}
 }

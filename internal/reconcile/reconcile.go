@@ -112,15 +112,19 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	next.PendingProcesses = prev.PendingProcesses
 	next.LastScan = inventory.TimePtr(now)
 	var res Result
+	// active are the containers the GPU and usage steps must visit: all of
+	// them but the settled ones buildContainers took over unchanged.
+	var active []string
 
 	next.Sources.Docker = health(prev.Sources.Docker, f.DockerErr, now)
 	if f.DockerErr != nil {
 		for k, c := range prev.Containers { // keep the last known containers
 			next.Containers[k] = c
+			active = append(active, k)
 		}
 	} else {
 		next.DockerEventsSince = checkpoint(prev.DockerEventsSince, f.Docker)
-		next.Containers = buildContainers(f.Docker.Containers, prev.Containers, f, now)
+		next.Containers, active = buildContainers(f.Docker.Containers, prev.Containers, f, now)
 		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers)...)
 		res.Transitions = append(res.Transitions, ephemeral(prev, next, f)...)
 	}
@@ -137,17 +141,19 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.OtherGPUProcesses = prev.OtherGPUProcesses
 		next.GPUs = prev.GPUs
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, f, nil, rules)
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, nil, rules)
 		res.Transitions = append(res.Transitions, ts...)
 	} else {
-		for k, c := range next.Containers {
+		for _, k := range active {
+			c := next.Containers[k]
 			c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = []inventory.GPUProcess{}, nil, false
 			next.Containers[k] = c
 		}
 		var seen map[string]inventory.HostProcess
 		var hostUses map[string][]use
-		seen, hostUses, next.OtherGPUProcesses, res.Excluded = attribute(f, next.Containers, rules)
-		processOwners(f, next.Containers)
+		var withGPU []string
+		seen, hostUses, next.OtherGPUProcesses, withGPU, res.Excluded = attribute(f, next.Containers, rules)
+		processOwners(f, next.Containers, withGPU)
 		// Entries the Python scanner wrote (no start time) join the
 		// running processes they describe: a switch-over emits nothing.
 		prev.HostProcesses, prev.PendingProcesses = adoptLegacy(prev.HostProcesses, prev.PendingProcesses, seen, f, rules.KeepSecrets)
@@ -156,7 +162,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		res.Transitions = append(res.Transitions, hostEvents...)
 		next.GPUs = gpusFrom(f.GPUDevices)
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, f, hostUses, rules)
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, rules)
 		res.Transitions = append(res.Transitions, ts...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
@@ -198,7 +204,7 @@ func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
 // transitions, unless it was already known or already reported (a replay).
 func ephemeral(prev, next inventory.State, f Facts) []Transition {
 	var out []Transition
-	eph := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
+	eph, _ := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
 	for _, k := range sortedKeys(eph) {
 		if _, known := prev.Containers[k]; known {
 			continue
@@ -242,16 +248,25 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 }
 
 // buildContainers classifies the listed containers. A container already
-// known keeps its detected_at.
-func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) map[string]inventory.Container {
+// known keeps its detected_at. It also returns the keys of the containers
+// the GPU and usage steps must visit: all but the settled ones (see
+// settled), which it takes over as they were.
+func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
+	var active []string
 	resolve := f.resolver()
 	for _, c := range list {
 		key := ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
+			if settled(old) {
+				out[key] = old
+				continue
+			}
 			out[key] = classified(old)
+			active = append(active, key)
 			continue
 		}
+		active = append(active, key)
 		in := classifyInput(c)
 		if uid, ok := f.InitUIDs[c.ID]; ok && c.Pid > 0 {
 			in.InitUID = &uid
@@ -290,7 +305,17 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		}
 		out[key] = e
 	}
-	return out
+	return out, active
+}
+
+// settled reports whether a stopped container's entry is already what the
+// GPU and usage steps would make of it: no GPU process listed, no
+// utilisation, not idle. A stopped container gets no GPU process and
+// accrues nothing, and while the GPU source fails its last known (here:
+// no) GPU use is kept, so the entry stays as it is either way.
+func settled(c inventory.Container) bool {
+	return c.GPUProcesses != nil && len(c.GPUProcesses) == 0 && c.GPUMemoryMB == nil && !c.GPUWithoutAccess &&
+		c.GPUUtilizationPercent == nil && c.GPUIdleSince == nil && !c.GPUIdle
 }
 
 // classified is the part of a container's entry that buildContainers

@@ -188,7 +188,7 @@ type UserGPUSeconds struct{ Held, Busy float64 }
 
 // accountGPUUse updates every workload's utilisation, idle state and
 // counters, and returns the transitions and the per-user deltas.
-func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUses map[string][]use, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f Facts, hostUses map[string][]use, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
 	dt := 0.0
 	if prev.LastScan != nil {
 		gap := f.Now.Sub(prev.LastScan.Time)
@@ -208,18 +208,18 @@ func accountGPUUse(prev inventory.State, next *inventory.State, f Facts, hostUse
 	}
 	// While Docker fails, containers are the last known ones: nothing is
 	// observed of them, so nothing is accounted (the gap is not counted).
-	containers := next.Containers
+	containers := active // the others are settled: nothing changes
 	if f.DockerErr != nil {
 		containers = nil
 	}
-	// Map order, not sorted: this runs over every container each cycle,
-	// and only the few that change state need an order (sorted below).
+	// Unsorted: this runs over every active container each cycle, and only
+	// the few that change state need an order (sorted below).
 	type keyed struct {
 		key string
 		ts  []Transition
 	}
 	var changed []keyed
-	for k := range containers {
+	for _, k := range containers {
 		c := next.Containers[k]
 		old := prev.Containers[k]
 		if c.Status != "running" && len(c.GPUProcesses) == 0 && f.GPUErr == nil {
