@@ -47,7 +47,7 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 		t.Errorf("container with a new revision kept its old classification: user %q", u)
 	}
 	for k, c := range got.Containers {
-		if !c.Equal(want.Containers[k]) {
+		if w := want.Containers[k]; !c.Equal(&w) {
 			t.Errorf("%s: %+v, want %+v", k, c, want.Containers[k])
 		}
 	}

@@ -125,7 +125,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	} else {
 		next.DockerEventsSince = checkpoint(prev.DockerEventsSince, f.Docker)
 		next.Containers, active = buildContainers(f.Docker.Containers, prev.Containers, f, now)
-		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers)...)
+		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers, active)...)
 		res.Transitions = append(res.Transitions, ephemeral(prev, next, f)...)
 	}
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
@@ -164,13 +164,13 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		var ts []Transition
 		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, rules)
 		res.Transitions = append(res.Transitions, ts...)
-		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers)...)
+		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
-	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers)...)
+	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers, active)...)
 	res.State = next
 	return res
 }
@@ -216,8 +216,8 @@ func ephemeral(prev, next inventory.State, f Facts) []Transition {
 			continue
 		}
 		one := map[string]inventory.Container{k: eph[k]}
-		out = append(out, diffContainers(nil, one)...)
-		out = append(out, diffContainers(one, nil)...)
+		out = append(out, diffContainers(nil, one, nil)...)
+		out = append(out, diffContainers(one, nil, nil)...)
 	}
 	return out
 }
@@ -389,16 +389,29 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// sortedKeysWhere returns, sorted, the keys of the entries keep selects.
-// Only those are sorted: over thousands of containers where one changed,
-// a cycle sorts one key, not thousands.
-func sortedKeysWhere[V any](m map[string]V, keep func(k string, v V) bool) []string {
+// sortedKeysWhere returns, sorted, the keys of m that keep selects. Only
+// those are sorted: over thousands of containers where one changed, a
+// cycle sorts one key, not thousands. keep gets the key alone: ranging
+// over the values would copy each one.
+func sortedKeysWhere[V any](m map[string]V, keep func(k string) bool) []string {
 	var keys []string
-	for k, v := range m {
-		if keep(k, v) {
+	for k := range m {
+		if keep(k) {
 			keys = append(keys, k)
 		}
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// sortedWhere returns, sorted, the keys that keep selects.
+func sortedWhere(keys []string, keep func(k string) bool) []string {
+	var out []string
+	for _, k := range keys {
+		if keep(k) {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -34,16 +34,25 @@ type Warning struct {
 
 // diffContainers lists the transitions from old to cur, in the order the
 // Python scanner used: discovered and status changes, then removals.
-func diffContainers(old, cur map[string]inventory.Container) []Transition {
+//
+// candidates are the keys of cur that may have changed (nil: all of them):
+// a container reconcile took over settled, unchanged, is not one.
+func diffContainers(old, cur map[string]inventory.Container, candidates []string) []Transition {
 	var out []Transition
 	fresh := 0 // keys of cur that old lacks
-	changed := sortedKeysWhere(cur, func(k string, c inventory.Container) bool {
+	pick := func(k string) bool {
 		o, seen := old[k]
 		if !seen {
 			fresh++
 		}
-		return !seen || o.Status != c.Status // else the common case: nothing to report
-	})
+		return !seen || o.Status != cur[k].Status // else the common case: nothing to report
+	}
+	var changed []string
+	if candidates == nil {
+		changed = sortedKeysWhere(cur, pick)
+	} else {
+		changed = sortedWhere(candidates, pick)
+	}
 	for _, k := range changed {
 		c := cur[k]
 		o, seen := old[k]
@@ -70,7 +79,7 @@ func diffContainers(old, cur map[string]inventory.Container) []Transition {
 	}
 	var gone []string
 	if len(cur)-fresh != len(old) { // else every old key is in cur
-		gone = sortedKeysWhere(old, func(k string, _ inventory.Container) bool { _, ok := cur[k]; return !ok })
+		gone = sortedKeysWhere(old, func(k string) bool { _, ok := cur[k]; return !ok })
 	}
 	for _, k := range gone {
 		o := old[k]
@@ -104,9 +113,9 @@ func hostExited(p inventory.HostProcess) Transition {
 
 // gpuWithoutAccess warns once when a container starts using a GPU its
 // configuration does not grant.
-func gpuWithoutAccess(prev, cur map[string]inventory.Container) []Warning {
+func gpuWithoutAccess(prev, cur map[string]inventory.Container, active []string) []Warning {
 	var out []Warning
-	for _, k := range sortedKeysWhere(cur, func(k string, c inventory.Container) bool { return c.GPUWithoutAccess && !prev[k].GPUWithoutAccess }) {
+	for _, k := range sortedWhere(active, func(k string) bool { return cur[k].GPUWithoutAccess && !prev[k].GPUWithoutAccess }) {
 		c := cur[k]
 		out = append(out, Warning{
 			Message: "container uses a GPU its configuration does not grant",
@@ -141,9 +150,9 @@ func claimedContainers(prev inventory.State, seen map[string]inventory.HostProce
 
 // userConflicts warns once when a container's owner signals start to
 // disagree.
-func userConflicts(prev, cur map[string]inventory.Container) []Warning {
+func userConflicts(prev, cur map[string]inventory.Container, active []string) []Warning {
 	var out []Warning
-	for _, k := range sortedKeysWhere(cur, func(k string, c inventory.Container) bool { return c.UserConflict && !prev[k].UserConflict }) {
+	for _, k := range sortedWhere(active, func(k string) bool { return cur[k].UserConflict && !prev[k].UserConflict }) {
 		c := cur[k]
 		signals := make([]string, 0, len(c.UserSignals))
 		for _, s := range c.UserSignals {

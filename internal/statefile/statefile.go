@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -70,8 +72,9 @@ func Encode(st inventory.State) ([]byte, error) {
 // in memory: a cycle among thousands of unchanged containers then costs
 // little more than its changes. One goroutine at a time.
 type Encoder struct {
-	last map[string]encoded
-	keys []string // last's keys, sorted
+	last map[string]*encoded // pointers: a lookup copies no container
+	keys []string            // last's keys, sorted
+	iov  [][]byte            // the pieces of the last write, kept for their capacity
 }
 
 type encoded struct {
@@ -101,16 +104,17 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 		return errors.New("encode state: no containers key")
 	}
 	e.sync(containers)
-	bw := bufio.NewWriterSize(w, 64<<10)
-	bw.Write(rest[:at])
+	// The file is a list of pieces, most of them cached encodings: written
+	// with writev, they are copied once, by the kernel.
+	iov := append(e.iov[:0], rest[:at])
 	if len(e.keys) == 0 {
-		bw.Write(containersMarker)
+		iov = append(iov, containersMarker)
 	} else {
-		bw.WriteString(`"containers": {`)
+		iov = append(iov, containersOpen)
 		for i, k := range e.keys {
 			c := containers[k]
-			enc, ok := e.last[k]
-			if !ok || !enc.c.Equal(c) {
+			enc := e.last[k]
+			if enc == nil || !enc.c.Equal(&c) {
 				kb, err := inventory.MarshalASCII(k, "")
 				if err != nil {
 					return err
@@ -123,20 +127,77 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 				b := make([]byte, 0, len(kb)+2+2*len(cb))
 				b = append(append(b, kb...), ':', ' ')
 				b = inventory.AppendIndented(b, cb, "  ", 2)
-				enc = encoded{c: c, b: bytes.Clone(b)}
+				enc = &encoded{c: c, b: bytes.Clone(b)}
 				e.last[k] = enc
 			}
-			if i > 0 {
-				bw.WriteByte(',')
+			if i == 0 {
+				iov = append(iov, firstSep)
+			} else {
+				iov = append(iov, nextSep)
 			}
-			bw.WriteString("\n    ")
-			bw.Write(enc.b)
+			iov = append(iov, enc.b)
 		}
-		bw.WriteString("\n  }")
+		iov = append(iov, containersClose)
 	}
-	bw.Write(rest[at+len(containersMarker):])
-	bw.WriteByte('\n')
+	iov = append(iov, rest[at+len(containersMarker):], newline)
+	e.iov = iov[:0]
+	defer clear(iov) // the pieces must not pin old encodings
+	if f, ok := w.(*os.File); ok {
+		return writev(f, iov)
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	for _, b := range iov {
+		bw.Write(b)
+	}
 	return bw.Flush()
+}
+
+var (
+	containersOpen  = []byte(`"containers": {`)
+	containersClose = []byte("\n  }")
+	firstSep        = []byte("\n    ")
+	nextSep         = []byte(",\n    ")
+	newline         = []byte("\n")
+)
+
+// writev writes bufs to f in order, IOV_MAX pieces per call, carrying on
+// after a short write.
+func writev(f *os.File, bufs [][]byte) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for len(bufs) > 0 {
+		if len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+			continue
+		}
+		var n int
+		var werr error
+		if err := rc.Write(func(fd uintptr) bool {
+			n, werr = unix.Writev(int(fd), bufs[:min(len(bufs), 1024)])
+			return werr != unix.EAGAIN
+		}); err != nil {
+			return err
+		}
+		switch {
+		case werr == unix.EINTR:
+			continue
+		case werr != nil:
+			return &os.PathError{Op: "writev", Path: f.Name(), Err: werr}
+		case n == 0:
+			return io.ErrShortWrite
+		}
+		for n > 0 {
+			if n < len(bufs[0]) {
+				bufs[0] = bufs[0][n:]
+				break
+			}
+			n -= len(bufs[0])
+			bufs = bufs[1:]
+		}
+	}
+	return nil
 }
 
 // sync makes e.keys the sorted keys of containers and drops the cached
@@ -145,7 +206,7 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 // sorts one key, not thousands.
 func (e *Encoder) sync(containers map[string]inventory.Container) {
 	if e.last == nil {
-		e.last = make(map[string]encoded, len(containers))
+		e.last = make(map[string]*encoded, len(containers))
 	}
 	var added []string
 	for k := range containers {

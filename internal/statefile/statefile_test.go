@@ -261,3 +261,30 @@ func TestEncoderKeyOrderUnderChurn(t *testing.T) {
 		}
 	}
 }
+
+// SaveWith writes through writev, more than IOV_MAX pieces at a time here:
+// the file must be exactly what Encode gives.
+func TestSaveWithManyPieces(t *testing.T) {
+	var enc Encoder
+	st := inventory.Empty()
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	for i := 0; i < 1500; i++ { // two pieces each
+		id := fmt.Sprintf("%012x", i)
+		st.Containers[id] = inventory.Container{ID: id, Name: "c", Status: "exited", DetectedAt: now,
+			GPUDevices: []string{}, GPUAccess: []string{}, UserSignals: []inventory.UserSignal{}, GPUProcesses: []inventory.GPUProcess{}}
+	}
+	path := filepath.Join(t.TempDir(), "state.json")
+	for round := 0; round < 2; round++ { // encoded, then cached
+		if err := SaveWith(&enc, path, st, ""); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := Encode(st)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the file (%d bytes) differs from Encode (%d bytes)", round, len(got), len(want))
+		}
+	}
+}

@@ -4,8 +4,9 @@ package inventory
 // a plain field-by-field comparison, much cheaper than reflect.DeepEqual:
 // the state file's encoder uses it every cycle to reuse the encoding of
 // each container that did not change. A test checks that it looks at
-// every field.
-func (c Container) Equal(o Container) bool {
+// every field. Both are pointers: a container is several hundred bytes,
+// and the encoder compares thousands each cycle.
+func (c *Container) Equal(o *Container) bool {
 	if c.ID != o.ID || c.Name != o.Name || c.Origin != o.Origin || c.User != o.User || c.HasGPU != o.HasGPU ||
 		c.Status != o.Status || c.Image != o.Image || !c.DetectedAt.Equal(o.DetectedAt.Time) ||
 		c.FullID != o.FullID || c.UserSource != o.UserSource || c.UserConflict != o.UserConflict || c.Pid != o.Pid ||

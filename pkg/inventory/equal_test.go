@@ -15,11 +15,11 @@ func TestEqualSeesEveryField(t *testing.T) {
 		c.GPUProcesses = []GPUProcess{{}}
 		c.UserSignals = []UserSignal{{}}
 		set(reflect.ValueOf(&c).Elem(), path)
-		if base.Equal(c) || c.Equal(base) {
+		if base.Equal(&c) || c.Equal(&base) {
 			t.Errorf("Equal does not see %v", path)
 		}
 	}
-	if !base.Equal(Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}) {
+	if other := (Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}); !base.Equal(&other) {
 		t.Error("equal values are not Equal")
 	}
 }
