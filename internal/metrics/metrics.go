@@ -178,24 +178,6 @@ func processName(cmdline string) string {
 	return path.Base(f[0])
 }
 
-// grantedGPUs is how many GPUs a container's configuration grants, as the
-// GPU-seconds allocated count them: its gpu_devices, or every GPU of the
-// host for --gpus all (no devices named) and "all".
-func grantedGPUs(c inventory.Container, hostGPUs int) int {
-	if !c.HasGPU {
-		return 0
-	}
-	if len(c.GPUDevices) == 0 {
-		return hostGPUs
-	}
-	for _, d := range c.GPUDevices {
-		if d == "all" {
-			return hostGPUs
-		}
-	}
-	return len(c.GPUDevices)
-}
-
 // gpuKey identifies a workload's series on one GPU.
 type gpuKey struct{ uuid, kind, id, user string }
 
@@ -280,7 +262,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
 		if ct.Status == "running" && ct.HasGPU {
-			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(grantedGPUs(ct, hostGPUs)), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(hostGPUs)), KindContainer, lv(id), lv(user))
 		}
 		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {

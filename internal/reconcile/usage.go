@@ -240,7 +240,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			containerID: c.ID, user: c.User,
 			describe: describeContainer(c.ID, c.Name, c.User),
 			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
-			grant: grantedGPUs(c, hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
+			grant: c.GrantedGPUs(hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
 		}
 		g.step()
 		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle
@@ -299,24 +299,6 @@ func describeProcess(pid int, user string) func() (string, []zap.Field) {
 	return func() (string, []zap.Field) {
 		return "pid " + strconv.Itoa(pid), []zap.Field{zap.Int("pid", pid), UserField(user)}
 	}
-}
-
-// grantedGPUs is how many GPUs a container's configuration grants, where
-// that can be counted: its gpu_devices, or every GPU of the host for
-// --gpus all (no devices named) and "all".
-func grantedGPUs(c inventory.Container, hostGPUs int) int {
-	if !c.HasGPU {
-		return 0
-	}
-	if len(c.GPUDevices) == 0 {
-		return hostGPUs
-	}
-	for _, d := range c.GPUDevices {
-		if d == "all" {
-			return hostGPUs
-		}
-	}
-	return len(c.GPUDevices)
 }
 
 // gpusFrom turns the GPU source's devices into the state's gpus map.

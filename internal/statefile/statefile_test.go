@@ -216,17 +216,7 @@ func TestEncoderMatchesEncode(t *testing.T) {
 		case 6:
 			st.Containers = map[string]inventory.Container{}
 		}
-		want, err := Encode(st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got bytes.Buffer
-		if err := enc.Write(&got, st); err != nil {
-			t.Fatal(err)
-		}
-		if got.String() != string(want) {
-			t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
-		}
+		sameAsEncode(t, &enc, st, step)
 	}
 }
 
@@ -248,17 +238,7 @@ func TestEncoderKeyOrderUnderChurn(t *testing.T) {
 			st.Containers[id] = inventory.Container{ID: id, Name: "c", Status: []string{"running", "exited"}[rnd.IntN(2)], DetectedAt: now,
 				GPUDevices: []string{}, GPUAccess: []string{}, UserSignals: []inventory.UserSignal{}, GPUProcesses: []inventory.GPUProcess{}}
 		}
-		want, err := Encode(st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got bytes.Buffer
-		if err := enc.Write(&got, st); err != nil {
-			t.Fatal(err)
-		}
-		if got.String() != string(want) {
-			t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
-		}
+		sameAsEncode(t, &enc, st, step)
 	}
 }
 
@@ -286,5 +266,21 @@ func TestSaveWithManyPieces(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("round %d: the file (%d bytes) differs from Encode (%d bytes)", round, len(got), len(want))
 		}
+	}
+}
+
+// sameAsEncode fails the test unless enc writes st exactly as Encode does.
+func sameAsEncode(t *testing.T, enc *Encoder, st inventory.State, step int) {
+	t.Helper()
+	want, err := Encode(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if err := enc.Write(&got, st); err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != string(want) {
+		t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
 	}
 }

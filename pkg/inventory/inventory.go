@@ -433,3 +433,22 @@ func escapeNonASCII(b []byte) []byte {
 	}
 	return []byte(sb.String())
 }
+
+// GrantedGPUs is how many GPUs a container's configuration grants, as the
+// allocated GPU-seconds and ds01_workload_gpus_allocated count them: its
+// gpu_devices, or every one of the host's hostGPUs for --gpus all (no
+// devices named) and "all"; 0 without GPU access.
+func (c *Container) GrantedGPUs(hostGPUs int) int {
+	if !c.HasGPU {
+		return 0
+	}
+	if len(c.GPUDevices) == 0 {
+		return hostGPUs
+	}
+	for _, d := range c.GPUDevices {
+		if d == "all" {
+			return hostGPUs
+		}
+	}
+	return len(c.GPUDevices)
+}
