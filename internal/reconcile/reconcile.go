@@ -132,8 +132,9 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 
 	next.Sources.GPU = health(prev.Sources.GPU, f.GPUErr, now)
 	if f.GPUErr != nil { // keep what was known of GPU use
-		for k, c := range next.Containers {
+		for _, k := range active { // the settled ones are their last entries already
 			if o, ok := prev.Containers[k]; ok {
+				c := next.Containers[k]
 				c.GPUProcesses, c.GPUMemoryMB, c.GPUWithoutAccess = o.GPUProcesses, o.GPUMemoryMB, o.GPUWithoutAccess
 				next.Containers[k] = c
 			}
