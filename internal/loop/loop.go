@@ -192,10 +192,11 @@ const idle = -1
 // Debounce returns a function to call on every change and the channel it
 // feeds: the first call starts a timer of window, calls until it fires are
 // folded into it, and then one value goes to the channel (buffer one, never
-// blocking). Pass the channel as Options.Trigger. Under continuous change
-// (a call soon after the last fire) the window doubles, up to most; after a
-// quiet window it is back to first. So a burst is seen within min, and
-// continuous churn causes at most one scan (one state write) per window.
+// blocking). Pass the channel as Options.Trigger. While changes keep coming
+// (one within most of the last fire) the window doubles, up to most; after
+// most without any it is back to first. So an isolated change is seen
+// within first, and continuous churn causes at most one scan (one state
+// write) per most.
 func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
 	most = max(most, first)
 	ch := make(chan struct{}, 1)
@@ -209,11 +210,7 @@ func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
 		if timer != nil {
 			return
 		}
-		if !lastFire.IsZero() && time.Since(lastFire) < window {
-			window = min(window*2, most)
-		} else {
-			window = first
-		}
+		window = nextWindow(window, lastFire, time.Now(), first, most)
 		timer = time.AfterFunc(window, func() {
 			mu.Lock()
 			timer, lastFire = nil, time.Now()
@@ -224,4 +221,16 @@ func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
 			}
 		})
 	}, ch
+}
+
+// nextWindow is the debounce window for a change at now, the last fire
+// having been at lastFire (zero: never). A change within most of the last
+// fire is churn: the window doubles, up to most. Measuring against most,
+// not the window itself, matters: changes every 2×first would otherwise
+// always find the first window over, and scan at every change.
+func nextWindow(window time.Duration, lastFire, now time.Time, first, most time.Duration) time.Duration {
+	if lastFire.IsZero() || now.Sub(lastFire) >= most {
+		return first
+	}
+	return min(window*2, most)
 }

@@ -327,3 +327,60 @@ func pings(msgs <-chan string, d time.Duration) int {
 		}
 	}
 }
+
+// The debounce window: churn (a change within most of the last fire)
+// doubles it up to most, a quiet most brings it back to first.
+func TestNextWindow(t *testing.T) {
+	first, most := 100*time.Millisecond, time.Second
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for _, tc := range []struct {
+		window time.Duration
+		since  time.Duration // since the last fire; -1: never fired
+		want   time.Duration
+	}{
+		{first, -1, first},
+		{first, ms(100), ms(200)}, // a change every 200 ms: just after the 100 ms window closed, still churn
+		{ms(200), ms(150), ms(400)},
+		{ms(800), ms(50), most},
+		{most, ms(900), most},
+		{most, ms(1000), first}, // a quiet second
+		{ms(400), ms(5000), first},
+	} {
+		last := time.Time{}
+		if tc.since >= 0 {
+			last = t0
+		}
+		if got := nextWindow(tc.window, last, t0.Add(tc.since), first, most); got != tc.want {
+			t.Errorf("window %v, %v since the last fire: %v, want %v", tc.window, tc.since, got, tc.want)
+		}
+	}
+}
+
+// Changes every 2×first, for 30 of them: the window grows to most instead
+// of firing once per change.
+func TestDebounceFollowsChurn(t *testing.T) {
+	first, most := 10*time.Millisecond, 150*time.Millisecond
+	changed, fired := Debounce(first, most)
+	fires := 0
+	for i := 0; i < 30; i++ {
+		changed()
+		deadline := time.After(2 * first)
+		for waiting := true; waiting; {
+			select {
+			case <-fired:
+				fires++
+			case <-deadline:
+				waiting = false
+			}
+		}
+	}
+	// 600 ms of churn: about 600/150 fires once grown (plus the four of
+	// growing); one per change (30) is the failure this guards against.
+	if fires > 12 {
+		t.Errorf("%d fires for 30 changes 20 ms apart", fires)
+	}
+	if fires == 0 {
+		t.Error("no fire")
+	}
+}
