@@ -85,7 +85,12 @@ type Source struct {
 	// only while the event stream is connected (trusted), since only the
 	// stream tells about changes the list cannot show (a restart between two
 	// scans, an update).
-	cache   map[string]cachedContainer
+	cache map[string]cachedContainer
+	// view holds the cache's containers as one slice, index their
+	// positions: an event scan updates them in place and hands view out
+	// as its snapshot, instead of copying thousands of containers.
+	view    []Container
+	index   map[string]int
 	dirty   map[string]bool // IDs named by events since the last list
 	trusted bool
 	// primed: a full list has completed since the stream (re)connected, so
@@ -156,6 +161,8 @@ type birth struct {
 
 // Snapshot is one list of the daemon's containers.
 type Snapshot struct {
+	// Containers may be the source's own inventory: read-only, and valid
+	// until the next List call.
 	Containers []Container
 	// Ephemeral are containers created and destroyed between two scans,
 	// known only from the event stream. The caller reports them as
@@ -193,7 +200,7 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	counter := &countingTransport{next: hc.Transport, n: map[string]uint64{}}
 	hc.Transport = counter
 	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
-		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
+		cache: map[string]cachedContainer{}, index: map[string]int{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
 }
 
 // Close releases the client.
@@ -318,6 +325,10 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 			delete(s.cache, id)
 		}
 	}
+	s.view, s.index = snap.Containers, make(map[string]int, len(snap.Containers))
+	for i, c := range s.view {
+		s.index[c.ID] = i
+	}
 	if trusted && s.trusted && gen == s.gen {
 		s.primed = true
 	}
@@ -335,26 +346,52 @@ func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[str
 		switch {
 		case cerrdefs.IsNotFound(err):
 			s.mu.Lock()
-			delete(s.cache, id) // removed
+			s.drop(id) // removed
 			s.mu.Unlock()
 		case err != nil:
 			s.markDirty(dirty) // try them again with the next scan
 			return Snapshot{}, err
 		default:
 			s.mu.Lock()
-			s.cache[id] = cachedContainer{c: c, state: c.Status, name: c.Name}
+			s.put(cachedContainer{c: c, state: c.Status, name: c.Name})
 			s.mu.Unlock()
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap := Snapshot{Containers: make([]Container, 0, len(s.cache))}
-	for _, cc := range s.cache {
-		snap.Containers = append(snap.Containers, cc.c)
-	}
+	snap := Snapshot{Containers: s.view}
 	s.finish(&snap, start)
 	snap.Incremental = true
 	return snap, nil
+}
+
+// put records an inspected container in the cache and the view. Call it
+// with s.mu held.
+func (s *Source) put(cc cachedContainer) {
+	id := cc.c.ID
+	s.cache[id] = cc
+	if i, ok := s.index[id]; ok {
+		s.view[i] = cc.c
+		return
+	}
+	s.index[id] = len(s.view)
+	s.view = append(s.view, cc.c)
+}
+
+// drop forgets a removed container: the last one of the view takes its
+// place. Call it with s.mu held.
+func (s *Source) drop(id string) {
+	delete(s.cache, id)
+	i, ok := s.index[id]
+	if !ok {
+		return
+	}
+	last := len(s.view) - 1
+	s.view[i] = s.view[last]
+	s.index[s.view[i].ID] = i
+	s.view[last] = Container{}
+	s.view = s.view[:last]
+	delete(s.index, id)
 }
 
 // finish sets the snapshot's checkpoint and ephemeral containers from the
