@@ -104,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.interval, "interval", 30*time.Second, "time between reconciliation scans")
 	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
 	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
-	fs.DurationVar(&c.debounceMax, "event-debounce-max", time.Second, "under continuous Docker events the wait doubles up to this: at most one state write per window")
+	fs.DurationVar(&c.debounceMax, "event-debounce-max", 800*time.Millisecond, "under continuous Docker events the wait doubles up to this: at most one state write per window")
 	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
 	c.webListen.addrs = []string{metrics.DefaultListenAddress}
 	fs.Var(&c.webListen, "web.listen-address", "serve Prometheus /metrics (and a landing page at /) on this `address`; repeatable; \"\" turns the endpoint off")
