@@ -47,7 +47,7 @@ type Metrics struct {
 	APIRequests func() map[string]uint64
 }
 
-// Workload kinds, the kind label of the per-workload series.
+// Workload types, the type label of the per-workload series.
 const (
 	KindContainer    = "container"     // id: the 12-hex-character container ID
 	KindHostProcess  = "host-process"  // id: the PID
@@ -55,8 +55,8 @@ const (
 )
 
 var (
-	workloadLabels    = []string{"kind", "id", "user"}
-	workloadGPULabels = []string{"gpu", "UUID", "kind", "id", "user"}
+	workloadLabels    = []string{"type", "id", "user"}
+	workloadGPULabels = []string{"gpu", "UUID", "type", "id", "user"}
 	gpuLabels         = []string{"gpu", "UUID"}
 
 	descLastScan = prometheus.NewDesc("ds01_detector_last_scan_timestamp_seconds",
@@ -68,13 +68,13 @@ var (
 	descHostProcs = prometheus.NewDesc("ds01_host_gpu_processes",
 		"Confirmed host GPU processes (outside containers) per user.", []string{"user"}, nil)
 	descWorkloadInfo = prometheus.NewDesc("ds01_workload_info",
-		"Always 1: names a workload. kind container (id: 12-char container ID; name, image and origin from Docker), host-process or other-runtime (id: PID; name: the process name; origin: the runtime for other-runtime).",
-		[]string{"kind", "id", "name", "image", "user", "origin"}, nil)
+		"Always 1: names a workload. type container (id: 12-char container ID; name, image and origin from Docker), host-process or other-runtime (id: PID; name: the process name; origin: the runtime for other-runtime).",
+		[]string{"type", "id", "name", "image", "user", "origin"}, nil)
 	descAllocated = prometheus.NewDesc("ds01_workload_gpus_allocated",
 		"GPUs a running container's configuration grants (--gpus all and the like: every GPU of the host); running containers with GPU access only.",
 		workloadLabels, nil)
 	descGPUMem = prometheus.NewDesc("ds01_workload_gpu_memory_used_bytes",
-		"GPU memory used per GPU and workload (kind container, host-process or other-runtime).", workloadGPULabels, nil)
+		"GPU memory used per GPU and workload (type container, host-process or other-runtime).", workloadGPULabels, nil)
 	descWorkloadUtil = prometheus.NewDesc("ds01_workload_gpu_utilization_ratio",
 		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",

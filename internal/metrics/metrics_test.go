@@ -122,17 +122,17 @@ func TestMetricsMatchTheInventory(t *testing.T) {
 	for _, c := range st.Containers {
 		for _, p := range c.GPUProcesses {
 			if p.GPUMemoryMB != nil {
-				mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+c.ID+",kind=container,user="+c.User] += float64(*p.GPUMemoryMB) * 1048576
+				mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+c.ID+",type=container,user="+c.User] += float64(*p.GPUMemoryMB) * 1048576
 			}
 		}
 	}
 	for _, p := range st.HostProcesses {
 		if p.GPUMemoryMB != nil {
-			mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",kind=host-process,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+			mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",type=host-process,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
 		}
 	}
 	for _, p := range st.OtherGPUProcesses {
-		mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",kind=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
+		mem["UUID="+p.GPUUUID+",gpu="+strconv.Itoa(p.GPUIndex)+",id="+strconv.Itoa(p.Pid)+",type=other-runtime,user="+p.User] = float64(*p.GPUMemoryMB) * 1048576
 	}
 	if got := series(fams["ds01_workload_gpu_memory_used_bytes"]); !equal(got, mem) || len(mem) != 5 {
 		t.Errorf("gpu memory\n got %v\nwant %v", got, mem)
@@ -258,8 +258,8 @@ func TestUtilizationMetrics(t *testing.T) {
 	}
 	fams := scrape(t, m)
 	want := map[string]map[string]float64{
-		"ds01_workload_gpu_utilization_ratio": {`UUID=GPU-0,gpu=3,id=abc123def456,kind=container,user=alice`: 0.03},
-		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,kind=container,user=alice`: 5400, `id=def456abc123,kind=container,user=bob`: 0},
+		"ds01_workload_gpu_utilization_ratio": {`UUID=GPU-0,gpu=3,id=abc123def456,type=container,user=alice`: 0.03},
+		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,type=container,user=alice`: 5400, `id=def456abc123,type=container,user=bob`: 0},
 		"ds01_gpu_utilization_ratio":          {`UUID=GPU-0,gpu=3`: 0.4},
 		"ds01_gpu_memory_used_bytes":          {`UUID=GPU-0,gpu=3`: 1024 * 1024 * 1024},
 		"ds01_user_gpu_held_seconds_total":    {`user=alice`: 60, `user=bob`: 60},
@@ -287,25 +287,25 @@ func TestWorkloadInfoAndAllocation(t *testing.T) {
 	st := s.State
 	info := map[string]float64{}
 	for _, c := range st.Containers {
-		info["id="+c.ID+",image="+c.Image+",kind=container,name="+c.Name+",origin="+c.Origin+",user="+c.User] = 1
+		info["id="+c.ID+",image="+c.Image+",name="+c.Name+",origin="+c.Origin+",type=container,user="+c.User] = 1
 	}
-	info["id=7001,image=,kind=host-process,name=python,origin=,user=bob"] = 1
-	info["id=7002,image=,kind=host-process,name=a.out,origin=,user=4242"] = 1
-	info["id=8001,image=,kind=other-runtime,name=python,origin=podman,user=erin"] = 1
+	info["id=7001,image=,name=python,origin=,type=host-process,user=bob"] = 1
+	info["id=7002,image=,name=a.out,origin=,type=host-process,user=4242"] = 1
+	info["id=8001,image=,name=python,origin=podman,type=other-runtime,user=erin"] = 1
 	if got := series(fams["ds01_workload_info"]); !equal(got, info) {
 		t.Errorf("workload_info\n got %v\nwant %v", got, info)
 	}
 	// alice's container names two MIG slots; bob's devcontainer has
 	// --gpus all (six GPUs on this host); dave's is granted one but has
 	// exited; sneaky has no grant.
-	alloc := map[string]float64{"id=aaaaaaaaaaa1,kind=container,user=alice": 2, "id=bbbbbbbbbbb2,kind=container,user=bob": 6}
+	alloc := map[string]float64{"id=aaaaaaaaaaa1,type=container,user=alice": 2, "id=bbbbbbbbbbb2,type=container,user=bob": 6}
 	if got := series(fams["ds01_workload_gpus_allocated"]); !equal(got, alloc) {
 		t.Errorf("gpus_allocated %v, want %v", got, alloc)
 	}
 	util := map[string]float64{
-		"UUID=" + gpuUUID(0) + ",gpu=0,id=ddddddddddd4,kind=container,user=unknown": 0.88,
-		"UUID=" + gpuUUID(1) + ",gpu=1,id=bbbbbbbbbbb2,kind=container,user=bob":     0,
-		"UUID=" + gpuUUID(2) + ",gpu=2,id=7001,kind=host-process,user=bob":          0.97,
+		"UUID=" + gpuUUID(0) + ",gpu=0,id=ddddddddddd4,type=container,user=unknown": 0.88,
+		"UUID=" + gpuUUID(1) + ",gpu=1,id=bbbbbbbbbbb2,type=container,user=bob":     0,
+		"UUID=" + gpuUUID(2) + ",gpu=2,id=7001,type=host-process,user=bob":          0.97,
 	}
 	if got := series(fams["ds01_workload_gpu_utilization_ratio"]); !equal(got, util) {
 		t.Errorf("utilization\n got %v\nwant %v", got, util)
@@ -325,7 +325,7 @@ func TestWorkloadGPUIndex(t *testing.T) {
 	st.HostProcesses["1"] = inventory.HostProcess{Pid: 1, User: "u", GPUUUID: "GPU-a", GPUIndex: 3, GPUMemoryMB: &mb}
 	st.HostProcesses["2"] = inventory.HostProcess{Pid: 2, User: "u", GPUUUID: "GPU-b", GPUIndex: 4, GPUMemoryMB: &mb}
 	m.Observe(summary.Summary{State: st})
-	want := map[string]float64{"UUID=GPU-a,gpu=7,id=1,kind=host-process,user=u": 10 << 20, "UUID=GPU-b,gpu=4,id=2,kind=host-process,user=u": 10 << 20}
+	want := map[string]float64{"UUID=GPU-a,gpu=7,id=1,type=host-process,user=u": 10 << 20, "UUID=GPU-b,gpu=4,id=2,type=host-process,user=u": 10 << 20}
 	if got := series(scrape(t, m)["ds01_workload_gpu_memory_used_bytes"]); !equal(got, want) {
 		t.Errorf("%v, want %v", got, want)
 	}
@@ -348,7 +348,7 @@ func TestInvalidUTF8LabelValues(t *testing.T) {
 	if got := series(fams["ds01_host_gpu_processes"]); got["user=al\uFFFDice"] != 2 {
 		t.Errorf("host processes %v", got)
 	}
-	if got := series(fams["ds01_workload_info"]); got["id=9,image=,kind=host-process,name=run,origin=,user=al\uFFFDice"] != 1 {
+	if got := series(fams["ds01_workload_info"]); got["id=9,image=,name=run,origin=,type=host-process,user=al\uFFFDice"] != 1 {
 		t.Errorf("info %v", got)
 	}
 	if got := series(fams["ds01_user_gpu_held_seconds_total"]); got["user=al\uFFFDice"] != 1 {
