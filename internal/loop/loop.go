@@ -193,10 +193,10 @@ const idle = -1
 // feeds: the first call starts a timer of window, calls until it fires are
 // folded into it, and then one value goes to the channel (buffer one, never
 // blocking). Pass the channel as Options.Trigger. While changes keep coming
-// (one within twice the window of the last fire) the window doubles, up to
-// most; after twice the window without any it is back to first. So an
-// isolated change is seen within first, and continuous churn causes at
-// most one scan (one state write) per most.
+// (one within first of the last window closing) the window doubles, up to
+// most; after a longer pause it is back to first. So an isolated change is
+// seen within first, and continuous churn causes at most one scan (one
+// state write) per most.
 func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
 	most = max(most, first)
 	ch := make(chan struct{}, 1)
@@ -224,14 +224,16 @@ func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
 }
 
 // nextWindow is the debounce window for a change at now, the last fire
-// having been at lastFire (zero: never). A change within twice the window
-// of the last fire is churn: the window doubles, up to most; a quiet twice
-// the window brings it back to first. Twice, not once: changes every
-// 2×first would otherwise always find the first window just over, and
-// scan at every change; and not most, or changes a second apart (someone
-// starting containers by hand) would wait most instead of first.
+// having been at lastFire (zero: never). A change that comes within first
+// of the last window closing (within window+first of the fire) means the
+// changes are continuous: the window doubles, up to most. Any later, and
+// the window is back to first. Measured against the window alone, changes
+// every 2×first would always find the first window just over and scan at
+// every change; measured against a longer span, changes half a second
+// apart (someone starting containers by hand) would wait the grown window
+// instead of first.
 func nextWindow(window time.Duration, lastFire, now time.Time, first, most time.Duration) time.Duration {
-	if lastFire.IsZero() || now.Sub(lastFire) >= 2*window {
+	if lastFire.IsZero() || now.Sub(lastFire) >= window+first {
 		return first
 	}
 	return min(window*2, most)

@@ -328,9 +328,8 @@ func pings(msgs <-chan string, d time.Duration) int {
 	}
 }
 
-// The debounce window: churn (a change within twice the window of the last
-// fire) doubles it up to most; a quiet twice the window brings it back to
-// first.
+// The debounce window: churn (a change within first of the last window
+// closing) doubles it up to most; a longer pause brings it back to first.
 func TestNextWindow(t *testing.T) {
 	first, most := 100*time.Millisecond, time.Second
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -344,9 +343,9 @@ func TestNextWindow(t *testing.T) {
 		{first, ms(100), ms(200)}, // a change every 200 ms: just after the 100 ms window closed, still churn
 		{ms(200), ms(150), ms(400)},
 		{ms(800), ms(50), most},
-		{most, ms(1900), most},
-		{most, ms(2000), first}, // quiet for twice the window
-		{first, ms(250), first}, // a change now and then: seen within first
+		{most, ms(1050), most},
+		{most, ms(1100), first},   // quiet for first after the window closed
+		{ms(200), ms(350), first}, // changes half a second apart: each seen within first
 		{ms(400), ms(5000), first},
 	} {
 		last := time.Time{}
