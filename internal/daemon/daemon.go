@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -92,6 +93,22 @@ func (d *Daemon) Once(ctx context.Context) summary.Summary {
 	return d.scanner.Scan(ctx, true)
 }
 
+// lean hands the memory a reconciliation scan used back to the operating
+// system once the scan is over. The daemon idles between scans, and a full
+// scan decodes Docker's whole list: left to the garbage collector's pace,
+// that headroom stays resident (a few MB at 1,000 containers, more than a
+// third of the daemon's memory). Event scans, which allocate little and
+// may come several a second, are left alone.
+type lean struct{ sc *cycle.Scanner }
+
+func (l lean) Scan(ctx context.Context, full bool) summary.Summary {
+	sum := l.sc.Scan(ctx, full)
+	if full {
+		debug.FreeOSMemory()
+	}
+	return sum
+}
+
 // Run serves until ctx ends or SIGTERM/SIGINT: the metrics endpoint when
 // configured, Docker's event stream (which triggers debounced scans), and
 // the service loop with its reconciliation ticker. A metrics address that
@@ -132,5 +149,5 @@ func (d *Daemon) Run(ctx context.Context) error {
 		from = t.Time
 	}
 	go d.docker.Watch(ctx, from, changed, d.log)
-	return loop.Run(ctx, d.scanner, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
+	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
 }
