@@ -20,14 +20,7 @@ import (
 // cycle's events and GPU-seconds.
 func realisticSummary(t *testing.T) summary.Summary {
 	t.Helper()
-	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := inventory.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := fullState(t)
 	pct := func(v int) *int { return &v }
 	mb := func(v int64) *int64 { return &v }
 	total := int64(81559)
@@ -86,4 +79,18 @@ func realisticEndpoint(t *testing.T) string {
 		t.Fatalf("scrape: %v %v", resp.Status, err)
 	}
 	return string(b)
+}
+
+// fullState is ds01-workloads' full.json fixture: every kind of workload.
+func fullState(t *testing.T) inventory.State {
+	t.Helper()
+	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := inventory.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

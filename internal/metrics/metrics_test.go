@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -65,14 +64,7 @@ func series(f *dto.MetricFamily) map[string]float64 {
 }
 
 func TestMetricsMatchTheInventory(t *testing.T) {
-	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := inventory.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := fullState(t)
 	m := New("v-test")
 	if fams := scrape(t, m); fams["ds01_containers"] != nil || fams["ds01_detector_last_scan_timestamp_seconds"] != nil {
 		t.Fatal("workload series before the first cycle")
