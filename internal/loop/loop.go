@@ -198,22 +198,29 @@ const idle = -1
 // seen within first, and continuous churn causes at most one scan (one
 // state write) per most.
 func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
+	return debounce(first, most, time.Now, func(d time.Duration, f func()) { time.AfterFunc(d, f) })
+}
+
+// debounce is Debounce on the clock now and the timer after (tests pass
+// their own).
+func debounce(first, most time.Duration, now func() time.Time, after func(time.Duration, func())) (func(), <-chan struct{}) {
 	most = max(most, first)
 	ch := make(chan struct{}, 1)
 	var mu sync.Mutex
-	var timer *time.Timer
+	var pending bool
 	var lastFire time.Time
 	window := first
 	return func() {
 		mu.Lock()
 		defer mu.Unlock()
-		if timer != nil {
+		if pending {
 			return
 		}
-		window = nextWindow(window, lastFire, time.Now(), first, most)
-		timer = time.AfterFunc(window, func() {
+		pending = true
+		window = nextWindow(window, lastFire, now(), first, most)
+		after(window, func() {
 			mu.Lock()
-			timer, lastFire = nil, time.Now()
+			pending, lastFire = false, now()
 			mu.Unlock()
 			select {
 			case ch <- struct{}{}:

@@ -3,6 +3,7 @@ package loop
 import (
 	"context"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -358,30 +359,60 @@ func TestNextWindow(t *testing.T) {
 	}
 }
 
-// Changes every 2×first, for 30 of them: the window grows to most instead
-// of firing once per change.
+// Changes every 2×first, for 30 of them, on a simulated clock: the window
+// grows to most instead of firing once per change (the bug this guards
+// against fired 30 times), and every change is followed by a fire.
 func TestDebounceFollowsChurn(t *testing.T) {
 	first, most := 10*time.Millisecond, 150*time.Millisecond
-	changed, fired := Debounce(first, most)
+	clock := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	type timer struct {
+		due time.Time
+		f   func()
+	}
+	var timers []timer
+	var windows []time.Duration
+	changed, fired := debounce(first, most, func() time.Time { return clock },
+		func(d time.Duration, f func()) {
+			windows = append(windows, d)
+			timers = append(timers, timer{clock.Add(d), f})
+		})
 	fires := 0
-	for i := 0; i < 30; i++ {
-		changed()
-		deadline := time.After(2 * first)
-		for waiting := true; waiting; {
+	advance := func(to time.Time) { // runs the timers due by then, in order
+		for len(timers) > 0 && !timers[0].due.After(to) {
+			tm := timers[0]
+			timers = timers[1:]
+			clock = tm.due
+			tm.f()
 			select {
 			case <-fired:
 				fires++
-			case <-deadline:
-				waiting = false
+			default:
 			}
 		}
+		clock = to
 	}
-	// 600 ms of churn: about 600/150 fires once grown (plus the four of
-	// growing); one per change (30) is the failure this guards against.
-	if fires > 12 {
-		t.Errorf("%d fires for 30 changes 20 ms apart", fires)
+	start := clock
+	for i := 0; i < 30; i++ {
+		advance(start.Add(time.Duration(i) * 2 * first))
+		changed()
 	}
-	if fires == 0 {
-		t.Error("no fire")
+	advance(clock.Add(time.Second))
+	if len(timers) != 0 {
+		t.Fatalf("%d timers left after a quiet second", len(timers))
+	}
+	// Changes at 0, 20, 40, ... 580 ms: fires at 10, 40, 80, 160, 310, 470
+	// and 630 ms, the window doubling 10, 20, 40, 80 ms, then held at
+	// 150 ms; the changes in between are folded in.
+	want := []time.Duration{10, 20, 40, 80, 150, 150, 150}
+	for i := range want {
+		want[i] *= time.Millisecond
+	}
+	if !reflect.DeepEqual(windows, want) || fires != len(want) {
+		t.Errorf("%d fires with windows %v, want %v", fires, windows, want)
+	}
+	// After the quiet second, a change is seen within first again.
+	changed()
+	if windows[len(windows)-1] != first {
+		t.Errorf("window after a pause: %v, want %v", windows[len(windows)-1], first)
 	}
 }
