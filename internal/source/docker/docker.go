@@ -85,12 +85,12 @@ type Source struct {
 	// only while the event stream is connected (trusted), since only the
 	// stream tells about changes the list cannot show (a restart between two
 	// scans, an update).
-	cache map[string]cachedContainer
-	// view holds the cache's containers as one slice, index their
-	// positions: an event scan updates them in place and hands view out
-	// as its snapshot, instead of copying thousands of containers.
+	// The containers themselves are in view, one slice that an event scan
+	// updates in place and hands out as its snapshot, instead of copying
+	// thousands of containers; cache says where each one is. Both change
+	// only through put and drop, so they always hold the same containers.
+	cache   map[string]cachedContainer
 	view    []Container
-	index   map[string]int
 	dirty   map[string]bool // IDs named by events since the last list
 	trusted bool
 	// primed: a full list has completed since the stream (re)connected, so
@@ -141,7 +141,7 @@ func (s *Source) Requests() map[string]uint64 {
 }
 
 type cachedContainer struct {
-	c     Container
+	pos   int    // in view
 	state string // list summary State when inspected
 	name  string
 }
@@ -200,7 +200,7 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	counter := &countingTransport{next: hc.Transport, n: map[string]uint64{}}
 	hc.Transport = counter
 	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
-		cache: map[string]cachedContainer{}, index: map[string]int{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
+		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
 }
 
 // Close releases the client.
@@ -281,9 +281,12 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 		}
 		s.mu.Lock()
 		cc, hit := s.cache[sum.ID]
+		var c Container
+		if hit {
+			c = s.view[cc.pos]
+		}
 		s.mu.Unlock()
 		if trusted && hit && !dirty[sum.ID] && cc.state == sum.State && cc.name == name {
-			c := cc.c
 			out[i] = &c
 			continue
 		}
@@ -301,7 +304,7 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 			default:
 				out[i] = &c
 				s.mu.Lock()
-				s.cache[sum.ID] = cachedContainer{c: c, state: sum.State, name: name}
+				s.put(c, sum.State, name)
 				s.mu.Unlock()
 			}
 		}()
@@ -322,12 +325,15 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	s.mu.Lock()
 	for id := range s.cache {
 		if !listed[id] {
-			delete(s.cache, id)
+			s.drop(id)
 		}
 	}
-	s.view, s.index = snap.Containers, make(map[string]int, len(snap.Containers))
+	// The view in the list's order: the snapshot is the inventory.
+	s.view = snap.Containers
 	for i, c := range s.view {
-		s.index[c.ID] = i
+		cc := s.cache[c.ID]
+		cc.pos = i
+		s.cache[c.ID] = cc
 	}
 	if trusted && s.trusted && gen == s.gen {
 		s.primed = true
@@ -353,7 +359,7 @@ func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[str
 			return Snapshot{}, err
 		default:
 			s.mu.Lock()
-			s.put(cachedContainer{c: c, state: c.Status, name: c.Name})
+			s.put(c, c.Status, c.Name)
 			s.mu.Unlock()
 		}
 	}
@@ -365,33 +371,36 @@ func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[str
 	return snap, nil
 }
 
-// put records an inspected container in the cache and the view. Call it
-// with s.mu held.
-func (s *Source) put(cc cachedContainer) {
-	id := cc.c.ID
-	s.cache[id] = cc
-	if i, ok := s.index[id]; ok {
-		s.view[i] = cc.c
+// put records an inspected container, with the list's state and name for
+// it. Call it with s.mu held.
+func (s *Source) put(c Container, state, name string) {
+	if cc, ok := s.cache[c.ID]; ok {
+		s.view[cc.pos] = c
+		s.cache[c.ID] = cachedContainer{pos: cc.pos, state: state, name: name}
 		return
 	}
-	s.index[id] = len(s.view)
-	s.view = append(s.view, cc.c)
+	s.cache[c.ID] = cachedContainer{pos: len(s.view), state: state, name: name}
+	s.view = append(s.view, c)
 }
 
 // drop forgets a removed container: the last one of the view takes its
 // place. Call it with s.mu held.
 func (s *Source) drop(id string) {
-	delete(s.cache, id)
-	i, ok := s.index[id]
+	cc, ok := s.cache[id]
 	if !ok {
 		return
 	}
+	delete(s.cache, id)
 	last := len(s.view) - 1
-	s.view[i] = s.view[last]
-	s.index[s.view[i].ID] = i
+	if cc.pos != last {
+		moved := s.view[last]
+		s.view[cc.pos] = moved
+		m := s.cache[moved.ID]
+		m.pos = cc.pos
+		s.cache[moved.ID] = m
+	}
 	s.view[last] = Container{}
 	s.view = s.view[:last]
-	delete(s.index, id)
 }
 
 // finish sets the snapshot's checkpoint and ephemeral containers from the

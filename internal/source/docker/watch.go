@@ -120,7 +120,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func (s *Source) resetCache(trusted bool) {
 	s.mu.Lock()
 	s.cache = map[string]cachedContainer{}
-	s.view, s.index = nil, map[string]int{}
+	s.view = nil
 	s.runtimes = nil
 	s.trusted = trusted
 	s.primed = false
