@@ -259,12 +259,18 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 	for _, c := range list {
 		key := ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
-			if settled(old) {
-				out[key] = old
-				continue
+			// A stopped container the events did not name (its facts have
+			// the same revision): its classification is the last cycle's.
+			// Among thousands of idle containers, a cycle then classifies
+			// the few that changed. The GPU and usage steps overwrite the
+			// rest of the entry, and need not visit it at all when it is
+			// settled. A running container is classified again every
+			// cycle, and the full list of every --interval re-derives
+			// everything (a user database change reaches the names then).
+			out[key] = old
+			if !settled(old) {
+				active = append(active, key)
 			}
-			out[key] = classified(old)
-			active = append(active, key)
 			continue
 		}
 		active = append(active, key)
@@ -317,25 +323,6 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 func settled(c inventory.Container) bool {
 	return c.GPUProcesses != nil && len(c.GPUProcesses) == 0 && c.GPUMemoryMB == nil && !c.GPUWithoutAccess &&
 		c.GPUUtilizationPercent == nil && c.GPUIdleSince == nil && !c.GPUIdle
-}
-
-// classified is the part of a container's entry that buildContainers
-// derives from Docker's facts, taken from the last cycle's entry. An
-// event-triggered cycle reuses it for a stopped container the events did
-// not name (its facts have the same revision): among thousands of idle
-// containers, a cycle then classifies the few that changed. A running
-// container is classified again every cycle (its init's UID is read
-// fresh), and the full list of every --interval re-derives everything (a
-// user database change reaches the names then).
-func classified(old inventory.Container) inventory.Container {
-	return inventory.Container{
-		ID: old.ID, Name: old.Name, Origin: old.Origin, User: old.User, HasGPU: old.HasGPU, GPUDevices: old.GPUDevices,
-		Status: old.Status, Image: old.Image, DetectedAt: old.DetectedAt,
-		FullID: old.FullID, UserSource: old.UserSource, GPUAccess: old.GPUAccess, Pid: old.Pid,
-		UserSignals: old.UserSignals, UserConflict: old.UserConflict, GPUProcesses: []inventory.GPUProcess{},
-		CreatedAt: old.CreatedAt, StartedAt: old.StartedAt, FinishedAt: old.FinishedAt, ExitCode: old.ExitCode,
-		SourceRev: old.SourceRev,
-	}
 }
 
 // maxListLen caps lists built from user-controlled values (gpu_devices
