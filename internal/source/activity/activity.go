@@ -15,6 +15,7 @@ package activity
 import (
 	"bytes"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -306,9 +307,9 @@ func ParseBlkio(b []byte) (read, write int64) {
 		}
 		switch f[1] {
 		case "Read":
-			read += v
+			read = add(read, v)
 		case "Write":
-			write += v
+			write = add(write, v)
 		}
 	}
 	return read, write
@@ -338,9 +339,9 @@ func ParseIOStat(b []byte) (read, write int64) {
 			}
 			switch k {
 			case "rbytes":
-				read += n
+				read = add(read, n)
 			case "wbytes":
-				write += n
+				write = add(write, n)
 			}
 		}
 	}
@@ -380,8 +381,7 @@ func ParseNetDev(b []byte) (rx, tx int64, ok bool) {
 		if err1 != nil || err2 != nil || r < 0 || t < 0 {
 			continue
 		}
-		rx += r
-		tx += t
+		rx, tx = add(rx, r), add(tx, t)
 	}
 	return rx, tx, true
 }
@@ -405,4 +405,12 @@ func ProcessCPU(b []byte) (ticks, start uint64, ok bool) {
 		return 0, 0, false
 	}
 	return u + s, st, true
+}
+
+// add sums two counters ≥ 0, saturating instead of wrapping negative.
+func add(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
 }
