@@ -21,12 +21,14 @@ import (
 	"strings"
 	"time"
 
+	units "github.com/docker/go-units"
 	promversion "github.com/prometheus/common/version"
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -85,6 +87,12 @@ type config struct {
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	keepSecrets                                 bool
+	policyFile, cgroupRoot                      string
+	idleCPU                                     float64
+	idleNet                                     string
+	idleWindow                                  int
+	idleGrace                                   time.Duration
+	idle                                        policy.Thresholds
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
 }
@@ -112,6 +120,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.webConfigFile, "web.config.file", "", "exporter-toolkit web configuration `file` for the metrics endpoint: TLS and basic auth (README, \"Prometheus metrics\")")
 	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
 	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
+	fs.StringVar(&c.policyFile, "policy", "", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout")
+	fs.Float64Var(&c.idleCPU, "idle-cpu-threshold", policy.Defaults.CPUPercent, "without --policy: CPU percent (100 = one core) under which a workload counts as idle")
+	fs.StringVar(&c.idleNet, "idle-net-threshold", "1MiB", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)")
+	fs.IntVar(&c.idleWindow, "idle-window", policy.Defaults.Window, "without --policy: consecutive idle reconciliation scans before the idle verdict")
+	fs.DurationVar(&c.idleGrace, "idle-grace", policy.Defaults.Grace, "without --policy: no idle verdict this long after a container starts")
+	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup file system root (tests point it at fixture trees)")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
 	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
@@ -122,7 +136,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 
 Scans the containers and GPU processes of this host, rewrites the state file
 each cycle and appends transitions to the event log. Runs as a systemd
-Type=notify service; SIGHUP forces a rescan.
+Type=notify service; SIGHUP forces a rescan and reads --policy again.
 
 Examples:
   ds01-detectord --once --dry-run          print what a scan sees, write nothing
@@ -169,9 +183,16 @@ Flags:
 		return c, usageErr(fs, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
 		return c, usageErr(fs, "--gpu-idle-after must be positive")
+	case c.idleCPU < 0 || c.idleWindow < 1 || c.idleGrace < 0:
+		return c, usageErr(fs, "--idle-cpu-threshold and --idle-grace must not be negative, --idle-window at least 1")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(fs, "--state-file and --events-file must not be empty")
 	}
+	net, err := units.RAMInBytes(c.idleNet)
+	if err != nil || net < 0 {
+		return c, usageErr(fs, fmt.Sprintf("--idle-net-threshold %q: want bytes, as 1MiB or 1048576", c.idleNet))
+	}
+	c.idle = policy.Thresholds{GPUPercent: float64(c.idleThreshold), CPUPercent: c.idleCPU, NetBytes: float64(net), Window: c.idleWindow, Grace: c.idleGrace}
 	return c, nil
 }
 
@@ -209,6 +230,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
 		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
+		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
 	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))

@@ -18,7 +18,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -60,7 +62,13 @@ type Config struct {
 	// defaults, 5 % and 30 minutes).
 	IdleThreshold int
 	IdleAfter     time.Duration
-	Log           *zap.Logger
+	// Activity reads the running containers' cgroups and network
+	// namespaces at each reconciliation scan; nil: not read.
+	Activity *activity.Reader
+	// Policy is the idle verdict's rule (nil: policy.Defaults); SetPolicy
+	// replaces it.
+	Policy *policy.Policy
+	Log    *zap.Logger
 	Now           func() time.Time
 }
 
@@ -86,7 +94,7 @@ func New(cfg Config) *Scanner {
 	s := &Scanner{
 		cfg: cfg,
 		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
-			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter},
+			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, Policy: cfg.Policy},
 		failing: map[string]string{},
 	}
 	if cfg.DryRun {
@@ -96,6 +104,10 @@ func New(cfg Config) *Scanner {
 	}
 	return s
 }
+
+// SetPolicy replaces the idle verdict's rule from the next scan on. Call
+// it between scans (the loop's goroutine).
+func (s *Scanner) SetPolicy(p *policy.Policy) { s.rules.Policy = p }
 
 // Reported returns the last reported state (read-only use).
 func (s *Scanner) Reported() inventory.State { return s.reported }
