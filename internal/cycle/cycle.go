@@ -69,7 +69,7 @@ type Config struct {
 	// replaces it.
 	Policy *policy.Policy
 	Log    *zap.Logger
-	Now           func() time.Time
+	Now    func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
