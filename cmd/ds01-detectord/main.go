@@ -86,6 +86,7 @@ type config struct {
 	webConfigFile                               string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
+	gpuInterval, gpuConfirmAfter                time.Duration
 	keepSecrets                                 bool
 	policyFile, cgroupRoot                      string
 	idleCPU                                     float64
@@ -126,6 +127,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.idleWindow, "idle-window", policy.Defaults.Window, "without --policy: consecutive idle reconciliation scans before the idle verdict")
 	fs.DurationVar(&c.idleGrace, "idle-grace", policy.Defaults.Grace, "without --policy: no idle verdict this long after a container starts")
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup file system root (tests point it at fixture trees)")
+	fs.DurationVar(&c.gpuInterval, "gpu-interval", time.Second, "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval")
+	fs.DurationVar(&c.gpuConfirmAfter, "gpu-confirm-after", 5*time.Second, "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
 	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
@@ -185,6 +188,10 @@ Flags:
 		return c, usageErr(fs, "--gpu-idle-after must be positive")
 	case c.idleCPU < 0 || c.idleWindow < 1 || c.idleGrace < 0:
 		return c, usageErr(fs, "--idle-cpu-threshold and --idle-grace must not be negative, --idle-window at least 1")
+	case c.gpuInterval < 10*time.Millisecond:
+		return c, usageErr(fs, "--gpu-interval must be at least 10ms")
+	case c.gpuConfirmAfter <= 0:
+		return c, usageErr(fs, "--gpu-confirm-after must be positive")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(fs, "--state-file and --events-file must not be empty")
 	}
@@ -231,6 +238,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
+		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))

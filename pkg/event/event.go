@@ -59,6 +59,10 @@ const (
 	// period); Active: a signal went over its threshold again.
 	Idle   = "detection.idle"
 	Active = "detection.active"
+	// ShortProcesses: a user's host GPU processes that ended before they
+	// were confirmed, in aggregate (at most one line per user per
+	// --interval).
+	ShortProcesses = "detection.short_gpu_processes"
 )
 
 // IdleDetails are the details of Idle and Active.
@@ -148,6 +152,17 @@ type HostProcessExitedDetails struct {
 	StartTime uint64 `json:"start_time,omitempty"`
 	GPUSeconds
 	GPUUUIDs []string `json:"gpu_uuids,omitempty"`
+}
+
+// ShortProcessesDetails are the details of ShortProcesses: how many
+// processes ended unconfirmed between Since and Until, their GPU-seconds
+// and the GPUs they used.
+type ShortProcessesDetails struct {
+	Count int             `json:"count"`
+	Since *inventory.Time `json:"since"`
+	Until *inventory.Time `json:"until"`
+	GPUSeconds
+	GPUUUIDs []string `json:"gpu_uuids"`
 }
 
 // Result says how Encode had to shrink a line.
