@@ -56,6 +56,7 @@ type config struct {
 	webConfigFile                               string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
+	gpuInterval, gpuConfirmAfter                time.Duration
 	keepSecrets                                 bool
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
@@ -92,6 +93,8 @@ func newApp(c *config, set map[string]*bool) *kingpin.Application {
 	app.Flag("event-debounce-max", "under continuous Docker events the wait doubles up to this: at most one state write per window").Default("800ms").DurationVar(&c.debounceMax)
 	app.Flag("gpu-idle-threshold", "percent SM utilisation below which a workload holding GPU memory counts as idle").Default("5").IntVar(&c.idleThreshold)
 	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default("30m").DurationVar(&c.idleAfter)
+	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default("1s").DurationVar(&c.gpuInterval)
+	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
 	app.Flag("keep-secrets", "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked").BoolVar(&c.keepSecrets)
 	app.Flag("state-group", "make the state file 0640 and owned by this group, instead of world-readable 0644").PlaceHolder("GROUP").StringVar(&c.stateGroup)
 	app.Flag("once", "run one cycle, write state and events, and exit").BoolVar(&c.once)
@@ -194,6 +197,10 @@ func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 		return c, usageErr(stderr, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
 		return c, usageErr(stderr, "--gpu-idle-after must be positive")
+	case c.gpuInterval < 10*time.Millisecond:
+		return c, usageErr(stderr, "--gpu-interval must be at least 10ms")
+	case c.gpuConfirmAfter <= 0:
+		return c, usageErr(stderr, "--gpu-confirm-after must be positive")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(stderr, "--state-file and --events-file must not be empty")
 	}
@@ -255,6 +262,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
 		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
+		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))
