@@ -82,6 +82,7 @@ type config struct {
 	webListen                                   addrFlag
 	metricsListen                               string
 	webConfigFile                               string
+	webMaxConns                                 int
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	keepSecrets                                 bool
@@ -110,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Var(&c.webListen, "web.listen-address", "serve Prometheus /metrics (and a landing page at /) on this `address`; repeatable; \"\" turns the endpoint off")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "the same as --web.listen-address (its older name), one `address`")
 	fs.StringVar(&c.webConfigFile, "web.config.file", "", "exporter-toolkit web configuration `file` for the metrics endpoint: TLS and basic auth (README, \"Prometheus metrics\")")
+	fs.IntVar(&c.webMaxConns, "web.max-connections", metrics.DefaultMaxConnections, "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)")
 	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
 	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
@@ -163,6 +165,8 @@ Flags:
 		return c, usageErr(fs, "--event-debounce must not be negative")
 	case c.debounceMax < c.debounce:
 		return c, usageErr(fs, "--event-debounce-max must not be below --event-debounce")
+	case c.webMaxConns < 1:
+		return c, usageErr(fs, "--web.max-connections must be at least 1")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(fs, "--docker-timeout must be positive")
 	case c.idleThreshold < 1 || c.idleThreshold > 100:
@@ -207,11 +211,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile,
+		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 	}, log)
 	if err != nil {
-		log.Error("cannot build the Docker client", zap.Error(err))
+		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
 	defer d.Close()
