@@ -11,6 +11,7 @@
 package reconcile
 
 import (
+	"fmt"
 	"sort"
 	"time"
 
@@ -42,6 +43,12 @@ type Facts struct {
 	GPUErr     error
 	// Procs holds the /proc facts of each PID in GPU.
 	Procs map[int]Proc
+	// ProcErr is set when /proc could not be read for a reason other than
+	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
+	// GPU attribution of the cycle then stands on nothing: the last known
+	// GPU use is kept, as while the GPU source fails, and no transition is
+	// derived from /proc.
+	ProcErr error
 	// Inits holds, by full container ID, the /proc facts of the init
 	// process of each container a GPU process's cgroup names.
 	Inits map[string]Init
@@ -131,6 +138,10 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
 
 	next.Sources.GPU = health(prev.Sources.GPU, f.GPUErr, now)
+	next.Sources.Proc = health(prev.Sources.Proc, f.ProcErr, now)
+	if f.GPUErr == nil && f.ProcErr != nil { // NVML's list cannot be attributed
+		f.GPUErr = fmt.Errorf("/proc unreadable: %w", f.ProcErr)
+	}
 	if f.GPUErr != nil { // keep what was known of GPU use
 		for _, k := range active { // the settled ones are their last entries already
 			if o, ok := prev.Containers[k]; ok {
