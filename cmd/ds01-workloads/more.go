@@ -20,7 +20,7 @@ const reportUsage = `Usage: ds01-workloads report [flags]
 
 GPU-hours allocated, held and busy, and efficiency (busy/held), per user
 (or per origin or GPU), from the exited events in the event log and its
-rotated archives (events.jsonl-*.gz), plus the workloads still running at
+rotated archives (events.jsonl-YYYYMMDD[.gz], events.jsonl.N[.gz]), plus the workloads still running at
 the last scan. Each workload counts once, in the period of its exit.
 
   allocated  running time x GPUs its configuration grants
@@ -32,7 +32,7 @@ Flags:
 
 func runReport(args []string, e env) int {
 	fs := flag.NewFlagSet("ds01-workloads report", flag.ContinueOnError)
-	file := fs.String("events-file", event.DefaultPath, "event log (its archives <file>-* are read too)")
+	file := fs.String("events-file", event.DefaultPath, "event log (its logrotate archives <file>-YYYYMMDD[.gz] and <file>.N[.gz] are read too)")
 	stateFile := fs.String("state-file", inventory.DefaultPath, "state file, for the workloads still running")
 	since := fs.String("since", "30d", "start of the period (RFC 3339, 2026-02-04, or 30d back from now)")
 	until := fs.String("until", "", "end of the period (default now)")
@@ -52,7 +52,9 @@ func runReport(args []string, e env) int {
 		return usageErr(e, "--json and --csv: pick one")
 	}
 	now := e.now()
-	in := workloads.ReportInput{By: *by, EventsFile: *file}
+	in := workloads.ReportInput{By: *by, EventsFile: *file, Warn: func(msg string) {
+		fmt.Fprintln(e.stderr, "ds01-workloads: warning:", msg)
+	}}
 	var err error
 	if *since != "" {
 		if in.Since, err = parseWhen(*since, now); err != nil {
