@@ -85,6 +85,7 @@ type config struct {
 	webMaxConns                                 int
 	idleThreshold                               int
 	idleAfter                                   time.Duration
+	gpuInterval, gpuConfirmAfter                time.Duration
 	keepSecrets                                 bool
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
@@ -114,6 +115,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.webMaxConns, "web.max-connections", metrics.DefaultMaxConnections, "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)")
 	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
 	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
+	fs.DurationVar(&c.gpuInterval, "gpu-interval", time.Second, "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval")
+	fs.DurationVar(&c.gpuConfirmAfter, "gpu-confirm-after", 5*time.Second, "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate")
 	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
 	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
 	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
@@ -173,6 +176,10 @@ Flags:
 		return c, usageErr(fs, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
 		return c, usageErr(fs, "--gpu-idle-after must be positive")
+	case c.gpuInterval < 10*time.Millisecond:
+		return c, usageErr(fs, "--gpu-interval must be at least 10ms")
+	case c.gpuConfirmAfter <= 0:
+		return c, usageErr(fs, "--gpu-confirm-after must be positive")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(fs, "--state-file and --events-file must not be empty")
 	}
@@ -213,6 +220,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
 		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
+		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 	}, log)
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))

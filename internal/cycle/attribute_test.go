@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,6 +42,7 @@ func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, proc
 		StatePath: files.StatePath, EventsPath: files.EventsPath,
 		Docker: listed{Containers: containers}, GPU: procs,
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
+		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
 	}), files
 }
 
@@ -112,7 +114,7 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 	s := New(Config{
 		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: procsFor(1020),
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), Log: log,
-		Now: func() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) },
+		Now: ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), ConfirmAfter: time.Nanosecond,
 	})
 	s.Scan(context.Background(), true)
 	if sum := s.Scan(context.Background(), true); sum.Events != 1 {
@@ -120,5 +122,16 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 	}
 	if out := lines(); !strings.Contains(out, "host GPU process discovered") || strings.Contains(out, "hunter2") || strings.Contains(out, "abc123") {
 		t.Errorf("journal: %s", out)
+	}
+}
+
+// ticking is a clock that moves on by step at each reading.
+func ticking(t time.Time, step time.Duration) func() time.Time {
+	var mu sync.Mutex
+	return func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		t = t.Add(step)
+		return t
 	}
 }

@@ -60,8 +60,12 @@ type Config struct {
 	// defaults, 5 % and 30 minutes).
 	IdleThreshold int
 	IdleAfter     time.Duration
-	Log           *zap.Logger
-	Now           func() time.Time
+	// ConfirmAfter is --gpu-confirm-after, Interval --interval (see
+	// reconcile.Rules); zero: the defaults.
+	ConfirmAfter time.Duration
+	Interval     time.Duration
+	Log          *zap.Logger
+	Now          func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
@@ -70,6 +74,7 @@ type Scanner struct {
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
+	sampler  *Sampler            // nil without a GPU source
 	inits    map[string]initProc // container ID → init process and UID
 	failing  map[string]string   // source → its last error, while failing
 }
@@ -86,8 +91,11 @@ func New(cfg Config) *Scanner {
 	s := &Scanner{
 		cfg: cfg,
 		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
-			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter},
+			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.ConfirmAfter, Interval: cfg.Interval},
 		failing: map[string]string{},
+	}
+	if cfg.GPU != nil {
+		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.ConfirmAfter, cfg.Log)
 	}
 	if cfg.DryRun {
 		s.reported = deliver.Load(cfg.StatePath, cfg.Log)
@@ -96,6 +104,10 @@ func New(cfg Config) *Scanner {
 	}
 	return s
 }
+
+// Sampler is the GPU sampler the scans take their samples from (nil
+// without a GPU source); the daemon runs it on its own clock.
+func (s *Scanner) Sampler() *Sampler { return s.sampler }
 
 // Reported returns the last reported state (read-only use).
 func (s *Scanner) Reported() inventory.State { return s.reported }

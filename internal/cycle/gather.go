@@ -31,24 +31,24 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
 	}
 	f.GPUErr = errNoGPUSource
-	if s.cfg.GPU != nil {
+	if s.sampler != nil {
 		var rep gpu.Report
-		rep, f.GPUErr = s.cfg.GPU.Scan(ctx)
+		f.Samples, rep, f.Procs, f.GPUErr = s.sampler.take(ctx)
 		f.GPU, f.GPUDevices = rep.Processes, rep.Devices
 	}
 	if f.GPUErr == nil {
-		f.Procs = make(map[int]reconcile.Proc, len(f.GPU))
-		for _, p := range f.GPU {
-			if _, done := f.Procs[p.Pid]; !done {
-				f.Procs[p.Pid] = s.readProc(p.Pid)
-			}
-		}
 		f.Inits = s.readInits(f)
 		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
 	return f
+}
+
+// readFailed reports whether a read of p's facts failed for a reason
+// other than the process being gone.
+func readFailed(p reconcile.Proc) bool {
+	return proc.ReadFailed(p.CgroupErr) || proc.ReadFailed(p.UIDErr) || proc.ReadFailed(p.StartErr)
 }
 
 // procErr returns the first /proc read of this cycle's GPU processes and
@@ -104,8 +104,7 @@ func (s *Scanner) initUIDs(list []docker.Container) (map[string]uint32, error) {
 }
 
 // readProc reads what attribution needs about one GPU process.
-func (s *Scanner) readProc(pid int) reconcile.Proc {
-	fs := s.cfg.Proc
+func readProc(fs proc.FS, pid int) reconcile.Proc {
 	var p reconcile.Proc
 	p.Cgroup, p.CgroupErr = fs.Cgroup(pid)
 	if p.CgroupErr != nil {
@@ -134,15 +133,25 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 		}
 	}
 	out := map[string]reconcile.Init{}
-	for _, p := range f.Procs {
+	read := func(p *reconcile.Proc) {
 		id := p.Cgroup.ID
 		if _, done := out[id]; done || id == "" || pids[id] <= 0 {
-			continue
+			return
 		}
 		var in reconcile.Init
 		in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
 		in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
 		out[id] = in
+	}
+	for _, p := range f.Procs {
+		read(&p)
+	}
+	for _, smp := range f.Samples { // processes gone since: their containers too
+		for _, p := range smp.Facts {
+			if p != nil {
+				read(p)
+			}
+		}
 	}
 	return out
 }
@@ -168,6 +177,15 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 	for _, p := range f.Procs {
 		if p.CgroupErr == nil && p.UIDErr == nil {
 			lookup(p.UID)
+		}
+	}
+	seen := map[*reconcile.Proc]bool{}
+	for _, smp := range f.Samples {
+		for _, p := range smp.Facts {
+			if p != nil && !seen[p] && p.CgroupErr == nil && p.UIDErr == nil {
+				seen[p] = true
+				lookup(p.UID)
+			}
 		}
 	}
 	for _, list := range [][]docker.Container{f.Docker.Containers, f.Docker.Ephemeral} {

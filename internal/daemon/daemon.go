@@ -46,6 +46,8 @@ type Config struct {
 	Version               string
 	IdleThreshold         int           // percent SM; 0: the default
 	IdleAfter             time.Duration // 0: the default
+	GPUInterval           time.Duration // time between GPU samples; 0: 1 s
+	GPUConfirmAfter       time.Duration // 0: the default (5 s)
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -93,7 +95,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
-		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter,
+		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,
 	})
 	return &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, scanner: sc, lock: lock}, nil
 }
@@ -169,5 +171,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		from = t.Time
 	}
 	go d.docker.Watch(ctx, from, changed, d.log)
+	// The GPU sampler runs on its own clock; a change in the set of GPU
+	// processes asks for a scan the way a Docker event does.
+	if smp := d.scanner.Sampler(); smp != nil {
+		every := d.cfg.GPUInterval
+		if every <= 0 {
+			every = time.Second
+		}
+		go smp.Run(ctx, every, min(d.cfg.ScanTimeout, 5*every+time.Second), changed)
+	}
 	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
 }

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,76 +43,28 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 	other := []inventory.GPUProcess{}
 	excludedCount := 0
 	for _, p := range f.GPU {
-		gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
 		pf, ok := f.Procs[p.Pid]
-		if !ok {
-			pf.CgroupErr = errNotGathered
-		}
-		if pf.CgroupErr != nil {
-			gp.Runtime, gp.Error = proc.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
+		pl := place(p, pf, ok, f, containers, rules)
+		gp := pl.gp
+		switch {
+		case pl.container != "":
+			c := containers[pl.container]
+			c.GPUProcesses = append(c.GPUProcesses, gp)
+			containers[c.ID] = c
+			withGPU[c.ID] = true
+		case pl.other:
 			other = append(other, gp)
-			continue
-		}
-		ref := pf.Cgroup
-		claimed := ""
-		if ref.ID != "" {
-			c, listed := containers[ShortID(ref.ID)]
-			switch {
-			case listed && c.FullID == ref.ID:
-				if how := inContainer(pf, f.Inits[ref.ID]); how != "" {
-					gp.Attribution, gp.OutsideGPUDevices = how, outsideDevices(p, c.GPUDevices)
-					if pf.UIDErr == nil {
-						uid := pf.UID
-						gp.UID = &uid
-					}
-					c.GPUProcesses = append(c.GPUProcesses, gp)
-					containers[c.ID] = c
-					withGPU[c.ID] = true
-					continue
-				}
-				claimed = ShortID(ref.ID) // names a container it does not run in
-			case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
-				claimed = ShortID(ref.ID) // a Docker container Docker does not list
-			default:
-				gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
-			}
-		}
-		argv := pf.Argv
-		if !rules.KeepSecrets {
-			argv = redact.Args(argv)
-		}
-		cmdline := proc.JoinCmdline(argv)
-		user := classify.Unknown
-		if pf.UIDErr == nil {
-			user = f.userName(pf.UID)
-		}
-		if gp.Runtime != "" { // a container Docker does not know
-			gp.Cmdline, gp.User = cmdline, user
-			if pf.UIDErr == nil {
-				uid := pf.UID
-				gp.UID = &uid
-			}
-			other = append(other, gp)
-			continue
-		}
-		if pf.UIDErr == nil && pf.UID < FirstUserUID && claimed == "" && excluded(pf.Argv, rules.Excluded) {
+		case pl.excluded:
 			excludedCount++
-			continue
-		}
-		if pf.StartErr != nil {
-			continue // gone between the two reads
-		}
-		key := strconv.Itoa(p.Pid)
-		hostUses[key] = append(hostUses[key], use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
-		if hp, ok := host[key]; ok { // same process on another GPU
-			hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
-			host[key] = hp
-			continue
-		}
-		host[key] = inventory.HostProcess{
-			Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
-			UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
-			ClaimedContainer: claimed,
+		case pl.host != nil:
+			key := strconv.Itoa(p.Pid)
+			hostUses[key] = append(hostUses[key], use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
+			if hp, ok := host[key]; ok { // same process on another GPU
+				hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
+				host[key] = hp
+				continue
+			}
+			host[key] = *pl.host
 		}
 	}
 	keys := make([]string, 0, len(withGPU))
@@ -131,6 +84,78 @@ func attribute(f Facts, containers map[string]inventory.Container, rules Rules) 
 		containers[k] = c
 	}
 	return host, hostUses, other, keys, excludedCount
+}
+
+// placement is where one GPU process belongs.
+type placement struct {
+	gp        inventory.GPUProcess
+	container string                 // the 12-char key of the Docker container it runs in
+	other     bool                   // another runtime's container, or /proc unreadable
+	excluded  bool                   // a system process left out by name
+	host      *inventory.HostProcess // a host process (nil: none of these; gone)
+}
+
+// place attributes one GPU process (pf: its /proc facts, ok: gathered).
+// The scan's own list and every sample of the GPU sampler go through it,
+// so a second of GPU time is charged where the process is listed.
+func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inventory.Container, rules Rules) placement {
+	gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
+	if !ok {
+		pf.CgroupErr = errNotGathered
+	}
+	if pf.CgroupErr != nil {
+		gp.Runtime, gp.Error = proc.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
+		return placement{gp: gp, other: true}
+	}
+	ref := pf.Cgroup
+	claimed := ""
+	if ref.ID != "" {
+		c, listed := containers[ShortID(ref.ID)]
+		switch {
+		case listed && c.FullID == ref.ID:
+			if how := inContainer(pf, f.Inits[ref.ID]); how != "" {
+				gp.Attribution, gp.OutsideGPUDevices = how, outsideDevices(p, c.GPUDevices)
+				if pf.UIDErr == nil {
+					uid := pf.UID
+					gp.UID = &uid
+				}
+				return placement{gp: gp, container: c.ID}
+			}
+			claimed = ShortID(ref.ID) // names a container it does not run in
+		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
+			claimed = ShortID(ref.ID) // a Docker container Docker does not list
+		default:
+			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
+		}
+	}
+	argv := pf.Argv
+	if !rules.KeepSecrets {
+		argv = redact.Args(argv)
+	}
+	cmdline := proc.JoinCmdline(argv)
+	user := classify.Unknown
+	if pf.UIDErr == nil {
+		user = f.userName(pf.UID)
+	}
+	if gp.Runtime != "" { // a container Docker does not know
+		gp.Cmdline, gp.User = cmdline, user
+		if pf.UIDErr == nil {
+			uid := pf.UID
+			gp.UID = &uid
+		}
+		return placement{gp: gp, other: true}
+	}
+	if pf.UIDErr == nil && pf.UID < FirstUserUID && claimed == "" && excluded(pf.Argv, rules.Excluded) {
+		return placement{gp: gp, excluded: true}
+	}
+	if pf.StartErr != nil {
+		return placement{gp: gp} // gone between the two reads
+	}
+	return placement{gp: gp, host: &inventory.HostProcess{
+		Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
+		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
+		ClaimedContainer: claimed,
+	}}
 }
 
 // inContainer says how a process whose cgroup names a container was found
@@ -244,12 +269,22 @@ func outsideDevices(p gpu.Process, devices []string) bool {
 	return true
 }
 
-// applyTransientRule confirms a host process after two consecutive
-// sightings. Identity is (pid, start time): a reused PID is a new process.
+// applyTransientRule confirms a host process once it has been seen for
+// confirmAfter: the time between its first and its latest sighting by the
+// GPU sampler (or by the scans, without one), never a count of scans.
+// Identity is (pid, start time): a reused PID is a new process.
 // detected_at is the first sighting. It returns the confirmed and pending
-// maps and the transitions.
-func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.HostProcess, now time.Time) (confirmed, pending map[string]inventory.HostProcess, ts []Transition) {
+// maps, the transitions, and the processes that ended before they were
+// confirmed (their counters complete), which the caller charges to their
+// owners in aggregate. in holds the samples' sightings and credits: a
+// process that ends between two scans gets the credit of its last samples
+// in its exit event.
+func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.HostProcess, now time.Time, in integrated, confirmAfter time.Duration) (confirmed, pending map[string]inventory.HostProcess, ts []Transition, short []inventory.HostProcess) {
 	confirmed, pending = map[string]inventory.HostProcess{}, map[string]inventory.HostProcess{}
+	at := in.last
+	if at.IsZero() {
+		at = now
+	}
 	for _, k := range sortedKeys(seen) {
 		p := seen[k]
 		if old, ok := oldConfirmed[k]; ok && old.StartTime == p.StartTime {
@@ -257,25 +292,89 @@ func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.Host
 			confirmed[k] = p
 			continue
 		}
+		first := at
+		if h := in.hosts[hostKey(p.Pid, p.StartTime)]; h != nil {
+			first = h.first
+		}
+		legacy := false
 		if old, ok := oldPending[k]; ok && old.StartTime == p.StartTime {
-			p.FirstSeen = old.FirstSeen
-			if p.FirstSeen == nil {
-				p.FirstSeen = inventory.TimePtr(now)
+			if old.FirstSeen != nil && old.FirstSeen.Before(first) {
+				first = old.FirstSeen.Time
 			}
+			// The Python scanner's pending entry (no first sighting
+			// recorded): seen at its last scan, and confirmed on this
+			// second sighting, as its rule had it.
+			legacy = old.FirstSeen == nil
+		}
+		p.FirstSeen = inventory.TimePtr(first)
+		if legacy || at.Sub(first) >= confirmAfter {
 			p.DetectedAt = p.FirstSeen
 			confirmed[k] = p
 			ts = append(ts, hostDiscovered(p))
 			continue
 		}
-		p.FirstSeen, p.DetectedAt = inventory.TimePtr(now), nil
+		p.DetectedAt = nil
 		pending[k] = p
+	}
+	gone := func(k string, start uint64) bool {
+		cur, ok := seen[k]
+		return !ok || cur.StartTime != start
 	}
 	for _, k := range sortedKeys(oldConfirmed) {
 		old := oldConfirmed[k]
-		if cur, ok := confirmed[k]; ok && cur.StartTime == old.StartTime {
+		if !gone(k, old.StartTime) {
 			continue
+		}
+		if h := in.hosts[hostKey(old.Pid, old.StartTime)]; h != nil {
+			old.GPUHeldSeconds += h.held
+			old.GPUBusySeconds += h.busy
+			old.GPUAllocatedSeconds += h.held
+			h.charged, h.ended = true, true
 		}
 		ts = append(ts, hostExited(old))
 	}
-	return confirmed, pending, ts
+	// Processes that ended unconfirmed: those pending at the last scan, and
+	// those the sampler saw only between two scans.
+	ended := map[string]inventory.HostProcess{}
+	for k, old := range oldPending {
+		if gone(k, old.StartTime) {
+			ended[hostKey(old.Pid, old.StartTime)] = old
+		}
+	}
+	for hk, h := range in.hosts {
+		if h.charged {
+			continue
+		}
+		k := strconv.Itoa(h.hp.Pid)
+		if _, done := oldConfirmed[k]; done && oldConfirmed[k].StartTime == h.hp.StartTime {
+			continue
+		}
+		if !gone(k, h.hp.StartTime) {
+			continue
+		}
+		p, ok := ended[hk]
+		if !ok {
+			p = h.hp
+			p.FirstSeen = inventory.TimePtr(h.first)
+		}
+		p.GPUHeldSeconds += h.held
+		p.GPUBusySeconds += h.busy
+		p.GPUAllocatedSeconds += h.held
+		if !slices.Contains(h.gpus, p.GPUUUID) {
+			p.GPUUUID = h.gpus[0]
+		}
+		ended[hk] = p
+		if p.FirstSeen != nil && h.last.Sub(p.FirstSeen.Time) >= confirmAfter {
+			// Long enough to confirm, but it lived between two scans:
+			// reported whole, like a container created and removed
+			// between scans.
+			p.DetectedAt = p.FirstSeen
+			ts = append(ts, hostDiscovered(p), hostExited(p))
+			delete(ended, hk)
+		}
+	}
+	for _, hk := range sortedKeys(ended) {
+		short = append(short, ended[hk])
+	}
+	return confirmed, pending, ts, short
 }

@@ -83,10 +83,12 @@ func TestSwitchOverFromTheReference(t *testing.T) {
 			t.Errorf("%s: the new process behind a reused PID is not pending", pid)
 		}
 	}
-	// The next cycle is an ordinary one: the same processes, no events.
+	// The next cycle is an ordinary one: the same processes; 2006 exits,
+	// and the two new processes behind reused PIDs, gone unconfirmed, reach
+	// the log in their users' aggregates.
 	s.procs = s.procs[:2]
 	res = Reconcile(st, s.facts(now.Add(30*time.Second)), Rules{Excluded: DefaultExcluded})
-	want = []string{"host_gpu_process_exited 2006@506"}
+	want = []string{"host_gpu_process_exited 2006@506", "short_gpu_processes bob x2"}
 	if got := describe(res.Transitions); !reflect.DeepEqual(got, want) {
 		t.Fatalf("second cycle: transitions %q, want %q", got, want)
 	}

@@ -49,6 +49,11 @@ type Facts struct {
 	// GPU use is kept, as while the GPU source fails, and no transition is
 	// derived from /proc.
 	ProcErr error
+	// Samples are the GPU sampler's listings since the last scan, oldest
+	// first: the first is the newest of the last scan's batch (accounted up
+	// to its time), the last is the one GPU and Procs describe. nil without
+	// a sampler: the scans' own lists are then the samples.
+	Samples []Sample
 	// Inits holds, by full container ID, the /proc facts of the init
 	// process of each container a GPU process's cgroup names.
 	Inits map[string]Init
@@ -70,6 +75,9 @@ type Proc struct {
 	StartTime uint64
 	StartErr  error
 	PidNS     string // "pid:[…]"; "" when it could not be read
+	// Started is when the process started (boot time + StartTime); zero
+	// when unknown.
+	Started time.Time
 }
 
 // Init is what /proc told about a container's init process.
@@ -92,6 +100,12 @@ type Rules struct {
 	IdleThreshold int
 	IdleAfter     time.Duration
 	MaxGap        time.Duration
+	// ConfirmAfter is how long a host GPU process must have been seen
+	// before it is confirmed (--gpu-confirm-after); Interval is --interval,
+	// the least time between two aggregate lines of one user's short
+	// processes. Zero: the defaults.
+	ConfirmAfter time.Duration
+	Interval     time.Duration
 }
 
 // Result is the outcome of one reconcile.
@@ -117,6 +131,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	next.DockerEventsSince = prev.DockerEventsSince
 	next.HostProcesses = prev.HostProcesses
 	next.PendingProcesses = prev.PendingProcesses
+	next.ShortProcesses = prev.ShortProcesses
 	next.LastScan = inventory.TimePtr(now)
 	var res Result
 	// active are the containers the GPU and usage steps must visit: all of
@@ -153,7 +168,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.OtherGPUProcesses = prev.OtherGPUProcesses
 		next.GPUs = prev.GPUs
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, nil, rules)
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, nil, integrated{}, rules)
 		res.Transitions = append(res.Transitions, ts...)
 	} else {
 		for _, k := range active {
@@ -169,12 +184,19 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		// Entries the Python scanner wrote (no start time) join the
 		// running processes they describe: a switch-over emits nothing.
 		prev.HostProcesses, prev.PendingProcesses = adoptLegacy(prev.HostProcesses, prev.PendingProcesses, seen, f, rules.KeepSecrets)
+		samples, legacy := f.Samples, f.Samples == nil
+		if legacy {
+			samples = legacySamples(prev, f)
+		}
+		in := integrate(samples, legacy, f, next.Containers, rules)
 		var hostEvents []Transition
-		next.HostProcesses, next.PendingProcesses, hostEvents = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now)
+		var short []inventory.HostProcess
+		next.HostProcesses, next.PendingProcesses, hostEvents, short = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now, in, rules.confirmAfter())
 		res.Transitions = append(res.Transitions, hostEvents...)
+		next.ShortProcesses = addShort(next.ShortProcesses, short, now)
 		next.GPUs = gpusFrom(f.GPUDevices)
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, rules)
+		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, in, rules)
 		res.Transitions = append(res.Transitions, ts...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
@@ -183,6 +205,9 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
 	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers, active)...)
+	var flushed []Transition
+	next.ShortProcesses, flushed = flushShort(next.ShortProcesses, now, rules.interval())
+	res.Transitions = append(res.Transitions, flushed...)
 	res.State = next
 	return res
 }

@@ -119,6 +119,8 @@ func describe(ts []Transition) []string {
 			subject = strconv.Itoa(d.Pid)
 		case event.HostProcessExitedDetails:
 			subject = strconv.Itoa(d.Pid) + "@" + strconv.FormatUint(d.StartTime, 10)
+		case event.ShortProcessesDetails:
+			subject = t.User + " x" + strconv.Itoa(d.Count)
 		case event.GPUIdleDetails:
 			subject = d.ContainerID
 			if d.Pid != 0 {
@@ -270,9 +272,9 @@ func TestReconcileTransitions(t *testing.T) {
 					}
 				}},
 		}},
-		{"a process seen once is never reported", []step{
+		{"a process seen once gets no events of its own, only its user's aggregate", []step{
 			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},
-			{want: []string{}},
+			{want: []string{"short_gpu_processes bob x1"}},
 		}},
 		{"PID reuse is a new process", []step{
 			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},

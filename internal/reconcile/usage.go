@@ -119,6 +119,10 @@ type gpuState struct {
 	grant                int
 	running              bool
 	known                bool // the GPU source answered this cycle
+	// credit is what the samples credit it this cycle; host processes
+	// (hostHeld) are allocated what they held.
+	credit   credit
+	hostHeld bool
 }
 
 // step applies one cycle's usage to a workload's state: counters, idle
@@ -133,8 +137,10 @@ func (g *gpuState) step() {
 		return
 	}
 	g.Util = u.mean()
-	g.heldDelta = g.dt * float64(len(u.perGPU))
-	g.busyDelta = g.dt * float64(u.busy(g.threshold))
+	g.heldDelta, g.busyDelta = g.credit.held, g.credit.busy
+	if g.hostHeld {
+		g.allocatedDelta = g.heldDelta
+	}
 	g.Allocated += g.allocatedDelta
 	g.Held += g.heldDelta
 	g.Busy += g.busyDelta
@@ -188,7 +194,7 @@ type UserGPUSeconds struct{ Held, Busy float64 }
 
 // accountGPUUse updates every workload's utilisation, idle state and
 // counters, and returns the transitions and the per-user deltas.
-func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f Facts, hostUses map[string][]use, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f Facts, hostUses map[string][]use, in integrated, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
 	dt := 0.0
 	if prev.LastScan != nil {
 		gap := f.Now.Sub(prev.LastScan.Time)
@@ -222,7 +228,8 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 	for _, k := range containers {
 		c := next.Containers[k]
 		old := prev.Containers[k]
-		if c.Status != "running" && len(c.GPUProcesses) == 0 && f.GPUErr == nil {
+		cr := in.containers[k]
+		if c.Status != "running" && len(c.GPUProcesses) == 0 && f.GPUErr == nil && cr == (credit{}) {
 			// A stopped container that holds no GPU: what step would
 			// give, without building it (most of a large inventory).
 			c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = nil, nil, false
@@ -240,7 +247,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			containerID: c.ID, user: c.User,
 			describe: describeContainer(c.ID, c.Name, c.User),
 			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
-			grant: c.GrantedGPUs(hostGPUs), running: c.Status == "running", known: f.GPUErr == nil,
+			grant: c.GrantedGPUs(hostGPUs), running: c.Status == "running", known: f.GPUErr == nil, credit: cr,
 		}
 		g.step()
 		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle
@@ -270,13 +277,17 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 				}
 			}
 			u := summarizeUse(hostUses[k])
+			var cr credit
+			if h := in.hosts[hostKey(p.Pid, p.StartTime)]; h != nil && !h.charged {
+				cr, h.charged = h.credit, true
+			}
 			g := gpuState{
 				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 				pid: p.Pid, user: p.User,
 				describe: describeProcess(p.Pid, p.User),
 				usage:    u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
-				grant: len(u.perGPU), running: true, known: true,
+				grant: len(u.perGPU), running: true, known: true, credit: cr, hostHeld: true,
 			}
 			g.step()
 			p.SMUtilPercent = g.Util
@@ -284,6 +295,13 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			p.GPUAllocatedSeconds, p.GPUHeldSeconds, p.GPUBusySeconds = g.Allocated, g.Held, g.Busy
 			m[k] = p
 			add(&g)
+		}
+	}
+	// Processes that ended between two scans: their seconds are their
+	// owners' all the same.
+	for _, hk := range sortedKeys(in.hosts) {
+		if h := in.hosts[hk]; !h.charged || h.ended {
+			add(&gpuState{user: h.hp.User, heldDelta: h.held, busyDelta: h.busy})
 		}
 	}
 	return ts, deltas
@@ -332,4 +350,24 @@ func (r Rules) maxGap() time.Duration {
 		return DefaultMaxGap
 	}
 	return r.MaxGap
+}
+
+// Defaults of the sampler's rules.
+const (
+	DefaultConfirmAfter = 5 * time.Second
+	DefaultInterval     = 30 * time.Second
+)
+
+func (r Rules) confirmAfter() time.Duration {
+	if r.ConfirmAfter <= 0 {
+		return DefaultConfirmAfter
+	}
+	return r.ConfirmAfter
+}
+
+func (r Rules) interval() time.Duration {
+	if r.Interval <= 0 {
+		return DefaultInterval
+	}
+	return r.Interval
 }

@@ -55,6 +55,7 @@ type workloadTime struct {
 	user, origin          string
 	gpus                  []string
 	allocated, held, busy float64
+	count                 int // workloads it stands for; 0: one
 }
 
 // BuildReport sums GPU-seconds per group: the counters of every workload
@@ -84,14 +85,20 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 				StartTime   uint64   `json:"start_time"`
 				Origin      string   `json:"origin"`
 				GPUUUIDs    []string `json:"gpu_uuids"`
+				Count       int      `json:"count"`
 				event.GPUSeconds
 			}
 			switch e.EventType {
-			case event.ContainerExited, event.HostProcessExited:
+			case event.ContainerExited, event.HostProcessExited, event.ShortProcesses:
 			default:
 				return
 			}
 			if json.Unmarshal(e.Details, &d) != nil {
+				return
+			}
+			if e.EventType == event.ShortProcesses { // one line per user and period
+				seen["s:"+userOr(e.User)+"@"+e.Timestamp.Time.String()] = workloadTime{user: userOr(e.User), origin: KindHostProcess, gpus: d.GPUUUIDs,
+					allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds, count: max(d.Count, 1)}
 				return
 			}
 			key, origin := "c:"+d.ContainerID, d.Origin
@@ -123,6 +130,12 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			seen[key] = workloadTime{user: userOr(p.User), origin: KindHostProcess, gpus: []string{p.GPUUUID},
 				allocated: p.GPUAllocatedSeconds, held: p.GPUHeldSeconds, busy: p.GPUBusySeconds}
 		}
+		// Short processes not yet in the log (their aggregate line comes
+		// at most --interval later).
+		for u, a := range st.ShortProcesses {
+			seen["s:"+userOr(u)+"@pending"] = workloadTime{user: userOr(u), origin: KindHostProcess, gpus: a.GPUUUIDs,
+				allocated: a.GPUAllocatedSeconds, held: a.GPUHeldSeconds, busy: a.GPUBusySeconds, count: max(a.Count, 1)}
+		}
 	}
 	groups := map[string]*ReportRow{}
 	add := func(key string, share float64, w workloadTime) {
@@ -131,7 +144,7 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			r = &ReportRow{Key: key}
 			groups[key] = r
 		}
-		r.Workloads++
+		r.Workloads += max(w.count, 1)
 		r.AllocatedSeconds += w.allocated * share
 		r.HeldSeconds += w.held * share
 		r.BusySeconds += w.busy * share

@@ -54,6 +54,10 @@ const (
 	// every GPU it holds for --gpu-idle-after; GPUActive: it works again.
 	GPUIdle   = "detection.gpu_idle"
 	GPUActive = "detection.gpu_active"
+	// ShortProcesses: a user's host GPU processes that ended before they
+	// were confirmed, in aggregate (at most one line per user per
+	// --interval).
+	ShortProcesses = "detection.short_gpu_processes"
 )
 
 // Envelope is one line of the event log.
@@ -132,6 +136,17 @@ type HostProcessExitedDetails struct {
 	StartTime uint64 `json:"start_time,omitempty"`
 	GPUSeconds
 	GPUUUIDs []string `json:"gpu_uuids,omitempty"`
+}
+
+// ShortProcessesDetails are the details of ShortProcesses: how many
+// processes ended unconfirmed between Since and Until, their GPU-seconds
+// and the GPUs they used.
+type ShortProcessesDetails struct {
+	Count int             `json:"count"`
+	Since *inventory.Time `json:"since"`
+	Until *inventory.Time `json:"until"`
+	GPUSeconds
+	GPUUUIDs []string `json:"gpu_uuids"`
 }
 
 // Result says how Encode had to shrink a line.

@@ -67,6 +67,22 @@ type State struct {
 	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
 	// GPUs are the host's physical GPUs by UUID, as NVML reported them last.
 	GPUs map[string]GPU `json:"gpus"`
+	// ShortProcesses are, by user, the host GPU processes that ended
+	// before they were confirmed (--gpu-confirm-after) and are not in the
+	// event log yet: they reach it in aggregate, one line per user per
+	// --interval (detection.short_gpu_processes). Internal.
+	ShortProcesses map[string]ShortProcesses `json:"_short_processes,omitempty"`
+}
+
+// ShortProcesses is one user's unconfirmed host GPU processes that ended
+// since Since.
+type ShortProcesses struct {
+	Since               Time     `json:"since"`
+	Count               int      `json:"count"`
+	GPUAllocatedSeconds float64  `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64  `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64  `json:"gpu_busy_seconds"`
+	GPUUUIDs            []string `json:"gpu_uuids"`
 }
 
 // GPU is one physical GPU.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // FS is a /proc tree.
@@ -72,4 +73,32 @@ func ReadFailed(err error) bool {
 		return false
 	}
 	return !errors.Is(err, fs.ErrNotExist) && errno != syscall.ESRCH
+}
+
+// ClockTicks is USER_HZ, the unit of /proc/<pid>/stat's start time: 100
+// on every Linux architecture the daemon runs on.
+const ClockTicks = 100
+
+// BootTime is when the system booted, from /proc/uptime (10 ms
+// resolution; /proc/stat's btime has whole seconds): with a process's start
+// time in clock ticks since boot, when the process started.
+func (fs FS) BootTime(now time.Time) (time.Time, error) {
+	b, err := os.ReadFile(filepath.Join(fs.Root, "uptime"))
+	if err != nil {
+		return time.Time{}, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return time.Time{}, fmt.Errorf("/proc/uptime is empty")
+	}
+	up, err := strconv.ParseFloat(f[0], 64)
+	if err != nil || up < 0 {
+		return time.Time{}, fmt.Errorf("/proc/uptime %q: not an uptime", f[0])
+	}
+	return now.Add(-time.Duration(up * float64(time.Second))), nil
+}
+
+// Started turns a start time in clock ticks since boot into a time.
+func Started(boot time.Time, ticks uint64) time.Time {
+	return boot.Add(time.Duration(ticks) * (time.Second / ClockTicks))
 }

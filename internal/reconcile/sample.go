@@ -1,0 +1,203 @@
+package reconcile
+
+import (
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// GPU time from samples. The GPU sampler (internal/cycle) lists every
+// GPU's processes on its own clock (--gpu-interval), much faster than the
+// scans; a scan hands reconcile the samples taken since the last one. Held
+// and busy seconds are integrated over those samples:
+//
+//   - the interval between two consecutive samples is credited to a
+//     process seen in both (its busy share by the later sample's SM
+//     utilisation, which NVML measured over that interval);
+//   - the interval ending at a process's first sighting is credited only
+//     from the process's own start (/proc start time), never time before
+//     it existed; without a start time, nothing;
+//   - nothing after its last sighting;
+//   - an interval longer than Rules.MaxGap (the sampler stalled or failed)
+//     is credited to nobody.
+//
+// Per workload and GPU, the longest credited span of its processes on that
+// GPU counts once: two processes of a container on one GPU hold one GPU.
+
+// Sample is one listing of every GPU's processes.
+type Sample struct {
+	At    time.Time
+	Procs []gpu.Process
+	// Facts are the /proc facts of each process in Procs (same index),
+	// read when the sampler first saw its PID: nil when none could be read.
+	Facts []*Proc
+	// Gap: the sampler failed before this sample; the interval ending
+	// here is credited to nobody.
+	Gap bool
+}
+
+// credit is a workload's GPU-seconds from the samples.
+type credit struct{ held, busy float64 }
+
+// sighting is one host process (PID and start time) seen in the samples.
+type sighting struct {
+	hp          inventory.HostProcess // as first attributed
+	first, last time.Time
+	gpus        []string
+	credit
+	// charged: its credit went into a workload's counters already.
+	charged bool
+	// ended: it exited and its exit event carries its credit.
+	ended bool
+}
+
+// hostKey names a host process in the samples: PID and start time.
+func hostKey(pid int, start uint64) string {
+	return strconv.Itoa(pid) + "@" + strconv.FormatUint(start, 10)
+}
+
+// integrated is what the samples gave: credits by container key and by host
+// process (hostKey), and the host processes seen.
+type integrated struct {
+	containers map[string]credit
+	hosts      map[string]*sighting
+	// last is the time of the newest sample; zero without samples.
+	last time.Time
+}
+
+// integrate credits the samples' intervals to the workloads listed in them.
+// containers are this cycle's (attribution as of now: a process is
+// credited to the container it runs in).
+//
+// With legacy set, samples are legacySamples: the first stands for the
+// last scan and gives credit, not sightings.
+func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inventory.Container, rules Rules) integrated {
+	out := integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
+	if len(samples) == 0 {
+		return out
+	}
+	out.last = samples[len(samples)-1].At
+	type slot struct {
+		key, gpu string
+	}
+	type proc struct {
+		pid   int
+		start uint64
+		gpu   string
+	}
+	maxGap := rules.maxGap().Seconds()
+	threshold := rules.threshold()
+	var before map[proc]bool
+	for j, s := range samples {
+		seen := make(map[proc]bool, len(s.Procs))
+		span := map[slot]float64{}
+		sm := map[slot]int{}
+		dt := 0.0
+		if j > 0 {
+			dt = s.At.Sub(samples[j-1].At).Seconds()
+			if dt <= 0 || dt > maxGap || s.Gap {
+				dt = 0
+			}
+		}
+		for i, p := range s.Procs {
+			var pf Proc
+			ok := i < len(s.Facts) && s.Facts[i] != nil
+			if ok {
+				pf = *s.Facts[i]
+			}
+			id := proc{p.Pid, pf.StartTime, p.GPUUUID}
+			seen[id] = true
+			pl := place(p, pf, ok, f, containers, rules)
+			key := ""
+			switch {
+			case pl.container != "":
+				key = "c:" + pl.container
+			case pl.host != nil:
+				hk := hostKey(p.Pid, pf.StartTime)
+				key = "h:" + hk
+				if legacy && j == 0 {
+					break
+				}
+				h := out.hosts[hk]
+				if h == nil {
+					h = &sighting{hp: *pl.host, first: s.At}
+					out.hosts[hk] = h
+				}
+				h.last = s.At
+				if !slices.Contains(h.gpus, p.GPUUUID) {
+					h.gpus = append(h.gpus, p.GPUUUID)
+				}
+			default:
+				continue // another runtime's, a system process, or gone
+			}
+			if dt == 0 {
+				continue
+			}
+			d := dt
+			if !before[id] { // first sighting: only since the process began
+				d = 0
+				if !pf.Started.IsZero() {
+					d = min(max(s.At.Sub(pf.Started).Seconds(), 0), dt)
+				}
+			}
+			k := slot{key, p.GPUUUID}
+			span[k] = max(span[k], d)
+			if p.SMUtil != nil {
+				sm[k] += *p.SMUtil
+			}
+		}
+		for k, d := range span {
+			if d <= 0 {
+				continue
+			}
+			busy := 0.0
+			if sm[k] >= threshold {
+				busy = d
+			}
+			if hk, ok := cutPrefix(k.key, "h:"); ok {
+				h := out.hosts[hk]
+				h.held += d
+				h.busy += busy
+				continue
+			}
+			c := out.containers[k.key[2:]]
+			c.held += d
+			c.busy += busy
+			out.containers[k.key[2:]] = c
+		}
+		before = seen
+	}
+	return out
+}
+
+func cutPrefix(s, p string) (string, bool) {
+	if len(s) >= len(p) && s[:len(p)] == p {
+		return s[len(p):], true
+	}
+	return s, false
+}
+
+// legacySamples stands in for a sampler when the facts carry none (a
+// caller that lists GPUs only at scans): the scan's list, taken as seen at
+// the last scan too. Every process listed is then credited the interval
+// since the last scan, as before the sampler existed.
+func legacySamples(prev inventory.State, f Facts) []Sample {
+	if f.GPUErr != nil {
+		return nil
+	}
+	facts := make([]*Proc, len(f.GPU))
+	for i, p := range f.GPU {
+		if pf, ok := f.Procs[p.Pid]; ok {
+			pf.Started = time.Time{}
+			facts[i] = &pf
+		}
+	}
+	cur := Sample{At: f.Now, Procs: f.GPU, Facts: facts}
+	if prev.LastScan == nil {
+		return []Sample{cur}
+	}
+	return []Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: facts}, cur}
+}

@@ -1,0 +1,93 @@
+package reconcile
+
+import (
+	"slices"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
+)
+
+// Short processes: a host GPU process that ends before it is confirmed
+// gets no events of its own (a user running many short processes must not
+// flood the log), but its GPU time is its owner's all the same. Each user's
+// are summed in the state (_short_processes) and reach the event log as one
+// detection.short_gpu_processes line once the oldest of them is --interval
+// old: at most one line per user per --interval.
+
+// addShort adds ended unconfirmed processes to their users' aggregates. m
+// belongs to the previous state: it is copied before it changes.
+func addShort(m map[string]inventory.ShortProcesses, short []inventory.HostProcess, now time.Time) map[string]inventory.ShortProcesses {
+	if len(short) == 0 {
+		return m
+	}
+	out := make(map[string]inventory.ShortProcesses, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, p := range short {
+		a, ok := out[p.User]
+		if !ok {
+			a.Since = inventory.NewTime(now)
+			if p.FirstSeen != nil {
+				a.Since = *p.FirstSeen
+			}
+		} else {
+			a.GPUUUIDs = slices.Clone(a.GPUUUIDs)
+		}
+		a.Count++
+		a.GPUAllocatedSeconds += p.GPUAllocatedSeconds
+		a.GPUHeldSeconds += p.GPUHeldSeconds
+		a.GPUBusySeconds += p.GPUBusySeconds
+		if p.GPUUUID != "" && !slices.Contains(a.GPUUUIDs, p.GPUUUID) && len(a.GPUUUIDs) < maxListLen {
+			a.GPUUUIDs = append(a.GPUUUIDs, p.GPUUUID)
+			slices.Sort(a.GPUUUIDs)
+		}
+		out[p.User] = a
+	}
+	return out
+}
+
+// flushShort reports the aggregates whose oldest process is interval old,
+// and keeps the others.
+func flushShort(m map[string]inventory.ShortProcesses, now time.Time, interval time.Duration) (map[string]inventory.ShortProcesses, []Transition) {
+	var due []string
+	for u, a := range m {
+		if now.Sub(a.Since.Time) >= interval {
+			due = append(due, u)
+		}
+	}
+	if len(due) == 0 {
+		return m, nil
+	}
+	slices.Sort(due)
+	out := map[string]inventory.ShortProcesses{}
+	for u, a := range m {
+		out[u] = a
+	}
+	var ts []Transition
+	for _, u := range due {
+		a := out[u]
+		delete(out, u)
+		uuids := a.GPUUUIDs
+		if uuids == nil {
+			uuids = []string{}
+		}
+		since := a.Since
+		ts = append(ts, Transition{
+			EventType: event.ShortProcesses, User: u,
+			Message: "short-lived host GPU processes: " + strconv.Itoa(a.Count),
+			Details: event.ShortProcessesDetails{Count: a.Count, Since: &since, Until: inventory.TimePtr(now), GPUUUIDs: uuids,
+				GPUSeconds: event.GPUSeconds{GPUAllocatedSeconds: a.GPUAllocatedSeconds, GPUHeldSeconds: a.GPUHeldSeconds, GPUBusySeconds: a.GPUBusySeconds}},
+			Fields: []zap.Field{UserField(u), zap.Int("count", a.Count), zap.Float64("gpu_held_seconds", a.GPUHeldSeconds),
+				zap.Float64("gpu_busy_seconds", a.GPUBusySeconds), zap.Strings("gpu_uuids", uuids)},
+		})
+	}
+	if len(out) == 0 {
+		out = nil
+	}
+	return out, ts
+}
