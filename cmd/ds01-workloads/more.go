@@ -20,8 +20,9 @@ const reportUsage = `Usage: ds01-workloads report [flags]
 
 GPU-hours allocated, held and busy, and efficiency (busy/held), per user
 (or per origin or GPU), from the exited events in the event log and its
-rotated archives (events.jsonl-YYYYMMDD[.gz], events.jsonl.N[.gz]), plus the workloads still running at
-the last scan. Each workload counts once, in the period of its exit.
+rotated archives (events.jsonl-YYYYMMDD[.gz] and events.jsonl.N[.gz], as
+logrotate names them), plus the workloads still running at the last scan.
+Each workload counts once, in the period of its exit.
 
   allocated  running time x GPUs its configuration grants
   held       time x GPUs it had processes on
