@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -39,6 +41,9 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	if f.GPUErr == nil {
 		f.Inits = s.readInits(f)
 		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
+	}
+	if full && f.DockerErr == nil && s.cfg.Activity != nil {
+		f.Activity = s.readActivity(f.Docker.Containers)
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
@@ -196,4 +201,16 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 		}
 	}
 	return names
+}
+
+// readActivity reads the cgroup and network namespace of every running
+// container. Only reconciliation scans read it: the verdict counts them.
+func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Sample {
+	running := make([]activity.Container, 0, len(list)/4)
+	for _, c := range list {
+		if c.Pid > 0 {
+			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid})
+		}
+	}
+	return s.cfg.Activity.Read(running, time.Now)
 }
