@@ -224,6 +224,9 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		if c.GPUWithoutAccess {
 			w.Flags = append(w.Flags, "gpu-without-access")
 		}
+		if c.UserConflict {
+			w.Flags = append(w.Flags, "owner-conflict")
+		}
 		for _, p := range c.GPUProcesses {
 			if p.OutsideGPUDevices {
 				w.Flags = append(w.Flags, "outside-gpu-devices")
