@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -351,5 +352,46 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	// cycles 1 and 6.
 	if c.GPUHeldSeconds != 150 || c.GPUBusySeconds != 60 || c.GPUAllocatedSeconds != 0 {
 		t.Errorf("container counters: held %v busy %v allocated %v", c.GPUHeldSeconds, c.GPUBusySeconds, c.GPUAllocatedSeconds)
+	}
+}
+
+// mallory starts a container with --cgroup-parent=/docker/<alice's full
+// id> on a real dockerd (cgroupfs driver): its cgroup path names alice's
+// container first. Its GPU process is mallory's container's; alice's
+// container never gets it.
+func TestCgroupParentUnderAnotherContainer(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	alice, err := d.Create(ctx, dockertest.Spec{Name: "alice-job", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hc container.HostConfig
+	hc.CgroupParent = "/docker/" + alice
+	mallory, err := d.Create(ctx, dockertest.Spec{Name: "mallory-job", Labels: map[string]string{"ds01.user": "mallory"}, Host: hc, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, mallory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, _ := os.ReadFile("/proc/" + strconv.Itoa(js.State.Pid) + "/cgroup")
+	if !strings.Contains(string(cg), "/docker/"+alice+"/"+mallory) {
+		t.Fatalf("mallory's container is not nested under alice's:\n%s", cg)
+	}
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(js.State.Pid, 1024)}, nil)
+	ok := nvml.SUCCESS
+	r := newRig(t, d)
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+	})
+	r.cycle()
+	st := r.State()
+	a, m := st.Containers[alice[:12]], st.Containers[mallory[:12]]
+	if len(a.GPUProcesses) != 0 || len(m.GPUProcesses) != 1 || m.GPUProcesses[0].Pid != js.State.Pid || m.User != "mallory" {
+		t.Fatalf("alice's container: %+v\nmallory's: %+v", a.GPUProcesses, m.GPUProcesses)
 	}
 }

@@ -109,11 +109,24 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	}
 	ref := pf.Cgroup
 	claimed := ""
+	// The innermost container of the path that Docker lists is the one
+	// the process runs in: a container started with
+	// --cgroup-parent=/docker/<another's id> is its own, never the
+	// other's. Only containers Docker does not list (docker in docker)
+	// fall back to an outer one.
+	for _, r := range ref.Chain() {
+		if c, listed := containers[ShortID(r.ID)]; listed && c.FullID == r.ID {
+			ref = r
+			break
+		}
+	}
 	if ref.ID != "" {
 		c, listed := containers[ShortID(ref.ID)]
 		switch {
 		case listed && c.FullID == ref.ID:
-			if how := inContainer(pf, f.Inits[ref.ID]); how != "" {
+			own := pf
+			own.Cgroup = ref
+			if how := inContainer(own, f.Inits[ref.ID]); how != "" {
 				gp.Attribution, gp.OutsideGPUDevices = how, outsideDevices(p, c.GPUDevices)
 				if pf.UIDErr == nil {
 					uid := pf.UID
@@ -164,6 +177,9 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 func inContainer(pf Proc, init Init) string {
 	if init.CgroupErr != nil || init.Cgroup.ID == "" {
 		return "" // no init to compare with: not running, or gone
+	}
+	if ref, ok := init.Cgroup.Find(pf.Cgroup.ID); ok { // the init's own entry of the chain
+		init.Cgroup = ref
 	}
 	if pf.Cgroup.ID != init.Cgroup.ID || pf.Cgroup.Hierarchy != init.Cgroup.Hierarchy || pf.Cgroup.Path != init.Cgroup.Path {
 		return ""
