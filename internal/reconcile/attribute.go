@@ -108,7 +108,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 		return placement{gp: gp, other: true}
 	}
 	ref := pf.Cgroup
-	claimed := ""
+	claimed, claimedRuntime := "", ""
 	// The innermost container of the path that Docker lists is the one
 	// the process runs in: a container started with
 	// --cgroup-parent=/docker/<another's id> is its own, never the
@@ -137,6 +137,10 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 			claimed = ShortID(ref.ID) // names a container it does not run in
 		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
 			claimed = ShortID(ref.ID) // a Docker container Docker does not list
+		case ref.UserTree:
+			// In a user's delegated tree any name can be had: the
+			// process is its user's, whatever runtime the name claims.
+			claimed, claimedRuntime = ShortID(ref.ID), ref.Runtime
 		default:
 			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 		}
@@ -167,7 +171,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	return placement{gp: gp, host: &inventory.HostProcess{
 		Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
 		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
-		ClaimedContainer: claimed,
+		ClaimedContainer: claimed, Runtime: claimedRuntime,
 	}}
 }
 

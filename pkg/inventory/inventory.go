@@ -230,6 +230,13 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// Runtime is the container runtime the cgroup's name claims when the
+	// process sits in a user's own delegated tree (user@<uid>.service) in
+	// a cgroup named like another runtime's container (libpod-<id>.scope:
+	// rootless podman, or systemd-run --user --scope --unit=libpod-…).
+	// Anyone can name a scope there, so the process is its user's, like
+	// any host process; this field only records the claim.
+	Runtime string `json:"runtime,omitempty"`
 	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
 	SMUtilPercent *int `json:"sm_util_percent"`
 

@@ -40,6 +40,10 @@ type ContainerRef struct {
 	// to inner (Runtime, ID and Path set): a container started with
 	// --cgroup-parent=/docker/<id>, or docker in docker.
 	Inner []ContainerRef
+	// UserTree: the container lies inside a user's delegated tree
+	// (user@<uid>.service), where that user can create cgroups of any
+	// name: the name proves nothing.
+	UserTree bool
 }
 
 // Chain is the containers the path names, innermost first.
@@ -50,7 +54,7 @@ func (r ContainerRef) Chain() []ContainerRef {
 	out := make([]ContainerRef, 0, 1+len(r.Inner))
 	for i := len(r.Inner) - 1; i >= 0; i-- {
 		in := r.Inner[i]
-		in.Hierarchy, in.Full = r.Hierarchy, r.Full
+		in.Hierarchy, in.Full, in.UserTree = r.Hierarchy, r.Full, r.UserTree
 		out = append(out, in)
 	}
 	outer := r
@@ -69,10 +73,13 @@ func (r ContainerRef) Find(id string) (ContainerRef, bool) {
 }
 
 var (
-	hex64       = `([0-9a-f]{64})`
-	reBareID    = regexp.MustCompile(`^` + hex64 + `$`)
-	reScopeName = regexp.MustCompile(`^(docker|libpod|libpod-conmon|cri-containerd|nerdctl|crio|crio-conmon)-` + hex64 + `(\.scope)?$`)
-	scopeRT     = map[string]string{
+	hex64    = `([0-9a-f]{64})`
+	reBareID = regexp.MustCompile(`^` + hex64 + `$`)
+	// reUserManager is a user's systemd manager: below it, the user
+	// creates cgroups (delegation).
+	reUserManager = regexp.MustCompile(`^user@[0-9]+\.service$`)
+	reScopeName   = regexp.MustCompile(`^(docker|libpod|libpod-conmon|cri-containerd|nerdctl|crio|crio-conmon)-` + hex64 + `(\.scope)?$`)
+	scopeRT       = map[string]string{
 		"docker": RuntimeDocker, "libpod": RuntimePodman, "libpod-conmon": RuntimePodman,
 		"cri-containerd": RuntimeContainerd, "nerdctl": RuntimeContainerd,
 		"crio": RuntimeCRIO, "crio-conmon": RuntimeCRIO,
@@ -104,9 +111,13 @@ func ParseCgroup(b []byte) ContainerRef {
 func parsePath(p string) (ContainerRef, bool) {
 	segs := strings.Split(p, "/")
 	var out ContainerRef
-	found := false
+	found, userTree := false, false
 	for i, seg := range segs {
 		if seg == "" || strings.HasSuffix(seg, ".mount") {
+			continue
+		}
+		if !found && reUserManager.MatchString(seg) {
+			userTree = true
 			continue
 		}
 		var ref ContainerRef
@@ -128,6 +139,7 @@ func parsePath(p string) (ContainerRef, bool) {
 		}
 		if !found {
 			out, found = ref, true
+			out.UserTree = userTree
 		} else if len(out.Inner) < maxNested {
 			out.Inner = append(out.Inner, ref)
 		}
