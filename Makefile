@@ -143,7 +143,8 @@ uninstall:
 # fuzz cache; `make fuzz-corpus` copies them into testdata/fuzz, where plain
 # `go test` replays them.
 FUZZ_TARGETS := FuzzParseCgroup:./internal/source/proc FuzzStatAndCmdline:./internal/source/proc \
-	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify FuzzIndentCompact:./pkg/inventory
+	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify FuzzIndentCompact:./pkg/inventory \
+	FuzzParse:./internal/policy FuzzCounters:./internal/source/activity
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
@@ -189,6 +190,7 @@ deb: cc
 	done; \
 	"$$stage/bin/ds01-workloads" completion bash > "$$stage/ds01-workloads.bash"; \
 	"$$stage/bin/ds01-workloads" completion zsh > "$$stage/ds01-workloads.zsh"; \
+	"$$stage/bin/ds01-workloads" completion fish > "$$stage/ds01-workloads.fish"; \
 	printf 'ds01-detectord (%s) unstable; urgency=medium\n\n  * Built from %s (git %s).\n\n -- %s  %s\n' \
 		"$$debver-$(DEB_RELEASE)" '$(VERSION)' "$$(git rev-parse --short HEAD 2>/dev/null || echo none)" \
 		'$(DEB_MAINTAINER)' "$$(LC_ALL=C date -u -R -d @$$epoch)" > "$$stage/changelog.Debian"; \

@@ -13,7 +13,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,12 +20,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/alecthomas/kingpin/v2"
+	units "github.com/docker/go-units"
 	promversion "github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -43,156 +46,220 @@ func init() {
 	}
 }
 
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
-
-// addrFlag is a repeatable address flag with a default that the first
-// explicit value replaces; "" alone turns the endpoint off.
-type addrFlag struct {
-	addrs []string
-	set   bool
-}
-
-func (a *addrFlag) String() string {
-	if a == nil {
-		return ""
-	}
-	return strings.Join(a.addrs, ",")
-}
-
-func (a *addrFlag) Set(v string) error {
-	if !a.set {
-		a.addrs, a.set = nil, true
-	}
-	if v != "" {
-		a.addrs = append(a.addrs, v)
-	}
-	return nil
-}
-
 type config struct {
 	stateFile, eventsFile, dockerHost, procRoot string
 	nvmlLibrary                                 string
-	excludeProcesses                            listFlag
+	excludeProcesses                            []string
 	logLevel, logFormat                         string
 	interval, scanTimeout, dockerTimeout        time.Duration
 	debounce, debounceMax                       time.Duration
-	webListen                                   addrFlag
+	webListen                                   []string
 	metricsListen                               string
 	webConfigFile                               string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	gpuInterval, gpuConfirmAfter                time.Duration
 	keepSecrets                                 bool
+	policyFile, cgroupRoot                      string
+	idleCPU                                     float64
+	idleNet                                     string
+	idleWindow                                  int
+	idleGrace                                   time.Duration
+	idle                                        policy.Thresholds
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
 }
 
-func parseFlags(args []string, stderr io.Writer) (config, error) {
-	var c config
-	fs := flag.NewFlagSet("ds01-detectord", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&c.stateFile, "state-file", inventory.DefaultPath, "state file (workload inventory) to rewrite each cycle")
-	fs.StringVar(&c.eventsFile, "events-file", event.DefaultPath, "JSONL event log to append transitions to")
-	fs.StringVar(&c.dockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
-	fs.StringVar(&c.nvmlLibrary, "nvml-library", "", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)")
-	fs.Var(&c.excludeProcesses, "exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable")
-	fs.StringVar(&c.procRoot, "proc-root", "/proc", "procfs root (tests point it at fixture trees)")
-	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", logging.FormatAuto, "auto (journal under systemd, else console), console, json or journal")
-	fs.DurationVar(&c.interval, "interval", 30*time.Second, "time between reconciliation scans")
-	fs.DurationVar(&c.scanTimeout, "scan-timeout", 25*time.Second, "deadline of one scan")
-	fs.DurationVar(&c.debounce, "event-debounce", 100*time.Millisecond, "wait this long after a Docker event for more before rescanning")
-	fs.DurationVar(&c.debounceMax, "event-debounce-max", 800*time.Millisecond, "under continuous Docker events the wait doubles up to this: at most one state write per window")
-	fs.DurationVar(&c.dockerTimeout, "docker-timeout", 10*time.Second, "deadline of one Docker API call")
-	c.webListen.addrs = []string{metrics.DefaultListenAddress}
-	fs.Var(&c.webListen, "web.listen-address", "serve Prometheus /metrics (and a landing page at /) on this `address`; repeatable; \"\" turns the endpoint off")
-	fs.StringVar(&c.metricsListen, "metrics-listen", "", "the same as --web.listen-address (its older name), one `address`")
-	fs.StringVar(&c.webConfigFile, "web.config.file", "", "exporter-toolkit web configuration `file` for the metrics endpoint: TLS and basic auth (README, \"Prometheus metrics\")")
-	fs.IntVar(&c.idleThreshold, "gpu-idle-threshold", 5, "percent SM utilisation below which a workload holding GPU memory counts as idle")
-	fs.DurationVar(&c.idleAfter, "gpu-idle-after", 30*time.Minute, "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)")
-	fs.DurationVar(&c.gpuInterval, "gpu-interval", time.Second, "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval")
-	fs.DurationVar(&c.gpuConfirmAfter, "gpu-confirm-after", 5*time.Second, "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate")
-	fs.BoolVar(&c.keepSecrets, "keep-secrets", false, "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked")
-	fs.StringVar(&c.stateGroup, "state-group", "", "make the state file 0640 and owned by this group, instead of world-readable 0644")
-	fs.BoolVar(&c.once, "once", false, "run one cycle, write state and events, and exit")
-	fs.BoolVar(&c.dryRun, "dry-run", false, "with --once: print the inventory JSON to stdout and write nothing")
-	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: ds01-detectord [flags]
-
-Scans the containers and GPU processes of this host, rewrites the state file
+const help = `Scans the containers and GPU processes of this host, rewrites the state file
 each cycle and appends transitions to the event log. Runs as a systemd
-Type=notify service; SIGHUP forces a rescan.
+Type=notify service; SIGHUP forces a rescan and reads --policy again.
 
 Examples:
   ds01-detectord --once --dry-run          print what a scan sees, write nothing
   ds01-detectord --once                    one scan, then exit
-  ds01-detectord --state-file ./state.json --events-file ./events.jsonl
+  ds01-detectord --state-file ./state.json --events-file ./events.jsonl`
 
-Flags:
-`)
-		fs.PrintDefaults()
+// newApp is the daemon's command line: every flag, one line each, bound to
+// c. The --web.* flags are the exporter-toolkit's (kingpinflag), as in every
+// Prometheus exporter.
+func newApp(c *config, set map[string]*bool) *kingpin.Application {
+	app := kingpin.New("ds01-detectord", help)
+	app.HelpFlag.Short('h')
+	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
+	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
+	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
+	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
+	app.Flag("docker-timeout", "deadline of one Docker API call").Default("10s").DurationVar(&c.dockerTimeout)
+	app.Flag("nvml-library", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)").PlaceHolder("FILE").StringVar(&c.nvmlLibrary)
+	app.Flag("exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable").PlaceHolder("NAME").StringsVar(&c.excludeProcesses)
+	app.Flag("proc-root", "procfs root (tests point it at fixture trees)").Default("/proc").PlaceHolder("DIR").StringVar(&c.procRoot)
+	app.Flag("log-level", "debug, info, warn or error").Default("info").EnumVar(&c.logLevel, "debug", "info", "warn", "error")
+	app.Flag("log-format", "auto (journal under systemd, else console), console, json or journal").Default(logging.FormatAuto).EnumVar(&c.logFormat, logging.FormatAuto, "console", "json", "journal")
+	app.Flag("interval", "time between reconciliation scans").Default("30s").DurationVar(&c.interval)
+	app.Flag("scan-timeout", "deadline of one scan").Default("25s").DurationVar(&c.scanTimeout)
+	app.Flag("event-debounce", "wait this long after a Docker event for more before rescanning").Default("100ms").DurationVar(&c.debounce)
+	app.Flag("event-debounce-max", "under continuous Docker events the wait doubles up to this: at most one state write per window").Default("800ms").DurationVar(&c.debounceMax)
+	app.Flag("gpu-idle-threshold", "percent SM utilisation below which a workload holding GPU memory counts as idle").Default("5").IntVar(&c.idleThreshold)
+	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default("30m").DurationVar(&c.idleAfter)
+	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default("1s").DurationVar(&c.gpuInterval)
+	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
+	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
+	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
+	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").PlaceHolder("BYTES").StringVar(&c.idleNet)
+	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)
+	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default("30m").DurationVar(&c.idleGrace)
+	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default("/sys/fs/cgroup").PlaceHolder("DIR").StringVar(&c.cgroupRoot)
+	app.Flag("keep-secrets", "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked").BoolVar(&c.keepSecrets)
+	app.Flag("state-group", "make the state file 0640 and owned by this group, instead of world-readable 0644").PlaceHolder("GROUP").StringVar(&c.stateGroup)
+	app.Flag("once", "run one cycle, write state and events, and exit").BoolVar(&c.once)
+	app.Flag("dry-run", "with --once: print the inventory JSON to stdout and write nothing").BoolVar(&c.dryRun)
+	app.Flag("version", "print the version and exit").BoolVar(&c.showVersion)
+	web := kingpinflag.AddFlags(app, metrics.DefaultListenAddress)
+	app.GetFlag("web.listen-address").IsSetByUser(seen("web.listen-address")).Help("serve Prometheus /metrics (and a landing page at /) on this address; repeatable; \"\" turns the endpoint off")
+	app.GetFlag("web.config.file").PlaceHolder("FILE").Help("exporter-toolkit web configuration file for the metrics endpoint: TLS and basic auth (docs/METRICS.md)")
+	if f := app.GetFlag("web.systemd-socket"); f != nil {
+		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
-	if err := fs.Parse(args); err != nil {
-		return c, err
+	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
+	for _, f := range app.Model().Flags {
+		if !f.IsBoolFlag() {
+			app.GetFlag(f.Name).SetValue(named{f.Name, f.Value})
+		}
 	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	app.Action(func(*kingpin.ParseContext) error {
+		c.webListen = slices.DeleteFunc(slices.Clone(*web.WebListenAddresses), func(s string) bool { return s == "" })
+		c.webConfigFile = *web.WebConfigFile
+		return nil
+	})
+	return app
+}
+
+// named is a flag's value whose errors name the flag and say what it wants.
+type named struct {
+	name string
+	kingpin.Value
+}
+
+func (n named) Set(v string) error {
+	err := n.Value.Set(v)
+	switch {
+	case err == nil:
+		return nil
+	case strings.Contains(err.Error(), "duration"):
+		return fmt.Errorf("--%s %q: want a duration such as 30s, 5m or 1h", n.name, v)
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if set["metrics-listen"] {
+	return fmt.Errorf("--%s %q: %v", n.name, v, err)
+}
+
+func (n named) IsCumulative() bool {
+	r, ok := n.Value.(interface{ IsCumulative() bool })
+	return ok && r.IsCumulative()
+}
+
+// errHelp ends the command with exit 0 after --help.
+var errHelp = errors.New("help shown")
+
+// parseFlags reads the command line. Help goes to stdout; a bad flag or
+// value gives two lines on stderr (the error, where to get help) and an
+// error.
+func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
+	var c config
+	set := map[string]*bool{}
+	app := newApp(&c, set)
+	helped := false
+	app.UsageWriter(stdout).ErrorWriter(stderr).Terminate(func(int) { helped = true })
+	_, err := app.Parse(gnuArgs(app, args))
+	if helped {
+		return c, errHelp
+	}
+	if err != nil {
+		return c, usageErr(stderr, err.Error())
+	}
+	if c.showVersion {
+		return c, nil // kingpin sets no defaults with --version
+	}
+	if *set["web.systemd-socket"] {
+		return c, usageErr(stderr, "--web.systemd-socket: the unit is not socket-activated; give --web.listen-address")
+	}
+	if *set["metrics-listen"] {
 		alias := []string{}
 		if c.metricsListen != "" {
 			alias = []string{c.metricsListen}
 		}
-		if set["web.listen-address"] && !slices.Equal(alias, c.webListen.addrs) {
-			return c, usageErr(fs, "--metrics-listen is another name for --web.listen-address: give one of them, or the same address to both")
+		if *set["web.listen-address"] && !slices.Equal(alias, c.webListen) && !(len(alias) == 0 && len(c.webListen) == 0) {
+			return c, usageErr(stderr, "--metrics-listen is another name for --web.listen-address: give one of them, or the same address to both")
 		}
-		c.webListen.addrs = alias
+		c.webListen = alias
+	}
+	if len(c.webListen) == 0 {
+		c.webListen = nil
 	}
 	switch {
 	case c.dryRun && !c.once:
-		return c, usageErr(fs, "--dry-run needs --once")
+		return c, usageErr(stderr, "--dry-run needs --once")
 	case c.interval <= 0:
-		return c, usageErr(fs, "--interval must be positive")
+		return c, usageErr(stderr, "--interval must be positive")
 	case c.scanTimeout <= 0:
-		return c, usageErr(fs, "--scan-timeout must be positive")
+		return c, usageErr(stderr, "--scan-timeout must be positive")
 	case c.debounce < 0:
-		return c, usageErr(fs, "--event-debounce must not be negative")
+		return c, usageErr(stderr, "--event-debounce must not be negative")
 	case c.debounceMax < c.debounce:
-		return c, usageErr(fs, "--event-debounce-max must not be below --event-debounce")
+		return c, usageErr(stderr, "--event-debounce-max must not be below --event-debounce")
 	case c.dockerTimeout <= 0:
-		return c, usageErr(fs, "--docker-timeout must be positive")
+		return c, usageErr(stderr, "--docker-timeout must be positive")
 	case c.idleThreshold < 1 || c.idleThreshold > 100:
-		return c, usageErr(fs, "--gpu-idle-threshold must be between 1 and 100")
+		return c, usageErr(stderr, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
-		return c, usageErr(fs, "--gpu-idle-after must be positive")
+		return c, usageErr(stderr, "--gpu-idle-after must be positive")
 	case c.gpuInterval < 10*time.Millisecond:
-		return c, usageErr(fs, "--gpu-interval must be at least 10ms")
+		return c, usageErr(stderr, "--gpu-interval must be at least 10ms")
 	case c.gpuConfirmAfter <= 0:
-		return c, usageErr(fs, "--gpu-confirm-after must be positive")
+		return c, usageErr(stderr, "--gpu-confirm-after must be positive")
+	case c.idleCPU < 0 || c.idleWindow < 1 || c.idleGrace < 0:
+		return c, usageErr(stderr, "--idle-cpu-threshold and --idle-grace must not be negative, --idle-window at least 1")
 	case c.stateFile == "" || c.eventsFile == "":
-		return c, usageErr(fs, "--state-file and --events-file must not be empty")
+		return c, usageErr(stderr, "--state-file and --events-file must not be empty")
 	}
+	net, err := units.RAMInBytes(c.idleNet)
+	if err != nil || net < 0 {
+		return c, usageErr(stderr, fmt.Sprintf("--idle-net-threshold %q: want bytes, as 1MiB or 1048576", c.idleNet))
+	}
+	c.idle = policy.Thresholds{GPUPercent: float64(c.idleThreshold), CPUPercent: c.idleCPU, NetBytes: float64(net), Window: c.idleWindow, Grace: c.idleGrace}
 	return c, nil
 }
 
-func usageErr(fs *flag.FlagSet, msg string) error {
-	fmt.Fprintln(fs.Output(), "ds01-detectord: "+msg)
-	fmt.Fprintln(fs.Output(), "Run 'ds01-detectord -h' for usage.")
+// gnuArgs turns the single-dash spellings Go's flag package accepted
+// (-state-file x, -once) into GNU double dashes, for the flags this command
+// has, so that scripts and /etc/default files written for the old parser
+// keep working.
+func gnuArgs(app *kingpin.Application, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			if app.GetFlag(name) != nil {
+				a = "-" + a
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func usageErr(stderr io.Writer, msg string) error {
+	fmt.Fprintln(stderr, "ds01-detectord: error: "+msg)
+	fmt.Fprintln(stderr, "Run 'ds01-detectord --help' for usage.")
 	return errors.New(msg)
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	c, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	c, err := parseFlags(args, stdout, stderr)
+	if errors.Is(err, errHelp) {
 		return 0
 	}
 	if err != nil {
@@ -214,9 +281,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen.addrs, WebConfigFile: c.webConfigFile,
+		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
+		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
 	}, log)
 	if err != nil {
 		log.Error("cannot build the Docker client", zap.Error(err))

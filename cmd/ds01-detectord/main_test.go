@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -23,22 +24,52 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--log-level", "loud", "--once"},
 		{"--log-format", "xml", "--once"},
 		{"extra-arg"},
+		{"--interval", "5"},
+		{"--web.systemd-socket"},
 	} {
 		var out, errb bytes.Buffer
 		if rc := run(args, &out, &errb); rc != 2 {
 			t.Errorf("%v: exit %d, want 2", args, rc)
 		}
-		if errb.Len() == 0 {
-			t.Errorf("%v: no message on stderr", args)
+		// The error and where to get help: two lines, no usage dump.
+		if n := strings.Count(errb.String(), "\n"); n != 2 || !strings.HasPrefix(errb.String(), "ds01-detectord: error: ") {
+			t.Errorf("%v: want two lines on stderr, got %q", args, errb.String())
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v: stdout %q", args, out.String())
 		}
 	}
 	var out, errb bytes.Buffer
-	if rc := run([]string{"-h"}, &out, &errb); rc != 0 || !strings.Contains(errb.String(), "--once") && !strings.Contains(errb.String(), "-once") {
-		t.Errorf("-h: exit %d, %q", rc, errb.String())
+	for _, h := range []string{"-h", "--help"} {
+		out.Reset()
+		errb.Reset()
+		if rc := run([]string{h}, &out, &errb); rc != 0 || !strings.Contains(out.String(), "--once") || !strings.Contains(out.String(), "--web.listen-address=") || errb.Len() != 0 {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", h, rc, out.String(), errb.String())
+		}
+		// No internal sentinels in the defaults.
+		if strings.Contains(out.String(), "-1") || strings.Contains(out.String(), "metrics-listen") {
+			t.Errorf("%s shows a sentinel or the hidden alias:\n%s", h, out.String())
+		}
 	}
 	out.Reset()
 	if rc := run([]string{"--version"}, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "ds01-detectord ") {
 		t.Errorf("--version: exit %d, %q", rc, out.String())
+	}
+}
+
+// Scripts and /etc/default files written for Go's flag package used single
+// dashes; they keep working.
+func TestSingleDashSpellings(t *testing.T) {
+	var errb bytes.Buffer
+	cfg, err := parseFlags([]string{"-interval", "5s", "-state-file=/x/s.json", "-once", "-web.listen-address", "127.0.0.1:9", "-exclude-process", "a", "--exclude-process", "b"}, &errb, &errb)
+	if err != nil {
+		t.Fatalf("%v: %s", err, errb.String())
+	}
+	if cfg.interval != 5*time.Second || cfg.stateFile != "/x/s.json" || !cfg.once || !slices.Equal(cfg.webListen, []string{"127.0.0.1:9"}) || !slices.Equal(cfg.excludeProcesses, []string{"a", "b"}) {
+		t.Errorf("parsed %+v", cfg)
+	}
+	if cfg.eventsFile != "/var/log/ds01/events.jsonl" || cfg.scanTimeout != 25*time.Second || cfg.idleThreshold != 5 {
+		t.Errorf("defaults: %+v", cfg)
 	}
 }
 
@@ -129,13 +160,13 @@ func TestListenFlags(t *testing.T) {
 		{[]string{"--metrics-listen", "", "--web.listen-address", ""}, nil},
 	} {
 		var errb bytes.Buffer
-		cfg, err := parseFlags(c.args, &errb)
+		cfg, err := parseFlags(c.args, &errb, &errb)
 		if err != nil {
 			t.Errorf("%q: %v", c.args, err)
 			continue
 		}
-		if !slices.Equal(cfg.webListen.addrs, c.want) {
-			t.Errorf("%q: listen on %q, want %q", c.args, cfg.webListen.addrs, c.want)
+		if !slices.Equal(cfg.webListen, c.want) {
+			t.Errorf("%q: listen on %q, want %q", c.args, cfg.webListen, c.want)
 		}
 	}
 	for _, args := range [][]string{

@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ds01/ds01-detectord/internal/workloads"
-	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -44,8 +41,9 @@ const usage = `Usage: ds01-workloads [flags]
        ds01-workloads gpus [flags]            (also: --by-gpu)
        ds01-workloads report [flags]
        ds01-workloads events [flags]
-       ds01-workloads completion bash|zsh
+       ds01-workloads completion bash|zsh|fish
        ds01-workloads help concepts
+       ds01-workloads --version
 
 Shows every workload on this GPU server (containers of every origin, and
 processes using a GPU outside containers), who owns it, which GPUs it holds
@@ -65,7 +63,7 @@ Examples:
   ds01-workloads --all --wide         everything, with IDs, images, GPU access, attribution
   ds01-workloads -q --user alice      IDs only (container IDs, PIDs)
   ds01-workloads --format '{{.Name}} {{.User}} {{.GPUMemory}}'
-  ds01-workloads --watch 5s           redraw when the state changes
+  ds01-workloads --watch 5            redraw when the state changes, and every 5 s
   ds01-workloads report --since 30d   GPU-hours allocated, held and busy per user
   ds01-workloads events --type detection --since 2h
 
@@ -75,8 +73,6 @@ Filters combine with AND and apply to containers and host processes alike.
   .ID .FullID .Type .User .Name .Status .Age .GPUs .Granted .GPUMemory
   .GPUMemoryMB .Util .Idle .IdleSeconds .Image .UserSource .UserConflict
   .HeldSeconds .BusySeconds .AllocatedSeconds
-
-Flags:
 `
 
 const concepts = `Concepts
@@ -118,49 +114,10 @@ type listMode struct {
 	byGPU, quiet, noTrunc bool
 	sortKey, format       string
 	color                 string
-	gpu                   int
+	gpu                   optInt
 	watch                 watchFlag
 	filter                workloads.Filter
 	staleAfter            time.Duration
-}
-
-// watchFlag is --watch, with an optional interval: --watch, --watch=5s or
-// --watch 5s.
-type watchFlag struct {
-	on    bool
-	every time.Duration
-}
-
-func (w *watchFlag) String() string   { return "" }
-func (w *watchFlag) IsBoolFlag() bool { return true }
-func (w *watchFlag) Set(v string) error {
-	if b, err := strconv.ParseBool(v); err == nil {
-		w.on = b
-		return nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return fmt.Errorf("want a duration such as 2s")
-	}
-	w.on, w.every = true, d
-	return nil
-}
-
-// joinWatch turns "--watch 5s" into "--watch=5s".
-func joinWatch(args []string) []string {
-	var out []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if (a == "--watch" || a == "-watch") && i+1 < len(args) {
-			if d, err := time.ParseDuration(args[i+1]); err == nil && d > 0 {
-				out = append(out, a+"="+args[i+1])
-				i++
-				continue
-			}
-		}
-		out = append(out, a)
-	}
-	return out
 }
 
 // colorOn decides colour: --color always/never, else only on a terminal,
@@ -175,53 +132,8 @@ func colorOn(mode string, e env) bool {
 	return e.isTTY && e.getenv("NO_COLOR") == "" && e.getenv("TERM") != "dumb"
 }
 
-func run(args []string, e env) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "events":
-			return runEvents(args[1:], e)
-		case "report":
-			return runReport(args[1:], e)
-		case "completion":
-			return runCompletion(args[1:], e)
-		case "gpus":
-			args = append([]string{"--by-gpu"}, args[1:]...)
-		case "help":
-			if len(args) == 2 && args[1] == "concepts" {
-				fmt.Fprint(e.stdout, concepts)
-				return 0
-			}
-			fmt.Fprint(e.stdout, usage)
-			return 0
-		}
-	}
-	m := listMode{gpu: -1}
-	fs := flag.NewFlagSet("ds01-workloads", flag.ContinueOnError)
-	fs.StringVar(&m.stateFile, "state-file", inventory.DefaultPath, "state file to read")
-	fs.BoolVar(&m.wide, "wide", false, "more columns: ID, image, GPU access, attribution, owner conflict")
-	fs.BoolVar(&m.wide, "w", false, "short for --wide")
-	fs.BoolVar(&m.byUser, "by-user", false, "group workloads per user, with workload and GPU counts")
-	fs.BoolVar(&m.byGPU, "by-gpu", false, "one block per GPU (same as the gpus command)")
-	fs.BoolVar(&m.json, "json", false, "print the filtered inventory as JSON")
-	fs.StringVar(&m.filter.User, "user", "", "only this user's workloads")
-	fs.StringVar(&m.filter.Type, "type", "", "only this type: ds01-managed, devcontainer, compose, raw-docker, host-process, other-runtime")
-	fs.BoolVar(&m.filter.GPUOnly, "gpu-only", false, "only workloads with GPU access or GPU use")
-	fs.BoolVar(&m.filter.All, "all", false, "include stopped containers and pending host processes")
-	fs.BoolVar(&m.filter.Idle, "idle", false, "only workloads holding GPU memory below the idle threshold")
-	fs.IntVar(&m.gpu, "gpu", -1, "only workloads with processes on GPU `N` (index)")
-	fs.StringVar(&m.sortKey, "sort", "", "sort by mem, util, idle, age (largest first), user or name")
-	fs.BoolVar(&m.quiet, "q", false, "print only IDs: container IDs, PIDs for processes")
-	fs.StringVar(&m.format, "format", "", "print each row with this Go `template` (fields listed above)")
-	fs.BoolVar(&m.noTrunc, "no-trunc", false, "do not cut long cells; full container IDs")
-	fs.Var(&m.watch, "watch", "redraw whenever the state file changes (and every `interval`, default 2s); Ctrl-C ends")
-	fs.StringVar(&m.color, "color", "auto", "colour: auto (a terminal, not TERM=dumb or NO_COLOR), always or never")
-	fs.BoolVar(&m.stats, "stats", false, "with --wide: live CPU% and MEM from Docker")
-	fs.StringVar(&m.dockerHost, "docker-host", "", "Docker address for --stats (default $DOCKER_HOST or the local socket)")
-	fs.DurationVar(&m.staleAfter, "stale-after", 90*time.Second, "warn when the last scan is older than this (three 30 s intervals)")
-	fs.BoolVar(&m.concepts, "concepts", false, "explain origins, GPU access, attribution and the two-cycle rule")
-	if rc, ok := parse(fs, joinWatch(args), e, usage); !ok {
-		return rc
-	}
+// list runs the default view (and gpus): the flags are parsed into m.
+func list(m listMode, e env) int {
 	if m.concepts {
 		fmt.Fprint(e.stdout, concepts)
 		return 0
@@ -239,11 +151,12 @@ func run(args []string, e env) int {
 	if m.sortKey != "" && !workloads.Sort(nil, m.sortKey) {
 		return usageErr(e, "--sort %q: want %s", m.sortKey, strings.Join(workloads.SortKeys(), ", "))
 	}
-	if m.gpu >= 0 {
-		g := m.gpu
+	if m.gpu.set {
+		if m.gpu.n < 0 {
+			return usageErr(e, "--gpu must be a GPU index (0 or more)")
+		}
+		g := m.gpu.n
 		m.filter.GPU = &g
-	} else if m.gpu != -1 {
-		return usageErr(e, "--gpu must be a GPU index (0 or more)")
 	}
 	if m.stats && !m.wide {
 		return usageErr(e, "--stats needs --wide")
@@ -338,47 +251,20 @@ func withHost(h string) client.Opt {
 	}
 }
 
-// parse parses args; when it returns false the command ends with rc:
-// after -h/--help the usage and the flags go to stdout and rc is 0; a bad
-// flag gives two lines on stderr and rc 2.
-func parse(fs *flag.FlagSet, args []string, e env, text string) (rc int, ok bool) {
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(e.stdout, text)
-			fs.SetOutput(e.stdout)
-			fs.PrintDefaults()
-			return 0, false
-		}
-		return usageErr(e, "%v", err), false
-	}
-	if fs.NArg() > 0 {
-		return usageErr(e, "unexpected argument %q", fs.Arg(0)), false
-	}
-	return 0, true
-}
-
 func usageErr(e env, format string, a ...any) int {
 	fmt.Fprintf(e.stderr, "ds01-workloads: "+format+"\n", a...)
 	fmt.Fprintln(e.stderr, "See 'ds01-workloads --help'.")
 	return 2
 }
 
-func runEvents(args []string, e env) int {
-	fs := flag.NewFlagSet("ds01-workloads events", flag.ContinueOnError)
-	file := fs.String("events-file", event.DefaultPath, "event log to read")
-	since := fs.String("since", "", "only events at or after this time (RFC 3339, 2026-02-04, '2026-02-04 10:30', or 2h/3d ago)")
-	until := fs.String("until", "", "only events at or before this time (same forms)")
-	typ := fs.String("type", "", "only event types starting with this (e.g. detection, detection.container_)")
-	user := fs.String("user", "", "only this user's events")
-	follow := fs.Bool("follow", false, "keep printing new events as they are appended")
-	asJSON := fs.Bool("json", false, "print events as JSON lines")
-	limit := fs.Int("limit", 50, "print only the last N matching events (0: all)")
-	color := fs.String("color", "auto", "colour: auto, always or never")
-	if rc, ok := parse(fs, args, e, "Usage: ds01-workloads events [flags]\n\nReads the event log. Filters combine with AND; times are compared as times.\n\nFlags:\n"); !ok {
-		return rc
-	}
+type eventsMode struct {
+	file, since, until, typ, user, color string
+	follow, json                         bool
+	limit                                int
+}
+
+func runEvents(o eventsMode, e env) int {
+	file, since, until, typ, user, follow, asJSON, limit, color := &o.file, &o.since, &o.until, &o.typ, &o.user, &o.follow, &o.json, &o.limit, &o.color
 	now := e.now()
 	f := workloads.EventFilter{TypePrefix: *typ, User: *user}
 	var err error

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -420,5 +421,82 @@ func TestPlantedFIFOsAreRefused(t *testing.T) {
 	}
 	if _, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", td("held.json")}, false, nil); rc != 1 || !strings.Contains(errb, "not a regular file") {
 		t.Errorf("report over a FIFO archive: exit %d, %q", rc, errb)
+	}
+}
+
+// Flags go before or after the subcommand, as in git, docker and kubectl;
+// the single-dash spellings of Go's flag package still work.
+func TestFlagsAnywhere(t *testing.T) {
+	same := [][][]string{
+		{{"gpus", "--state-file", td("held.json")}, {"--state-file", td("held.json"), "gpus"}, {"-state-file", td("held.json"), "gpus"}, {"--state-file=" + td("held.json"), "gpus", "--color", "never"}},
+		{{"--state-file", td("held.json"), "--all", "-q"}, {"-state-file", td("held.json"), "-all", "-q"}, {"-q", "--all", "--state-file", td("held.json")}},
+		{{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "2026-01-01"},
+			{"--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "report", "--since", "2026-01-01"},
+			{"--since", "2026-01-01", "--events-file", td("report/events.jsonl"), "-state-file", td("held.json"), "report"}},
+		{{"events", "--events-file", td("events.jsonl"), "--type", "detection"}, {"--type", "detection", "--events-file", td("events.jsonl"), "events"}},
+	}
+	for _, group := range same {
+		want, wantErr, wantRC := invoke(group[0], false, nil)
+		if wantRC != 0 || want == "" {
+			t.Fatalf("%v: exit %d, %q %q", group[0], wantRC, want, wantErr)
+		}
+		for _, args := range group[1:] {
+			if got, gotErr, rc := invoke(args, false, nil); got != want || gotErr != wantErr || rc != wantRC {
+				t.Errorf("%v differs from %v:\n%s%s(exit %d)", args, group[0], got, gotErr, rc)
+			}
+		}
+	}
+	// A subcommand's own flag before it: not a value of the flag before.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // --follow ends at once
+	var out, errb bytes.Buffer
+	e := env{stdout: &out, stderr: &errb, now: func() time.Time { return now }, getenv: func(string) string { return "" }, ctx: ctx}
+	if rc := run([]string{"--follow", "events", "--events-file", td("events.jsonl"), "--limit", "1"}, e); rc != 0 || strings.Count(out.String(), "\n") != 2 {
+		t.Errorf("--follow before events: exit %d, %q %q", rc, out.String(), errb.String())
+	}
+}
+
+func TestWatchIntervals(t *testing.T) {
+	for _, c := range []struct {
+		args  []string
+		every time.Duration
+	}{
+		{[]string{"--watch"}, 2 * time.Second},
+		{[]string{"--watch", "5"}, 5 * time.Second},
+		{[]string{"--watch", "5s"}, 5 * time.Second},
+		{[]string{"--watch=2m"}, 2 * time.Minute},
+		{[]string{"--watch=7"}, 7 * time.Second},
+		{[]string{"-watch", "1h"}, time.Hour},
+		{[]string{"--watch", "gpus"}, 2 * time.Second},
+	} {
+		rc := 0
+		root := newRoot(env{stdout: io.Discard, stderr: io.Discard}, &rc)
+		args := normalize(root, c.args)
+		cmd, rest, err := root.Find(args)
+		if err == nil {
+			err = cmd.ParseFlags(rest)
+		}
+		if err != nil {
+			t.Errorf("%v: %v", c.args, err)
+			continue
+		}
+		w := cmd.Flags().Lookup("watch").Value.(*watchFlag)
+		if !w.on || w.every != c.every {
+			t.Errorf("%v (%v): on %v every %v, want %v", c.args, args, w.on, w.every, c.every)
+		}
+	}
+	for _, bad := range [][]string{{"--watch=abc"}, {"--watch=0"}, {"--watch=-5s"}} {
+		if _, errb, rc := invoke(append(bad, "--state-file", td("held.json")), false, nil); rc != 2 || strings.Count(errb, "\n") != 2 || !strings.Contains(errb, "interval") {
+			t.Errorf("%v: exit %d, %q", bad, rc, errb)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"-v"}} {
+		out, errb, rc := invoke(args, false, nil)
+		if rc != 0 || out != "ds01-workloads "+version+"\n" || errb != "" {
+			t.Errorf("%v: exit %d, %q %q", args, rc, out, errb)
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,8 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ds01/ds01-detectord/internal/workloads"
-	"github.com/ds01/ds01-detectord/pkg/event"
-	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 const reportUsage = `Usage: ds01-workloads report [flags]
@@ -26,23 +23,15 @@ the last scan. Each workload counts once, in the period of its exit.
   allocated  running time x GPUs its configuration grants
   held       time x GPUs it had processes on
   busy       time x GPUs where it was at or above the idle threshold
-
-Flags:
 `
 
-func runReport(args []string, e env) int {
-	fs := flag.NewFlagSet("ds01-workloads report", flag.ContinueOnError)
-	file := fs.String("events-file", event.DefaultPath, "event log (its archives <file>-* are read too)")
-	stateFile := fs.String("state-file", inventory.DefaultPath, "state file, for the workloads still running")
-	since := fs.String("since", "30d", "start of the period (RFC 3339, 2026-02-04, or 30d back from now)")
-	until := fs.String("until", "", "end of the period (default now)")
-	by := fs.String("by", "user", "group by user, origin or gpu")
-	asJSON := fs.Bool("json", false, "print JSON (seconds)")
-	asCSV := fs.Bool("csv", false, "print CSV (seconds)")
-	color := fs.String("color", "auto", "colour: auto, always or never")
-	if rc, ok := parse(fs, args, e, reportUsage); !ok {
-		return rc
-	}
+type reportMode struct {
+	file, stateFile, since, until, by, color string
+	json, csv                                bool
+}
+
+func runReport(o reportMode, e env) int {
+	file, stateFile, since, until, by, asJSON, asCSV, color := &o.file, &o.stateFile, &o.since, &o.until, &o.by, &o.json, &o.csv, &o.color
 	switch *by {
 	case "user", "origin", "gpu":
 	default:
@@ -91,70 +80,6 @@ func runReport(args []string, e env) int {
 // parseWhen reads a time, or a duration back from now with d for days.
 func parseWhen(s string, now time.Time) (time.Time, error) {
 	return workloads.ParseTime(s, now)
-}
-
-func runCompletion(args []string, e env) int {
-	if len(args) != 1 {
-		return usageErr(e, "completion needs one shell: bash or zsh")
-	}
-	flags := "--state-file --wide -w --by-user --by-gpu --json --user --type --gpu-only --all --idle --gpu --sort -q --format --no-trunc --watch --color --stats --docker-host --stale-after --concepts --help"
-	cmds := "gpus report events completion help"
-	switch args[0] {
-	case "bash":
-		fmt.Fprintf(e.stdout, `# bash completion for ds01-workloads: source <(ds01-workloads completion bash)
-_ds01_workloads() {
-	local cur prev
-	cur="${COMP_WORDS[COMP_CWORD]}"
-	prev="${COMP_WORDS[COMP_CWORD-1]}"
-	case "$prev" in
-	--type) COMPREPLY=($(compgen -W "ds01-managed devcontainer compose raw-docker host-process other-runtime" -- "$cur")); return ;;
-	--sort) COMPREPLY=($(compgen -W "%s" -- "$cur")); return ;;
-	--color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
-	--by) COMPREPLY=($(compgen -W "user origin gpu" -- "$cur")); return ;;
-	--state-file|--events-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-	completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
-	esac
-	if [ "$COMP_CWORD" -eq 1 ] && [[ "$cur" != -* ]]; then
-		COMPREPLY=($(compgen -W "%s" -- "$cur"))
-		return
-	fi
-	case "${COMP_WORDS[1]}" in
-	events) COMPREPLY=($(compgen -W "--events-file --since --until --type --user --follow --json --limit --color --help" -- "$cur")) ;;
-	report) COMPREPLY=($(compgen -W "--events-file --state-file --since --until --by --json --csv --color --help" -- "$cur")) ;;
-	*) COMPREPLY=($(compgen -W "%s" -- "$cur")) ;;
-	esac
-}
-complete -F _ds01_workloads ds01-workloads
-`, strings.Join(workloads.SortKeys(), " "), cmds, flags)
-	case "zsh":
-		fmt.Fprintf(e.stdout, `#compdef ds01-workloads
-# zsh completion for ds01-workloads: ds01-workloads completion zsh > "${fpath[1]}/_ds01-workloads"
-_ds01_workloads() {
-	local -a cmds
-	cmds=(%s)
-	if (( CURRENT == 2 )) && [[ $words[2] != -* ]]; then
-		_describe 'command' cmds
-		return
-	fi
-	case $words[CURRENT-1] in
-	--type) compadd ds01-managed devcontainer compose raw-docker host-process other-runtime; return ;;
-	--sort) compadd %s; return ;;
-	--color) compadd auto always never; return ;;
-	--by) compadd user origin gpu; return ;;
-	--state-file|--events-file) _files; return ;;
-	esac
-	case $words[2] in
-	events) compadd -- --events-file --since --until --type --user --follow --json --limit --color --help ;;
-	report) compadd -- --events-file --state-file --since --until --by --json --csv --color --help ;;
-	*) compadd -- %s ;;
-	esac
-}
-compdef _ds01_workloads ds01-workloads
-`, cmds, strings.Join(workloads.SortKeys(), " "), flags)
-	default:
-		return usageErr(e, "completion %q: want bash or zsh", args[0])
-	}
-	return 0
 }
 
 // watch redraws the view on the alternate screen whenever the state file

@@ -3,9 +3,11 @@ package cycle
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -36,6 +38,9 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	}
 	if f.GPUErr == nil {
 		f.Inits = s.readInits(f)
+	}
+	if full && f.DockerErr == nil && s.cfg.Activity != nil {
+		f.Activity = s.readActivity(f.Docker.Containers)
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
@@ -160,4 +165,16 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 		}
 	}
 	return names
+}
+
+// readActivity reads the cgroup and network namespace of every running
+// container. Only reconciliation scans read it: the verdict counts them.
+func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Sample {
+	running := make([]activity.Container, 0, len(list)/4)
+	for _, c := range list {
+		if c.Pid > 0 {
+			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid})
+		}
+	}
+	return s.cfg.Activity.Read(running, time.Now)
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/ds01/ds01-detectord/internal/cycle"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -44,8 +46,15 @@ type Config struct {
 	Version               string
 	IdleThreshold         int           // percent SM; 0: the default
 	IdleAfter             time.Duration // 0: the default
+	CgroupRoot            string        // "" : /sys/fs/cgroup
 	GPUInterval           time.Duration // time between GPU samples; 0: 1 s
 	GPUConfirmAfter       time.Duration // 0: the default (5 s)
+	// PolicyFile is the site's resource-limits.yaml ("": none, the
+	// thresholds below apply); it is read again on SIGHUP.
+	PolicyFile string
+	// Idle holds the idle verdict's thresholds without a policy file
+	// (zero: policy.Defaults).
+	Idle policy.Thresholds
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -55,6 +64,7 @@ type Daemon struct {
 	docker  *docker.Source
 	gpus    *gpu.Source
 	scanner *cycle.Scanner
+	policy  *policy.Policy // the last good one
 }
 
 // New builds the daemon: one Docker client and one NVML handle for its
@@ -73,13 +83,56 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	}
 	gpus := gpu.New(nvml.New(opts...))
 	gpus.Log = log
+	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus}
+	pol := d.loadPolicy(nil)
+	if cfg.PolicyFile != "" && pol.Source() != "flags" {
+		d.policy = pol
+	}
 	sc := cycle.New(cycle.Config{
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
 		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,
+		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot), Policy: pol,
 	})
-	return &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, scanner: sc}, nil
+	d.scanner = sc
+	return d, nil
+}
+
+// loadPolicy reads the policy file. On failure it logs one error and
+// returns last (the last good policy), or, at start, the flags' rule.
+func (d *Daemon) loadPolicy(last *policy.Policy) *policy.Policy {
+	th := d.cfg.Idle
+	if th == (policy.Thresholds{}) {
+		th = policy.Defaults
+	}
+	if d.cfg.PolicyFile == "" {
+		return policy.FromFlags(th)
+	}
+	p, warnings, err := policy.Load(d.cfg.PolicyFile)
+	for _, w := range warnings {
+		d.log.Warn("policy: "+w, zap.String("policy_file", d.cfg.PolicyFile))
+	}
+	switch {
+	case err != nil && last != nil:
+		d.log.Error("policy file not loaded; keeping the last good policy", zap.String("policy_file", d.cfg.PolicyFile), zap.Error(err))
+		return last
+	case err != nil:
+		d.log.Error("policy file not loaded; the idle thresholds of the flags apply, with no timeout, until it loads (SIGHUP)",
+			zap.String("policy_file", d.cfg.PolicyFile), zap.Error(err))
+		return policy.FromFlags(th)
+	}
+	d.log.Info("policy loaded", zap.String("policy_file", d.cfg.PolicyFile))
+	return p
+}
+
+// reload reads the policy file again (SIGHUP).
+func (d *Daemon) reload() {
+	if d.cfg.PolicyFile == "" {
+		return
+	}
+	d.policy = d.loadPolicy(d.policy)
+	d.scanner.SetPolicy(d.policy)
 }
 
 // Close releases the Docker client and the NVML handle.
@@ -160,5 +213,5 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		go smp.Run(ctx, every, min(d.cfg.ScanTimeout, 5*every+time.Second), changed)
 	}
-	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
+	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle, OnHUP: d.reload})
 }

@@ -133,18 +133,27 @@ func boot(t *testing.T, root, dockerSock string) *machine {
 			cmd.Process.Kill()
 		}
 	})
-	testutil.Eventually(t, 30*time.Second, "nspawn leader", func() bool {
+	// nspawn's first child can be its short-lived outer child (it sets up
+	// the namespaces and exits once the container's PID 1 runs): find the
+	// leader again whenever the one found is gone.
+	findLeader := func() bool {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
-		f := strings.Fields(string(b))
-		if len(f) == 0 {
-			return false
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/user", pid)); err == nil {
+				m.leader = pid
+				return true
+			}
 		}
-		m.leader, _ = strconv.Atoi(f[0])
-		return true
-	})
+		return false
+	}
+	testutil.Eventually(t, 30*time.Second, "nspawn leader", findLeader)
 	var state string
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) { // the bus comes up a moment after PID 1
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/user", m.leader)); err != nil {
+			findLeader()
+		}
 		out, _ := m.in("systemctl", "is-system-running", "--wait")
 		if state = strings.TrimSpace(out); state == "running" || state == "degraded" {
 			return m

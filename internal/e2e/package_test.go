@@ -286,8 +286,16 @@ func TestDebLifecycle(t *testing.T) {
 			t.Errorf("man %v:\n%s", page, out)
 		}
 	}
-	if out := m.must("bash", "-c", "source /usr/share/bash-completion/completions/ds01-workloads && complete -p ds01-workloads"); !strings.Contains(out, "-F _ds01_workloads ds01-workloads") {
+	// The completions are cobra's, generated from the command tree: the
+	// bash one asks the binary (ds01-workloads __complete) for the words.
+	if out := m.must("bash", "-c", "source /usr/share/bash-completion/completions/ds01-workloads && complete -p ds01-workloads"); !strings.Contains(out, "-F __start_ds01-workloads ds01-workloads") {
 		t.Errorf("bash completion: %q", out)
+	}
+	if out := m.must("/usr/bin/ds01-workloads", "__complete", "--type", ""); !strings.Contains(out, "host-process") {
+		t.Errorf("completion of --type: %q", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "usr/share/fish/vendor_completions.d/ds01-workloads.fish")); err != nil || !bytes.Contains(b, []byte("complete -c ds01-workloads")) {
+		t.Errorf("fish completion: %v %.40q", err, b)
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "usr/share/zsh/vendor-completions/_ds01-workloads")); err != nil || !bytes.HasPrefix(b, []byte("#compdef ds01-workloads")) {
 		t.Errorf("zsh completion: %v %.40q", err, b)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -50,6 +52,11 @@ type Facts struct {
 	// Inits holds, by full container ID, the /proc facts of the init
 	// process of each container a GPU process's cgroup names.
 	Inits map[string]Init
+
+	// Activity holds, by full container ID, what the cgroups and network
+	// namespaces of the running containers read this scan; nil when they
+	// were not read (an event scan: the last reading stands).
+	Activity map[string]activity.Sample
 
 	// Users maps UIDs to user names (NSS), for the UIDs above and those
 	// container names carry (see classify.NameUID). A UID missing here is
@@ -93,6 +100,8 @@ type Rules struct {
 	IdleThreshold int
 	IdleAfter     time.Duration
 	MaxGap        time.Duration
+	// Policy is the idle verdict's rule; nil: policy.Defaults, no timeout.
+	Policy *policy.Policy
 	// ConfirmAfter is how long a host GPU process must have been seen
 	// before it is confirmed (--gpu-confirm-after); Interval is --interval,
 	// the least time between two aggregate lines of one user's short
@@ -100,6 +109,15 @@ type Rules struct {
 	ConfirmAfter time.Duration
 	Interval     time.Duration
 }
+
+func (r Rules) policy() *policy.Policy {
+	if r.Policy == nil {
+		return flagsPolicy
+	}
+	return r.Policy
+}
+
+var flagsPolicy = policy.FromFlags(policy.Defaults)
 
 // Result is the outcome of one reconcile.
 type Result struct {
@@ -190,6 +208,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
+	res.Transitions = append(res.Transitions, idleStep(prev, &next, active, f, rules)...)
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}

@@ -166,11 +166,82 @@ type Container struct {
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
 
+	// Activity, read from the container's cgroup and network namespace at
+	// each reconciliation scan while it runs (never from Docker's stats
+	// API). Each is null when unknown, never 0 for unknown.
+	// CPUPercent is its CPU use over the interval since the last
+	// reading, 100 = one core, as docker stats shows it; CPUUsageSeconds
+	// the CPU time its cgroup has used.
+	CPUPercent      *float64 `json:"cpu_percent"`
+	CPUUsageSeconds *float64 `json:"cpu_usage_seconds"`
+	// MemoryBytes is the working set, as docker stats computes it: usage
+	// less inactive file pages.
+	MemoryBytes *int64 `json:"memory_bytes"`
+	// NetRxBytes and NetTxBytes total every interface of its network
+	// namespace but lo, since it started; null in the host's namespace.
+	// NetBytesPerInterval is rx+tx since the last reading.
+	NetRxBytes          *int64 `json:"net_rx_bytes"`
+	NetTxBytes          *int64 `json:"net_tx_bytes"`
+	NetBytesPerInterval *int64 `json:"net_bytes_per_interval"`
+	BlkioReadBytes      *int64 `json:"blkio_read_bytes"`
+	BlkioWriteBytes     *int64 `json:"blkio_write_bytes"`
+
+	// The idle verdict (README, "Idle"): every signal it has (GPU when it
+	// holds one, CPU, network) under its threshold for
+	// idle_detection_window consecutive reconciliation scans past the grace
+	// period. IdleSince is when the verdict was given (null while not
+	// idle); IdleDeadline is IdleSince plus the timeout its policy gives
+	// (null: none, or exempt); IdleScans counts the consecutive idle scans
+	// past the grace period; IdleSignals are each signal's value and
+	// threshold at the last scan; IdlePolicy says which rule applied.
+	IdleSince    *Time        `json:"idle_since"`
+	IdleDeadline *Time        `json:"idle_deadline"`
+	IdleScans    int          `json:"idle_scans"`
+	IdleSignals  *IdleSignals `json:"idle_signals"`
+	IdlePolicy   *IdlePolicy  `json:"idle_policy"`
+	// ActivityAt is when the activity was read (Unix nanoseconds, on the
+	// reader's clock); in memory only: the next reading's rates start here.
+	ActivityAt int64 `json:"-"`
+
 	// SourceRev is the Docker source's revision of the facts this entry was
 	// built from (docker.Container.Rev); in memory only, never written. An
 	// event-triggered cycle reuses the classification of a stopped
 	// container whose facts have the same revision.
 	SourceRev uint64 `json:"-"`
+}
+
+// IdleSignals are the signals of the idle verdict at the last scan. GPU
+// is null when the workload holds no GPU (it is then not a signal).
+type IdleSignals struct {
+	GPU     *IdleSignal `json:"gpu"`
+	CPU     IdleSignal  `json:"cpu"`
+	Network IdleSignal  `json:"network"`
+}
+
+// IdleSignal is one signal's value (null: unknown) and the threshold it is
+// compared with: GPU in percent SM, CPU in percent of one core, network in
+// bytes per interval. Idle: the value is under the threshold.
+type IdleSignal struct {
+	Value     *float64 `json:"value"`
+	Threshold float64  `json:"threshold"`
+	Idle      bool     `json:"idle"`
+}
+
+// IdlePolicy is the rule the idle verdict applied to a workload.
+type IdlePolicy struct {
+	// Source is the policy file's path, or "flags" without one.
+	Source string `json:"source"`
+	// Group is the owner's group and GroupSource how it was found:
+	// "members-file", "inline-members" or "default_group" ("" with flags).
+	Group       string `json:"group"`
+	GroupSource string `json:"group_source"`
+	// IdleTimeoutH is the timeout in hours (null: none or exempt), and
+	// TimeoutSource where it came from: "user-override", "group",
+	// "defaults", "container_types.<type>", or "none".
+	IdleTimeoutH        *float64 `json:"idle_timeout_h"`
+	TimeoutSource       string   `json:"timeout_source"`
+	IdleDetectionWindow int      `json:"idle_detection_window"`
+	GracePeriodM        float64  `json:"grace_period_m"`
 }
 
 // UserSignal is one owner signal: which source said which user.
