@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,7 @@ type config struct {
 	webListen                                   []string
 	metricsListen                               string
 	webConfigFile                               string
+	webMaxConns                                 int
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	gpuInterval, gpuConfirmAfter                time.Duration
@@ -120,6 +122,7 @@ func newApp(c *config, set map[string]*bool) *kingpin.Application {
 	if f := app.GetFlag("web.systemd-socket"); f != nil {
 		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
+	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(metrics.DefaultMaxConnections)).IntVar(&c.webMaxConns)
 	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
 	for _, f := range app.Model().Flags {
 		if !f.IsBoolFlag() {
@@ -207,6 +210,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 		return c, usageErr(stderr, "--event-debounce-max must not be below --event-debounce")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(stderr, "--docker-timeout must be positive")
+	case c.webMaxConns < 1:
+		return c, usageErr(stderr, "--web.max-connections must be at least 1")
 	case c.idleThreshold < 1 || c.idleThreshold > 100:
 		return c, usageErr(stderr, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
@@ -281,13 +286,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile,
+		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
 	}, log)
 	if err != nil {
-		log.Error("cannot build the Docker client", zap.Error(err))
+		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
 	defer d.Close()

@@ -136,6 +136,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	res := reconcile.Reconcile(s.reported, facts, s.rules)
 	s.noteHealth("docker", facts.DockerErr)
 	s.noteHealth("gpu", facts.GPUErr)
+	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
 		s.cfg.Log.Warn(w.Message, w.Fields...)
 	}

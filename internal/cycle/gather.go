@@ -1,8 +1,10 @@
 package cycle
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
@@ -28,7 +30,7 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	var f reconcile.Facts
 	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
 	if f.DockerErr == nil {
-		f.InitUIDs = s.initUIDs(f.Docker.Containers)
+		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
 	}
 	f.GPUErr = errNoGPUSource
 	if s.sampler != nil {
@@ -38,6 +40,7 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	}
 	if f.GPUErr == nil {
 		f.Inits = s.readInits(f)
+		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
 	}
 	if full && f.DockerErr == nil && s.cfg.Activity != nil {
 		f.Activity = s.readActivity(f.Docker.Containers)
@@ -47,9 +50,37 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	return f
 }
 
+// readFailed reports whether a read of p's facts failed for a reason
+// other than the process being gone.
+func readFailed(p reconcile.Proc) bool {
+	return proc.ReadFailed(p.CgroupErr) || proc.ReadFailed(p.UIDErr) || proc.ReadFailed(p.StartErr)
+}
+
+// procErr returns the first /proc read of this cycle's GPU processes and
+// init processes that failed for a reason other than the process being
+// gone (proc.ReadFailed), or nil.
+func procErr(f reconcile.Facts) error {
+	for pid, p := range f.Procs {
+		for _, err := range []error{p.CgroupErr, p.UIDErr, p.StartErr} {
+			if proc.ReadFailed(err) {
+				return fmt.Errorf("pid %d: %w", pid, err)
+			}
+		}
+	}
+	for id, in := range f.Inits {
+		if proc.ReadFailed(in.CgroupErr) {
+			return fmt.Errorf("init process of container %.12s: %w", id, in.CgroupErr)
+		}
+	}
+	return nil
+}
+
 // initUIDs reads the real UID of each running container's init process,
 // once per container and PID, and forgets the containers no longer listed.
-func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
+// A read that fails for a reason other than the process being gone keeps
+// what was known and is returned as the /proc source's error.
+func (s *Scanner) initUIDs(list []docker.Container) (map[string]uint32, error) {
+	var failed error
 	out := map[string]uint32{} // running containers only: not sized by the list
 	seen := make(map[string]initProc, len(s.inits))
 	for _, c := range list {
@@ -59,6 +90,13 @@ func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
 		p, ok := s.inits[c.ID]
 		if !ok || p.pid != c.Pid {
 			uid, err := s.cfg.Proc.UID(c.Pid)
+			if proc.ReadFailed(err) {
+				failed = cmp.Or(failed, fmt.Errorf("init process %d: %w", c.Pid, err))
+				if ok { // keep what was known
+					seen[c.ID], out[c.ID] = p, p.uid
+				}
+				continue
+			}
 			if err != nil {
 				continue
 			}
@@ -67,7 +105,7 @@ func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
 		seen[c.ID], out[c.ID] = p, p.uid
 	}
 	s.inits = seen
-	return out
+	return out, failed
 }
 
 // readProc reads what attribution needs about one GPU process.

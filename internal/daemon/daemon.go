@@ -22,6 +22,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/internal/userdb"
 )
@@ -42,6 +43,7 @@ type Config struct {
 	DebounceMax           time.Duration // how far that wait grows under continuous churn
 	WebListenAddresses    []string      // the metrics endpoint's addresses; none: no endpoint
 	WebConfigFile         string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
+	WebMaxConnections     int           // connections the endpoint serves at once; 0: the default
 	DryRun                bool          // Once only: write nothing
 	Version               string
 	IdleThreshold         int           // percent SM; 0: the default
@@ -64,18 +66,34 @@ type Daemon struct {
 	docker  *docker.Source
 	gpus    *gpu.Source
 	scanner *cycle.Scanner
-	policy  *policy.Policy // the last good one
+	lock    *statefile.Lock // nil with DryRun
+	policy  *policy.Policy  // the last good one
 }
 
 // New builds the daemon: one Docker client and one NVML handle for its
-// whole life, and a scanner that has loaded the last state.
+// whole life, and a scanner that has loaded the last state. Unless DryRun,
+// it first takes the state file's lock (one daemon per state file: a
+// *statefile.HeldError names the holder) and refuses a state file a newer
+// version wrote (inventory.ErrNewerSchema), leaving it untouched.
 func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	var lock *statefile.Lock
+	if !cfg.DryRun {
+		var err error
+		if lock, err = statefile.TakeLock(cfg.StateFile); err != nil {
+			return nil, err
+		}
+		if err := statefile.CheckSchema(cfg.StateFile); err != nil {
+			lock.Release()
+			return nil, err
+		}
+	}
 	dk, err := docker.New(cfg.DockerHost, cfg.DockerTimeout)
 	if err != nil {
-		return nil, err
+		lock.Release()
+		return nil, fmt.Errorf("cannot build the Docker client: %w", err)
 	}
 	var opts []nvml.LibraryOption
 	if cfg.NVMLLibrary != "" {
@@ -83,7 +101,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	}
 	gpus := gpu.New(nvml.New(opts...))
 	gpus.Log = log
-	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus}
+	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, lock: lock}
 	pol := d.loadPolicy(nil)
 	if cfg.PolicyFile != "" && pol.Source() != "flags" {
 		d.policy = pol
@@ -135,10 +153,12 @@ func (d *Daemon) reload() {
 	d.scanner.SetPolicy(d.policy)
 }
 
-// Close releases the Docker client and the NVML handle.
+// Close releases the Docker client, the NVML handle and the state file's
+// lock.
 func (d *Daemon) Close() {
 	d.gpus.Close()
 	d.docker.Close()
+	d.lock.Release()
 }
 
 // Once runs one scan under the scan deadline (--once).
@@ -174,7 +194,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if len(d.cfg.WebListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, Log: webLogger(d.log)})
+		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: webLogger(d.log)})
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
 				strings.Join(d.cfg.WebListenAddresses, ", "), err)

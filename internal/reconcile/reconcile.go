@@ -11,6 +11,7 @@
 package reconcile
 
 import (
+	"fmt"
 	"sort"
 	"time"
 
@@ -44,6 +45,12 @@ type Facts struct {
 	GPUErr     error
 	// Procs holds the /proc facts of each PID in GPU.
 	Procs map[int]Proc
+	// ProcErr is set when /proc could not be read for a reason other than
+	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
+	// GPU attribution of the cycle then stands on nothing: the last known
+	// GPU use is kept, as while the GPU source fails, and no transition is
+	// derived from /proc.
+	ProcErr error
 	// Samples are the GPU sampler's listings since the last scan, oldest
 	// first: the first is the newest of the last scan's batch (accounted up
 	// to its time), the last is the one GPU and Procs describe. nil without
@@ -164,6 +171,10 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
 
 	next.Sources.GPU = health(prev.Sources.GPU, f.GPUErr, now)
+	next.Sources.Proc = health(prev.Sources.Proc, f.ProcErr, now)
+	if f.GPUErr == nil && f.ProcErr != nil { // NVML's list cannot be attributed
+		f.GPUErr = fmt.Errorf("/proc unreadable: %w", f.ProcErr)
+	}
 	if f.GPUErr != nil { // keep what was known of GPU use
 		for _, k := range active { // the settled ones are their last entries already
 			if o, ok := prev.Containers[k]; ok {

@@ -371,6 +371,10 @@ type MIGInfo struct {
 type Sources struct {
 	Docker SourceHealth `json:"docker"`
 	GPU    SourceHealth `json:"gpu"`
+	// Proc is /proc: failing when a read failed for a reason other than a
+	// process being gone (too many open files, permission, I/O). GPU use
+	// is then the last known, as when the GPU source fails.
+	Proc SourceHealth `json:"proc"`
 }
 
 // SourceHealth is the health of one input.
