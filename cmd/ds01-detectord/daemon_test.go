@@ -79,7 +79,15 @@ func withListen(args []string) []string {
 // startDaemonEnv runs the binary with extra environment variables.
 func startDaemonEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(daemonBinary(t), append([]string{"--log-format", "console"}, withListen(args)...)...), done: make(chan struct{})}
+	return startDaemonUnder(t, env, nil, args...)
+}
+
+// startDaemonUnder runs the binary through wrapper (a command that execs
+// its arguments, such as prlimit), with extra environment variables.
+func startDaemonUnder(t *testing.T, env, wrapper []string, args ...string) *proc {
+	t.Helper()
+	argv := append(append(append([]string{}, wrapper...), daemonBinary(t), "--log-format", "console"), withListen(args)...)
+	p := &proc{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}

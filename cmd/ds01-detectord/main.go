@@ -17,10 +17,12 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	units "github.com/docker/go-units"
 	promversion "github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 	"go.uber.org/zap"
@@ -28,6 +30,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -54,17 +57,24 @@ type config struct {
 	webListen                                   []string
 	metricsListen                               string
 	webConfigFile                               string
+	webMaxConns                                 int
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	gpuInterval, gpuConfirmAfter                time.Duration
 	keepSecrets                                 bool
+	policyFile, cgroupRoot                      string
+	idleCPU                                     float64
+	idleNet                                     string
+	idleWindow                                  int
+	idleGrace                                   time.Duration
+	idle                                        policy.Thresholds
 	stateGroup                                  string
 	once, dryRun, showVersion                   bool
 }
 
 const help = `Scans the containers and GPU processes of this host, rewrites the state file
 each cycle and appends transitions to the event log. Runs as a systemd
-Type=notify service; SIGHUP forces a rescan.
+Type=notify service; SIGHUP forces a rescan and reads --policy again.
 
 Examples:
   ds01-detectord --once --dry-run          print what a scan sees, write nothing
@@ -95,6 +105,12 @@ func newApp(c *config, set map[string]*bool) *kingpin.Application {
 	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default("30m").DurationVar(&c.idleAfter)
 	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default("1s").DurationVar(&c.gpuInterval)
 	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
+	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
+	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
+	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").PlaceHolder("BYTES").StringVar(&c.idleNet)
+	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)
+	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default("30m").DurationVar(&c.idleGrace)
+	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default("/sys/fs/cgroup").PlaceHolder("DIR").StringVar(&c.cgroupRoot)
 	app.Flag("keep-secrets", "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked").BoolVar(&c.keepSecrets)
 	app.Flag("state-group", "make the state file 0640 and owned by this group, instead of world-readable 0644").PlaceHolder("GROUP").StringVar(&c.stateGroup)
 	app.Flag("once", "run one cycle, write state and events, and exit").BoolVar(&c.once)
@@ -106,6 +122,7 @@ func newApp(c *config, set map[string]*bool) *kingpin.Application {
 	if f := app.GetFlag("web.systemd-socket"); f != nil {
 		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
+	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(metrics.DefaultMaxConnections)).IntVar(&c.webMaxConns)
 	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
 	for _, f := range app.Model().Flags {
 		if !f.IsBoolFlag() {
@@ -193,6 +210,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 		return c, usageErr(stderr, "--event-debounce-max must not be below --event-debounce")
 	case c.dockerTimeout <= 0:
 		return c, usageErr(stderr, "--docker-timeout must be positive")
+	case c.webMaxConns < 1:
+		return c, usageErr(stderr, "--web.max-connections must be at least 1")
 	case c.idleThreshold < 1 || c.idleThreshold > 100:
 		return c, usageErr(stderr, "--gpu-idle-threshold must be between 1 and 100")
 	case c.idleAfter <= 0:
@@ -201,9 +220,16 @@ func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 		return c, usageErr(stderr, "--gpu-interval must be at least 10ms")
 	case c.gpuConfirmAfter <= 0:
 		return c, usageErr(stderr, "--gpu-confirm-after must be positive")
+	case c.idleCPU < 0 || c.idleWindow < 1 || c.idleGrace < 0:
+		return c, usageErr(stderr, "--idle-cpu-threshold and --idle-grace must not be negative, --idle-window at least 1")
 	case c.stateFile == "" || c.eventsFile == "":
 		return c, usageErr(stderr, "--state-file and --events-file must not be empty")
 	}
+	net, err := units.RAMInBytes(c.idleNet)
+	if err != nil || net < 0 {
+		return c, usageErr(stderr, fmt.Sprintf("--idle-net-threshold %q: want bytes, as 1MiB or 1048576", c.idleNet))
+	}
+	c.idle = policy.Thresholds{GPUPercent: float64(c.idleThreshold), CPUPercent: c.idleCPU, NetBytes: float64(net), Window: c.idleWindow, Grace: c.idleGrace}
 	return c, nil
 }
 
@@ -260,12 +286,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile,
+		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
+		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
 	}, log)
 	if err != nil {
-		log.Error("cannot build the Docker client", zap.Error(err))
+		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
 	defer d.Close()

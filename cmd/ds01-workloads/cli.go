@@ -47,7 +47,7 @@ func listFlags(fs *pflag.FlagSet, m *listMode) {
 }
 
 func reportFlags(fs *pflag.FlagSet, o *reportMode) {
-	fs.StringVar(&o.file, "events-file", event.DefaultPath, "event log (its archives <file>-* are read too)")
+	fs.StringVar(&o.file, "events-file", event.DefaultPath, "event log (its logrotate archives <file>-YYYYMMDD[.gz] and <file>.N[.gz] are read too)")
 	fs.StringVar(&o.stateFile, "state-file", inventory.DefaultPath, "state file, for the workloads still running")
 	fs.StringVar(&o.since, "since", "30d", "start of the period (RFC 3339, 2026-02-04, or 30d back from now)")
 	fs.StringVar(&o.until, "until", "", "end of the period (default now)")

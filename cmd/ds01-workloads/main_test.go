@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -403,8 +404,9 @@ func TestHelpThroughAPipe(t *testing.T) {
 	}
 }
 
-// /var/log/ds01 is group-writable: a FIFO planted as the event log or as
-// an archive is refused, not waited on.
+// /var/log/ds01 is group-writable: a FIFO planted as the event log is
+// refused, not waited on; one planted as an archive is skipped with a
+// warning and the report goes on.
 func TestPlantedFIFOsAreRefused(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "events.jsonl")
@@ -419,7 +421,7 @@ func TestPlantedFIFOsAreRefused(t *testing.T) {
 	if err := syscall.Mkfifo(log+"-20260101.gz", 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", td("held.json")}, false, nil); rc != 1 || !strings.Contains(errb, "not a regular file") {
+	if _, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", td("held.json")}, false, nil); rc != 0 || !strings.Contains(errb, "not a regular file") || !strings.Contains(errb, "skipped") {
 		t.Errorf("report over a FIFO archive: exit %d, %q", rc, errb)
 	}
 }
@@ -611,3 +613,127 @@ func TestEventDetailsAsKeyValues(t *testing.T) {
 		}
 	}
 }
+
+// Only files named as logrotate names archives are read: a planted
+// events.jsonl-2020.gz.txt is not, and a FIFO named events.jsonl-x does
+// not fail the report.
+func TestReportReadsOnlyLogrotateArchives(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "events.jsonl")
+	exit := func(user string, held int) string {
+		return `{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_exited","schema_version":"1","user":"` + user +
+			`","details":{"container_id":"` + strings.Repeat(user[:1], 12) + `","gpu_held_seconds":` + fmt.Sprint(held) + `}}` + "\n"
+	}
+	os.WriteFile(log, []byte(exit("alice", 60)), 0o644)
+	os.WriteFile(log+"-20260201", []byte(exit("bob", 120)), 0o644)
+	os.WriteFile(log+".1", []byte(exit("carol", 180)), 0o644)
+	os.WriteFile(log+"-2020.gz.txt", []byte(exit("mallory", 360000)), 0o644)
+	os.WriteFile(log+".bak", []byte(exit("mallory", 360000)), 0o644)
+	if err := syscall.Mkfifo(log+"-x", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", filepath.Join(dir, "none.json"), "--since", "2026-01-01", "--csv"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb)
+	}
+	for _, want := range []string{"alice,1,", "bob,1,", "carol,1,"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "mallory") {
+		t.Errorf("a file not named as an archive was read:\n%s", out)
+	}
+}
+
+// CSV cells a spreadsheet would run as formulas get a leading ' (OWASP).
+func TestReportCSVDefusesFormulas(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "events.jsonl")
+	exit := func(user, id string) string {
+		return `{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_exited","schema_version":"1","user":` + fmt.Sprintf("%q", user) +
+			`,"details":{"container_id":"` + id + `","gpu_held_seconds":60}}` + "\n"
+	}
+	line := exit(`=cmd|' /C calc'!A0`, "aaaaaaaaaaaa") + exit(`@SUM(1+1)*cmd|' /C calc'!A0`, "bbbbbbbbbbbb")
+	os.WriteFile(log, []byte(line), 0o644)
+	out, errb, rc := invoke([]string{"report", "--events-file", log, "--state-file", filepath.Join(dir, "none.json"), "--since", "2026-01-01", "--csv"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb)
+	}
+	if !strings.Contains(out, "\n'=cmd|' /C calc'!A0,") || !strings.Contains(out, "\n'@SUM(1+1)*cmd|' /C calc'!A0,") {
+		t.Errorf("formula cell not defused:\n%s", out)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+		if strings.ContainsAny(l[:1], "=+-@\t\r") {
+			t.Errorf("a cell starts a formula: %q", l)
+		}
+	}
+	for _, c := range []string{"=1", "+1", "-1", "@x", "\tx", "\rx"} {
+		if got := workloads.CSVCell(c); got != "'"+c {
+			t.Errorf("CSVCell(%q) = %q", c, got)
+		}
+	}
+	if got := workloads.CSVCell("alice"); got != "alice" {
+		t.Errorf("CSVCell(alice) = %q", got)
+	}
+}
+
+// --format prints fields escaped as the table prints them: a container
+// named with an escape sequence does not reach the terminal raw.
+func TestFormatEscapesAsTheTableDoes(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state.json")
+	body := `{"schema_version": 2, "last_scan": "2026-02-04T10:30:00Z", "containers": {"abc123def456": {"id": "abc123def456",
+		"name": "x\u001b[2J\u001b]0;pwned\u0007\u202ey", "user": "alice", "status": "running", "origin": "raw-docker", "image": "img\u0085"}}}`
+	if err := os.WriteFile(state, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errb, rc := invoke([]string{"--state-file", state, "--all", "--format", "{{.Name}} {{.Image}} {{.User}}"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb)
+	}
+	if strings.ContainsAny(out, "\x1b\x07\u202e\u0085") {
+		t.Fatalf("raw control characters in --format output: %q", out)
+	}
+	if want := `x\x1b[2J\x1b]0;pwned\a\u202ey img\u0085 alice` + "\n"; out != want {
+		t.Errorf("--format output %q, want %q", out, want)
+	}
+}
+
+// events --follow reads what was appended in bounded chunks: a huge
+// append (a 3 MB line, then events) is skipped, and the events after it
+// are printed.
+func TestFollowReadsInChunks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	os.WriteFile(path, nil, 0o644)
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- workloads.Follow(ctx, path, 0, workloads.EventFilter{}, &workloads.EventPrinter{Out: &out, JSON: true}, 20*time.Millisecond)
+	}()
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	huge := `{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_exited","user":"mallory","details":{"x":"` + strings.Repeat("A", 3<<20) + `"}}` + "\n"
+	f.WriteString(huge + `{"timestamp":"2026-02-04T10:01:00Z","event_type":"detection.container_exited","user":"carol"}` + "\n")
+	f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "carol") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if s := out.String(); !strings.Contains(s, "carol") || strings.Contains(s, "mallory") {
+		t.Errorf("followed:\n%.300s", s)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

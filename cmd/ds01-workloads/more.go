@@ -17,8 +17,9 @@ const reportUsage = `Usage: ds01-workloads report [flags]
 
 GPU-hours allocated, held and busy, and efficiency (busy/held), per user
 (or per origin or GPU), from the exited events in the event log and its
-rotated archives (events.jsonl-*.gz), plus the workloads still running at
-the last scan. Each workload counts once, in the period of its exit.
+rotated archives (events.jsonl-YYYYMMDD[.gz] and events.jsonl.N[.gz], as
+logrotate names them), plus the workloads still running at the last scan.
+Each workload counts once, in the period of its exit.
 
   allocated  running time x GPUs its configuration grants
   held       time x GPUs it had processes on
@@ -41,7 +42,9 @@ func runReport(o reportMode, e env) int {
 		return usageErr(e, "--json and --csv: pick one")
 	}
 	now := e.now()
-	in := workloads.ReportInput{By: *by, EventsFile: *file}
+	in := workloads.ReportInput{By: *by, EventsFile: *file, Warn: func(msg string) {
+		fmt.Fprintln(e.stderr, "ds01-workloads: warning:", msg)
+	}}
 	var err error
 	if *since != "" {
 		if in.Since, err = parseWhen(*since, now); err != nil {

@@ -18,7 +18,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -60,6 +62,12 @@ type Config struct {
 	// defaults, 5 % and 30 minutes).
 	IdleThreshold int
 	IdleAfter     time.Duration
+	// Activity reads the running containers' cgroups and network
+	// namespaces at each reconciliation scan; nil: not read.
+	Activity *activity.Reader
+	// Policy is the idle verdict's rule (nil: policy.Defaults); SetPolicy
+	// replaces it.
+	Policy *policy.Policy
 	// ConfirmAfter is --gpu-confirm-after, Interval --interval (see
 	// reconcile.Rules); zero: the defaults.
 	ConfirmAfter time.Duration
@@ -91,7 +99,7 @@ func New(cfg Config) *Scanner {
 	s := &Scanner{
 		cfg: cfg,
 		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
-			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.ConfirmAfter, Interval: cfg.Interval},
+			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.ConfirmAfter, Interval: cfg.Interval, Policy: cfg.Policy},
 		failing: map[string]string{},
 	}
 	if cfg.GPU != nil {
@@ -104,6 +112,10 @@ func New(cfg Config) *Scanner {
 	}
 	return s
 }
+
+// SetPolicy replaces the idle verdict's rule from the next scan on. Call
+// it between scans (the loop's goroutine).
+func (s *Scanner) SetPolicy(p *policy.Policy) { s.rules.Policy = p }
 
 // Sampler is the GPU sampler the scans take their samples from (nil
 // without a GPU source); the daemon runs it on its own clock.
@@ -124,6 +136,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	res := reconcile.Reconcile(s.reported, facts, s.rules)
 	s.noteHealth("docker", facts.DockerErr)
 	s.noteHealth("gpu", facts.GPUErr)
+	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
 		s.cfg.Log.Warn(w.Message, w.Fields...)
 	}

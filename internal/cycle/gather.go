@@ -1,11 +1,15 @@
 package cycle
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -26,7 +30,7 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	var f reconcile.Facts
 	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
 	if f.DockerErr == nil {
-		f.InitUIDs = s.initUIDs(f.Docker.Containers)
+		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
 	}
 	f.GPUErr = errNoGPUSource
 	if s.sampler != nil {
@@ -36,15 +40,47 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	}
 	if f.GPUErr == nil {
 		f.Inits = s.readInits(f)
+		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
+	}
+	if full && f.DockerErr == nil && s.cfg.Activity != nil {
+		f.Activity = s.readActivity(f.Docker.Containers)
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
 	return f
 }
 
+// readFailed reports whether a read of p's facts failed for a reason
+// other than the process being gone.
+func readFailed(p reconcile.Proc) bool {
+	return proc.ReadFailed(p.CgroupErr) || proc.ReadFailed(p.UIDErr) || proc.ReadFailed(p.StartErr)
+}
+
+// procErr returns the first /proc read of this cycle's GPU processes and
+// init processes that failed for a reason other than the process being
+// gone (proc.ReadFailed), or nil.
+func procErr(f reconcile.Facts) error {
+	for pid, p := range f.Procs {
+		for _, err := range []error{p.CgroupErr, p.UIDErr, p.StartErr} {
+			if proc.ReadFailed(err) {
+				return fmt.Errorf("pid %d: %w", pid, err)
+			}
+		}
+	}
+	for id, in := range f.Inits {
+		if proc.ReadFailed(in.CgroupErr) {
+			return fmt.Errorf("init process of container %.12s: %w", id, in.CgroupErr)
+		}
+	}
+	return nil
+}
+
 // initUIDs reads the real UID of each running container's init process,
 // once per container and PID, and forgets the containers no longer listed.
-func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
+// A read that fails for a reason other than the process being gone keeps
+// what was known and is returned as the /proc source's error.
+func (s *Scanner) initUIDs(list []docker.Container) (map[string]uint32, error) {
+	var failed error
 	out := map[string]uint32{} // running containers only: not sized by the list
 	seen := make(map[string]initProc, len(s.inits))
 	for _, c := range list {
@@ -54,6 +90,13 @@ func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
 		p, ok := s.inits[c.ID]
 		if !ok || p.pid != c.Pid {
 			uid, err := s.cfg.Proc.UID(c.Pid)
+			if proc.ReadFailed(err) {
+				failed = cmp.Or(failed, fmt.Errorf("init process %d: %w", c.Pid, err))
+				if ok { // keep what was known
+					seen[c.ID], out[c.ID] = p, p.uid
+				}
+				continue
+			}
 			if err != nil {
 				continue
 			}
@@ -62,7 +105,7 @@ func (s *Scanner) initUIDs(list []docker.Container) map[string]uint32 {
 		seen[c.ID], out[c.ID] = p, p.uid
 	}
 	s.inits = seen
-	return out
+	return out, failed
 }
 
 // readProc reads what attribution needs about one GPU process.
@@ -96,14 +139,16 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 	}
 	out := map[string]reconcile.Init{}
 	read := func(p *reconcile.Proc) {
-		id := p.Cgroup.ID
-		if _, done := out[id]; done || id == "" || pids[id] <= 0 {
-			return
+		for _, c := range p.Cgroup.Chain() { // every container the path names
+			id := c.ID
+			if _, done := out[id]; done || pids[id] <= 0 {
+				continue
+			}
+			var in reconcile.Init
+			in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
+			in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
+			out[id] = in
 		}
-		var in reconcile.Init
-		in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
-		in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
-		out[id] = in
 	}
 	for _, p := range f.Procs {
 		read(&p)
@@ -158,4 +203,16 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 		}
 	}
 	return names
+}
+
+// readActivity reads the cgroup and network namespace of every running
+// container. Only reconciliation scans read it: the verdict counts them.
+func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Sample {
+	running := make([]activity.Container, 0, len(list)/4)
+	for _, c := range list {
+		if c.Pid > 0 {
+			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid})
+		}
+	}
+	return s.cfg.Activity.Read(running, time.Now)
 }

@@ -49,6 +49,10 @@ type Sampler struct {
 type known struct {
 	facts *reconcile.Proc
 	first time.Time // first sighting
+	// failed: a read of the facts failed for a reason other than the
+	// process being gone (proc.ReadFailed: EMFILE, EIO): read again at the
+	// next sample instead of keeping the failure for the process's life.
+	failed bool
 }
 
 // maxBatch bounds the samples kept while no scan takes them (scans stuck
@@ -147,12 +151,16 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 	for i, p := range rep.Processes {
 		k, ok := next[p.Pid]
 		if !ok {
-			if k, ok = s.known[p.Pid]; !ok {
+			if k, ok = s.known[p.Pid]; !ok || k.failed {
 				pf := readProc(s.fs, p.Pid)
 				if pf.StartErr == nil && !s.boot.IsZero() {
 					pf.Started = proc.Started(s.boot, pf.StartTime)
 				}
-				k = known{facts: &pf, first: at}
+				first := at
+				if ok {
+					first = k.first
+				}
+				k = known{facts: &pf, first: first, failed: readFailed(pf)}
 				changed = true
 			}
 			next[p.Pid] = k

@@ -17,9 +17,12 @@ import (
 	"github.com/ds01/ds01-detectord/internal/cycle"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
+	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/internal/userdb"
 )
@@ -40,12 +43,20 @@ type Config struct {
 	DebounceMax           time.Duration // how far that wait grows under continuous churn
 	WebListenAddresses    []string      // the metrics endpoint's addresses; none: no endpoint
 	WebConfigFile         string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
+	WebMaxConnections     int           // connections the endpoint serves at once; 0: the default
 	DryRun                bool          // Once only: write nothing
 	Version               string
 	IdleThreshold         int           // percent SM; 0: the default
 	IdleAfter             time.Duration // 0: the default
+	CgroupRoot            string        // "" : /sys/fs/cgroup
 	GPUInterval           time.Duration // time between GPU samples; 0: 1 s
 	GPUConfirmAfter       time.Duration // 0: the default (5 s)
+	// PolicyFile is the site's resource-limits.yaml ("": none, the
+	// thresholds below apply); it is read again on SIGHUP.
+	PolicyFile string
+	// Idle holds the idle verdict's thresholds without a policy file
+	// (zero: policy.Defaults).
+	Idle policy.Thresholds
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -55,17 +66,34 @@ type Daemon struct {
 	docker  *docker.Source
 	gpus    *gpu.Source
 	scanner *cycle.Scanner
+	lock    *statefile.Lock // nil with DryRun
+	policy  *policy.Policy  // the last good one
 }
 
 // New builds the daemon: one Docker client and one NVML handle for its
-// whole life, and a scanner that has loaded the last state.
+// whole life, and a scanner that has loaded the last state. Unless DryRun,
+// it first takes the state file's lock (one daemon per state file: a
+// *statefile.HeldError names the holder) and refuses a state file a newer
+// version wrote (inventory.ErrNewerSchema), leaving it untouched.
 func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	var lock *statefile.Lock
+	if !cfg.DryRun {
+		var err error
+		if lock, err = statefile.TakeLock(cfg.StateFile); err != nil {
+			return nil, err
+		}
+		if err := statefile.CheckSchema(cfg.StateFile); err != nil {
+			lock.Release()
+			return nil, err
+		}
+	}
 	dk, err := docker.New(cfg.DockerHost, cfg.DockerTimeout)
 	if err != nil {
-		return nil, err
+		lock.Release()
+		return nil, fmt.Errorf("cannot build the Docker client: %w", err)
 	}
 	var opts []nvml.LibraryOption
 	if cfg.NVMLLibrary != "" {
@@ -73,19 +101,64 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	}
 	gpus := gpu.New(nvml.New(opts...))
 	gpus.Log = log
+	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, lock: lock}
+	pol := d.loadPolicy(nil)
+	if cfg.PolicyFile != "" && pol.Source() != "flags" {
+		d.policy = pol
+	}
 	sc := cycle.New(cycle.Config{
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
 		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,
+		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot), Policy: pol,
 	})
-	return &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, scanner: sc}, nil
+	d.scanner = sc
+	return d, nil
 }
 
-// Close releases the Docker client and the NVML handle.
+// loadPolicy reads the policy file. On failure it logs one error and
+// returns last (the last good policy), or, at start, the flags' rule.
+func (d *Daemon) loadPolicy(last *policy.Policy) *policy.Policy {
+	th := d.cfg.Idle
+	if th == (policy.Thresholds{}) {
+		th = policy.Defaults
+	}
+	if d.cfg.PolicyFile == "" {
+		return policy.FromFlags(th)
+	}
+	p, warnings, err := policy.Load(d.cfg.PolicyFile)
+	for _, w := range warnings {
+		d.log.Warn("policy: "+w, zap.String("policy_file", d.cfg.PolicyFile))
+	}
+	switch {
+	case err != nil && last != nil:
+		d.log.Error("policy file not loaded; keeping the last good policy", zap.String("policy_file", d.cfg.PolicyFile), zap.Error(err))
+		return last
+	case err != nil:
+		d.log.Error("policy file not loaded; the idle thresholds of the flags apply, with no timeout, until it loads (SIGHUP)",
+			zap.String("policy_file", d.cfg.PolicyFile), zap.Error(err))
+		return policy.FromFlags(th)
+	}
+	d.log.Info("policy loaded", zap.String("policy_file", d.cfg.PolicyFile))
+	return p
+}
+
+// reload reads the policy file again (SIGHUP).
+func (d *Daemon) reload() {
+	if d.cfg.PolicyFile == "" {
+		return
+	}
+	d.policy = d.loadPolicy(d.policy)
+	d.scanner.SetPolicy(d.policy)
+}
+
+// Close releases the Docker client, the NVML handle and the state file's
+// lock.
 func (d *Daemon) Close() {
 	d.gpus.Close()
 	d.docker.Close()
+	d.lock.Release()
 }
 
 // Once runs one scan under the scan deadline (--once).
@@ -121,7 +194,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if len(d.cfg.WebListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, Log: webLogger(d.log)})
+		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: webLogger(d.log)})
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
 				strings.Join(d.cfg.WebListenAddresses, ", "), err)
@@ -160,5 +233,5 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		go smp.Run(ctx, every, min(d.cfg.ScanTimeout, 5*every+time.Second), changed)
 	}
-	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle})
+	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle, OnHUP: d.reload})
 }

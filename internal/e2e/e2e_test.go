@@ -335,7 +335,7 @@ func TestUnderRealSystemd(t *testing.T) {
 	if v, _ := strconv.ParseFloat(mm[1], 64); v > 2.5 {
 		t.Errorf("exposure %s above 2.5", mm[1])
 	}
-	for prop, want := range map[string]string{"MemoryMax": "268435456", "TasksMax": "128", "LimitNOFILE": "1024"} {
+	for prop, want := range map[string]string{"MemoryMax": "268435456", "TasksMax": "128", "LimitNOFILE": "8192"} {
 		if got := m.prop(prop); got != want {
 			t.Errorf("%s=%s, want %s", prop, got, want)
 		}

@@ -34,6 +34,9 @@ type Options struct {
 	Trigger <-chan struct{}
 	// OnCycle, when set, sees every finished cycle.
 	OnCycle func(summary.Summary)
+	// OnHUP, when set, runs on SIGHUP before the rescan it asks for (the
+	// daemon reloads its policy file there).
+	OnHUP func()
 	// Ticks replaces the interval ticker (tests).
 	Ticks <-chan time.Time
 	// StuckGrace is how long past its deadline a scan may run before the
@@ -125,6 +128,9 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 		case <-ticks:
 		case <-hup:
 			log.Info("rescan requested (SIGHUP)")
+			if opt.OnHUP != nil {
+				opt.OnHUP()
+			}
 		case <-opt.Trigger:
 			full = false
 		case s := <-sigs:

@@ -62,7 +62,7 @@ var (
 	descLastScan = prometheus.NewDesc("ds01_detector_last_scan_timestamp_seconds",
 		"Unix time of the last completed scan (the state file's last_scan).", nil, nil)
 	descSourceUp = prometheus.NewDesc("ds01_detector_source_up",
-		"1 when the source (docker, gpu) answered in the last scan, 0 when it failed.", []string{"source"}, nil)
+		"1 when the source (docker, gpu, proc) answered in the last scan, 0 when it failed.", []string{"source"}, nil)
 	descContainers = prometheus.NewDesc("ds01_containers",
 		"Containers by origin, Docker status and GPU access.", []string{"origin", "status", "has_gpu"}, nil)
 	descHostProcs = prometheus.NewDesc("ds01_host_gpu_processes",
@@ -115,7 +115,7 @@ func New(version string) *Metrics {
 		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ds01_user_gpu_busy_seconds_total", Help: "GPU-seconds a user's workloads were at or above --gpu-idle-threshold.",
 		}, []string{"user"}),
-		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second,
 	}
 	var opts []versioncollector.Option
 	if version != "" {
@@ -199,6 +199,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.Docker), "docker")
 	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.GPU), "gpu")
+	ch <- prometheus.MustNewConstMetric(descSourceUp, prometheus.GaugeValue, up(st.Sources.Proc), "proc")
 
 	ch <- prometheus.MustNewConstMetric(descExcluded, prometheus.GaugeValue, float64(s.Excluded))
 	now := st.LastScan
@@ -256,13 +257,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
 	without := 0
-	hostGPUs := len(st.GPUs)
+
 	for _, ct := range st.Containers {
 		user, id := ct.User, ct.ID
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
 		if ct.Status == "running" && ct.HasGPU {
-			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(hostGPUs)), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(st.GPUs)), KindContainer, lv(id), lv(user))
 		}
 		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {

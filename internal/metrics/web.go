@@ -29,6 +29,11 @@ type Web struct {
 	// ConfigFile is the exporter-toolkit web configuration (TLS, basic
 	// auth, headers); "" serves plain HTTP without authentication.
 	ConfigFile string
+	// MaxConnections caps the connections served at once; those over it
+	// are closed as soon as they are accepted. 0: DefaultMaxConnections.
+	// It is lowered to leave ReserveFiles descriptors free
+	// (FitConnections).
+	MaxConnections int
 	// Log receives the toolkit's messages; nil discards them. The HTTP
 	// server's own errors (TLS handshakes that fail, clients that go away)
 	// go to it at debug level, so that they do not fill the journal.
@@ -54,6 +59,16 @@ func (m *Metrics) Listen(w Web) ([]net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	want := w.MaxConnections
+	if want <= 0 {
+		want = DefaultMaxConnections
+	}
+	// The cap is shared by every address: it protects one descriptor table.
+	limit, lowered := FitConnections(want)
+	if lowered {
+		log.Warn("--web.max-connections lowered to keep descriptors for the daemon's own files; raise LimitNOFILE", "wanted", want, "max_connections", limit)
+	}
+	shared := &connLimit{max: int64(limit)}
 	var lns []net.Listener
 	for _, addr := range w.ListenAddresses {
 		ln, err := net.Listen("tcp", addr)
@@ -63,7 +78,7 @@ func (m *Metrics) Listen(w Web) ([]net.Listener, error) {
 			}
 			return nil, err
 		}
-		lns = append(lns, ln)
+		lns = append(lns, &limitListener{Listener: ln, l: shared})
 	}
 	systemd := false
 	flags := &web.FlagConfig{WebListenAddresses: &w.ListenAddresses, WebSystemdSocket: &systemd, WebConfigFile: &w.ConfigFile}

@@ -11,10 +11,13 @@
 package reconcile
 
 import (
+	"fmt"
 	"sort"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -42,6 +45,12 @@ type Facts struct {
 	GPUErr     error
 	// Procs holds the /proc facts of each PID in GPU.
 	Procs map[int]Proc
+	// ProcErr is set when /proc could not be read for a reason other than
+	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
+	// GPU attribution of the cycle then stands on nothing: the last known
+	// GPU use is kept, as while the GPU source fails, and no transition is
+	// derived from /proc.
+	ProcErr error
 	// Samples are the GPU sampler's listings since the last scan, oldest
 	// first: the first is the newest of the last scan's batch (accounted up
 	// to its time), the last is the one GPU and Procs describe. nil without
@@ -50,6 +59,11 @@ type Facts struct {
 	// Inits holds, by full container ID, the /proc facts of the init
 	// process of each container a GPU process's cgroup names.
 	Inits map[string]Init
+
+	// Activity holds, by full container ID, what the cgroups and network
+	// namespaces of the running containers read this scan; nil when they
+	// were not read (an event scan: the last reading stands).
+	Activity map[string]activity.Sample
 
 	// Users maps UIDs to user names (NSS), for the UIDs above and those
 	// container names carry (see classify.NameUID). A UID missing here is
@@ -93,6 +107,8 @@ type Rules struct {
 	IdleThreshold int
 	IdleAfter     time.Duration
 	MaxGap        time.Duration
+	// Policy is the idle verdict's rule; nil: policy.Defaults, no timeout.
+	Policy *policy.Policy
 	// ConfirmAfter is how long a host GPU process must have been seen
 	// before it is confirmed (--gpu-confirm-after); Interval is --interval,
 	// the least time between two aggregate lines of one user's short
@@ -100,6 +116,15 @@ type Rules struct {
 	ConfirmAfter time.Duration
 	Interval     time.Duration
 }
+
+func (r Rules) policy() *policy.Policy {
+	if r.Policy == nil {
+		return flagsPolicy
+	}
+	return r.Policy
+}
+
+var flagsPolicy = policy.FromFlags(policy.Defaults)
 
 // Result is the outcome of one reconcile.
 type Result struct {
@@ -146,6 +171,10 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
 
 	next.Sources.GPU = health(prev.Sources.GPU, f.GPUErr, now)
+	next.Sources.Proc = health(prev.Sources.Proc, f.ProcErr, now)
+	if f.GPUErr == nil && f.ProcErr != nil { // NVML's list cannot be attributed
+		f.GPUErr = fmt.Errorf("/proc unreadable: %w", f.ProcErr)
+	}
 	if f.GPUErr != nil { // keep what was known of GPU use
 		for _, k := range active { // the settled ones are their last entries already
 			if o, ok := prev.Containers[k]; ok {
@@ -190,6 +219,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
+	res.Transitions = append(res.Transitions, idleStep(prev, &next, active, f, rules)...)
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}

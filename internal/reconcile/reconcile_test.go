@@ -3,9 +3,11 @@ package reconcile
 import (
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,6 +52,7 @@ type step struct {
 	dockerErr  error
 	procs      []gpuProc
 	gpuErr     error
+	procErr    error     // /proc unreadable (EMFILE): every GPU process's reads failed
 	checkpoint time.Time // the stream's checkpoint
 	listStart  time.Time
 
@@ -85,8 +88,12 @@ func (s step) facts(now time.Time) Facts {
 		case p.ctr > 0:
 			pf.Cgroup = scope("/system.slice", id(p.ctr))
 		}
+		if s.procErr != nil {
+			pf = Proc{CgroupErr: s.procErr}
+		}
 		f.Procs[p.pid] = pf
 	}
+	f.ProcErr = s.procErr
 	return f
 }
 
@@ -126,10 +133,11 @@ func describe(ts []Transition) []string {
 }
 
 var (
-	c1      = id(1)[:12]
-	c2      = id(2)[:12]
-	errDown = errors.New("docker list: connection refused")
-	errGPU  = errors.New("nvml: GPU is lost")
+	c1        = id(1)[:12]
+	c2        = id(2)[:12]
+	errDown   = errors.New("docker list: connection refused")
+	errGPU    = errors.New("nvml: GPU is lost")
+	errEMFILE = &fs.PathError{Op: "open", Path: "/proc/10/cgroup", Err: syscall.EMFILE}
 )
 
 func TestReconcileTransitions(t *testing.T) {
@@ -241,6 +249,28 @@ func TestReconcileTransitions(t *testing.T) {
 				}},
 			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},
 			{want: []string{"host_gpu_process_exited 10@100"}},
+		}},
+		{"/proc unreadable is a failed source, not processes gone", []step{
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_discovered 10"}},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, procErr: errEMFILE, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if st.Sources.Proc.OK || !strings.Contains(st.Sources.Proc.Error, "too many open files") || !st.Sources.GPU.OK {
+						t.Errorf("sources: %+v", st.Sources)
+					}
+					if _, ok := st.HostProcesses["10"]; !ok {
+						t.Errorf("host process dropped: %v", st.HostProcesses)
+					}
+					if c := st.Containers[c1]; len(c.GPUProcesses) != 1 || len(st.OtherGPUProcesses) != 0 {
+						t.Errorf("GPU use not kept: container %+v, other %+v", c.GPUProcesses, st.OtherGPUProcesses)
+					}
+				}},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{},
+				check: func(t *testing.T, st inventory.State) {
+					if !st.Sources.Proc.OK {
+						t.Errorf("proc source not recovered: %+v", st.Sources.Proc)
+					}
+				}},
 		}},
 		{"a process seen once gets no events of its own, only its user's aggregate", []step{
 			{procs: []gpuProc{{pid: 10, start: 100}}, want: []string{}},

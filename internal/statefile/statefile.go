@@ -50,6 +50,9 @@ func Load(path string) (inventory.State, error) {
 	if perr == nil {
 		return st, nil
 	}
+	if errors.Is(perr, inventory.ErrNewerSchema) { // never moved aside: going back must not lose it
+		return inventory.Empty(), fmt.Errorf("state file %s: %w", path, perr)
+	}
 	aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
 	if err := os.Rename(path, aside); err != nil {
 		return inventory.Empty(), fmt.Errorf("state file %s is corrupt (%v) and could not be moved aside: %w", path, perr, err)

@@ -2,6 +2,7 @@ package statefile
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -70,7 +71,7 @@ func TestLoadCorruptMovesAside(t *testing.T) {
 	for name, body := range map[string]string{
 		"torn":           referenceFile[:200],
 		"list":           `[1,2]`,
-		"unknown schema": `{"schema_version": 99, "containers": {}}`,
+		"unknown schema": `{"schema_version": 0, "containers": {}}`,
 		"wrong type":     `{"containers": {"a": {"id": 5}}}`,
 		"key mismatch":   `{"containers": {"a": {"id": "b"}}}`,
 		"no containers":  `{"last_scan": null}`,
@@ -98,6 +99,59 @@ func TestLoadCorruptMovesAside(t *testing.T) {
 			t.Errorf("%s: corrupt file still in place", name)
 		}
 	}
+}
+
+// A state file from a newer version is never moved aside or changed:
+// Load reports it, CheckSchema refuses it.
+func TestNewerSchemaIsLeftAlone(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "s.json")
+	body := `{"schema_version": 99, "containers": {}, "future": [1]}`
+	os.WriteFile(p, []byte(body), 0o644)
+	if _, err := Load(p); !errors.Is(err, inventory.ErrNewerSchema) {
+		t.Errorf("Load: %v", err)
+	}
+	if err := CheckSchema(p); !errors.Is(err, inventory.ErrNewerSchema) || !strings.Contains(err.Error(), "99") {
+		t.Errorf("CheckSchema: %v", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != body {
+		t.Errorf("file changed: %q", b)
+	}
+	if aside, _ := filepath.Glob(p + ".corrupt-*"); len(aside) != 0 {
+		t.Errorf("moved aside: %v", aside)
+	}
+	os.WriteFile(p, []byte(`{"schema_version": 2, "containers": {}}`), 0o644)
+	if err := CheckSchema(p); err != nil {
+		t.Errorf("current schema refused: %v", err)
+	}
+}
+
+// One holder at a time: a second TakeLock fails at once naming the
+// holder's PID; after Release it succeeds. A lock file someone else
+// planted (a symlink) is replaced, not followed.
+func TestLockIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s.json")
+	target := filepath.Join(dir, "victim")
+	os.WriteFile(target, []byte("keep"), 0o644)
+	os.Symlink(target, LockPath(p))
+	l, err := TakeLock(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep" {
+		t.Errorf("the symlink's target was written: %q", b)
+	}
+	_, err = TakeLock(p)
+	var held *HeldError
+	if !errors.As(err, &held) || held.PID != os.Getpid() || !strings.Contains(err.Error(), fmt.Sprint("PID ", os.Getpid())) {
+		t.Fatalf("second lock: %v", err)
+	}
+	l.Release()
+	l2, err := TakeLock(p)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	l2.Release()
 }
 
 func TestSaveRoundTripAndMode(t *testing.T) {

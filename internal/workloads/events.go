@@ -93,12 +93,16 @@ func openRegular(path string) (*os.File, error) {
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
 		f.Close()
 		if err == nil {
-			err = fmt.Errorf("%s is not a regular file", path)
+			err = &notRegularError{path}
 		}
 		return nil, err
 	}
 	return f, nil
 }
+
+type notRegularError struct{ path string }
+
+func (e *notRegularError) Error() string { return e.path + " is not a regular file" }
 
 // Match compares times as times, the type as a prefix, the user exactly.
 func (f EventFilter) Match(e Event) bool {
@@ -202,6 +206,35 @@ func ReadEvents(path string, f EventFilter, limit int, p *EventPrinter) (int, in
 	return len(keep), off, nil
 }
 
+// FollowChunk is how much Follow reads at a time.
+const FollowChunk = 64 << 10
+
+// followLines prints the whole lines of buf and returns what is left of
+// it (a partial line, never longer than MaxLineBytes) and whether the
+// line being read is too long to be an event and is skipped to its end.
+func followLines(buf []byte, skipping bool, f EventFilter, p *EventPrinter) ([]byte, bool) {
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			break
+		}
+		if !skipping && i < MaxLineBytes {
+			if e, ok := parseEvent(bytes.Clone(buf[:i+1])); ok && f.Match(e) {
+				p.Print(e)
+			}
+		}
+		skipping = false
+		buf = buf[i+1:]
+	}
+	if len(buf) > MaxLineBytes { // a line too long to be an event: skip to its end
+		return nil, true
+	}
+	if skipping {
+		return nil, true
+	}
+	return bytes.Clone(buf), skipping
+}
+
 // Follow prints matching lines appended after offset until ctx ends. It
 // follows logrotate: a truncated file is read from the start, and a
 // replaced file (new inode) is reopened.
@@ -209,6 +242,8 @@ func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *Ev
 	var fh *os.File
 	var ino uint64
 	var partial []byte
+	skipping := false // inside a line longer than MaxLineBytes
+	chunk := make([]byte, FollowChunk)
 	defer func() {
 		if fh != nil {
 			fh.Close()
@@ -226,31 +261,22 @@ func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *Ev
 		}
 		if fh != nil {
 			if fi, err := fh.Stat(); err == nil && fi.Size() < offset { // copytruncate
-				offset, partial = 0, nil
+				offset, partial, skipping = 0, nil, false
 				fh.Seek(0, io.SeekStart)
 			}
-			buf, _ := io.ReadAll(fh)
-			offset += int64(len(buf))
-			buf = append(partial, buf...)
-			for {
-				i := bytes.IndexByte(buf, '\n')
-				if i < 0 {
+			// In chunks: a writer that appends a gigabyte at once costs
+			// this reader FollowChunk bytes and a partial line at a time.
+			for ctx.Err() == nil {
+				n, _ := fh.Read(chunk)
+				if n == 0 {
 					break
 				}
-				if i < MaxLineBytes {
-					if e, ok := parseEvent(buf[:i+1]); ok && f.Match(e) {
-						p.Print(e)
-					}
-				}
-				buf = buf[i+1:]
+				offset += int64(n)
+				partial, skipping = followLines(append(partial, chunk[:n]...), skipping, f, p)
 			}
-			if len(buf) > MaxLineBytes { // a line too long to be an event: drop what came so far
-				buf = nil
-			}
-			partial = append([]byte(nil), buf...)
 			if st, err := os.Stat(path); err == nil && inodeOf(st) != ino { // renamed away: reopen
 				fh.Close()
-				fh, offset, partial = nil, 0, nil
+				fh, offset, partial, skipping = nil, 0, nil, false
 			}
 		}
 		select {

@@ -3,6 +3,7 @@ package workloads
 import (
 	"fmt"
 	"io"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -308,8 +309,22 @@ type FormatRow struct {
 	HeldSeconds, BusySeconds, AllocatedSeconds                          float64
 }
 
-// FormatRowOf turns a row into what --format templates see.
+// FormatRowOf turns a row into what --format templates see. Every text
+// field is escaped as the table escapes its cells (control characters,
+// escape sequences, bidi overrides): names, users and images come from
+// users, and the template's output goes to an admin's terminal.
 func FormatRowOf(w Workload) FormatRow {
+	r := formatRowOf(w)
+	v := reflect.ValueOf(&r).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if f := v.Field(i); f.Kind() == reflect.String {
+			f.SetString(clean(f.String()))
+		}
+	}
+	return r
+}
+
+func formatRowOf(w Workload) FormatRow {
 	return FormatRow{
 		ID: w.ID, FullID: w.FullID, Type: w.Type, User: w.User, Name: w.Name, Status: w.StatusText, Age: FormatAge(w.AgeSeconds),
 		GPUs: strings.Join(w.GPUsInUse, ","), Granted: w.Granted, GPUMemory: Mem(w.GPUMemoryMB), GPUMemoryMB: w.GPUMemoryMB,

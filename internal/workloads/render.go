@@ -338,7 +338,7 @@ func Summarize(st inventory.State, now time.Time, staleAfter time.Duration) Summ
 	for _, src := range []struct {
 		name string
 		h    inventory.SourceHealth
-	}{{"Docker", st.Sources.Docker}, {"GPU", st.Sources.GPU}} {
+	}{{"Docker", st.Sources.Docker}, {"GPU", st.Sources.GPU}, {"/proc", st.Sources.Proc}} {
 		if st.SchemaVersion >= 2 && !src.h.OK && src.h.Error != "" {
 			since := "never succeeded"
 			if src.h.LastOK != nil {

@@ -5,10 +5,13 @@ import (
 	"compress/gzip"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,8 +45,11 @@ type ReportDoc struct {
 type ReportInput struct {
 	Since, Until time.Time // Until zero: now
 	By           string    // user, origin or gpu
-	EventsFile   string    // its rotated archives (<file>-*, .gz or not) are read too
+	EventsFile   string    // its rotated archives (ArchiveNames) are read too
 	State        inventory.State
+	// Warn receives one line for each file skipped (a FIFO or a directory
+	// named like an archive); nil drops them.
+	Warn func(string)
 }
 
 type workloadTime struct {
@@ -63,9 +69,13 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 	if err != nil {
 		return ReportDoc{}, err
 	}
+	warn := in.Warn
+	if warn == nil {
+		warn = func(string) {}
+	}
 	seen := map[string]workloadTime{}
 	for _, f := range files {
-		if err := readLog(f, func(e event.Envelope) {
+		if err := readLog(f, warn, func(e event.Envelope) {
 			t := e.Timestamp.Time
 			if (!in.Since.IsZero() && t.Before(in.Since)) || (!in.Until.IsZero() && t.After(in.Until)) {
 				return
@@ -221,28 +231,81 @@ func efficiency(busy, held float64) *float64 {
 	return &e
 }
 
+// Archive names logrotate gives an event log: with dateext (the
+// default date format) and without, compressed or not. Other files beside
+// the log are not read: the directory is writable by the docker group.
+var (
+	dateArchive = regexp.MustCompile(`^-([0-9]{8})(\.gz)?$`)
+	numArchive  = regexp.MustCompile(`^\.([0-9]{1,6})(\.gz)?$`)
+)
+
+// ArchiveNames returns the rotated archives of the event log at path that
+// are named as logrotate names them (events.jsonl-YYYYMMDD[.gz],
+// events.jsonl.N[.gz]), oldest first: the numbered ones from the highest
+// number, then the dated ones by date.
+func ArchiveNames(path string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	base := filepath.Base(path)
+	type archive struct {
+		name string
+		num  int
+	}
+	var dated, numbered []archive
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), base)
+		if !ok {
+			continue
+		}
+		if m := dateArchive.FindStringSubmatch(rest); m != nil {
+			dated = append(dated, archive{e.Name(), 0})
+		} else if m := numArchive.FindStringSubmatch(rest); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			numbered = append(numbered, archive{e.Name(), n})
+		}
+	}
+	sort.Slice(numbered, func(i, j int) bool { return numbered[i].num > numbered[j].num })
+	sort.Slice(dated, func(i, j int) bool { return dated[i].name < dated[j].name })
+	var out []string
+	for _, a := range append(numbered, dated...) {
+		out = append(out, filepath.Join(filepath.Dir(path), a.name))
+	}
+	return out, nil
+}
+
 // logFiles is the event log and its rotated archives, oldest first.
 func logFiles(path string) ([]string, error) {
-	archives, err := filepath.Glob(path + "-*")
+	out, err := ArchiveNames(path)
 	if err != nil {
 		return nil, err
 	}
-	sort.Strings(archives)
-	out := archives
-	if _, err := os.Stat(path); err == nil {
+	if _, err := os.Lstat(path); err == nil {
 		out = append(out, path)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no event log at %s (nor archives %s-*)", path, path)
+		return nil, fmt.Errorf("no event log at %s (nor archives %s-YYYYMMDD[.gz] or %s.N[.gz])", path, path, path)
 	}
 	return out, nil
 }
 
 // readLog calls fn for each event line of a log or a .gz archive; lines
-// longer than MaxLineBytes and lines that are not events are skipped.
-func readLog(path string, fn func(event.Envelope)) error {
+// longer than MaxLineBytes and lines that are not events are skipped. A
+// file that is not a regular one (a FIFO, a directory, a symlink) is
+// skipped with a warning: anyone in the docker group can put one there.
+func readLog(path string, warn func(string), fn func(event.Envelope)) error {
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		warn(fmt.Sprintf("%s is not a regular file (%s): skipped", path, fi.Mode().Type()))
+		return nil
+	}
 	f, err := openRegular(path)
 	if err != nil {
+		var notRegular *notRegularError
+		if errors.As(err, &notRegular) {
+			warn(err.Error() + ": skipped")
+			return nil
+		}
 		return err
 	}
 	defer f.Close()
@@ -292,7 +355,7 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 		_, err = out.Write(append(b, '\n'))
 		return err
 	case "csv":
-		w := csv.NewWriter(out)
+		w := csvWriter{csv.NewWriter(out)}
 		w.Write([]string{doc.By, "workloads", "gpu_allocated_seconds", "gpu_held_seconds", "gpu_busy_seconds", "efficiency"})
 		for _, r := range append(doc.Rows, doc.Totals) {
 			eff := ""
@@ -354,4 +417,25 @@ func (d ReportDoc) Period() string {
 		to = "now (" + d.Now.UTC().Format(layout) + ")"
 	}
 	return from + " to " + to
+}
+
+// csvWriter writes cells that a spreadsheet would take for a formula
+// (starting with =, +, -, @, tab or CR) with a leading ', OWASP's rule
+// against CSV injection: user names and group keys come from users.
+type csvWriter struct{ *csv.Writer }
+
+func (w csvWriter) Write(cells []string) error {
+	for i, c := range cells {
+		cells[i] = CSVCell(c)
+	}
+	return w.Writer.Write(cells)
+}
+
+// CSVCell returns c with a leading ' when a spreadsheet would read it as
+// a formula.
+func CSVCell(c string) string {
+	if c != "" && strings.ContainsRune("=+-@\t\r", rune(c[0])) {
+		return "'" + c
+	}
+	return c
 }

@@ -54,11 +54,27 @@ const (
 	// every GPU it holds for --gpu-idle-after; GPUActive: it works again.
 	GPUIdle   = "detection.gpu_idle"
 	GPUActive = "detection.gpu_active"
+	// Idle: the full idle verdict (GPU when held, CPU, network, each under
+	// its threshold for idle_detection_window scans past the grace
+	// period); Active: a signal went over its threshold again.
+	Idle   = "detection.idle"
+	Active = "detection.active"
 	// ShortProcesses: a user's host GPU processes that ended before they
 	// were confirmed, in aggregate (at most one line per user per
 	// --interval).
 	ShortProcesses = "detection.short_gpu_processes"
 )
+
+// IdleDetails are the details of Idle and Active.
+type IdleDetails struct {
+	ContainerID  string                 `json:"container_id"`
+	Name         string                 `json:"name"`
+	Origin       string                 `json:"origin"`
+	IdleSince    *inventory.Time        `json:"idle_since"`
+	IdleDeadline *inventory.Time        `json:"idle_deadline,omitempty"`
+	Signals      *inventory.IdleSignals `json:"signals"`
+	Policy       *inventory.IdlePolicy  `json:"policy"`
+}
 
 // Envelope is one line of the event log.
 type Envelope struct {

@@ -20,6 +20,13 @@ func (c *Container) Equal(o *Container) bool {
 		!eqPtr(c.GPUUtilizationPercent, o.GPUUtilizationPercent) {
 		return false
 	}
+	if !eqPtr(c.CPUPercent, o.CPUPercent) || !eqPtr(c.CPUUsageSeconds, o.CPUUsageSeconds) || !eqPtr(c.MemoryBytes, o.MemoryBytes) ||
+		!eqPtr(c.NetRxBytes, o.NetRxBytes) || !eqPtr(c.NetTxBytes, o.NetTxBytes) || !eqPtr(c.NetBytesPerInterval, o.NetBytesPerInterval) ||
+		!eqPtr(c.BlkioReadBytes, o.BlkioReadBytes) || !eqPtr(c.BlkioWriteBytes, o.BlkioWriteBytes) ||
+		!eqTime(c.IdleSince, o.IdleSince) || !eqTime(c.IdleDeadline, o.IdleDeadline) || c.IdleScans != o.IdleScans ||
+		c.ActivityAt != o.ActivityAt || !c.IdleSignals.equal(o.IdleSignals) || !c.IdlePolicy.equal(o.IdlePolicy) {
+		return false
+	}
 	if (c.UserSignals == nil) != (o.UserSignals == nil) || len(c.UserSignals) != len(o.UserSignals) {
 		return false
 	}
@@ -71,4 +78,26 @@ func eqTime(a, b *Time) bool {
 		return a == b
 	}
 	return a.Equal(b.Time)
+}
+
+func (s *IdleSignals) equal(o *IdleSignals) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	return s.GPU.equal(o.GPU) && s.CPU.equal(&o.CPU) && s.Network.equal(&o.Network)
+}
+
+func (s *IdleSignal) equal(o *IdleSignal) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	return eqPtr(s.Value, o.Value) && s.Threshold == o.Threshold && s.Idle == o.Idle
+}
+
+func (p *IdlePolicy) equal(o *IdlePolicy) bool {
+	if p == nil || o == nil {
+		return p == o
+	}
+	return p.Source == o.Source && p.Group == o.Group && p.GroupSource == o.GroupSource && eqPtr(p.IdleTimeoutH, o.IdleTimeoutH) &&
+		p.TimeoutSource == o.TimeoutSource && p.IdleDetectionWindow == o.IdleDetectionWindow && p.GracePeriodM == o.GracePeriodM
 }

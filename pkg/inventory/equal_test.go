@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -14,8 +15,17 @@ func TestEqualSeesEveryField(t *testing.T) {
 		c := base
 		c.GPUProcesses = []GPUProcess{{}}
 		c.UserSignals = []UserSignal{{}}
+		b := base
+		b.GPUProcesses = []GPUProcess{{}}
+		b.UserSignals = []UserSignal{{}}
+		if len(path) > 0 && slices.Contains(path, -2) {
+			// Both hold the pointer (allocated fresh in each), and one
+			// field inside differs.
+			alloc(reflect.ValueOf(&b).Elem(), path)
+			alloc(reflect.ValueOf(&c).Elem(), path)
+		}
 		set(reflect.ValueOf(&c).Elem(), path)
-		if base.Equal(&c) || c.Equal(&base) {
+		if b.Equal(&c) || c.Equal(&b) {
 			t.Errorf("Equal does not see %v", path)
 		}
 	}
@@ -36,6 +46,16 @@ func fieldPaths(t reflect.Type, prefix []int) [][]int {
 			out = append(out, fieldPaths(ft.Elem(), append(p, -1))...)
 			continue
 		}
+		timeType := reflect.TypeOf(Time{})
+		if ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct && ft.Elem() != timeType {
+			out = append(out, p)                                       // nil against set
+			out = append(out, fieldPaths(ft.Elem(), append(p, -2))...) // and each field inside
+			continue
+		}
+		if ft.Kind() == reflect.Struct && ft != timeType {
+			out = append(out, fieldPaths(ft, p)...)
+			continue
+		}
 		out = append(out, p)
 	}
 	return out
@@ -46,6 +66,10 @@ func set(v reflect.Value, path []int) {
 	for i, idx := range path {
 		if idx == -1 {
 			v = v.Index(0)
+			continue
+		}
+		if idx == -2 { // the same pointer set in both, a field inside changed
+			v = v.Elem()
 			continue
 		}
 		v = v.Field(idx)
@@ -75,11 +99,11 @@ func set(v reflect.Value, path []int) {
 		case reflect.Struct:
 			if e.Type() == reflect.TypeOf(Time{}) {
 				e.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
-			} else {
-				e.Field(0).SetString("x")
-			}
+			} // else the zero struct: nil against allocated
 		case reflect.Int, reflect.Int64:
 			e.SetInt(7)
+		case reflect.Float64:
+			e.SetFloat(1.5)
 		case reflect.Uint32:
 			e.SetUint(7)
 		}
@@ -88,5 +112,22 @@ func set(v reflect.Value, path []int) {
 		v.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
 	default:
 		panic("unhandled kind " + v.Kind().String())
+	}
+}
+
+// alloc gives every pointer on path (marked -2) a fresh zero value.
+func alloc(v reflect.Value, path []int) {
+	for _, idx := range path {
+		switch idx {
+		case -1:
+			v = v.Index(0)
+		case -2:
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem()))
+			}
+			v = v.Elem()
+		default:
+			v = v.Field(idx)
+		}
 	}
 }

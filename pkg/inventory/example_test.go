@@ -44,7 +44,7 @@ func ExampleParse_schema() {
 	_, err := inventory.Parse([]byte(`{"schema_version": 99, "containers": {}}`))
 	fmt.Println(err)
 	// Output:
-	// unknown schema_version 99 (this build reads 1 to 2)
+	// unknown schema_version 99 (this build reads 1 to 2): state file written by a newer version
 }
 
 // Read takes a path; a missing file is an empty state, not an error.

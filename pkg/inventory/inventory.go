@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -165,11 +166,82 @@ type Container struct {
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
 
+	// Activity, read from the container's cgroup and network namespace at
+	// each reconciliation scan while it runs (never from Docker's stats
+	// API). Each is null when unknown, never 0 for unknown.
+	// CPUPercent is its CPU use over the interval since the last
+	// reading, 100 = one core, as docker stats shows it; CPUUsageSeconds
+	// the CPU time its cgroup has used.
+	CPUPercent      *float64 `json:"cpu_percent"`
+	CPUUsageSeconds *float64 `json:"cpu_usage_seconds"`
+	// MemoryBytes is the working set, as docker stats computes it: usage
+	// less inactive file pages.
+	MemoryBytes *int64 `json:"memory_bytes"`
+	// NetRxBytes and NetTxBytes total every interface of its network
+	// namespace but lo, since it started; null in the host's namespace.
+	// NetBytesPerInterval is rx+tx since the last reading.
+	NetRxBytes          *int64 `json:"net_rx_bytes"`
+	NetTxBytes          *int64 `json:"net_tx_bytes"`
+	NetBytesPerInterval *int64 `json:"net_bytes_per_interval"`
+	BlkioReadBytes      *int64 `json:"blkio_read_bytes"`
+	BlkioWriteBytes     *int64 `json:"blkio_write_bytes"`
+
+	// The idle verdict (README, "Idle"): every signal it has (GPU when it
+	// holds one, CPU, network) under its threshold for
+	// idle_detection_window consecutive reconciliation scans past the grace
+	// period. IdleSince is when the verdict was given (null while not
+	// idle); IdleDeadline is IdleSince plus the timeout its policy gives
+	// (null: none, or exempt); IdleScans counts the consecutive idle scans
+	// past the grace period; IdleSignals are each signal's value and
+	// threshold at the last scan; IdlePolicy says which rule applied.
+	IdleSince    *Time        `json:"idle_since"`
+	IdleDeadline *Time        `json:"idle_deadline"`
+	IdleScans    int          `json:"idle_scans"`
+	IdleSignals  *IdleSignals `json:"idle_signals"`
+	IdlePolicy   *IdlePolicy  `json:"idle_policy"`
+	// ActivityAt is when the activity was read (Unix nanoseconds, on the
+	// reader's clock); in memory only: the next reading's rates start here.
+	ActivityAt int64 `json:"-"`
+
 	// SourceRev is the Docker source's revision of the facts this entry was
 	// built from (docker.Container.Rev); in memory only, never written. An
 	// event-triggered cycle reuses the classification of a stopped
 	// container whose facts have the same revision.
 	SourceRev uint64 `json:"-"`
+}
+
+// IdleSignals are the signals of the idle verdict at the last scan. GPU
+// is null when the workload holds no GPU (it is then not a signal).
+type IdleSignals struct {
+	GPU     *IdleSignal `json:"gpu"`
+	CPU     IdleSignal  `json:"cpu"`
+	Network IdleSignal  `json:"network"`
+}
+
+// IdleSignal is one signal's value (null: unknown) and the threshold it is
+// compared with: GPU in percent SM, CPU in percent of one core, network in
+// bytes per interval. Idle: the value is under the threshold.
+type IdleSignal struct {
+	Value     *float64 `json:"value"`
+	Threshold float64  `json:"threshold"`
+	Idle      bool     `json:"idle"`
+}
+
+// IdlePolicy is the rule the idle verdict applied to a workload.
+type IdlePolicy struct {
+	// Source is the policy file's path, or "flags" without one.
+	Source string `json:"source"`
+	// Group is the owner's group and GroupSource how it was found:
+	// "members-file", "inline-members" or "default_group" ("" with flags).
+	Group       string `json:"group"`
+	GroupSource string `json:"group_source"`
+	// IdleTimeoutH is the timeout in hours (null: none or exempt), and
+	// TimeoutSource where it came from: "user-override", "group",
+	// "defaults", "container_types.<type>", or "none".
+	IdleTimeoutH        *float64 `json:"idle_timeout_h"`
+	TimeoutSource       string   `json:"timeout_source"`
+	IdleDetectionWindow int      `json:"idle_detection_window"`
+	GracePeriodM        float64  `json:"grace_period_m"`
 }
 
 // UserSignal is one owner signal: which source said which user.
@@ -230,6 +302,13 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// Runtime is the container runtime the cgroup's name claims when the
+	// process sits in a user's own delegated tree (user@<uid>.service) in
+	// a cgroup named like another runtime's container (libpod-<id>.scope:
+	// rootless podman, or systemd-run --user --scope --unit=libpod-…).
+	// Anyone can name a scope there, so the process is its user's, like
+	// any host process; this field only records the claim.
+	Runtime string `json:"runtime,omitempty"`
 	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
 	SMUtilPercent *int `json:"sm_util_percent"`
 
@@ -292,6 +371,10 @@ type MIGInfo struct {
 type Sources struct {
 	Docker SourceHealth `json:"docker"`
 	GPU    SourceHealth `json:"gpu"`
+	// Proc is /proc: failing when a read failed for a reason other than a
+	// process being gone (too many open files, permission, I/O). GPU use
+	// is then the last known, as when the GPU source fails.
+	Proc SourceHealth `json:"proc"`
 }
 
 // SourceHealth is the health of one input.
@@ -450,21 +533,69 @@ func escapeNonASCII(b []byte) []byte {
 	return []byte(sb.String())
 }
 
-// GrantedGPUs is how many GPUs a container's configuration grants, as the
-// allocated GPU-seconds and ds01_workload_gpus_allocated count them: its
-// gpu_devices, or every one of the host's hostGPUs for --gpus all (no
-// devices named) and "all"; 0 without GPU access.
-func (c *Container) GrantedGPUs(hostGPUs int) int {
-	if !c.HasGPU {
-		return 0
+// GrantedGPUs is how many GPUs a container's configuration grants; see
+// CountGranted. The daemon's allocated GPU-seconds, its
+// ds01_workload_gpus_allocated and ds01-workloads all count with it.
+func (c *Container) GrantedGPUs(gpus map[string]GPU) int {
+	n, _ := CountGranted(c.HasGPU, c.GPUDevices, gpus)
+	return n
+}
+
+// CountGranted counts the GPUs a device list grants on a host whose GPUs
+// are gpus (by UUID, as NVML reported them): 0 without GPU access; every
+// host GPU for --gpus all (no devices named) or "all"; else each distinct
+// device once. An index and the UUID of the same GPU are one GPU, a list
+// like 0,0,0,0 is one, and comma lists in one element (the Python
+// scanner's files) are split. Devices the host does not have (an index
+// past the last GPU, an unknown UUID) are kept, counted once each, and
+// returned in unknown; with no GPUs known (NVML unavailable) nothing can be
+// checked and each distinct name counts once.
+func CountGranted(hasGPU bool, devices []string, gpus map[string]GPU) (n int, unknown []string) {
+	if !hasGPU {
+		return 0, nil
 	}
-	if len(c.GPUDevices) == 0 {
-		return hostGPUs
+	byIndex := make(map[string]string, len(gpus))
+	for uuid, g := range gpus {
+		byIndex[strconv.Itoa(g.Index)] = uuid
 	}
-	for _, d := range c.GPUDevices {
-		if d == "all" {
-			return hostGPUs
+	seen := map[string]bool{}
+	named := false
+	for _, d := range devices {
+		for _, dv := range strings.Split(d, ",") {
+			dv = strings.TrimSpace(dv)
+			if dv == "" {
+				continue
+			}
+			named = true
+			if dv == "all" {
+				return len(gpus), nil
+			}
+			key := dv
+			if uuid, ok := byIndex[dv]; ok {
+				key = uuid
+			}
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			if _, known := gpus[key]; !known && len(gpus) > 0 && !isMIGName(dv, byIndex) {
+				unknown = append(unknown, dv)
+			}
 		}
 	}
-	return len(c.GPUDevices)
+	if !named {
+		return len(gpus), nil
+	}
+	return len(seen), unknown
+}
+
+// isMIGName reports whether dv names a MIG device: a MIG UUID, or an
+// <index>.<slot> of a known GPU. NVML's GPU list does not hold those.
+func isMIGName(dv string, byIndex map[string]string) bool {
+	if strings.HasPrefix(dv, "MIG-") {
+		return true
+	}
+	gpu, _, ok := strings.Cut(dv, ".")
+	_, known := byIndex[gpu]
+	return ok && known
 }

@@ -15,6 +15,10 @@ import (
 // file of a busy host is a few megabytes; anything far larger is not one.
 const MaxFileBytes = 256 << 20
 
+// ErrNewerSchema is wrapped by Parse's error for a file a newer version
+// wrote (schema_version above SchemaVersion).
+var ErrNewerSchema = errors.New("state file written by a newer version")
+
 // Parse decodes a state file's bytes and checks its schema. Files without
 // schema_version were written by the Python scanner and are accepted as
 // version 1. A newer or otherwise unknown schema is an error, as is a file
@@ -32,7 +36,10 @@ func Parse(b []byte) (State, error) {
 	if _, ok := raw["schema_version"]; !ok {
 		st.SchemaVersion = 1
 	}
-	if st.SchemaVersion < 1 || st.SchemaVersion > SchemaVersion {
+	if st.SchemaVersion > SchemaVersion {
+		return State{}, fmt.Errorf("unknown schema_version %d (this build reads 1 to %d): %w", st.SchemaVersion, SchemaVersion, ErrNewerSchema)
+	}
+	if st.SchemaVersion < 1 {
 		return State{}, fmt.Errorf("unknown schema_version %d (this build reads 1 to %d)", st.SchemaVersion, SchemaVersion)
 	}
 	if _, ok := raw["containers"]; !ok {

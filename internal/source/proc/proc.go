@@ -6,11 +6,14 @@ package proc
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -56,6 +59,20 @@ func parseStatusUID(b []byte) (uint32, error) {
 		}
 	}
 	return 0, fmt.Errorf("status has no valid Uid line")
+}
+
+// ReadFailed reports whether err, from reading a /proc/<pid> file, is a
+// failure of the reader rather than news about the process: a system error
+// other than ENOENT and ESRCH (which say the process is gone), such as
+// EMFILE, ENFILE, EACCES or EIO. Such an error says nothing about the
+// process, and the caller must treat /proc as a failed source, not the
+// process as gone. A file that was read but does not parse is not one.
+func ReadFailed(err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	return !errors.Is(err, fs.ErrNotExist) && errno != syscall.ESRCH
 }
 
 // ClockTicks is USER_HZ, the unit of /proc/<pid>/stat's start time: 100

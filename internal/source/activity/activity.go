@@ -1,0 +1,416 @@
+// Package activity is the cgroup and network-namespace source: for a
+// running container it reads the CPU time, working-set memory and block
+// I/O its cgroup has counted, and the bytes its network namespace's
+// interfaces (all but lo) have moved, as cAdvisor does, without Docker's
+// stats API. It understands cgroup v1 (cgroupfs driver, /docker/<id>,
+// controllers mounted one per directory or co-mounted as cpu,cpuacct) and
+// v2 (systemd driver, .../docker-<id>.scope under any slice, nested
+// ds01-*.slice parents included), under configurable /proc and cgroup
+// roots so that tests can point it at fixture trees.
+//
+// It reports raw counters with the time they were read; the reconcile step
+// turns two of them into rates.
+package activity
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Sample is what was read about one container's init process. A nil
+// pointer is unknown (a file missing or unreadable): never 0 for unknown.
+type Sample struct {
+	At time.Time // when it was read (monotonic reading included)
+	// Pid is the init process the sample was read through.
+	Pid int
+	// CPUNanos is the CPU time its cgroup has used, in nanoseconds.
+	CPUNanos *uint64
+	// MemoryBytes is the working set as `docker stats` computes it: usage
+	// less inactive file pages (v1 total_inactive_file, v2 inactive_file).
+	MemoryBytes *int64
+	// ReadBytes and WriteBytes are the block I/O the cgroup did.
+	ReadBytes, WriteBytes *int64
+	// RxBytes and TxBytes total every interface of the network namespace
+	// except lo. Unknown for a container in the host's network namespace
+	// (its counters would be the host's).
+	RxBytes, TxBytes *int64
+	// HostNetwork: the container shares the host's network namespace.
+	HostNetwork bool
+}
+
+// Reader reads samples. It caches, per container, where its cgroup
+// directories are (found once per container and init PID). One goroutine
+// at a time.
+type Reader struct {
+	ProcRoot   string // "" : /proc
+	CgroupRoot string // "" : /sys/fs/cgroup
+	dirs       map[string]dirs
+	hostNet    string // the host's network namespace (PID 1's), once read
+	buf        []byte
+}
+
+// dirs are one container's cgroup directories.
+type dirs struct {
+	pid          int
+	v2           bool
+	cpu, mem, io string // v1: one per controller; v2: all the same
+}
+
+// New returns a reader under the given roots ("" for the defaults).
+func New(procRoot, cgroupRoot string) *Reader {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	if cgroupRoot == "" {
+		cgroupRoot = "/sys/fs/cgroup"
+	}
+	return &Reader{ProcRoot: procRoot, CgroupRoot: cgroupRoot, dirs: map[string]dirs{}, buf: make([]byte, 16<<10)}
+}
+
+// Container is one running container to read: its ID and init PID.
+type Container struct {
+	ID  string
+	Pid int
+}
+
+// Read samples each container, and forgets the cached directories of
+// containers not in the list.
+func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample {
+	out := make(map[string]Sample, len(list))
+	seen := make(map[string]dirs, len(list))
+	if r.hostNet == "" {
+		r.hostNet, _ = os.Readlink(filepath.Join(r.ProcRoot, "1", "ns", "net"))
+	}
+	for _, c := range list {
+		if c.Pid <= 0 {
+			continue
+		}
+		d, ok := r.dirs[c.ID]
+		if !ok || d.pid != c.Pid {
+			var err error
+			if d, err = r.locate(c.Pid); err != nil {
+				continue // the process is gone: nothing known
+			}
+		}
+		seen[c.ID] = d
+		out[c.ID] = r.sample(c.Pid, d, now())
+	}
+	r.dirs = seen
+	return out
+}
+
+// locate finds a process's cgroup directories from /proc/<pid>/cgroup.
+// With v1 controllers listed (cgroup v1, or hybrid) the v1 directories
+// are used; with only the 0:: line, the v2 one.
+func (r *Reader) locate(pid int) (dirs, error) {
+	b, err := os.ReadFile(filepath.Join(r.ProcRoot, strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return dirs{}, err
+	}
+	d := dirs{pid: pid}
+	var v2path string
+	found := false
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || !strings.HasPrefix(parts[2], "/") {
+			continue
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			v2path = parts[2]
+			continue
+		}
+		for _, ctl := range strings.Split(parts[1], ",") {
+			var dst *string
+			switch ctl {
+			case "cpuacct":
+				dst = &d.cpu
+			case "memory":
+				dst = &d.mem
+			case "blkio":
+				dst = &d.io
+			default:
+				continue
+			}
+			*dst = r.v1Dir(parts[1], ctl, parts[2])
+			found = true
+		}
+	}
+	if !found {
+		if v2path == "" {
+			return dirs{}, errors.New("no cgroup")
+		}
+		dir := r.under(r.CgroupRoot, v2path)
+		d.v2, d.cpu, d.mem, d.io = true, dir, dir, dir
+	}
+	return d, nil
+}
+
+// v1Dir is a v1 controller's directory for path: the hierarchy mounted
+// under its controllers' list (cpu,cpuacct) or the controller's own name.
+func (r *Reader) v1Dir(list, ctl, path string) string {
+	for _, m := range []string{list, ctl} {
+		root := filepath.Join(r.CgroupRoot, m)
+		if fi, err := os.Stat(root); err == nil && fi.IsDir() {
+			return r.under(root, path)
+		}
+	}
+	return ""
+}
+
+// under joins a cgroup path (from /proc, which a process cannot forge
+// beyond its own delegated tree) to a root, never climbing out of it.
+func (r *Reader) under(root, path string) string {
+	return filepath.Join(root, filepath.Clean("/"+path))
+}
+
+func (r *Reader) sample(pid int, d dirs, at time.Time) Sample {
+	s := Sample{At: at, Pid: pid}
+	if d.v2 {
+		if v, ok := r.keyed(filepath.Join(d.cpu, "cpu.stat"), "usage_usec"); ok {
+			ns := uint64(v) * 1000
+			s.CPUNanos = &ns
+		}
+		s.MemoryBytes = r.workingSet(filepath.Join(d.mem, "memory.current"), filepath.Join(d.mem, "memory.stat"), "inactive_file")
+		s.ReadBytes, s.WriteBytes = r.ioStat(filepath.Join(d.io, "io.stat"))
+	} else {
+		if d.cpu != "" {
+			if v, ok := r.number(filepath.Join(d.cpu, "cpuacct.usage")); ok {
+				ns := uint64(v)
+				s.CPUNanos = &ns
+			}
+		}
+		if d.mem != "" {
+			s.MemoryBytes = r.workingSet(filepath.Join(d.mem, "memory.usage_in_bytes"), filepath.Join(d.mem, "memory.stat"), "total_inactive_file")
+		}
+		if d.io != "" {
+			s.ReadBytes, s.WriteBytes = r.blkio(d.io)
+		}
+	}
+	ns, _ := os.Readlink(filepath.Join(r.ProcRoot, strconv.Itoa(pid), "ns", "net"))
+	if ns != "" && ns == r.hostNet {
+		s.HostNetwork = true
+	} else if ns != "" || r.hostNet == "" {
+		s.RxBytes, s.TxBytes = r.netDev(pid)
+	}
+	return s
+}
+
+// read reads a small file into the reader's buffer (the slice is valid
+// until the next read). Control files are under a page or two; one that
+// fills the buffer is cut, which the parsers treat as its end.
+func (r *Reader) read(path string) ([]byte, bool) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer syscall.Close(fd)
+	n := 0
+	for n < len(r.buf) {
+		m, err := syscall.Read(fd, r.buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, false
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return r.buf[:n], true
+}
+
+func (r *Reader) number(path string) (int64, bool) {
+	b, ok := r.read(path)
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(string(bytes.TrimSpace(b)), 10, 64)
+	return v, err == nil && v >= 0
+}
+
+// keyed finds "key value" in a flat-keyed file (cpu.stat, memory.stat).
+func (r *Reader) keyed(path, key string) (int64, bool) {
+	b, ok := r.read(path)
+	if !ok {
+		return 0, false
+	}
+	return Keyed(b, key)
+}
+
+// Keyed finds "key value" in the contents of a flat-keyed file.
+func Keyed(b []byte, key string) (int64, bool) {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if len(line) > len(key) && string(line[:len(key)]) == key && line[len(key)] == ' ' {
+			v, err := strconv.ParseInt(string(bytes.TrimSpace(line[len(key)+1:])), 10, 64)
+			return v, err == nil && v >= 0
+		}
+	}
+	return 0, false
+}
+
+// workingSet is usage less inactive file pages, as docker stats shows it
+// (inactive pages above usage count as none).
+func (r *Reader) workingSet(usagePath, statPath, inactiveKey string) *int64 {
+	usage, ok := r.number(usagePath)
+	if !ok {
+		return nil
+	}
+	if inactive, ok := r.keyed(statPath, inactiveKey); ok {
+		if inactive < usage {
+			usage -= inactive
+		} else {
+			usage = 0
+		}
+	}
+	return &usage
+}
+
+// blkio reads a v1 blkio cgroup: the throttle counters, which every
+// kernel keeps (the CFQ ones are gone with CFQ), recursive first, as
+// docker stats does.
+func (r *Reader) blkio(dir string) (*int64, *int64) {
+	for _, name := range []string{"blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_service_bytes"} {
+		if b, ok := r.read(filepath.Join(dir, name)); ok {
+			rd, wr := ParseBlkio(b)
+			return &rd, &wr
+		}
+	}
+	return nil, nil
+}
+
+// ParseBlkio sums the Read and Write lines ("8:0 Read 4096") of a v1
+// io_service_bytes file.
+func ParseBlkio(b []byte) (read, write int64) {
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		v, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil || v < 0 {
+			continue
+		}
+		switch f[1] {
+		case "Read":
+			read = add(read, v)
+		case "Write":
+			write = add(write, v)
+		}
+	}
+	return read, write
+}
+
+func (r *Reader) ioStat(path string) (*int64, *int64) {
+	b, ok := r.read(path)
+	if !ok {
+		return nil, nil
+	}
+	rd, wr := ParseIOStat(b)
+	return &rd, &wr
+}
+
+// ParseIOStat sums rbytes and wbytes over the devices of a v2 io.stat
+// ("8:0 rbytes=1 wbytes=2 rios=…"). An empty file is no I/O.
+func ParseIOStat(b []byte) (read, write int64) {
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, kv := range strings.Fields(line) {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				continue
+			}
+			switch k {
+			case "rbytes":
+				read = add(read, n)
+			case "wbytes":
+				write = add(write, n)
+			}
+		}
+	}
+	return read, write
+}
+
+func (r *Reader) netDev(pid int) (*int64, *int64) {
+	b, ok := r.read(filepath.Join(r.ProcRoot, strconv.Itoa(pid), "net", "dev"))
+	if !ok {
+		return nil, nil
+	}
+	rx, tx, ok := ParseNetDev(b)
+	if !ok {
+		return nil, nil
+	}
+	return &rx, &tx
+}
+
+// ParseNetDev sums received and transmitted bytes over every interface of
+// a /proc/<pid>/net/dev but lo. ok is false when the file has no header.
+func ParseNetDev(b []byte) (rx, tx int64, ok bool) {
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 2 || !strings.Contains(lines[1], "bytes") {
+		return 0, 0, false
+	}
+	for _, line := range lines[2:] {
+		name, rest, found := strings.Cut(line, ":")
+		if !found || strings.TrimSpace(name) == "lo" {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) < 9 {
+			continue
+		}
+		r, err1 := strconv.ParseInt(f[0], 10, 64)
+		t, err2 := strconv.ParseInt(f[8], 10, 64)
+		if err1 != nil || err2 != nil || r < 0 || t < 0 {
+			continue
+		}
+		rx, tx = add(rx, r), add(tx, t)
+	}
+	return rx, tx, true
+}
+
+// ProcessCPU reads a process's CPU time (utime + stime, fields 14 and 15
+// of /proc/<pid>/stat) in clock ticks, and its start time (field 22), for
+// host GPU processes.
+func ProcessCPU(b []byte) (ticks, start uint64, ok bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, 0, false
+	}
+	u, e1 := strconv.ParseUint(f[11], 10, 64)
+	s, e2 := strconv.ParseUint(f[12], 10, 64)
+	st, e3 := strconv.ParseUint(f[19], 10, 64)
+	if e1 != nil || e2 != nil || e3 != nil {
+		return 0, 0, false
+	}
+	return u + s, st, true
+}
+
+// add sums two counters ≥ 0, saturating instead of wrapping negative.
+func add(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
+}
