@@ -93,11 +93,15 @@ lint:
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # the NVML cycle with and without utilisation (go-nvml mock, 8 GPUs x 50
-# processes; one JSON line, goal nvml_utilization_ratio <= 1.2), then the
+# processes; one JSON line, goal nvml_utilization_ratio <= 1.2), the GPU
+# sampler's CPU at 8 GPUs x 50 processes (gpu_sampler_cpu_ms_per_s, goal
+# <= 10) and a new GPU process's time to the state file at --interval 30s
+# (gpu_detect_latency_ms_p95, goal <= 2,000), then the
 # 1,000-container run of the real daemon, which ends with one JSON line.
 bench: cc test-deps
 	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
 	$(GO) test -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
+	$(GO) test -run '^$$' -bench 'BenchmarkGPUSampler|BenchmarkGPUDetectLatency' -benchtime 1x -timeout 10m ./internal/cycle/
 	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles

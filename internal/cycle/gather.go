@@ -145,14 +145,16 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 	}
 	out := map[string]reconcile.Init{}
 	read := func(p *reconcile.Proc) {
-		id := p.Cgroup.ID
-		if _, done := out[id]; done || id == "" || pids[id] <= 0 {
-			return
+		for _, c := range p.Cgroup.Chain() { // every container the path names
+			id := c.ID
+			if _, done := out[id]; done || pids[id] <= 0 {
+				continue
+			}
+			var in reconcile.Init
+			in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
+			in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
+			out[id] = in
 		}
-		var in reconcile.Init
-		in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
-		in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
-		out[id] = in
 	}
 	for _, p := range f.Procs {
 		read(&p)

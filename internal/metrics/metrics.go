@@ -268,13 +268,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
 	without := 0
-	hostGPUs := len(st.GPUs)
+
 	for _, ct := range st.Containers {
 		user, id := ct.User, ct.ID
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
 		if ct.Status == "running" && ct.HasGPU {
-			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(hostGPUs)), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(st.GPUs)), KindContainer, lv(id), lv(user))
 		}
 		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {

@@ -200,7 +200,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 		gap := f.Now.Sub(prev.LastScan.Time)
 		dt = min(max(gap, 0), rules.maxGap()).Seconds()
 	}
-	hostGPUs := len(next.GPUs)
+
 	var ts []Transition
 	deltas := map[string]UserGPUSeconds{}
 	add := func(g *gpuState) {
@@ -247,7 +247,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			containerID: c.ID, user: c.User,
 			describe: describeContainer(c.ID, c.Name, c.User),
 			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
-			grant: c.GrantedGPUs(hostGPUs), running: c.Status == "running", known: f.GPUErr == nil, credit: cr,
+			grant: c.GrantedGPUs(next.GPUs), running: c.Status == "running", known: f.GPUErr == nil, credit: cr,
 		}
 		g.step()
 		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle

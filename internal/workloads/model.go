@@ -41,7 +41,7 @@ type Workload struct {
 	// AgeSeconds counts from the container's creation (docker ps's
 	// CREATED), or from a process's first sighting; null when unknown.
 	AgeSeconds *int64   `json:"age_seconds"`
-	Flags      []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices
+	Flags      []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices, unknown-gpu-device
 
 	// Added with held versus used.
 	FullID     string   `json:"full_id,omitempty"`
@@ -71,6 +71,7 @@ type Workload struct {
 	overDeadline  bool
 
 	running bool
+	granted int               // GPUs its configuration grants (inventory.CountGranted)
 	gpuMem  map[string]*int64 // by GPU index label: memory held there
 	gpuUtil map[string]*int   // by GPU index label: summed utilisation, nil when unknown
 }
@@ -240,8 +241,16 @@ func Rows(st inventory.State, now time.Time) []Workload {
 			w.Granted = strings.Join(w.GPUs, ",")
 		}
 		w.GPUsInUse = sortedLabels(w.gpuMem)
+		var unknown []string
+		w.granted, unknown = inventory.CountGranted(c.HasGPU, c.GPUDevices, st.GPUs)
 		if c.GPUWithoutAccess {
 			w.Flags = append(w.Flags, "gpu-without-access")
+		}
+		if c.UserConflict {
+			w.Flags = append(w.Flags, "owner-conflict")
+		}
+		if len(unknown) > 0 { // a device this host's NVML does not report
+			w.Flags = append(w.Flags, "unknown-gpu-device")
 		}
 		for _, p := range c.GPUProcesses {
 			if p.OutsideGPUDevices {
@@ -370,17 +379,14 @@ func (f Filter) Apply(ws []Workload) []Workload {
 	return out
 }
 
-// GPUCount is how many GPUs a workload holds, for --by-user: its devices
-// when it has GPU access (an "all" container counts one), one per process.
+// GPUCount is how many GPUs a workload holds, for --by-user: for a
+// container, what its configuration grants, counted as the daemon's
+// allocated seconds and ds01_workload_gpus_allocated count it
+// (inventory.CountGranted: all is every host GPU, devices once each); one
+// per process.
 func GPUCount(w Workload) int {
 	if w.Kind != KindContainer {
 		return 1
 	}
-	if !w.HasGPU {
-		return 0
-	}
-	if len(w.GPUs) == 0 {
-		return 1
-	}
-	return len(w.GPUs)
+	return w.granted
 }
