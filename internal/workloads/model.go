@@ -227,6 +227,9 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		if c.GPUWithoutAccess {
 			w.Flags = append(w.Flags, "gpu-without-access")
 		}
+		if c.UserConflict {
+			w.Flags = append(w.Flags, "owner-conflict")
+		}
 		if len(unknown) > 0 { // a device this host's NVML does not report
 			w.Flags = append(w.Flags, "unknown-gpu-device")
 		}

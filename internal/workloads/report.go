@@ -38,6 +38,7 @@ type ReportDoc struct {
 	By     string          `json:"by"`
 	Rows   []ReportRow     `json:"rows"`
 	Totals ReportRow       `json:"totals"`
+	Now    time.Time       `json:"-"` // when it was made: the end of an open period
 }
 
 // ReportInput says what to count.
@@ -367,6 +368,7 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 		w.Flush()
 		return w.Error()
 	}
+	fmt.Fprintln(out, style.paint(dim, "Period: "+doc.Period()))
 	if len(doc.Rows) == 0 {
 		fmt.Fprintln(out, "No GPU time in this period")
 		return nil
@@ -399,6 +401,22 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 	}
 	fmt.Fprintln(out, style.paint(dim, "GPU-hours: allocated = granted by the configuration, held = GPUs with the workload's processes, busy = at or above the idle threshold"))
 	return nil
+}
+
+// Period says which time the report covers, in UTC.
+func (d ReportDoc) Period() string {
+	const layout = "2006-01-02 15:04 MST"
+	from := "the start of the log"
+	if d.Since != nil {
+		from = d.Since.UTC().Format(layout)
+	}
+	to := "now"
+	if d.Until != nil {
+		to = d.Until.UTC().Format(layout)
+	} else if !d.Now.IsZero() {
+		to = "now (" + d.Now.UTC().Format(layout) + ")"
+	}
+	return from + " to " + to
 }
 
 // csvWriter writes cells that a spreadsheet would take for a formula
