@@ -278,8 +278,22 @@ func ephemeral(prev, next inventory.State, f Facts) []Transition {
 			continue
 		}
 		one := map[string]inventory.Container{k: eph[k]}
-		out = append(out, diffContainers(nil, one, nil)...)
-		out = append(out, diffContainers(one, nil, nil)...)
+		// Stamped with Docker's own times: a container that lived while
+		// the daemon was down is replayed when it was, not at this scan.
+		var born, gone time.Time
+		for _, c := range f.Docker.Ephemeral {
+			if ShortID(c.ID) == k {
+				born, gone = c.Created, c.Gone
+			}
+		}
+		for _, t := range diffContainers(nil, one, nil) {
+			t.At = born
+			out = append(out, t)
+		}
+		for _, t := range diffContainers(one, nil, nil) {
+			t.At = gone
+			out = append(out, t)
+		}
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"slices"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
@@ -22,6 +23,9 @@ type Transition struct {
 	// encoder escapes them.
 	Message string
 	Fields  []zap.Field
+	// At is when it happened, when that is known better than the scan's
+	// time (a container replayed from Docker's event history); zero: now.
+	At time.Time
 
 	exitedContainer string // 12-char ID, for a container_exited
 }

@@ -260,8 +260,8 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		}
 		out = append(out, w)
 	}
-	out = append(out, processRows(st.HostProcesses, "active", now)...)
-	out = append(out, processRows(st.PendingProcesses, "pending", now)...)
+	out = append(out, processRows(st.HostProcesses, "active", now, st.GPUs)...)
+	out = append(out, processRows(st.PendingProcesses, "pending", now, st.GPUs)...)
 	for _, p := range st.OtherGPUProcesses {
 		user := p.User
 		if user == "" {
@@ -284,6 +284,19 @@ func Rows(st inventory.State, now time.Time) []Workload {
 	return out
 }
 
+// processGPU is the index of a host process's GPU. The Python scanner's
+// (v1) entries have gpu_uuid only, read as index 0: the UUID decides, from
+// the state's gpus; -1 when a v1 entry's GPU is not there (show the UUID).
+func processGPU(p inventory.HostProcess, gpus map[string]inventory.GPU) int {
+	if g, ok := gpus[p.GPUUUID]; ok {
+		return g.Index
+	}
+	if p.StartTime == 0 && p.GPUUUID != "" && p.GPUIndex == 0 {
+		return -1
+	}
+	return p.GPUIndex
+}
+
 func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
@@ -291,7 +304,7 @@ func shortID(id string) string {
 	return id
 }
 
-func processRows(m map[string]inventory.HostProcess, status string, now time.Time) []Workload {
+func processRows(m map[string]inventory.HostProcess, status string, now time.Time, gpus map[string]inventory.GPU) []Workload {
 	pids := make([]int, 0, len(m))
 	byPid := map[int]inventory.HostProcess{}
 	for _, p := range m {
@@ -302,16 +315,21 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 	var out []Workload
 	for _, pid := range pids {
 		p := byPid[pid]
+		p.GPUIndex = processGPU(p, gpus)
+		label := gpuLabel(p.GPUIndex, p.MIG)
+		if p.GPUIndex < 0 { // a v1 entry on a GPU this state does not list
+			label = p.GPUUUID
+		}
 		w := Workload{
 			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
 			UserSource: "process-owner", Status: status, StatusText: status, HasGPU: true, GPUAccess: []string{},
-			GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
+			GPUs: []string{label}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
 			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle, CPUPercent: p.CPUPercent,
 			AllocatedSecs: p.GPUAllocatedSeconds, HeldSecs: p.GPUHeldSeconds, BusySecs: p.GPUBusySeconds,
 			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
 		}
 		w.IdleSeconds, w.IdleSince = age(now, p.GPUIdleSince)
-		w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
+		w.addUse(label, p.GPUMemoryMB, p.SMUtilPercent)
 		w.GPUsInUse = sortedLabels(w.gpuMem)
 		seen := p.DetectedAt
 		if seen == nil {
