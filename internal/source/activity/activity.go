@@ -74,10 +74,12 @@ func New(procRoot, cgroupRoot string) *Reader {
 	return &Reader{ProcRoot: procRoot, CgroupRoot: cgroupRoot, dirs: map[string]dirs{}, buf: make([]byte, 16<<10)}
 }
 
-// Container is one running container to read: its ID and init PID.
+// Container is one running container to read: its ID and init PID, and
+// whether Docker runs it in the host's network namespace.
 type Container struct {
-	ID  string
-	Pid int
+	ID          string
+	Pid         int
+	HostNetwork bool
 }
 
 // Read samples each container, and forgets the cached directories of
@@ -86,7 +88,7 @@ func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample 
 	out := make(map[string]Sample, len(list))
 	seen := make(map[string]dirs, len(list))
 	if r.hostNet == "" {
-		r.hostNet, _ = os.Readlink(filepath.Join(r.ProcRoot, "1", "ns", "net"))
+		r.hostNet, _ = os.Readlink(filepath.Join(r.ProcRoot, "self", "ns", "net"))
 	}
 	for _, c := range list {
 		if c.Pid <= 0 {
@@ -100,7 +102,7 @@ func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample 
 			}
 		}
 		seen[c.ID] = d
-		out[c.ID] = r.sample(c.Pid, d, now())
+		out[c.ID] = r.sample(c, d, now())
 	}
 	r.dirs = seen
 	return out
@@ -170,7 +172,8 @@ func (r *Reader) under(root, path string) string {
 	return filepath.Join(root, filepath.Clean("/"+path))
 }
 
-func (r *Reader) sample(pid int, d dirs, at time.Time) Sample {
+func (r *Reader) sample(c Container, d dirs, at time.Time) Sample {
+	pid := c.Pid
 	s := Sample{At: at, Pid: pid}
 	if d.v2 {
 		if v, ok := r.keyed(filepath.Join(d.cpu, "cpu.stat"), "usage_usec"); ok {
@@ -193,10 +196,13 @@ func (r *Reader) sample(pid int, d dirs, at time.Time) Sample {
 			s.ReadBytes, s.WriteBytes = r.blkio(d.io)
 		}
 	}
+	// The host's namespace: as Docker says (--network host), or as the
+	// namespace links say where they can be read (without CAP_SYS_PTRACE
+	// they cannot for processes with capabilities the daemon lacks).
 	ns, _ := os.Readlink(filepath.Join(r.ProcRoot, strconv.Itoa(pid), "ns", "net"))
-	if ns != "" && ns == r.hostNet {
+	if c.HostNetwork || (ns != "" && ns == r.hostNet) {
 		s.HostNetwork = true
-	} else if ns != "" || r.hostNet == "" {
+	} else {
 		s.RxBytes, s.TxBytes = r.netDev(pid)
 	}
 	return s
