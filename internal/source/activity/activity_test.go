@@ -263,7 +263,7 @@ func TestRealCgroups(t *testing.T) {
 		r := New("", "")
 		r.hostNet = "other" // the spinning shell shares the test's namespace
 		check(t, r, cmd.Process.Pid, true)
-		if d := r.dirs[id]; d.v2 || !strings.HasSuffix(d.cpu, "/"+name) {
+		if d := r.dirs[id]; d.v2 || !strings.HasSuffix(d.cpu, "/"+name+"/cpuacct.usage") {
 			t.Errorf("dirs %+v", d)
 		}
 	})
