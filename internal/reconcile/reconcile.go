@@ -166,6 +166,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.DockerEventsSince = checkpoint(prev.DockerEventsSince, f.Docker)
 		next.Containers, active = buildContainers(f.Docker.Containers, prev.Containers, f, now)
 		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers, active)...)
+		res.Transitions = append(res.Transitions, ownerChanges(prev.Containers, next.Containers, active)...)
 		res.Transitions = append(res.Transitions, ephemeral(prev, next, f)...)
 	}
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
@@ -378,6 +379,18 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		}
 		if old, ok := prev[key]; ok && !old.DetectedAt.IsZero() {
 			e.DetectedAt = old.DetectedAt
+		}
+		if old, ok := prev[key]; ok {
+			e.OwnerSeconds = old.OwnerSeconds
+			if ownerChanged(old.User, e.User) && e.OwnerSeconds == nil {
+				// The owner changed (docker rename, a label update): the
+				// seconds so far stay the old owner's.
+				e.OwnerSeconds = []inventory.OwnerSeconds{{User: old.User,
+					GPUAllocatedSeconds: old.GPUAllocatedSeconds, GPUHeldSeconds: old.GPUHeldSeconds, GPUBusySeconds: old.GPUBusySeconds}}
+			}
+		}
+		if e.OwnerSeconds != nil {
+			e.UserConflict = true // it has had more than one owner
 		}
 		out[key] = e
 	}

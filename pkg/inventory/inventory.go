@@ -165,6 +165,11 @@ type Container struct {
 	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+	// OwnerSeconds splits the three counters by owner once the owner of a
+	// container changed during its life (docker rename, a label update:
+	// detection.owner_changed): each second stays with the user who owned
+	// the container then. Absent while it has had one owner.
+	OwnerSeconds []OwnerSeconds `json:"gpu_seconds_by_owner,omitempty"`
 
 	// Activity, read from the container's cgroup and network namespace at
 	// each reconciliation scan while it runs (never from Docker's stats
@@ -281,6 +286,14 @@ const (
 	OriginCompose      = "compose"
 	OriginRawDocker    = "raw-docker"
 )
+
+// OwnerSeconds are one owner's share of a container's GPU-seconds.
+type OwnerSeconds struct {
+	User                string  `json:"user"`
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+}
 
 // HostProcess is a process using a GPU outside any container. The first six
 // fields are the Python scanner's.
