@@ -64,6 +64,9 @@ type Facts struct {
 	// namespaces of the running containers read this scan; nil when they
 	// were not read (an event scan: the last reading stands).
 	Activity map[string]activity.Sample
+	// ProcCPU holds, by PID, the CPU time of each GPU process read this
+	// scan (reconciliation scans only; nil otherwise).
+	ProcCPU map[int]ProcCPU
 
 	// Users maps UIDs to user names (NSS), for the UIDs above and those
 	// container names carry (see classify.NameUID). A UID missing here is
@@ -221,6 +224,9 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
 	res.Transitions = append(res.Transitions, idleStep(prev, &next, active, f, rules)...)
+	if f.GPUErr == nil {
+		hostCPU(prev, &next, f)
+	}
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}

@@ -60,6 +60,16 @@ type Workload struct {
 	HeldSecs      float64 `json:"gpu_held_seconds"`
 	BusySecs      float64 `json:"gpu_busy_seconds"`
 
+	// Added with the idle verdict (the site's rule): CPU percent (100 =
+	// one core) and working-set memory from the cgroup, and the verdict.
+	CPUPercent    *float64 `json:"cpu_percent"`
+	MemoryBytes   *int64   `json:"memory_bytes"`
+	IdleRuleSince string   `json:"idle_since,omitempty"`    // idle by the site's rule since
+	IdleFor       *int64   `json:"idle_for_seconds"`        // seconds since idle_since; null while not idle
+	IdleDeadline  string   `json:"idle_deadline,omitempty"` // idle_since + the policy's timeout
+	IdleGroup     string   `json:"idle_group,omitempty"`    // the policy group that applied
+	overDeadline  bool
+
 	running bool
 	granted int               // GPUs its configuration grants (inventory.CountGranted)
 	gpuMem  map[string]*int64 // by GPU index label: memory held there
@@ -198,6 +208,15 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		w.UtilPercent, w.Idle = c.GPUUtilizationPercent, c.GPUIdle
 		w.IdleSeconds, w.IdleSince = age(now, c.GPUIdleSince)
 		w.AllocatedSecs, w.HeldSecs, w.BusySecs = c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds
+		w.CPUPercent, w.MemoryBytes = c.CPUPercent, c.MemoryBytes
+		w.IdleFor, w.IdleRuleSince = age(now, c.IdleSince)
+		if c.IdleDeadline != nil {
+			w.IdleDeadline = c.IdleDeadline.String()
+			w.overDeadline = now.After(c.IdleDeadline.Time)
+		}
+		if c.IdlePolicy != nil {
+			w.IdleGroup = c.IdlePolicy.Group
+		}
 		w.gpuMem, w.gpuUtil = map[string]*int64{}, map[string]*int{}
 		for _, p := range c.GPUProcesses {
 			w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
@@ -305,7 +324,7 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
 			UserSource: "process-owner", Status: status, StatusText: status, HasGPU: true, GPUAccess: []string{},
 			GPUs: []string{label}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
-			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle,
+			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle, CPUPercent: p.CPUPercent,
 			AllocatedSecs: p.GPUAllocatedSeconds, HeldSecs: p.GPUHeldSeconds, BusySecs: p.GPUBusySeconds,
 			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
 		}
@@ -329,8 +348,13 @@ type Filter struct {
 	Type    string // an origin, host-process or other-runtime
 	GPUOnly bool
 	All     bool // include stopped containers and pending processes
-	Idle    bool // only workloads holding GPU memory below the idle threshold
-	GPU     *int // only workloads with processes on this GPU index
+	// Idle: only containers idle by the site's rule (the daemon's verdict:
+	// GPU when held, CPU, network); IdleFor: idle so for at least this
+	// long; OverDeadline: past their idle_deadline.
+	Idle         bool
+	IdleFor      time.Duration
+	OverDeadline bool
+	GPU          *int // only workloads with processes on this GPU index
 }
 
 // Match reports whether w passes f.
@@ -347,7 +371,13 @@ func (f Filter) Match(w Workload) bool {
 	if !f.All && !w.running {
 		return false
 	}
-	if f.Idle && w.IdleSince == "" {
+	if (f.Idle || f.IdleFor > 0) && w.IdleFor == nil {
+		return false
+	}
+	if f.IdleFor > 0 && time.Duration(*w.IdleFor)*time.Second < f.IdleFor {
+		return false
+	}
+	if f.OverDeadline && !w.overDeadline {
 		return false
 	}
 	if f.GPU != nil && !w.OnGPU(*f.GPU) {

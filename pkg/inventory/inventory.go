@@ -324,6 +324,14 @@ type HostProcess struct {
 	Runtime string `json:"runtime,omitempty"`
 	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
 	SMUtilPercent *int `json:"sm_util_percent"`
+	// CPUPercent is the process's CPU use (utime+stime of
+	// /proc/<pid>/stat) over the interval since the last reconciliation
+	// scan, 100 = one core; null when unknown (its first scan).
+	CPUPercent *float64 `json:"cpu_percent"`
+	// CPUTicks and CPUAt are that reading (clock ticks; Unix nanoseconds);
+	// in memory only.
+	CPUTicks uint64 `json:"-"`
+	CPUAt    int64  `json:"-"`
 
 	// Held versus used (all null or zero until a GPU reports them).
 	// GPUUtilizationPercent is the mean, over the GPUs it has processes on,
