@@ -89,6 +89,8 @@ var (
 	descIdle = prometheus.NewDesc("ds01_workload_idle_seconds",
 		"How long a running container has been idle by the site's rule (GPU when held, CPU and network under the policy's thresholds for idle_detection_window scans past the grace period); 0 when not idle. group is the policy group that applied.",
 		append(append([]string{}, workloadLabels...), "group"), nil)
+	descUnattributed = prometheus.NewDesc("ds01_gpu_unattributed_seconds_total",
+		"Active time of processes only NVML accounting mode saw (they started and ended between two samples) and /proc no longer had: nobody's. Cumulative, from the state.", gpuLabels, nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
 		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
@@ -161,7 +163,7 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem,
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem, descUnattributed,
 		descCPUSeconds, descMemory, descNetwork, descIdle} {
 		ch <- d
 	}
@@ -228,6 +230,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		if g.MemoryUsedMB != nil {
 			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, idx, lv(uuid))
 		}
+		ch <- prometheus.MustNewConstMetric(descUnattributed, prometheus.CounterValue, g.UnattributedSeconds, idx, lv(uuid))
 	}
 	// A workload's GPU index is the GPU's in the gpus map; the process's
 	// own gpu_index stands in when the map lacks the GPU (GPU source down

@@ -94,6 +94,13 @@ type GPU struct {
 	MemoryUsedMB       *int64 `json:"memory_used_mb"`
 	UtilizationPercent *int   `json:"utilization_percent"` // whole-device; null when unknown
 	MIGMode            bool   `json:"mig_mode"`
+	// AccountingMode is NVML accounting mode: null when unknown.
+	AccountingMode *bool `json:"accounting_mode"`
+	// UnattributedSeconds sums the active time of processes that only
+	// the accounting buffer showed (they started and ended between two
+	// samples) and that /proc no longer had: nobody's, but not lost.
+	// Cumulative.
+	UnattributedSeconds float64 `json:"unattributed_seconds"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
