@@ -82,6 +82,16 @@ e2e: cc test-deps
 man: build
 	GO='$(GO)' sh packaging/man.sh bin bin/man
 
+# The product in a minute without a GPU server (root: a private dockerd, as
+# the tests start): containers of every origin, host processes and the
+# stand-in NVML library; shows ds01-workloads, gpus and report, and removes
+# everything it started on Ctrl-C. DEMO_FLAGS=--no-wait ends after showing.
+demo: build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo starts a private dockerd: run 'sudo make demo'" >&2; exit 1; }
+	@command -v dockerd >/dev/null 2>&1 || { echo "installing docker.io (dockerd)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null; }
+	@$(GO) build -o bin/.demo ./internal/demo
+	@./bin/.demo --bin bin $(DEMO_FLAGS)
+
 # Runs the daemon in the foreground against the local Docker, with its state
 # and events under ./run. Ctrl-C stops it; `kill -HUP` forces a rescan.
 run: build

@@ -764,3 +764,29 @@ func TestManOptionsListEveryFlag(t *testing.T) {
 		}
 	}
 }
+
+// A host process whose command line could not be read says why.
+func TestUnreadableCommandLine(t *testing.T) {
+	b, err := os.ReadFile(td("held.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	json.Unmarshal(b, &st)
+	for _, p := range st["host_processes"].(map[string]any) {
+		p := p.(map[string]any)
+		if p["pid"].(float64) == 7001 {
+			p["cmdline"], p["cmdline_error"] = "", "permission denied"
+		}
+		if p["pid"].(float64) == 7002 {
+			p["cmdline"] = ""
+		}
+	}
+	b, _ = json.Marshal(st)
+	path := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(path, b, 0o644)
+	out, _, rc := invoke([]string{"--state-file", path, "--type", "host-process"}, false, nil)
+	if rc != 0 || !strings.Contains(out, "(unreadable: permission denied)") || !strings.Contains(out, "(unreadable: no command line recorded)") {
+		t.Errorf("exit %d:\n%s", rc, out)
+	}
+}

@@ -79,6 +79,8 @@ var (
 		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
 		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
+	descWorkloadIdleVerdict = prometheus.NewDesc("ds01_workload_gpu_idle",
+		"1 when the daemon judges a workload holding GPU memory idle: below --gpu-idle-threshold on every GPU it holds for at least --gpu-idle-after (the state file's gpu_idle, detection.gpu_idle); else 0.", workloadLabels, nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
 		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
@@ -151,7 +153,7 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem} {
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem} {
 		ch <- d
 	}
 }
@@ -278,6 +280,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if len(ct.GPUProcesses) > 0 {
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
 		}
 	}
 	perUser := map[string]int{}
@@ -287,6 +290,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
 		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), KindHostProcess, id, lv(p.User))
 		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
 		addUtil(k, p.SMUtilPercent)
 		if p.GPUMemoryMB != nil {
@@ -324,4 +328,11 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
