@@ -66,7 +66,7 @@ func TestDemo(t *testing.T) {
 	text := out.String()
 	t.Logf("views after %s:\n%s", took.Round(time.Second), text)
 	for _, re := range []string{
-		`(?m)^ds01-managed\s+alice\s+0\s+29\.3GiB\s+85%`,     // a container with a GPU process
+		`(?m)^ds01-managed\s+alice\s+0\s+29\.3GiB\s+85%`,           // a container with a GPU process
 		`(?m)^compose\s+bob\s+0 \(\+all\)\s+19\.5GiB\s+0%\s+idle `, // the idle holder
 		`sneaky \[gpu-without-access\]`,
 		`(?m)^host-process\s+nobody\s+0\s+2\.0GiB`,
