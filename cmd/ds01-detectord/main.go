@@ -90,7 +90,7 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
 	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
 	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
-	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
+	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock); the daemon must see every container: point it at the Engine, not at a filtering proxy").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
 	app.Flag("docker-timeout", "deadline of one Docker API call").Default("10s").DurationVar(&c.dockerTimeout)
 	app.Flag("nvml-library", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)").PlaceHolder("FILE").StringVar(&c.nvmlLibrary)
 	app.Flag("exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable").PlaceHolder("NAME").StringsVar(&c.excludeProcesses)

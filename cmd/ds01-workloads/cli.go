@@ -22,7 +22,7 @@ var version = "dev"
 
 func listFlags(fs *pflag.FlagSet, m *listMode) {
 	fs.StringVar(&m.stateFile, "state-file", inventory.DefaultPath, "state file to read")
-	fs.BoolVarP(&m.wide, "wide", "w", false, "more columns: ID, image, GPU access, attribution, owner conflict")
+	fs.BoolVarP(&m.wide, "wide", "w", false, "more columns: ID, image, GPU access, CPU% and host memory (from the cgroup), idle by the site's rule, attribution, owner conflict")
 	fs.BoolVar(&m.byUser, "by-user", false, "group workloads per user, with workload and GPU counts")
 	fs.BoolVar(&m.byGPU, "by-gpu", false, "one block per GPU (same as the gpus command)")
 	fs.BoolVar(&m.json, "json", false, "print the filtered inventory as JSON")
@@ -30,7 +30,9 @@ func listFlags(fs *pflag.FlagSet, m *listMode) {
 	fs.StringVar(&m.filter.Type, "type", "", "only this type: ds01-managed, devcontainer, compose, raw-docker, host-process, other-runtime")
 	fs.BoolVar(&m.filter.GPUOnly, "gpu-only", false, "only workloads with GPU access or GPU use")
 	fs.BoolVar(&m.filter.All, "all", false, "include stopped containers and pending host processes")
-	fs.BoolVar(&m.filter.Idle, "idle", false, "only workloads holding GPU memory below the idle threshold")
+	fs.BoolVar(&m.filter.Idle, "idle", false, "only containers idle by the site's rule (the daemon's verdict: GPU when held, CPU and network under the policy's thresholds)")
+	fs.DurationVar(&m.filter.IdleFor, "idle-for", 0, "only containers idle by the site's rule for at least this `duration` (2h, 30m)")
+	fs.BoolVar(&m.filter.OverDeadline, "over-deadline", false, "only containers idle past their idle_deadline (idle_since + the policy's timeout)")
 	fs.Var(&m.gpu, "gpu", "only workloads with processes on GPU `N` (index)")
 	fs.StringVar(&m.sortKey, "sort", "", "sort by mem, util, idle, age (largest first), user or name")
 	fs.BoolVarP(&m.quiet, "quiet", "q", false, "print only container IDs (as docker ps -q)")

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
@@ -44,6 +47,9 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	}
 	if full && f.DockerErr == nil && s.cfg.Activity != nil {
 		f.Activity = s.readActivity(f.Docker.Containers)
+	}
+	if full && f.GPUErr == nil {
+		f.ProcCPU = s.readProcCPU(f)
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
@@ -215,4 +221,23 @@ func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Samp
 		}
 	}
 	return s.cfg.Activity.Read(running, time.Now)
+}
+
+// readProcCPU reads the CPU time of every GPU process (host processes get
+// their cpu_percent from it).
+func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
+	out := make(map[int]reconcile.ProcCPU, len(f.Procs))
+	for pid, p := range f.Procs {
+		if p.CgroupErr != nil || p.Cgroup.ID != "" {
+			continue // gone, or in a container: its cgroup tells
+		}
+		b, err := os.ReadFile(filepath.Join(s.cfg.Proc.Root, strconv.Itoa(pid), "stat"))
+		if err != nil {
+			continue
+		}
+		if ticks, start, ok := activity.ProcessCPU(b); ok {
+			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: time.Now()}
+		}
+	}
+	return out
 }

@@ -81,6 +81,16 @@ var (
 		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
 	descWorkloadIdleVerdict = prometheus.NewDesc("ds01_workload_gpu_idle",
 		"1 when the daemon judges a workload holding GPU memory idle: below --gpu-idle-threshold on every GPU it holds for at least --gpu-idle-after (the state file's gpu_idle, detection.gpu_idle); else 0.", workloadLabels, nil)
+	descCPUSeconds = prometheus.NewDesc("ds01_workload_cpu_usage_seconds_total",
+		"CPU time a running container's cgroup has used (its cpu_usage_seconds), read at each reconciliation scan; absent when unknown.", workloadLabels, nil)
+	descMemory = prometheus.NewDesc("ds01_workload_memory_bytes",
+		"Working-set memory of a running container (usage less inactive file pages, as docker stats shows it); absent when unknown.", workloadLabels, nil)
+	descNetwork = prometheus.NewDesc("ds01_workload_network_bytes_total",
+		"Bytes a running container's network namespace received (direction rx) and sent (tx) on every interface but lo; absent in the host's namespace.",
+		append(append([]string{}, workloadLabels...), "direction"), nil)
+	descIdle = prometheus.NewDesc("ds01_workload_idle_seconds",
+		"How long a running container has been idle by the site's rule (GPU when held, CPU and network under the policy's thresholds for idle_detection_window scans past the grace period); 0 when not idle. group is the policy group that applied.",
+		append(append([]string{}, workloadLabels...), "group"), nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
 		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
@@ -153,7 +163,8 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem} {
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem,
+		descCPUSeconds, descMemory, descNetwork, descIdle} {
 		ch <- d
 	}
 }
@@ -282,6 +293,9 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
 		}
+		if ct.Status == "running" {
+			c.activity(ch, ct, idleFor)
+		}
 	}
 	perUser := map[string]int{}
 	for _, p := range st.HostProcesses {
@@ -335,4 +349,23 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// activity emits a running container's cgroup and network series and its
+// idle verdict.
+func (c *inventoryCollector) activity(ch chan<- prometheus.Metric, ct inventory.Container, idleFor func(*inventory.Time) float64) {
+	id, user := lv(ct.ID), lv(ct.User)
+	if ct.CPUUsageSeconds != nil {
+		ch <- prometheus.MustNewConstMetric(descCPUSeconds, prometheus.CounterValue, *ct.CPUUsageSeconds, KindContainer, id, user)
+	}
+	if ct.MemoryBytes != nil {
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(*ct.MemoryBytes), KindContainer, id, user)
+	}
+	if ct.NetRxBytes != nil && ct.NetTxBytes != nil {
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetRxBytes), KindContainer, id, user, "rx")
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetTxBytes), KindContainer, id, user, "tx")
+	}
+	if ct.IdlePolicy != nil {
+		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, idleFor(ct.IdleSince), KindContainer, id, user, lv(ct.IdlePolicy.Group))
+	}
 }

@@ -348,3 +348,36 @@ func TestInvalidUTF8LabelValues(t *testing.T) {
 		t.Errorf("held %v", got)
 	}
 }
+
+// A running container's cgroup and network series and its idle verdict;
+// nothing for what is unknown, nothing for a stopped container.
+func TestActivityMetrics(t *testing.T) {
+	m := New("test")
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	since := inventory.NewTime(now.Add(-25 * time.Minute))
+	f := func(v float64) *float64 { return &v }
+	n := func(v int64) *int64 { return &v }
+	st := inventory.Empty()
+	st.LastScan = &now
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", Status: "running",
+		CPUUsageSeconds: f(12.5), MemoryBytes: n(1 << 20), NetRxBytes: n(300), NetTxBytes: n(400), IdleSince: &since,
+		IdlePolicy: &inventory.IdlePolicy{Group: "researcher"}}
+	st.Containers["def456abc123"] = inventory.Container{ID: "def456abc123", User: "bob", Status: "running",
+		CPUUsageSeconds: f(1), IdlePolicy: &inventory.IdlePolicy{Source: "flags"}}
+	st.Containers["0123456789ab"] = inventory.Container{ID: "0123456789ab", User: "carl", Status: "exited"}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	want := map[string]map[string]float64{
+		"ds01_workload_cpu_usage_seconds_total": {`id=abc123def456,type=container,user=alice`: 12.5, `id=def456abc123,type=container,user=bob`: 1},
+		"ds01_workload_memory_bytes":            {`id=abc123def456,type=container,user=alice`: 1 << 20},
+		"ds01_workload_network_bytes_total": {`direction=rx,id=abc123def456,type=container,user=alice`: 300,
+			`direction=tx,id=abc123def456,type=container,user=alice`: 400},
+		"ds01_workload_idle_seconds": {`group=researcher,id=abc123def456,type=container,user=alice`: 1500,
+			`group=,id=def456abc123,type=container,user=bob`: 0},
+	}
+	for name, w := range want {
+		if got := series(fams[name]); !equal(got, w) {
+			t.Errorf("%s: %v, want %v", name, got, w)
+		}
+	}
+}

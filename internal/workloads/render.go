@@ -117,6 +117,19 @@ func columns(o Options, withUser bool) []column {
 				}
 				return orDash(strings.Join(w.GPUAccess, ","))
 			}},
+			column{title: "CPU%", value: func(w Workload) string { return cpuCell(w.CPUPercent) }},
+			column{title: "HOST-MEM", value: func(w Workload) string {
+				if w.MemoryBytes == nil {
+					return "-"
+				}
+				return humanBytes(uint64(max(*w.MemoryBytes, 0)))
+			}},
+			column{title: "IDLE-RULE", value: func(w Workload) string {
+				if w.IdleFor == nil {
+					return "-"
+				}
+				return FormatAge(w.IdleFor)
+			}},
 			column{title: "USER-FROM", value: func(w Workload) string { return orDash(w.UserSource) }},
 			column{title: "CONFLICT", value: func(w Workload) string {
 				if w.UserConflict {
@@ -127,8 +140,8 @@ func columns(o Options, withUser bool) []column {
 		)
 		if o.Stats != nil {
 			cols = append(cols,
-				column{title: "CPU%", value: func(w Workload) string { return orDash(o.Stats[w.ID].CPU) }},
-				column{title: "MEM", value: func(w Workload) string { return orDash(o.Stats[w.ID].Mem) }},
+				column{title: "LIVE-CPU%", value: func(w Workload) string { return orDash(o.Stats[w.ID].CPU) }},
+				column{title: "LIVE-MEM", value: func(w Workload) string { return orDash(o.Stats[w.ID].Mem) }},
 			)
 		}
 	}
@@ -419,6 +432,14 @@ func JSON(out io.Writer, st inventory.State, ws []Workload, sum Summary) error {
 	}
 	_, err = out.Write(append(b, '\n'))
 	return err
+}
+
+// cpuCell is a CPU percent (100 = one core), "-" when unknown.
+func cpuCell(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return strconv.FormatFloat(*v, 'f', 1, 64)
 }
 
 // wrap breaks s at spaces into lines of at most width columns (0: one

@@ -88,6 +88,7 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 				GPUUUIDs    []string `json:"gpu_uuids"`
 				Count       int      `json:"count"`
 				event.GPUSeconds
+				ByOwner []inventory.OwnerSeconds `json:"gpu_seconds_by_owner"`
 			}
 			switch e.EventType {
 			case event.ContainerExited, event.HostProcessExited, event.ShortProcesses:
@@ -106,6 +107,14 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			if e.EventType == event.HostProcessExited {
 				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), KindHostProcess
 			}
+			if len(d.ByOwner) > 0 { // each owner's seconds are theirs
+				for _, o := range d.ByOwner {
+					seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: origin, gpus: d.GPUUUIDs,
+						allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
+				}
+				seen[key] = workloadTime{} // counted: the running entry is not added again
+				return
+			}
 			seen[key] = workloadTime{user: userOr(e.User), origin: origin, gpus: d.GPUUUIDs,
 				allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds}
 		}); err != nil {
@@ -118,6 +127,14 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		for _, c := range st.Containers {
 			key := "c:" + c.ID
 			if _, done := seen[key]; done {
+				continue
+			}
+			if len(c.OwnerSeconds) > 0 {
+				for _, o := range c.OwnerSeconds {
+					seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: c.Origin, gpus: containerGPUs(c),
+						allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
+				}
+				seen[key] = workloadTime{}
 				continue
 			}
 			seen[key] = workloadTime{user: userOr(c.User), origin: c.Origin, gpus: containerGPUs(c),

@@ -165,6 +165,11 @@ type Container struct {
 	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+	// OwnerSeconds splits the three counters by owner once the owner of a
+	// container changed during its life (docker rename, a label update:
+	// detection.owner_changed): each second stays with the user who owned
+	// the container then. Absent while it has had one owner.
+	OwnerSeconds []OwnerSeconds `json:"gpu_seconds_by_owner,omitempty"`
 
 	// Activity, read from the container's cgroup and network namespace at
 	// each reconciliation scan while it runs (never from Docker's stats
@@ -282,6 +287,14 @@ const (
 	OriginRawDocker    = "raw-docker"
 )
 
+// OwnerSeconds are one owner's share of a container's GPU-seconds.
+type OwnerSeconds struct {
+	User                string  `json:"user"`
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+}
+
 // HostProcess is a process using a GPU outside any container. The first six
 // fields are the Python scanner's.
 type HostProcess struct {
@@ -315,6 +328,14 @@ type HostProcess struct {
 	Runtime string `json:"runtime,omitempty"`
 	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
 	SMUtilPercent *int `json:"sm_util_percent"`
+	// CPUPercent is the process's CPU use (utime+stime of
+	// /proc/<pid>/stat) over the interval since the last reconciliation
+	// scan, 100 = one core; null when unknown (its first scan).
+	CPUPercent *float64 `json:"cpu_percent"`
+	// CPUTicks and CPUAt are that reading (clock ticks; Unix nanoseconds);
+	// in memory only.
+	CPUTicks uint64 `json:"-"`
+	CPUAt    int64  `json:"-"`
 
 	// Held versus used (all null or zero until a GPU reports them).
 	// GPUUtilizationPercent is the mean, over the GPUs it has processes on,
