@@ -133,7 +133,14 @@ func newRoot(e env, rc *int) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(*cobra.Command, []string) error { fmt.Fprint(e.stdout, concepts); return nil },
 	}
-	root.AddCommand(gpus, report, events, conceptsCmd)
+	manCmd := &cobra.Command{
+		Use:    "__man-options",
+		Short:  "the man page's OPTIONS, from the command tree (make man)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+	}
+	root.AddCommand(gpus, report, events, conceptsCmd, manCmd)
+	manCmd.RunE = func(*cobra.Command, []string) error { manOptions(e.stdout, root); return nil }
 
 	for _, c := range []*cobra.Command{root, gpus, report, events} {
 		c.Flags().SortFlags = false

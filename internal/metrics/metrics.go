@@ -79,6 +79,8 @@ var (
 		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
 		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
+	descWorkloadIdleVerdict = prometheus.NewDesc("ds01_workload_gpu_idle",
+		"1 when the daemon judges a workload holding GPU memory idle: below --gpu-idle-threshold on every GPU it holds for at least --gpu-idle-after (the state file's gpu_idle, detection.gpu_idle); else 0.", workloadLabels, nil)
 	descCPUSeconds = prometheus.NewDesc("ds01_workload_cpu_usage_seconds_total",
 		"CPU time a running container's cgroup has used (its cpu_usage_seconds), read at each reconciliation scan; absent when unknown.", workloadLabels, nil)
 	descMemory = prometheus.NewDesc("ds01_workload_memory_bytes",
@@ -163,7 +165,7 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem, descUnattributed,
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem, descUnattributed,
 		descCPUSeconds, descMemory, descNetwork, descIdle} {
 		ch <- d
 	}
@@ -292,6 +294,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if len(ct.GPUProcesses) > 0 {
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
 		}
 		if ct.Status == "running" {
 			c.activity(ch, ct, idleFor)
@@ -304,6 +307,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
 		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), KindHostProcess, id, lv(p.User))
 		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
 		addUtil(k, p.SMUtilPercent)
 		if p.GPUMemoryMB != nil {
@@ -341,6 +345,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // activity emits a running container's cgroup and network series and its

@@ -80,6 +80,7 @@ type Proc struct {
 	Cgroup    proc.ContainerRef
 	CgroupErr error
 	Argv      []string
+	ArgvErr   error // why the command line could not be read
 	UID       uint32
 	UIDErr    error
 	StartTime uint64

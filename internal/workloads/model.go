@@ -328,6 +328,13 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 			AllocatedSecs: p.GPUAllocatedSeconds, HeldSecs: p.GPUHeldSeconds, BusySecs: p.GPUBusySeconds,
 			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
 		}
+		if strings.TrimSpace(w.Name) == "" {
+			why := p.CmdlineError
+			if why == "" {
+				why = "no command line recorded"
+			}
+			w.Name = "(unreadable: " + why + ")"
+		}
 		w.IdleSeconds, w.IdleSince = age(now, p.GPUIdleSince)
 		w.addUse(label, p.GPUMemoryMB, p.SMUtilPercent)
 		w.GPUsInUse = sortedLabels(w.gpuMem)

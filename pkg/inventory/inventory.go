@@ -322,6 +322,10 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// CmdlineError says why cmdline is empty: /proc/<pid>/cmdline could
+	// not be read ("permission denied", "no such process"), or held
+	// nothing (a zombie, a kernel thread).
+	CmdlineError string `json:"cmdline_error,omitempty"`
 	// Runtime is the container runtime the cgroup's name claims when the
 	// process sits in a user's own delegated tree (user@<uid>.service) in
 	// a cgroup named like another runtime's container (libpod-<id>.scope:
