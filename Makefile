@@ -23,7 +23,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all cc build test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e deb
+.PHONY: all cc build man demo test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e deb
 
 all: build
 
@@ -77,6 +77,21 @@ test: cc test-deps
 e2e: cc test-deps
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 10m -tags e2e -v -run TestUnderRealSystemd ./internal/e2e/
 
+# The man pages into bin/man, their OPTIONS made by the binaries:
+# `man -l bin/man/ds01-workloads.1`.
+man: build
+	GO='$(GO)' sh packaging/man.sh bin bin/man
+
+# The product in a minute without a GPU server (root: a private dockerd, as
+# the tests start): containers of every origin, host processes and the
+# stand-in NVML library; shows ds01-workloads, gpus and report, and removes
+# everything it started on Ctrl-C. DEMO_FLAGS=--no-wait ends after showing.
+demo: build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo starts a private dockerd: run 'sudo make demo'" >&2; exit 1; }
+	@command -v dockerd >/dev/null 2>&1 || { echo "installing docker.io (dockerd)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null; }
+	@$(GO) build -o bin/.demo ./internal/demo
+	@./bin/.demo --bin bin $(DEMO_FLAGS)
+
 # Runs the daemon in the foreground against the local Docker, with its state
 # and events under ./run. Ctrl-C stops it; `kill -HUP` forces a rescan.
 run: build
@@ -93,11 +108,15 @@ lint:
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # the NVML cycle with and without utilisation (go-nvml mock, 8 GPUs x 50
-# processes; one JSON line, goal nvml_utilization_ratio <= 1.2), then the
+# processes; one JSON line, goal nvml_utilization_ratio <= 1.2), the GPU
+# sampler's CPU at 8 GPUs x 50 processes (gpu_sampler_cpu_ms_per_s, goal
+# <= 10) and a new GPU process's time to the state file at --interval 30s
+# (gpu_detect_latency_ms_p95, goal <= 2,000), then the
 # 1,000-container run of the real daemon, which ends with one JSON line.
 bench: cc test-deps
 	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
 	$(GO) test -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
+	$(GO) test -run '^$$' -bench 'BenchmarkGPUSampler|BenchmarkGPUDetectLatency' -benchtime 1x -timeout 10m ./internal/cycle/
 	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles
@@ -161,7 +180,7 @@ fuzz-corpus:
 # with nfpm (a Go tool in go.mod) and packaging/nfpm.yaml. The binaries are
 # built here with VERSION (`make deb VERSION=1.2.3`); packaging/deb-version.sh
 # turns it, or the default git describe, into a Debian version. The man pages
-# come from docs/man (go-md2man), the completions from ds01-workloads itself,
+# come from docs/man with the OPTIONS the binaries print (packaging/man.sh), the completions from ds01-workloads itself,
 # libc6's minimum version from the binaries' symbols. DIST=/some/dir puts
 # the package elsewhere.
 DIST           ?= $(CURDIR)/dist
@@ -180,10 +199,8 @@ deb: cc
 	rm -rf "$$stage"; mkdir -p "$$stage/bin"; \
 	echo "building ds01-detectord $$debver-$(DEB_RELEASE) (VERSION=$(VERSION))"; \
 	CGO_ENABLED=1 $(GO) build $(DEB_GOFLAGS) -ldflags '$(DEB_LDFLAGS) $(LDFLAGS)' -o "$$stage/bin/" ./cmd/...; \
-	for m in ds01-detectord.8 ds01-workloads.1; do \
-		$(GO) tool go-md2man -in docs/man/$$m.md -out "$$stage/$$m"; \
-		gzip -9nf "$$stage/$$m"; \
-	done; \
+	GO='$(GO)' sh packaging/man.sh "$$stage/bin" "$$stage"; \
+	gzip -9nf "$$stage/ds01-detectord.8" "$$stage/ds01-workloads.1"; \
 	"$$stage/bin/ds01-workloads" completion bash > "$$stage/ds01-workloads.bash"; \
 	"$$stage/bin/ds01-workloads" completion zsh > "$$stage/ds01-workloads.zsh"; \
 	"$$stage/bin/ds01-workloads" completion fish > "$$stage/ds01-workloads.fish"; \

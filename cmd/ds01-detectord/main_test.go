@@ -180,3 +180,21 @@ func TestListenFlags(t *testing.T) {
 		}
 	}
 }
+
+// The man page's OPTIONS come from the flags: every visible one is there.
+func TestManOptionsListEveryFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	if rc := run([]string{"--help-man-options"}, &out, &errb); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	var c config
+	app := newApp(&c, map[string]*bool{}, &out)
+	for _, f := range app.Model().Flags {
+		if !f.Hidden && f.Name != "help" && !strings.Contains(out.String(), "**--"+f.Name+"**") {
+			t.Errorf("--%s is not in the man page's options", f.Name)
+		}
+	}
+	if strings.Contains(out.String(), "metrics-listen") || !strings.Contains(out.String(), "**--interval** *DURATION*") {
+		t.Errorf("man options:\n%s", out.String())
+	}
+}

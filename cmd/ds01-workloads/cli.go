@@ -23,7 +23,7 @@ var version = "dev"
 
 func listFlags(fs *pflag.FlagSet, m *listMode) {
 	fs.StringVar(&m.stateFile, "state-file", inventory.DefaultPath, "state file to read")
-	fs.BoolVarP(&m.wide, "wide", "w", false, "more columns: ID, image, GPU access, attribution, owner conflict")
+	fs.BoolVarP(&m.wide, "wide", "w", false, "more columns: ID, image, GPU access, CPU% and host memory (from the cgroup), idle by the site's rule, attribution, owner conflict")
 	fs.BoolVar(&m.byUser, "by-user", false, "group workloads per user, with workload and GPU counts")
 	fs.BoolVar(&m.byGPU, "by-gpu", false, "one block per GPU (same as the gpus command)")
 	fs.BoolVar(&m.json, "json", false, "print the filtered inventory as JSON")
@@ -31,10 +31,13 @@ func listFlags(fs *pflag.FlagSet, m *listMode) {
 	fs.StringVar(&m.filter.Type, "type", "", "only this type: ds01-managed, devcontainer, compose, raw-docker, host-process, other-runtime")
 	fs.BoolVar(&m.filter.GPUOnly, "gpu-only", false, "only workloads with GPU access or GPU use")
 	fs.BoolVar(&m.filter.All, "all", false, "include stopped containers and pending host processes")
-	fs.BoolVar(&m.filter.Idle, "idle", false, "only workloads holding GPU memory below the idle threshold")
+	fs.BoolVar(&m.filter.Idle, "idle", false, "only containers idle by the site's rule (the daemon's verdict: GPU when held, CPU and network under the policy's thresholds)")
+	fs.DurationVar(&m.filter.IdleFor, "idle-for", 0, "only containers idle by the site's rule for at least this `duration` (2h, 30m)")
+	fs.BoolVar(&m.filter.OverDeadline, "over-deadline", false, "only containers idle past their idle_deadline (idle_since + the policy's timeout)")
 	fs.Var(&m.gpu, "gpu", "only workloads with processes on GPU `N` (index)")
 	fs.StringVar(&m.sortKey, "sort", "", "sort by mem, util, idle, age (largest first), user or name")
-	fs.BoolVarP(&m.quiet, "quiet", "q", false, "print only IDs: container IDs, PIDs for processes")
+	fs.BoolVarP(&m.quiet, "quiet", "q", false, "print only container IDs (as docker ps -q)")
+	fs.BoolVar(&m.pids, "pids", false, "print only the PIDs of host GPU processes (and of other runtimes' GPU processes)")
 	fs.StringVar(&m.format, "format", "", "print each row with this Go `template` (fields listed above)")
 	fs.BoolVar(&m.noTrunc, "no-trunc", false, "do not cut long cells; full container IDs")
 	fs.Var(&m.watch, "watch", "redraw whenever the state file changes, and every interval (--watch 5 = 5 s, --watch 5s, --watch=2m); Ctrl-C ends")
@@ -158,7 +161,14 @@ func newRoot(e env, rc *int) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(*cobra.Command, []string) error { fmt.Fprint(e.stdout, concepts); return nil },
 	}
-	root.AddCommand(gpus, report, events, verify, conceptsCmd)
+	manCmd := &cobra.Command{
+		Use:    "__man-options",
+		Short:  "the man page's OPTIONS, from the command tree (make man)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+	}
+	root.AddCommand(gpus, report, events, verify, conceptsCmd, manCmd)
+	manCmd.RunE = func(*cobra.Command, []string) error { manOptions(e.stdout, root); return nil }
 
 	for _, c := range []*cobra.Command{root, gpus, report, events, verify} {
 		c.Flags().SortFlags = false

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,7 @@ type env struct {
 	now            func() time.Time
 	getenv         func(string) string
 	isTTY          bool
+	width          int // the terminal's columns; 0 off a terminal
 	ctx            context.Context
 }
 
@@ -34,7 +36,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	_, err := unix.IoctlGetTermios(int(os.Stdout.Fd()), unix.TCGETS)
-	os.Exit(run(os.Args[1:], env{stdout: os.Stdout, stderr: os.Stderr, now: time.Now, getenv: os.Getenv, isTTY: err == nil, ctx: ctx}))
+	width := 0
+	if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil {
+		width = int(ws.Col)
+	}
+	os.Exit(run(os.Args[1:], env{stdout: os.Stdout, stderr: os.Stderr, now: time.Now, getenv: os.Getenv, isTTY: err == nil, width: width, ctx: ctx}))
 }
 
 const usage = `Usage: ds01-workloads [flags]
@@ -62,7 +68,7 @@ Examples:
   ds01-workloads --idle --sort idle   idle GPU holders, longest first
   ds01-workloads --gpu 3              who is on GPU 3
   ds01-workloads --all --wide         everything, with IDs, images, GPU access, attribution
-  ds01-workloads -q --user alice      IDs only (container IDs, PIDs)
+  ds01-workloads -q --user alice      container IDs only (docker stop $(ds01-workloads -q ...))
   ds01-workloads --format '{{.Name}} {{.User}} {{.GPUMemory}}'
   ds01-workloads --watch 5            redraw when the state changes, and every 5 s
   ds01-workloads report --since 30d   GPU-hours allocated, held and busy per user
@@ -114,6 +120,7 @@ type listMode struct {
 	wide, byUser, json    bool
 	stats, concepts       bool
 	byGPU, quiet, noTrunc bool
+	pids                  bool
 	sortKey, format       string
 	color                 string
 	gpu                   optInt
@@ -171,8 +178,8 @@ func list(m listMode, e env) int {
 		}
 	}
 	if m.watch.on {
-		if m.json || m.quiet || tmpl != nil {
-			return usageErr(e, "--watch draws tables; it does not go with --json, -q or --format")
+		if m.json || m.quiet || m.pids || tmpl != nil {
+			return usageErr(e, "--watch draws tables; it does not go with --json, -q, --pids or --format")
 		}
 		return watch(m, e)
 	}
@@ -187,12 +194,19 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 		return 1
 	}
 	now := e.now()
+	if g := m.filter.GPU; g != nil && len(st.GPUs) > 0 && !hasGPU(st, *g) {
+		fmt.Fprintf(e.stderr, "ds01-workloads: --gpu %d: this host has no GPU %d (%s)\n", *g, *g, gpuList(st))
+		return 1
+	}
 	rows := m.filter.Apply(workloads.Rows(st, now))
 	if m.sortKey != "" {
 		workloads.Sort(rows, m.sortKey)
 	}
 	sum := workloads.Summarize(st, now, m.staleAfter)
 	style := workloads.Style{Color: colorOn(m.color, e)}
+	if !m.noTrunc {
+		style.Width = e.width
+	}
 	switch {
 	case m.json:
 		if err := workloads.JSON(out, st, rows, sum); err != nil {
@@ -200,15 +214,20 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 			return 1
 		}
 		return 0
-	case m.quiet:
+	case m.quiet || m.pids:
+		// -q: container IDs only, as docker ps -q, so that
+		// docker stop $(ds01-workloads -q) is safe; --pids: the host PIDs.
 		for _, w := range rows {
-			id := w.ID
-			if w.Kind != workloads.KindContainer {
-				id = strconv.Itoa(w.Pid)
-			} else if m.noTrunc && w.FullID != "" {
-				id = w.FullID
+			switch {
+			case m.quiet && w.Kind == workloads.KindContainer:
+				id := w.ID
+				if m.noTrunc && w.FullID != "" {
+					id = w.FullID
+				}
+				fmt.Fprintln(out, id)
+			case m.pids && w.Kind != workloads.KindContainer && w.Pid > 0:
+				fmt.Fprintln(out, w.Pid)
 			}
-			fmt.Fprintln(out, id)
 		}
 		return 0
 	case tmpl != nil:
@@ -228,11 +247,17 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 		if m.stats {
 			cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation(), withHost(m.dockerHost))
 			if err == nil {
-				opts.Stats = workloads.LiveStats(e.ctx, cli, rows, 10*time.Second)
+				ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+				_, err = cli.Ping(ctx)
+				cancel()
+				if err == nil {
+					opts.Stats = workloads.LiveStats(e.ctx, cli, rows, 10*time.Second)
+				}
 				cli.Close()
-			} else {
-				fmt.Fprintln(e.stderr, "ds01-workloads: --stats:", err)
-				opts.Stats = map[string]workloads.Stats{}
+			}
+			if err != nil {
+				fmt.Fprintln(e.stderr, "ds01-workloads: --stats: Docker is unreachable:", strings.ReplaceAll(err.Error(), "\n", " "))
+				return 1
 			}
 		}
 		workloads.Render(out, rows, opts)
@@ -244,6 +269,33 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 	workloads.WriteSummary(out, warn, sum, st.LastScan, style)
 	return 0
 }
+func hasGPU(st inventory.State, idx int) bool {
+	for _, g := range st.GPUs {
+		if g.Index == idx {
+			return true
+		}
+	}
+	return false
+}
+
+// gpuList says which GPUs the host has: "2 GPUs: 0-1".
+func gpuList(st inventory.State) string {
+	var idx []int
+	for _, g := range st.GPUs {
+		idx = append(idx, g.Index)
+	}
+	slices.Sort(idx)
+	parts := make([]string, len(idx))
+	for i, n := range idx {
+		parts[i] = strconv.Itoa(n)
+	}
+	list := strings.Join(parts, ", ")
+	if len(idx) > 1 && idx[len(idx)-1]-idx[0] == len(idx)-1 {
+		list = fmt.Sprintf("%d-%d", idx[0], idx[len(idx)-1])
+	}
+	return workloads.Plural(len(idx), "GPU") + ": " + list
+}
+
 func withHost(h string) client.Opt {
 	return func(c *client.Client) error {
 		if h == "" {
@@ -280,10 +332,13 @@ func runEvents(o eventsMode, e env) int {
 			return usageErr(e, "--until: %v", err)
 		}
 	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
+		return usageErr(e, "--until %s is before --since %s", *until, *since)
+	}
 	if *limit < 0 {
 		return usageErr(e, "--limit must be 0 or more")
 	}
-	p := &workloads.EventPrinter{Out: e.stdout, JSON: *asJSON, Style: workloads.Style{Color: colorOn(*color, e)}}
+	p := &workloads.EventPrinter{Out: e.stdout, JSON: *asJSON, Style: workloads.Style{Color: colorOn(*color, e), Width: e.width}}
 	n, off, err := workloads.ReadEvents(*file, f, *limit, p)
 	if err != nil && !(*follow && os.IsNotExist(err)) {
 		fmt.Fprintf(e.stderr, "ds01-workloads: cannot read event log %s: %v (check that it exists and is readable; the detector appends to it)\n", *file, err)

@@ -21,6 +21,7 @@ import (
 	"unicode"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/spf13/pflag"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/workloads"
@@ -102,10 +103,10 @@ func TestGolden(t *testing.T) {
 		{"gpus", []string{"gpus", "--state-file", td("held.json")}, false, nil},
 		{"by-gpu-alias", []string{"--state-file", td("held.json"), "--by-gpu"}, false, nil},
 		{"gpus-old-file", []string{"gpus", "--state-file", td("full.json")}, false, nil},
-		{"gpus-idle-user", []string{"gpus", "--state-file", td("held.json"), "--idle", "--user", "bob"}, false, nil},
+		{"gpus-idle-user", []string{"gpus", "--state-file", td("idle.json"), "--idle", "--user", "bob"}, false, nil},
 		{"idle", []string{"--state-file", td("held.json"), "--idle"}, false, nil},
 		{"gpu-3", []string{"--state-file", td("held.json"), "--gpu", "3"}, false, nil},
-		{"filters-and", []string{"--state-file", td("held.json"), "--gpu", "1", "--idle", "--user", "bob", "--type", "devcontainer", "--gpu-only"}, false, nil},
+		{"filters-and", []string{"--state-file", td("idle.json"), "--gpu", "1", "--idle", "--user", "bob", "--type", "devcontainer", "--gpu-only"}, false, nil},
 		{"filters-and-none", []string{"--state-file", td("held.json"), "--gpu", "2", "--idle"}, false, nil},
 		{"sort-mem", []string{"--state-file", td("held.json"), "--sort", "mem"}, false, nil},
 		{"sort-util", []string{"--state-file", td("held.json"), "--sort", "util"}, false, nil},
@@ -119,6 +120,12 @@ func TestGolden(t *testing.T) {
 		{"format-bad", []string{"--state-file", td("held.json"), "--format", "{{.Nope"}, false, nil},
 		{"format-missing-field", []string{"--state-file", td("held.json"), "--format", "{{.Nope}}"}, false, nil},
 		{"json-held", []string{"--state-file", td("held.json"), "--json", "--user", "bob"}, false, nil},
+		{"idle-rule", []string{"--state-file", td("idle.json"), "--idle"}, false, nil},
+		{"idle-rule-wide", []string{"--state-file", td("idle.json"), "--wide", "--all"}, false, nil},
+		{"idle-for", []string{"--state-file", td("idle.json"), "--idle-for", "30m"}, false, nil},
+		{"idle-for-bad", []string{"--state-file", td("idle.json"), "--idle-for", "soon"}, false, nil},
+		{"over-deadline", []string{"--state-file", td("idle.json"), "--over-deadline"}, false, nil},
+		{"json-idle", []string{"--state-file", td("idle.json"), "--json", "--over-deadline"}, false, nil},
 		{"color-always", []string{"--state-file", td("held.json"), "--color", "always"}, false, nil},
 		{"color-never-tty", []string{"--state-file", td("held.json"), "--color", "never"}, true, nil},
 		{"term-dumb", []string{"--state-file", td("held.json")}, true, map[string]string{"TERM": "dumb"}},
@@ -521,6 +528,117 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// -q is docker ps -q: container IDs only, so that
+// docker stop $(ds01-workloads -q) is safe; --pids gives the host PIDs.
+func TestQuietIsContainerIDsOnly(t *testing.T) {
+	out, _, rc := invoke([]string{"--state-file", td("held.json"), "-q", "--all"}, false, nil)
+	ids := strings.Fields(out)
+	if rc != 0 || len(ids) == 0 {
+		t.Fatalf("exit %d, %q", rc, out)
+	}
+	for _, id := range ids {
+		if !regexp.MustCompile(`^[0-9a-f]{12}$`).MatchString(id) {
+			t.Errorf("-q printed %q", id)
+		}
+	}
+	out, _, rc = invoke([]string{"--state-file", td("held.json"), "--pids", "--all"}, false, nil)
+	if rc != 0 || strings.Join(strings.Fields(out), " ") != "7001 7002 7003 8001" {
+		t.Errorf("--pids: exit %d, %q", rc, out)
+	}
+}
+
+// Errors instead of empty answers: one line (two for usage errors) and a
+// non-zero exit.
+func TestErrorsInsteadOfEmptyAnswers(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		rc   int
+		msg  string
+	}{
+		{[]string{"--state-file", td("held.json"), "--gpu", "7"}, 1, "--gpu 7: this host has no GPU 7 (5 GPUs: 0-4)"},
+		{[]string{"gpus", "--state-file", td("held.json"), "--gpu", "9"}, 1, "no GPU 9"},
+		{[]string{"report", "--events-file", td("report/events.jsonl"), "--state-file", td("held.json"), "--since", "1h", "--until", "2h"}, 2, "--until 2h is before --since 1h"},
+		{[]string{"events", "--events-file", td("events.jsonl"), "--since", "2026-02-04", "--until", "2026-02-03"}, 2, "is before --since"},
+		{[]string{"--state-file", td("held.json"), "--wide", "--stats", "--docker-host", "unix://" + filepath.Join(t.TempDir(), "none.sock")}, 1, "--stats: Docker is unreachable"},
+	} {
+		out, errb, rc := invoke(c.args, false, nil)
+		if rc != c.rc || !strings.Contains(errb, c.msg) || out != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", c.args, rc, out, errb)
+		}
+		if lines := strings.Count(errb, "\n"); lines > 2 || (c.rc == 1 && lines != 1) {
+			t.Errorf("%v: %d lines on stderr", c.args, lines)
+		}
+	}
+	// A GPU the host has, with nobody on it, is an empty answer.
+	if _, _, rc := invoke([]string{"--state-file", td("held.json"), "--gpu", "4", "--type", "raw-docker"}, false, nil); rc != 0 {
+		t.Errorf("--gpu 4: exit %d", rc)
+	}
+}
+
+// The table fits the terminal: NAME and IMAGE shrink first, with …; no
+// line is wider than the terminal; --no-trunc turns it off.
+func TestFitsTheTerminal(t *testing.T) {
+	views := [][]string{
+		{"--state-file", td("held.json")},
+		{"--state-file", td("held.json"), "--all", "--wide"},
+		{"--state-file", td("held.json"), "--by-user"},
+		{"gpus", "--state-file", td("held.json")},
+		{"--state-file", td("full.json"), "--all"},
+		{"events", "--events-file", td("events.jsonl")},
+	}
+	for _, width := range []int{40, 60, 80, 120} {
+		for _, args := range views {
+			var out, errb bytes.Buffer
+			e := env{stdout: &out, stderr: &errb, now: func() time.Time { return now }, getenv: func(string) string { return "" }, isTTY: true, width: width, ctx: context.Background()}
+			if rc := run(append(args, "--color", "never"), e); rc != 0 {
+				t.Fatalf("%v: exit %d %s", args, rc, errb.String())
+			}
+			for _, l := range strings.Split(out.String(), "\n") {
+				if n := len([]rune(l)); n > width && args[0] != "events" {
+					t.Errorf("%d columns, %v: a line of %d:\n%s", width, args, n, l)
+				}
+			}
+		}
+	}
+	var out bytes.Buffer
+	e := env{stdout: &out, stderr: io.Discard, now: func() time.Time { return now }, getenv: func(string) string { return "" }, isTTY: true, width: 60, ctx: context.Background()}
+	run([]string{"--state-file", td("held.json"), "--color", "never"}, e)
+	if !strings.Contains(out.String(), "…") || !strings.Contains(out.String(), "TYPE") {
+		t.Errorf("60 columns:\n%s", out.String())
+	}
+	out.Reset()
+	run([]string{"--state-file", td("held.json"), "--color", "never", "--no-trunc"}, e)
+	if !strings.Contains(out.String(), "podman:999999999999 python serve.py") {
+		t.Errorf("--no-trunc in 60 columns:\n%s", out.String())
+	}
+}
+
+// Off a terminal, --watch prints snapshots with no screen control codes.
+func TestWatchOffATerminal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	var out, errb bytes.Buffer
+	e := env{stdout: &out, stderr: &errb, now: time.Now, getenv: func(string) string { return "" }, ctx: ctx}
+	if rc := run([]string{"--state-file", td("held.json"), "--watch", "1"}, e); rc != 0 {
+		t.Fatalf("exit %d", rc)
+	}
+	if strings.Contains(out.String(), "\x1b") || strings.Count(out.String(), "vsc-bob-proj-1234") < 2 {
+		t.Errorf("--watch off a terminal:\n%q", out.String())
+	}
+}
+
+func TestEventDetailsAsKeyValues(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"pid":7001,"cmdline":"python train.py","ok":true,"gpus":["0","1"],"e":""}`: `pid=7001 cmdline="python train.py" ok=true gpus=["0","1"] e=""`,
+		`{"b":"x","a":{"k": 1}}`: `b=x a={"k":1}`,
+		`[1,2]`:                  `[1,2]`,
+	} {
+		if got := workloads.KeyValues([]byte(raw)); got != want {
+			t.Errorf("%s: %s, want %s", raw, got, want)
+		}
+	}
+}
+
 // Only files named as logrotate names archives are read: a planted
 // events.jsonl-2020.gz.txt is not, and a FIFO named events.jsonl-x does
 // not fail the report.
@@ -644,3 +762,55 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// The man page's OPTIONS come from the command tree: every flag of every
+// view is there.
+func TestManOptionsListEveryFlag(t *testing.T) {
+	out, _, rc := invoke([]string{"__man-options"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d", rc)
+	}
+	rc0 := 0
+	root := newRoot(env{stdout: io.Discard, stderr: io.Discard}, &rc0)
+	for _, c := range append(root.Commands(), root) {
+		if c.Hidden || c.Name() == "completion" || c.Name() == "help" {
+			continue
+		}
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if !f.Hidden && f.Name != "help" && f.Name != "version" && !strings.Contains(out, "**--"+f.Name+"**") {
+				t.Errorf("%s --%s is not in the man page's options", c.Name(), f.Name)
+			}
+		})
+	}
+	for _, h := range []string{"## ds01-workloads report", "## ds01-workloads events", "**-q**, **--quiet**", "**--watch**[=*2s*]"} {
+		if !strings.Contains(out, h) {
+			t.Errorf("no %q in:\n%s", h, out)
+		}
+	}
+}
+
+// A host process whose command line could not be read says why.
+func TestUnreadableCommandLine(t *testing.T) {
+	b, err := os.ReadFile(td("held.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	json.Unmarshal(b, &st)
+	for _, p := range st["host_processes"].(map[string]any) {
+		p := p.(map[string]any)
+		if p["pid"].(float64) == 7001 {
+			p["cmdline"], p["cmdline_error"] = "", "permission denied"
+		}
+		if p["pid"].(float64) == 7002 {
+			p["cmdline"] = ""
+		}
+	}
+	b, _ = json.Marshal(st)
+	path := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(path, b, 0o644)
+	out, _, rc := invoke([]string{"--state-file", path, "--type", "host-process"}, false, nil)
+	if rc != 0 || !strings.Contains(out, "(unreadable: permission denied)") || !strings.Contains(out, "(unreadable: no command line recorded)") {
+		t.Errorf("exit %d:\n%s", rc, out)
+	}
+}

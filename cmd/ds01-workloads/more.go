@@ -76,6 +76,9 @@ func runReport(o reportMode, e env) int {
 			return usageErr(e, "--until: %v", err)
 		}
 	}
+	if !in.Since.IsZero() && !in.Until.IsZero() && in.Until.Before(in.Since) {
+		return usageErr(e, "--until %s is before --since %s", *until, *since)
+	}
 	if o.sealKey != "" {
 		key, err := seal.LoadKey(o.sealKey)
 		if err != nil {
@@ -100,6 +103,7 @@ func runReport(o reportMode, e env) int {
 		fmt.Fprintln(e.stderr, "ds01-workloads:", err)
 		return 1
 	}
+	doc.Now = now
 	format := ""
 	switch {
 	case *asJSON:
@@ -149,6 +153,22 @@ func watch(m listMode, e env) int {
 		}
 	}
 	out := e.stdout
+	if !e.isTTY {
+		// Off a terminal (a pipe, a file): one snapshot per interval or
+		// change, with a timestamp line between them and no screen
+		// control codes.
+		for {
+			fmt.Fprintf(out, "--- %s\n", e.now().UTC().Format(time.RFC3339))
+			show(m, nil, e, out)
+			select {
+			case <-e.ctx.Done():
+				return 0
+			case <-changed:
+				time.Sleep(50 * time.Millisecond)
+			case <-time.After(every):
+			}
+		}
+	}
 	io.WriteString(out, "\x1b[?1049h\x1b[?25l") // alternate screen, hide the cursor
 	defer io.WriteString(out, "\x1b[?25h\x1b[?1049l")
 	for {

@@ -94,3 +94,58 @@ func TestWatchInARealTerminal(t *testing.T) {
 		t.Errorf("the screen was not restored:\n%s", s)
 	}
 }
+
+// In a 60-column tmux pane no table line is longer than 60 columns (tmux
+// joins wrapped lines in capture-pane -J, so a wrapped row shows as a long
+// one), for the table, --wide, gpus and --watch; and --watch through a
+// pipe writes no screen control codes.
+func TestSixtyColumnPane(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if testing.Short() {
+			t.Skip("needs tmux: runs under 'make test', which installs it")
+		}
+		t.Fatal("tmux is needed for this test; 'make test' installs it")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ds01-workloads")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	sock := filepath.Join(dir, "tmux.sock")
+	tmux := func(args ...string) string {
+		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	tmux("new-session", "-d", "-x", "60", "-y", "60", "-s", "w", "sh")
+	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	state, _ := filepath.Abs(td("held.json"))
+	for _, args := range []string{"", "--wide --all", "--by-user", "gpus", "--watch 1h"} {
+		// stderr (the staleness warning) goes elsewhere: only the table is
+		// on the screen.
+		tmux("respawn-pane", "-k", "-t", "w", "bash -c '"+bin+" "+args+" --state-file "+state+" 2>/dev/null; echo END; sleep 60'")
+		var screen string
+		testutil.Eventually(t, 10*time.Second, "drawing of "+args, func() bool {
+			screen = tmux("capture-pane", "-p", "-J", "-t", "w")
+			return strings.Contains(screen, "last scan") || strings.Contains(screen, "END")
+		})
+		rows := 0
+		for _, l := range strings.Split(screen, "\n") {
+			if n := len([]rune(strings.TrimRight(l, " "))); n > 60 {
+				t.Errorf("%q: a line of %d columns:\n%s", args, n, l)
+			}
+			if strings.Contains(l, "…") {
+				rows++
+			}
+		}
+		if rows == 0 {
+			t.Errorf("%q: nothing was shortened:\n%s", args, screen)
+		}
+	}
+	out, err := exec.Command("bash", "-c", "timeout 3 "+bin+" --watch 1 --state-file "+state+" 2>/dev/null | head -c 2000").Output()
+	if err != nil || strings.Contains(string(out), "\x1b[?1049h") || strings.Contains(string(out), "\x1b") || !strings.Contains(string(out), "TYPE") {
+		t.Errorf("--watch 1 | head -c 2000: %v\n%q", err, out)
+	}
+}

@@ -65,8 +65,13 @@ func TestAttributionOverFixtures(t *testing.T) {
 	if len(c.GPUProcesses) != 1 || c.GPUProcesses[0].Pid != 1002 || !c.GPUProcesses[0].OutsideGPUDevices || c.GPUWithoutAccess || !c.HasGPU {
 		t.Errorf("container: %+v", c)
 	}
-	if len(st.HostProcesses) != 5 {
+	if len(st.HostProcesses) != 6 {
 		t.Fatalf("host processes: %+v", st.HostProcesses)
+	}
+	// 1007 runs in a libpod scope inside user@1000.service: its user's
+	// (rootless podman, or a scope named like one), the claim recorded.
+	if p := st.HostProcesses["1007"]; p.Runtime != proc.RuntimePodman || p.ClaimedContainer != strings.Repeat("c", 12) {
+		t.Errorf("rootless podman process: %+v", p)
 	}
 	for pid, want := range map[string]string{"1030": "aaaaaaaaaaaa", "1031": "", "1032": ""} {
 		if p := st.HostProcesses[pid]; p.UID != 1001 || p.ClaimedContainer != want {
@@ -92,10 +97,10 @@ func TestAttributionOverFixtures(t *testing.T) {
 	for _, o := range st.OtherGPUProcesses {
 		runtimes = append(runtimes, o.Runtime+":"+strconv.Itoa(o.Pid))
 	}
-	if strings.Join(runtimes, " ") != "podman:1007 unknown:99999" || st.OtherGPUProcesses[1].Error == "" {
+	if strings.Join(runtimes, " ") != "unknown:99999" || st.OtherGPUProcesses[0].Error == "" {
 		t.Errorf("other runtimes: %v %+v", runtimes, st.OtherGPUProcesses)
 	}
-	if sum.EventCounts[event.HostProcessDiscovered] != 5 {
+	if sum.EventCounts[event.HostProcessDiscovered] != 6 {
 		t.Errorf("events of the second scan: %v", sum.EventCounts)
 	}
 

@@ -162,8 +162,12 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
 	lines := make([][]byte, 0, len(ts))
 	for _, t := range ts {
+		at := now
+		if !t.At.IsZero() && t.At.Before(now) {
+			at = t.At
+		}
 		line, res, err := event.Encode(event.Envelope{
-			Timestamp: inventory.NewTime(now), EventType: t.EventType, User: t.User, Source: event.Source,
+			Timestamp: inventory.NewTime(at), EventType: t.EventType, User: t.User, Source: event.Source,
 		}, t.Details)
 		if err != nil { // cannot happen with our own types; say so loudly
 			s.cfg.Log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))

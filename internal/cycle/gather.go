@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
@@ -44,6 +47,9 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 	}
 	if full && f.DockerErr == nil && s.cfg.Activity != nil {
 		f.Activity = s.readActivity(f.Docker.Containers)
+	}
+	if full && f.GPUErr == nil {
+		f.ProcCPU = s.readProcCPU(f)
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
@@ -115,7 +121,7 @@ func readProc(fs proc.FS, pid int) reconcile.Proc {
 	if p.CgroupErr != nil {
 		return p
 	}
-	p.Argv, _ = fs.Argv(pid)
+	p.Argv, p.ArgvErr = fs.Argv(pid)
 	p.UID, p.UIDErr = fs.UID(pid)
 	p.StartTime, p.StartErr = fs.StartTime(pid)
 	p.PidNS, _ = fs.PidNS(pid)
@@ -139,14 +145,16 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 	}
 	out := map[string]reconcile.Init{}
 	read := func(p *reconcile.Proc) {
-		id := p.Cgroup.ID
-		if _, done := out[id]; done || id == "" || pids[id] <= 0 {
-			return
+		for _, c := range p.Cgroup.Chain() { // every container the path names
+			id := c.ID
+			if _, done := out[id]; done || pids[id] <= 0 {
+				continue
+			}
+			var in reconcile.Init
+			in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
+			in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
+			out[id] = in
 		}
-		var in reconcile.Init
-		in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
-		in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
-		out[id] = in
 	}
 	for _, p := range f.Procs {
 		read(&p)
@@ -213,4 +221,23 @@ func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Samp
 		}
 	}
 	return s.cfg.Activity.Read(running, time.Now)
+}
+
+// readProcCPU reads the CPU time of every GPU process (host processes get
+// their cpu_percent from it).
+func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
+	out := make(map[int]reconcile.ProcCPU, len(f.Procs))
+	for pid, p := range f.Procs {
+		if p.CgroupErr != nil || p.Cgroup.ID != "" {
+			continue // gone, or in a container: its cgroup tells
+		}
+		b, err := os.ReadFile(filepath.Join(s.cfg.Proc.Root, strconv.Itoa(pid), "stat"))
+		if err != nil {
+			continue
+		}
+		if ticks, start, ok := activity.ProcessCPU(b); ok {
+			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: time.Now()}
+		}
+	}
+	return out
 }

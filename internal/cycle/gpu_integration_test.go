@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -20,6 +21,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/userdb"
+	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -351,5 +353,199 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	// cycles 1 and 6.
 	if c.GPUHeldSeconds != 150 || c.GPUBusySeconds != 60 || c.GPUAllocatedSeconds != 0 {
 		t.Errorf("container counters: held %v busy %v allocated %v", c.GPUHeldSeconds, c.GPUBusySeconds, c.GPUAllocatedSeconds)
+	}
+}
+
+// mallory starts a container with --cgroup-parent=/docker/<alice's full
+// id> on a real dockerd (cgroupfs driver): its cgroup path names alice's
+// container first. Its GPU process is mallory's container's; alice's
+// container never gets it.
+func TestCgroupParentUnderAnotherContainer(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	alice, err := d.Create(ctx, dockertest.Spec{Name: "alice-job", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hc container.HostConfig
+	hc.CgroupParent = "/docker/" + alice
+	mallory, err := d.Create(ctx, dockertest.Spec{Name: "mallory-job", Labels: map[string]string{"ds01.user": "mallory"}, Host: hc, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, mallory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, _ := os.ReadFile("/proc/" + strconv.Itoa(js.State.Pid) + "/cgroup")
+	if !strings.Contains(string(cg), "/docker/"+alice+"/"+mallory) {
+		t.Fatalf("mallory's container is not nested under alice's:\n%s", cg)
+	}
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(js.State.Pid, 1024)}, nil)
+	ok := nvml.SUCCESS
+	r := newRig(t, d)
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+	})
+	r.cycle()
+	st := r.State()
+	a, m := st.Containers[alice[:12]], st.Containers[mallory[:12]]
+	if len(a.GPUProcesses) != 0 || len(m.GPUProcesses) != 1 || m.GPUProcesses[0].Pid != js.State.Pid || m.User != "mallory" {
+		t.Fatalf("alice's container: %+v\nmallory's: %+v", a.GPUProcesses, m.GPUProcesses)
+	}
+}
+
+// A user makes a scope named like a rootless podman container inside their
+// own delegated tree (…/user@<uid>.service/app.slice/libpod-<hex>.scope:
+// `systemd-run --user --scope --unit=libpod-…`) and runs GPU work in it.
+// It is their host process (runtime records the claim), with counters, in
+// the state, the event log and the report, not an other_gpu_processes
+// entry nobody accounts. A system-level libpod scope keeps its treatment.
+func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a user and a real cgroup")
+	}
+	uid := ensureUser(t)
+	hexID := strings.Repeat("e", 64)
+	parent := filepath.Join("/sys/fs/cgroup/unified", "ds01test-"+strconv.Itoa(os.Getpid())+".slice")
+	tree := filepath.Join(parent, "user@"+strconv.Itoa(int(uid))+".service", "app.slice")
+	scopeDir := filepath.Join(tree, "libpod-"+hexID+".scope")
+	if err := os.MkdirAll(scopeDir, 0o755); err != nil {
+		t.Fatalf("cannot make a v2 cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		os.Remove(scopeDir)
+		os.Remove(tree)
+		os.Remove(filepath.Dir(tree))
+		os.Remove(parent)
+	})
+	work := exec.Command("sleep", "600")
+	work.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if err := work.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { work.Process.Kill(); work.Wait() })
+	if err := os.WriteFile(filepath.Join(scopeDir, "cgroup.procs"), []byte(strconv.Itoa(work.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(work.Process.Pid, 4096)}, nil)
+	ok := nvml.SUCCESS
+	files := testutil.NewFiles(t)
+	now := time.Now()
+	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
+		GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Now: func() time.Time { return now }})
+	ctx := context.Background()
+	s.Scan(ctx, true)
+	now = now.Add(30 * time.Second)
+	sum := s.Scan(ctx, true)
+	st := sum.State
+	hp, found := st.HostProcesses[strconv.Itoa(work.Process.Pid)]
+	if !found || hp.User != testUser || hp.Runtime != proc.RuntimePodman || hp.ClaimedContainer != hexID[:12] || hp.GPUHeldSeconds != 30 {
+		t.Fatalf("not a host process of %s claiming podman %s with 30 s held: %+v (other: %+v)", testUser, hexID[:12], st.HostProcesses, st.OtherGPUProcesses)
+	}
+	if len(st.OtherGPUProcesses) != 0 {
+		t.Errorf("also in other_gpu_processes: %+v", st.OtherGPUProcesses)
+	}
+	if got := sum.UserGPUSeconds[testUser].Held; got != 30 {
+		t.Errorf("per-user held (the metric's increment): %v", got)
+	}
+	var discovered bool
+	for _, e := range files.Events() {
+		discovered = discovered || (e.EventType == event.HostProcessDiscovered && e.User == testUser)
+	}
+	if !discovered {
+		t.Error("no host_gpu_process_discovered")
+	}
+	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: files.EventsPath, State: files.State()})
+	if err != nil || len(doc.Rows) != 1 || doc.Rows[0].Key != testUser || doc.Rows[0].HeldSeconds != 30 {
+		t.Errorf("report: %+v %v", doc.Rows, err)
+	}
+	// The same name outside any user's tree: another runtime's container.
+	ref := proc.ParseCgroup([]byte("0::/machine.slice/libpod-" + hexID + ".scope\n"))
+	if ref.UserTree || ref.Runtime != proc.RuntimePodman {
+		t.Errorf("system-level libpod scope: %+v", ref)
+	}
+}
+
+// docker rename from one owner's name to another's, on a real dockerd,
+// while the container holds a GPU: one detection.owner_changed, the
+// seconds before the rename stay the first owner's in the state, the
+// exited event and the report.
+func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	uid := ensureUser(t)
+	cid, err := d.Create(ctx, dockertest.Spec{Name: "job._.65534", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, cid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(js.State.Pid, 1024)}, nil)
+	ok := nvml.SUCCESS
+	r := newRig(t, d)
+	now := time.Now()
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Now: func() time.Time { return now },
+	})
+	step := func() {
+		r.cycle()
+		now = now.Add(30 * time.Second)
+	}
+	step()
+	step()
+	step() // 60 s held as nobody's
+	first := r.State().Containers[cid[:12]].User
+	if err := d.Client.ContainerRename(ctx, cid, "job._."+strconv.Itoa(int(uid))); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	step() // 60 s more, the new owner's
+	c := r.State().Containers[cid[:12]]
+	if first == testUser || c.User != testUser || !c.UserConflict || len(c.OwnerSeconds) != 2 ||
+		c.OwnerSeconds[0].User != first || c.OwnerSeconds[0].GPUHeldSeconds != 60 || c.OwnerSeconds[1].User != testUser || c.OwnerSeconds[1].GPUHeldSeconds != 60 {
+		t.Fatalf("after the rename: user %q (first %q) conflict %v by owner %+v", c.User, first, c.UserConflict, c.OwnerSeconds)
+	}
+	if err := d.Client.ContainerRemove(ctx, cid, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	gputest.SetProcs(srv, 0, nil, nil)
+	step()
+	var changed int
+	for _, e := range r.Events() {
+		switch e.EventType {
+		case event.OwnerChanged:
+			changed++
+			if d := testutil.Details(t, e); d["old_user"] != first || d["new_user"] != testUser || e.User != testUser {
+				t.Errorf("owner_changed: %s %s", e.User, e.Details)
+			}
+		case event.ContainerExited:
+			if by, _ := testutil.Details(t, e)["gpu_seconds_by_owner"].([]any); len(by) != 2 {
+				t.Errorf("exited without the split: %s", e.Details)
+			}
+		}
+	}
+	if changed != 1 {
+		t.Errorf("%d owner_changed lines, want 1", changed)
+	}
+	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: r.EventsPath, State: r.State()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]float64{}
+	for _, row := range doc.Rows {
+		held[row.Key] = row.HeldSeconds
+	}
+	if held[first] != 60 || held[testUser] != 60 {
+		t.Errorf("report: %v, want 60 s for %s and 60 s for %s", held, first, testUser)
 	}
 }

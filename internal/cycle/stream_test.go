@@ -69,14 +69,18 @@ func TestShortLivedContainerBetweenTicks(t *testing.T) {
 	r.NewEvents()
 
 	ctx := context.Background()
+	before := time.Now()
 	id, err := d.Create(ctx, dockertest.Spec{Name: "blink", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	created := time.Now()
 	time.Sleep(2 * time.Second) // it lives 2 s, between two ticks
+	removing := time.Now()
 	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
+	removed := time.Now()
 	// Let the destroy event arrive.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -86,11 +90,25 @@ func TestShortLivedContainerBetweenTicks(t *testing.T) {
 			break
 		}
 	}
+	time.Sleep(time.Second)
 	r.cycle()
-	got := eventKinds(t, r.NewEvents())
+	evs := r.NewEvents()
+	got := eventKinds(t, evs)
 	want := []string{event.ContainerDiscovered + " " + id[:12], event.ContainerExited + " " + id[:12]}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
+	}
+	// Docker's own times and the last status the events told, not the
+	// scan's time and "created".
+	const slack = 50 * time.Millisecond // Docker's clock is this machine's; its events are stamped in ns
+	if at := evs[0].Timestamp.Time; at.Before(before.Add(-slack)) || at.After(created.Add(slack)) {
+		t.Errorf("discovered stamped %v, want between %v and %v", at, before, created)
+	}
+	if at := evs[1].Timestamp.Time; at.Before(removing.Add(-slack)) || at.After(removed.Add(slack)) {
+		t.Errorf("exited stamped %v, want between %v and %v", at, removing, removed)
+	}
+	if st := testutil.Details(t, evs[0])["status"]; st != "exited" {
+		t.Errorf("discovered with status %v, want its last status, exited", st)
 	}
 	r.cycle()
 	if evs := r.NewEvents(); len(evs) != 0 {

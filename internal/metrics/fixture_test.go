@@ -35,6 +35,27 @@ func realisticSummary(t *testing.T) summary.Summary {
 	c.GPUProcesses[0].SMUtilPercent = pct(0)
 	c.GPUIdleSince = &idle
 	st.Containers[c.ID] = c
+	// Its activity: quiet, idle by the site's rule for 40 minutes (a
+	// researcher), and alice's running container busy on CPU.
+	f := func(v float64) *float64 { return &v }
+	since := inventory.NewTime(st.LastScan.Add(-40 * time.Minute))
+	c.CPUPercent, c.CPUUsageSeconds, c.MemoryBytes = f(0.4), f(812.5), mb(2<<30)
+	c.NetRxBytes, c.NetTxBytes, c.NetBytesPerInterval = mb(52_000_000), mb(3_000_000), mb(1200)
+	c.IdleSince, c.IdleScans = &since, 80
+	c.IdlePolicy = &inventory.IdlePolicy{Source: "/opt/ds01-infra/config/runtime/resource-limits.yaml", Group: "researcher", GroupSource: "members-file",
+		TimeoutSource: "container_types.devcontainer (null: exempt)", IdleDetectionWindow: 4, GracePeriodM: 30}
+	c.IdleSignals = &inventory.IdleSignals{GPU: &inventory.IdleSignal{Value: f(0), Threshold: 5, Idle: true},
+		CPU: inventory.IdleSignal{Value: f(0.4), Threshold: 3, Idle: true}, Network: inventory.IdleSignal{Value: f(1200), Threshold: 1 << 20, Idle: true}}
+	st.Containers[c.ID] = c
+	for k, a := range st.Containers {
+		if a.User == "alice" && a.Status == "running" {
+			a.CPUPercent, a.CPUUsageSeconds, a.MemoryBytes = f(99.5), f(51234.25), mb(14<<30)
+			a.NetRxBytes, a.NetTxBytes = mb(7_000_000_000), mb(1_000_000)
+			a.IdlePolicy = &inventory.IdlePolicy{Source: "flags", TimeoutSource: "none", IdleDetectionWindow: 3, GracePeriodM: 30}
+			st.Containers[k] = a
+			break
+		}
+	}
 	c = st.Containers["ddddddddddd4"] // sneaky: busy on GPU 0 without a grant
 	c.GPUProcesses[0].SMUtilPercent = pct(88)
 	st.Containers[c.ID] = c

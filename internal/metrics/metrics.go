@@ -87,6 +87,20 @@ var (
 		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
 		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
+	descWorkloadIdleVerdict = prometheus.NewDesc("ds01_workload_gpu_idle",
+		"1 when the daemon judges a workload holding GPU memory idle: below --gpu-idle-threshold on every GPU it holds for at least --gpu-idle-after (the state file's gpu_idle, detection.gpu_idle); else 0.", workloadLabels, nil)
+	descCPUSeconds = prometheus.NewDesc("ds01_workload_cpu_usage_seconds_total",
+		"CPU time a running container's cgroup has used (its cpu_usage_seconds), read at each reconciliation scan; absent when unknown.", workloadLabels, nil)
+	descMemory = prometheus.NewDesc("ds01_workload_memory_bytes",
+		"Working-set memory of a running container (usage less inactive file pages, as docker stats shows it); absent when unknown.", workloadLabels, nil)
+	descNetwork = prometheus.NewDesc("ds01_workload_network_bytes_total",
+		"Bytes a running container's network namespace received (direction rx) and sent (tx) on every interface but lo; absent in the host's namespace.",
+		append(append([]string{}, workloadLabels...), "direction"), nil)
+	descIdle = prometheus.NewDesc("ds01_workload_idle_seconds",
+		"How long a running container has been idle by the site's rule (GPU when held, CPU and network under the policy's thresholds for idle_detection_window scans past the grace period); 0 when not idle. group is the policy group that applied.",
+		append(append([]string{}, workloadLabels...), "group"), nil)
+	descUnattributed = prometheus.NewDesc("ds01_gpu_unattributed_seconds_total",
+		"Active time of processes only NVML accounting mode saw (they started and ended between two samples) and /proc no longer had: nobody's. Cumulative, from the state.", gpuLabels, nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
 		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
@@ -192,7 +206,8 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem} {
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem, descUnattributed,
+		descCPUSeconds, descMemory, descNetwork, descIdle} {
 		ch <- d
 	}
 }
@@ -258,6 +273,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		if g.MemoryUsedMB != nil {
 			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, idx, lv(uuid))
 		}
+		ch <- prometheus.MustNewConstMetric(descUnattributed, prometheus.CounterValue, g.UnattributedSeconds, idx, lv(uuid))
 	}
 	// A workload's GPU index is the GPU's in the gpus map; the process's
 	// own gpu_index stands in when the map lacks the GPU (GPU source down
@@ -298,13 +314,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
 	without := 0
-	hostGPUs := len(st.GPUs)
+
 	for _, ct := range st.Containers {
 		user, id := ct.User, ct.ID
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
 		if ct.Status == "running" && ct.HasGPU {
-			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(hostGPUs)), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(st.GPUs)), KindContainer, lv(id), lv(user))
 		}
 		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {
@@ -319,6 +335,10 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if len(ct.GPUProcesses) > 0 {
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
+		}
+		if ct.Status == "running" {
+			c.activity(ch, ct, idleFor)
 		}
 	}
 	perUser := map[string]int{}
@@ -328,6 +348,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
 		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), KindHostProcess, id, lv(p.User))
 		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
 		addUtil(k, p.SMUtilPercent)
 		if p.GPUMemoryMB != nil {
@@ -364,5 +385,31 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWithoutAccess, prometheus.GaugeValue, float64(without))
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// activity emits a running container's cgroup and network series and its
+// idle verdict.
+func (c *inventoryCollector) activity(ch chan<- prometheus.Metric, ct inventory.Container, idleFor func(*inventory.Time) float64) {
+	id, user := lv(ct.ID), lv(ct.User)
+	if ct.CPUUsageSeconds != nil {
+		ch <- prometheus.MustNewConstMetric(descCPUSeconds, prometheus.CounterValue, *ct.CPUUsageSeconds, KindContainer, id, user)
+	}
+	if ct.MemoryBytes != nil {
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(*ct.MemoryBytes), KindContainer, id, user)
+	}
+	if ct.NetRxBytes != nil && ct.NetTxBytes != nil {
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetRxBytes), KindContainer, id, user, "rx")
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetTxBytes), KindContainer, id, user, "tx")
+	}
+	if ct.IdlePolicy != nil {
+		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, idleFor(ct.IdleSince), KindContainer, id, user, lv(ct.IdlePolicy.Group))
 	}
 }

@@ -241,7 +241,7 @@ func TestUtilizationMetrics(t *testing.T) {
 	st := inventory.Empty()
 	st.LastScan = &now
 	st.GPUs["GPU-0"] = inventory.GPU{Index: 3, UtilizationPercent: pct(40), MemoryUsedMB: &mb}
-	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", GPUIdleSince: &idleSince,
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", GPUIdleSince: &idleSince, GPUIdle: true,
 		GPUProcesses: []inventory.GPUProcess{{Pid: 1, GPUUUID: "GPU-0", SMUtilPercent: pct(2)}, {Pid: 2, GPUUUID: "GPU-0", SMUtilPercent: pct(1)}}}
 	st.Containers["def456abc123"] = inventory.Container{ID: "def456abc123", User: "bob",
 		GPUProcesses: []inventory.GPUProcess{{Pid: 3, GPUUUID: "GPU-1", SMUtilPercent: nil}}}
@@ -252,6 +252,7 @@ func TestUtilizationMetrics(t *testing.T) {
 	want := map[string]map[string]float64{
 		"ds01_workload_gpu_utilization_ratio": {`UUID=GPU-0,gpu=3,id=abc123def456,type=container,user=alice`: 0.03},
 		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,type=container,user=alice`: 5400, `id=def456abc123,type=container,user=bob`: 0},
+		"ds01_workload_gpu_idle":              {`id=abc123def456,type=container,user=alice`: 1, `id=def456abc123,type=container,user=bob`: 0},
 		"ds01_gpu_utilization_ratio":          {`UUID=GPU-0,gpu=3`: 0.4},
 		"ds01_gpu_memory_used_bytes":          {`UUID=GPU-0,gpu=3`: 1024 * 1024 * 1024},
 		"ds01_user_gpu_held_seconds_total":    {`user=alice`: 60, `user=bob`: 60},
@@ -345,5 +346,52 @@ func TestInvalidUTF8LabelValues(t *testing.T) {
 	}
 	if got := series(fams["ds01_user_gpu_held_seconds_total"]); got["user=al\uFFFDice"] != 1 {
 		t.Errorf("held %v", got)
+	}
+}
+
+// A running container's cgroup and network series and its idle verdict;
+// nothing for what is unknown, nothing for a stopped container.
+func TestActivityMetrics(t *testing.T) {
+	m := New("test")
+	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	since := inventory.NewTime(now.Add(-25 * time.Minute))
+	f := func(v float64) *float64 { return &v }
+	n := func(v int64) *int64 { return &v }
+	st := inventory.Empty()
+	st.LastScan = &now
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", Status: "running",
+		CPUUsageSeconds: f(12.5), MemoryBytes: n(1 << 20), NetRxBytes: n(300), NetTxBytes: n(400), IdleSince: &since,
+		IdlePolicy: &inventory.IdlePolicy{Group: "researcher"}}
+	st.Containers["def456abc123"] = inventory.Container{ID: "def456abc123", User: "bob", Status: "running",
+		CPUUsageSeconds: f(1), IdlePolicy: &inventory.IdlePolicy{Source: "flags"}}
+	st.Containers["0123456789ab"] = inventory.Container{ID: "0123456789ab", User: "carl", Status: "exited"}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	want := map[string]map[string]float64{
+		"ds01_workload_cpu_usage_seconds_total": {`id=abc123def456,type=container,user=alice`: 12.5, `id=def456abc123,type=container,user=bob`: 1},
+		"ds01_workload_memory_bytes":            {`id=abc123def456,type=container,user=alice`: 1 << 20},
+		"ds01_workload_network_bytes_total": {`direction=rx,id=abc123def456,type=container,user=alice`: 300,
+			`direction=tx,id=abc123def456,type=container,user=alice`: 400},
+		"ds01_workload_idle_seconds": {`group=researcher,id=abc123def456,type=container,user=alice`: 1500,
+			`group=,id=def456abc123,type=container,user=bob`: 0},
+	}
+	for name, w := range want {
+		if got := series(fams[name]); !equal(got, w) {
+			t.Errorf("%s: %v, want %v", name, got, w)
+		}
+	}
+}
+
+// The state's unattributed_seconds per GPU (accounting mode) is a counter.
+func TestUnattributedSecondsPerGPU(t *testing.T) {
+	m := New("test")
+	st := inventory.Empty()
+	st.GPUs["GPU-a"] = inventory.GPU{Index: 0, UnattributedSeconds: 0.8}
+	st.GPUs["GPU-b"] = inventory.GPU{Index: 1}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	got := series(fams["ds01_gpu_unattributed_seconds_total"])
+	if got["UUID=GPU-a,gpu=0"] != 0.8 || got["UUID=GPU-b,gpu=1"] != 0 || len(got) != 2 {
+		t.Errorf("ds01_gpu_unattributed_seconds_total: %v", got)
 	}
 }

@@ -1,10 +1,12 @@
 package reconcile
 
 import (
+	"errors"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
@@ -108,12 +110,25 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 		return placement{gp: gp, other: true}
 	}
 	ref := pf.Cgroup
-	claimed := ""
+	claimed, claimedRuntime := "", ""
+	// The innermost container of the path that Docker lists is the one
+	// the process runs in: a container started with
+	// --cgroup-parent=/docker/<another's id> is its own, never the
+	// other's. Only containers Docker does not list (docker in docker)
+	// fall back to an outer one.
+	for _, r := range ref.Chain() {
+		if c, listed := containers[ShortID(r.ID)]; listed && c.FullID == r.ID {
+			ref = r
+			break
+		}
+	}
 	if ref.ID != "" {
 		c, listed := containers[ShortID(ref.ID)]
 		switch {
 		case listed && c.FullID == ref.ID:
-			if how := inContainer(pf, f.Inits[ref.ID]); how != "" {
+			own := pf
+			own.Cgroup = ref
+			if how := inContainer(own, f.Inits[ref.ID]); how != "" {
 				gp.Attribution, gp.OutsideGPUDevices = how, outsideDevices(p, c.GPUDevices)
 				if pf.UIDErr == nil {
 					uid := pf.UID
@@ -124,6 +139,10 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 			claimed = ShortID(ref.ID) // names a container it does not run in
 		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
 			claimed = ShortID(ref.ID) // a Docker container Docker does not list
+		case ref.UserTree:
+			// In a user's delegated tree any name can be had: the
+			// process is its user's, whatever runtime the name claims.
+			claimed, claimedRuntime = ShortID(ref.ID), ref.Runtime
 		default:
 			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 		}
@@ -154,7 +173,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	return placement{gp: gp, host: &inventory.HostProcess{
 		Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
 		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
-		ClaimedContainer: claimed,
+		ClaimedContainer: claimed, Runtime: claimedRuntime, CmdlineError: cmdlineError(cmdline, pf.ArgvErr),
 	}}
 }
 
@@ -164,6 +183,9 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 func inContainer(pf Proc, init Init) string {
 	if init.CgroupErr != nil || init.Cgroup.ID == "" {
 		return "" // no init to compare with: not running, or gone
+	}
+	if ref, ok := init.Cgroup.Find(pf.Cgroup.ID); ok { // the init's own entry of the chain
+		init.Cgroup = ref
 	}
 	if pf.Cgroup.ID != init.Cgroup.ID || pf.Cgroup.Hierarchy != init.Cgroup.Hierarchy || pf.Cgroup.Path != init.Cgroup.Path {
 		return ""
@@ -377,4 +399,18 @@ func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.Host
 		short = append(short, ended[hk])
 	}
 	return confirmed, pending, ts, short
+}
+
+// cmdlineError says why a command line is empty, in a few words.
+func cmdlineError(cmdline string, err error) string {
+	var errno syscall.Errno
+	switch {
+	case cmdline != "":
+		return ""
+	case errors.As(err, &errno):
+		return errno.Error()
+	case err != nil:
+		return err.Error()
+	}
+	return "empty (a zombie or a kernel thread)"
 }

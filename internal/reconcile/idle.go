@@ -206,3 +206,45 @@ func idleTransition(typ, msg string, c *inventory.Container, since *inventory.Ti
 		Fields: fields,
 	}
 }
+
+// ProcCPU is one process's CPU time: utime+stime of /proc/<pid>/stat in
+// clock ticks, with its start time (field 22) and when it was read.
+type ProcCPU struct {
+	Ticks, StartTime uint64
+	At               time.Time
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture the daemon
+// builds for.
+const clockTicks = 100
+
+// hostCPU gives each host GPU process its CPU percent over the interval
+// since the last reading of the same process (PID and start time).
+func hostCPU(prev inventory.State, next *inventory.State, f Facts) {
+	for _, m := range []map[string]inventory.HostProcess{next.HostProcesses, next.PendingProcesses} {
+		for k, p := range m {
+			old, ok := prev.HostProcesses[k]
+			if !ok || old.StartTime != p.StartTime {
+				old = prev.PendingProcesses[k]
+			}
+			if old.StartTime != p.StartTime {
+				old = inventory.HostProcess{}
+			}
+			if f.ProcCPU == nil { // an event scan: the last reading stands
+				p.CPUPercent, p.CPUTicks, p.CPUAt = old.CPUPercent, old.CPUTicks, old.CPUAt
+				m[k] = p
+				continue
+			}
+			p.CPUPercent, p.CPUTicks, p.CPUAt = nil, 0, 0
+			if c, ok := f.ProcCPU[p.Pid]; ok && c.StartTime == p.StartTime {
+				p.CPUTicks, p.CPUAt = c.Ticks, c.At.UnixNano()
+				dt := time.Duration(p.CPUAt - old.CPUAt).Seconds()
+				if old.CPUAt != 0 && dt > 0 && c.Ticks >= old.CPUTicks {
+					pct := math.Round(float64(c.Ticks-old.CPUTicks)/clockTicks/dt*100*100) / 100
+					p.CPUPercent = &pct
+				}
+			}
+			m[k] = p
+		}
+	}
+}

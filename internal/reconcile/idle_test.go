@@ -3,6 +3,7 @@ package reconcile
 import (
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -251,4 +252,42 @@ func TestIdleVerdict(t *testing.T) {
 			t.Fatalf("origin %s since %v deadline %v policy %+v", c.Origin, c.IdleSince, c.IdleDeadline, c.IdlePolicy)
 		}
 	})
+}
+
+// A host GPU process's cpu_percent comes from its /proc/<pid>/stat ticks
+// over the interval between two reconciliation scans; event scans keep it;
+// a reused PID (another start time) starts again.
+func TestHostProcessCPU(t *testing.T) {
+	st := inventory.Empty()
+	var pcts []string
+	for i, c := range []struct {
+		ticks, start uint64
+		event        bool
+	}{{100, 7, false}, {1600, 7, false}, {0, 7, true}, {2200, 7, false}, {50, 9, false}} {
+		now := t0.Add(time.Duration(i) * 30 * time.Second)
+		f := step{procs: []gpuProc{{pid: 60, start: c.start}}}.facts(now)
+		if !c.event {
+			f.ProcCPU = map[int]ProcCPU{60: {Ticks: c.ticks, StartTime: c.start, At: now}}
+		}
+		st = Reconcile(st, f, Rules{}).State
+		p, ok := st.HostProcesses["60"]
+		if !ok {
+			p, ok = st.PendingProcesses["60"]
+		}
+		if !ok {
+			t.Fatalf("scan %d: no process 60", i)
+		}
+		pcts = append(pcts, f64s(p.CPUPercent))
+	}
+	// 1500 ticks = 15 s of CPU in 30 s: 50 %; 600 in 60 s: 10 %.
+	if got := strings.Join(pcts, " "); got != "null 50 50 10 null" {
+		t.Fatalf("cpu_percent %s", got)
+	}
+}
+
+func f64s(p *float64) string {
+	if p == nil {
+		return "null"
+	}
+	return strconv.FormatFloat(*p, 'f', -1, 64)
 }

@@ -37,7 +37,7 @@ type GPUSeconds struct{ Held, Busy float64 }
 
 // StatusLine is the one-line summary used for logs and sd_notify STATUS=.
 func (s Summary) StatusLine() string {
-	line := fmt.Sprintf("%d containers (%d with GPU), %d host GPU processes; docker ", s.Containers, s.GPUContainers, s.HostProcesses)
+	line := fmt.Sprintf("%s (%d with GPU), %s; docker ", plural(s.Containers, "container", "containers"), s.GPUContainers, plural(s.HostProcesses, "host GPU process", "host GPU processes"))
 	if s.DockerOK {
 		line += "ok"
 	} else {
@@ -49,4 +49,11 @@ func (s Summary) StatusLine() string {
 		line += "; gpu unavailable: " + s.GPUError
 	}
 	return line
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -154,9 +155,13 @@ func (p *EventPrinter) Print(e Event) {
 	}
 	details := "-"
 	if len(e.Details) > 0 {
-		details = string(e.Details)
+		details = KeyValues(e.Details)
 	}
-	fmt.Fprintf(p.Out, "%-27s %-40s %-16s %s\n", inventory.NewTime(e.Time).String(), cut(e.EventType, 40), cut(user, 16), cut(details, 120))
+	room := 200
+	if p.Style.Width > 0 {
+		room = max(p.Style.Width-86, 20)
+	}
+	fmt.Fprintf(p.Out, "%-27s %-40s %-16s %s\n", inventory.NewTime(e.Time).String(), cut(e.EventType, 40), cut(user, 16), cut(details, room))
 }
 
 // ReadEvents prints the matching events of the file, the last limit of
@@ -280,4 +285,42 @@ func Follow(ctx context.Context, path string, offset int64, f EventFilter, p *Ev
 		case <-time.After(poll):
 		}
 	}
+}
+
+// KeyValues writes an event's details as key=value pairs, in the order of
+// the line: strings bare unless they hold spaces, quotes or '=' (then
+// quoted), numbers and booleans as they are, objects and arrays as compact
+// JSON. Anything that is not an object is shown as JSON.
+func KeyValues(raw json.RawMessage) string {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return string(raw)
+	}
+	var parts []string
+	for d.More() {
+		t, err := d.Token()
+		if err != nil {
+			return string(raw)
+		}
+		key, _ := t.(string)
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			return string(raw)
+		}
+		val := string(v)
+		var str string
+		if json.Unmarshal(v, &str) == nil {
+			val = str
+			if str == "" || strings.ContainsAny(str, " \t\"'=") {
+				val = strconv.Quote(str)
+			}
+		} else if len(v) > 0 && (v[0] == '{' || v[0] == '[') {
+			var b bytes.Buffer
+			if json.Compact(&b, v) == nil {
+				val = b.String()
+			}
+		}
+		parts = append(parts, key+"="+val)
+	}
+	return strings.Join(parts, " ")
 }

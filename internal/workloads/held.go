@@ -229,6 +229,7 @@ func GPUView(out io.Writer, st inventory.State, ws []Workload, style Style) {
 		{title: "IDLE", value: idleCell},
 		{title: "NAME", max: 48, value: func(w Workload) string { return w.Name }},
 	}
+
 	for i, g := range gpus {
 		if i > 0 {
 			fmt.Fprintln(out)
@@ -244,7 +245,7 @@ func GPUView(out io.Writer, st inventory.State, ws []Workload, style Style) {
 				head += "  MIG"
 			}
 		}
-		fmt.Fprintln(out, style.paint(bold, head))
+		fmt.Fprintln(out, style.paint(bold, Fit(head, style.Width)))
 		var on []Workload
 		var explained int64
 		for _, w := range ws {
@@ -292,7 +293,7 @@ func GPUView(out io.Writer, st inventory.State, ws []Workload, style Style) {
 		}
 		if g.known && g.g.MemoryUsedMB != nil && *g.g.MemoryUsedMB > explained {
 			rest := *g.g.MemoryUsedMB - explained
-			fmt.Fprintln(out, style.paint(dim, "  "+Mem(&rest)+" not explained by any listed workload"))
+			fmt.Fprintln(out, style.paint(dim, Fit("  "+Mem(&rest)+" not explained by any listed workload", style.Width)))
 		}
 	}
 }

@@ -42,7 +42,7 @@ type Workload struct {
 	// AgeSeconds counts from the container's creation (docker ps's
 	// CREATED), or from a process's first sighting; null when unknown.
 	AgeSeconds *int64   `json:"age_seconds"`
-	Flags      []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices
+	Flags      []string `json:"flags,omitempty"` // gpu-without-access, outside-gpu-devices, unknown-gpu-device
 
 	// Added with held versus used.
 	FullID     string   `json:"full_id,omitempty"`
@@ -61,7 +61,18 @@ type Workload struct {
 	HeldSecs      float64 `json:"gpu_held_seconds"`
 	BusySecs      float64 `json:"gpu_busy_seconds"`
 
+	// Added with the idle verdict (the site's rule): CPU percent (100 =
+	// one core) and working-set memory from the cgroup, and the verdict.
+	CPUPercent    *float64 `json:"cpu_percent"`
+	MemoryBytes   *int64   `json:"memory_bytes"`
+	IdleRuleSince string   `json:"idle_since,omitempty"`    // idle by the site's rule since
+	IdleFor       *int64   `json:"idle_for_seconds"`        // seconds since idle_since; null while not idle
+	IdleDeadline  string   `json:"idle_deadline,omitempty"` // idle_since + the policy's timeout
+	IdleGroup     string   `json:"idle_group,omitempty"`    // the policy group that applied
+	overDeadline  bool
+
 	running bool
+	granted int               // GPUs its configuration grants (inventory.CountGranted)
 	gpuMem  map[string]*int64 // by GPU index label: memory held there
 	gpuUtil map[string]*int   // by GPU index label: summed utilisation, nil when unknown
 }
@@ -210,6 +221,15 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		w.UtilPercent, w.Idle = c.GPUUtilizationPercent, c.GPUIdle
 		w.IdleSeconds, w.IdleSince = age(now, c.GPUIdleSince)
 		w.AllocatedSecs, w.HeldSecs, w.BusySecs = c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds
+		w.CPUPercent, w.MemoryBytes = c.CPUPercent, c.MemoryBytes
+		w.IdleFor, w.IdleRuleSince = age(now, c.IdleSince)
+		if c.IdleDeadline != nil {
+			w.IdleDeadline = c.IdleDeadline.String()
+			w.overDeadline = now.After(c.IdleDeadline.Time)
+		}
+		if c.IdlePolicy != nil {
+			w.IdleGroup = c.IdlePolicy.Group
+		}
 		w.gpuMem, w.gpuUtil = map[string]*int64{}, map[string]*int{}
 		for _, p := range c.GPUProcesses {
 			w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
@@ -234,8 +254,16 @@ func Rows(st inventory.State, now time.Time) []Workload {
 			w.Granted = strings.Join(w.GPUs, ",")
 		}
 		w.GPUsInUse = sortedLabels(w.gpuMem)
+		var unknown []string
+		w.granted, unknown = inventory.CountGranted(c.HasGPU, c.GPUDevices, st.GPUs)
 		if c.GPUWithoutAccess {
 			w.Flags = append(w.Flags, "gpu-without-access")
+		}
+		if c.UserConflict {
+			w.Flags = append(w.Flags, "owner-conflict")
+		}
+		if len(unknown) > 0 { // a device this host's NVML does not report
+			w.Flags = append(w.Flags, "unknown-gpu-device")
 		}
 		for _, p := range c.GPUProcesses {
 			if p.OutsideGPUDevices {
@@ -245,8 +273,8 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		}
 		out = append(out, w)
 	}
-	out = append(out, processRows(st.HostProcesses, "active", now)...)
-	out = append(out, processRows(st.PendingProcesses, "pending", now)...)
+	out = append(out, processRows(st.HostProcesses, "active", now, st.GPUs)...)
+	out = append(out, processRows(st.PendingProcesses, "pending", now, st.GPUs)...)
 	for _, p := range st.OtherGPUProcesses {
 		user := p.User
 		if user == "" {
@@ -269,6 +297,19 @@ func Rows(st inventory.State, now time.Time) []Workload {
 	return out
 }
 
+// processGPU is the index of a host process's GPU. The Python scanner's
+// (v1) entries have gpu_uuid only, read as index 0: the UUID decides, from
+// the state's gpus; -1 when a v1 entry's GPU is not there (show the UUID).
+func processGPU(p inventory.HostProcess, gpus map[string]inventory.GPU) int {
+	if g, ok := gpus[p.GPUUUID]; ok {
+		return g.Index
+	}
+	if p.StartTime == 0 && p.GPUUUID != "" && p.GPUIndex == 0 {
+		return -1
+	}
+	return p.GPUIndex
+}
+
 func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
@@ -276,7 +317,7 @@ func shortID(id string) string {
 	return id
 }
 
-func processRows(m map[string]inventory.HostProcess, status string, now time.Time) []Workload {
+func processRows(m map[string]inventory.HostProcess, status string, now time.Time, gpus map[string]inventory.GPU) []Workload {
 	pids := make([]int, 0, len(m))
 	byPid := map[int]inventory.HostProcess{}
 	for _, p := range m {
@@ -287,16 +328,28 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 	var out []Workload
 	for _, pid := range pids {
 		p := byPid[pid]
+		p.GPUIndex = processGPU(p, gpus)
+		label := gpuLabel(p.GPUIndex, p.MIG)
+		if p.GPUIndex < 0 { // a v1 entry on a GPU this state does not list
+			label = p.GPUUUID
+		}
 		w := Workload{
 			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
 			UserSource: "process-owner", Status: status, StatusText: status, HasGPU: true, GPUAccess: []string{},
-			GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
-			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle,
+			GPUs: []string{label}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
+			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle, CPUPercent: p.CPUPercent,
 			AllocatedSecs: p.GPUAllocatedSeconds, HeldSecs: p.GPUHeldSeconds, BusySecs: p.GPUBusySeconds,
 			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
 		}
+		if strings.TrimSpace(w.Name) == "" {
+			why := p.CmdlineError
+			if why == "" {
+				why = "no command line recorded"
+			}
+			w.Name = "(unreadable: " + why + ")"
+		}
 		w.IdleSeconds, w.IdleSince = age(now, p.GPUIdleSince)
-		w.addUse(gpuLabel(p.GPUIndex, p.MIG), p.GPUMemoryMB, p.SMUtilPercent)
+		w.addUse(label, p.GPUMemoryMB, p.SMUtilPercent)
 		w.GPUsInUse = sortedLabels(w.gpuMem)
 		seen := p.DetectedAt
 		if seen == nil {
@@ -315,8 +368,13 @@ type Filter struct {
 	Type    string // an origin, host-process or other-runtime
 	GPUOnly bool
 	All     bool // include stopped containers and pending processes
-	Idle    bool // only workloads holding GPU memory below the idle threshold
-	GPU     *int // only workloads with processes on this GPU index
+	// Idle: only containers idle by the site's rule (the daemon's verdict:
+	// GPU when held, CPU, network); IdleFor: idle so for at least this
+	// long; OverDeadline: past their idle_deadline.
+	Idle         bool
+	IdleFor      time.Duration
+	OverDeadline bool
+	GPU          *int // only workloads with processes on this GPU index
 }
 
 // Match reports whether w passes f.
@@ -333,7 +391,13 @@ func (f Filter) Match(w Workload) bool {
 	if !f.All && !w.running {
 		return false
 	}
-	if f.Idle && w.IdleSince == "" {
+	if (f.Idle || f.IdleFor > 0) && w.IdleFor == nil {
+		return false
+	}
+	if f.IdleFor > 0 && time.Duration(*w.IdleFor)*time.Second < f.IdleFor {
+		return false
+	}
+	if f.OverDeadline && !w.overDeadline {
 		return false
 	}
 	if f.GPU != nil && !w.OnGPU(*f.GPU) {
@@ -353,17 +417,14 @@ func (f Filter) Apply(ws []Workload) []Workload {
 	return out
 }
 
-// GPUCount is how many GPUs a workload holds, for --by-user: its devices
-// when it has GPU access (an "all" container counts one), one per process.
+// GPUCount is how many GPUs a workload holds, for --by-user: for a
+// container, what its configuration grants, counted as the daemon's
+// allocated seconds and ds01_workload_gpus_allocated count it
+// (inventory.CountGranted: all is every host GPU, devices once each); one
+// per process.
 func GPUCount(w Workload) int {
 	if w.Kind != KindContainer {
 		return 1
 	}
-	if !w.HasGPU {
-		return 0
-	}
-	if len(w.GPUs) == 0 {
-		return 1
-	}
-	return len(w.GPUs)
+	return w.granted
 }

@@ -13,8 +13,11 @@ import (
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Style decides colours.
-type Style struct{ Color bool }
+// Style decides colours, and the width tables must fit in (0: any).
+type Style struct {
+	Color bool
+	Width int // the terminal's columns; tables shrink to fit, NAME and IMAGE first
+}
 
 const (
 	green  = "\x1b[0;32m"
@@ -114,6 +117,19 @@ func columns(o Options, withUser bool) []column {
 				}
 				return orDash(strings.Join(w.GPUAccess, ","))
 			}},
+			column{title: "CPU%", value: func(w Workload) string { return cpuCell(w.CPUPercent) }},
+			column{title: "HOST-MEM", value: func(w Workload) string {
+				if w.MemoryBytes == nil {
+					return "-"
+				}
+				return humanBytes(uint64(max(*w.MemoryBytes, 0)))
+			}},
+			column{title: "IDLE-RULE", value: func(w Workload) string {
+				if w.IdleFor == nil {
+					return "-"
+				}
+				return FormatAge(w.IdleFor)
+			}},
 			column{title: "USER-FROM", value: func(w Workload) string { return orDash(w.UserSource) }},
 			column{title: "CONFLICT", value: func(w Workload) string {
 				if w.UserConflict {
@@ -124,8 +140,8 @@ func columns(o Options, withUser bool) []column {
 		)
 		if o.Stats != nil {
 			cols = append(cols,
-				column{title: "CPU%", value: func(w Workload) string { return orDash(o.Stats[w.ID].CPU) }},
-				column{title: "MEM", value: func(w Workload) string { return orDash(o.Stats[w.ID].Mem) }},
+				column{title: "LIVE-CPU%", value: func(w Workload) string { return orDash(o.Stats[w.ID].CPU) }},
+				column{title: "LIVE-MEM", value: func(w Workload) string { return orDash(o.Stats[w.ID].Mem) }},
 			)
 		}
 	}
@@ -161,15 +177,28 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 			}
 		}
 	}
+	gap := 2
+	if st.Width > 0 {
+		gap = shrink(cols, width, st.Width-utf8.RuneCountInString(indent))
+		for r := range cells {
+			for i := range cols {
+				cells[r][i] = cut(cells[r][i], width[i])
+			}
+		}
+	}
 	pad := func(s string, i int) string {
 		if i == len(cols)-1 {
 			return s
 		}
-		return s + strings.Repeat(" ", width[i]-utf8.RuneCountInString(s)+2)
+		return s + strings.Repeat(" ", max(width[i]-utf8.RuneCountInString(s), 0)+gap)
 	}
 	var hdr strings.Builder
 	for i, c := range cols {
-		hdr.WriteString(pad(c.title, i))
+		title := c.title
+		if st.Width > 0 {
+			title = cut(title, width[i])
+		}
+		hdr.WriteString(pad(title, i))
 	}
 	fmt.Fprintln(out, indent+st.paint(bold, strings.TrimRight(hdr.String(), " ")))
 	for r, w := range ws {
@@ -184,6 +213,59 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 		}
 		fmt.Fprintln(out, indent+strings.TrimRight(line.String(), " "))
 	}
+}
+
+// shrinkOrder is which columns give up width first when a table is wider
+// than the terminal, and how narrow each may get; the gaps go from two
+// spaces to one after NAME and IMAGE.
+var shrinkOrder = []struct {
+	title string
+	min   int
+}{{"NAME", 8}, {"IMAGE", 8}, {"", 0}, {"STATUS", 6}, {"USER-FROM", 6}, {"ACCESS", 6}, {"GPUS", 5}, {"USER", 5}, {"TYPE", 6}, {"ID", 6}, {"IDLE", 5}}
+
+// shrink narrows width (the columns' widths) until a line fits in total
+// columns, and returns the gap between columns. As a last resort every
+// column goes down to one character.
+func shrink(cols []column, width []int, total int) int {
+	gap := 2
+	over := func() int {
+		n := gap * (len(width) - 1)
+		for _, w := range width {
+			n += w
+		}
+		return n - total
+	}
+	take := func(i, floor int) {
+		if ex := over(); ex > 0 && width[i] > floor {
+			width[i] -= min(ex, width[i]-floor)
+		}
+	}
+	for _, o := range shrinkOrder {
+		if over() <= 0 {
+			return gap
+		}
+		if o.title == "" {
+			gap = 1
+			continue
+		}
+		for i, c := range cols {
+			if c.title == o.title {
+				take(i, o.min)
+			}
+		}
+	}
+	for i := len(width) - 1; i >= 0 && over() > 0; i-- {
+		take(i, 1)
+	}
+	return gap
+}
+
+// Fit cuts a line of plain text to the width (0: any).
+func Fit(s string, width int) string {
+	if width <= 0 {
+		return s
+	}
+	return cut(s, width)
 }
 
 // Options for Render.
@@ -309,9 +391,13 @@ func WriteSummary(out, warn io.Writer, s Summary, lastScan *inventory.Time, st S
 		line += fmt.Sprintf(", %d in other runtimes", s.Other)
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, st.paint(dim, line+" — last scan: "+ls))
+	for _, l := range wrap(line+" — last scan: "+ls, st.Width) {
+		fmt.Fprintln(out, st.paint(dim, l))
+	}
 	for _, w := range s.Warnings {
-		fmt.Fprintln(warn, st.paint(yellow, "WARNING: "+w))
+		for _, l := range wrap("WARNING: "+w, st.Width) {
+			fmt.Fprintln(warn, st.paint(yellow, l))
+		}
 	}
 }
 
@@ -346,4 +432,34 @@ func JSON(out io.Writer, st inventory.State, ws []Workload, sum Summary) error {
 	}
 	_, err = out.Write(append(b, '\n'))
 	return err
+}
+
+// cpuCell is a CPU percent (100 = one core), "-" when unknown.
+func cpuCell(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return strconv.FormatFloat(*v, 'f', 1, 64)
+}
+
+// wrap breaks s at spaces into lines of at most width columns (0: one
+// line); a word longer than the width is cut.
+func wrap(s string, width int) []string {
+	if width <= 0 || utf8.RuneCountInString(s) <= width {
+		return []string{s}
+	}
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(s) {
+		switch {
+		case line == "":
+			line = w
+		case utf8.RuneCountInString(line)+1+utf8.RuneCountInString(w) <= width:
+			line += " " + w
+		default:
+			lines = append(lines, cut(line, width))
+			line = w
+		}
+	}
+	return append(lines, cut(line, width))
 }

@@ -39,6 +39,7 @@ type ReportDoc struct {
 	By     string          `json:"by"`
 	Rows   []ReportRow     `json:"rows"`
 	Totals ReportRow       `json:"totals"`
+	Now    time.Time       `json:"-"` // when it was made: the end of an open period
 }
 
 // ReportInput says what to count.
@@ -120,6 +121,7 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 				GPUUUIDs    []string `json:"gpu_uuids"`
 				Count       int      `json:"count"`
 				event.GPUSeconds
+				ByOwner []inventory.OwnerSeconds `json:"gpu_seconds_by_owner"`
 			}
 			switch e.EventType {
 			case event.ContainerExited, event.HostProcessExited, event.ShortProcesses:
@@ -137,6 +139,14 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			key, origin := "c:"+d.ContainerID, d.Origin
 			if e.EventType == event.HostProcessExited {
 				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), KindHostProcess
+			}
+			if len(d.ByOwner) > 0 { // each owner's seconds are theirs
+				for _, o := range d.ByOwner {
+					seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: origin, gpus: d.GPUUUIDs,
+						allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
+				}
+				seen[key] = workloadTime{} // counted: the running entry is not added again
+				return
 			}
 			seen[key] = workloadTime{user: userOr(e.User), origin: origin, gpus: d.GPUUUIDs,
 				allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds}
@@ -166,6 +176,14 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		for _, c := range st.Containers {
 			key := "c:" + c.ID
 			if _, done := seen[key]; done {
+				continue
+			}
+			if len(c.OwnerSeconds) > 0 {
+				for _, o := range c.OwnerSeconds {
+					seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: c.Origin, gpus: containerGPUs(c),
+						allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
+				}
+				seen[key] = workloadTime{}
 				continue
 			}
 			seen[key] = workloadTime{user: userOr(c.User), origin: c.Origin, gpus: containerGPUs(c),
@@ -427,6 +445,7 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 		w.Flush()
 		return w.Error()
 	}
+	fmt.Fprintln(out, style.paint(dim, "Period: "+doc.Period()))
 	if len(doc.Rows) == 0 {
 		fmt.Fprintln(out, "No GPU time in this period")
 		return nil
@@ -459,6 +478,22 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 	}
 	fmt.Fprintln(out, style.paint(dim, "GPU-hours: allocated = granted by the configuration, held = GPUs with the workload's processes, busy = at or above the idle threshold"))
 	return nil
+}
+
+// Period says which time the report covers, in UTC.
+func (d ReportDoc) Period() string {
+	const layout = "2006-01-02 15:04 MST"
+	from := "the start of the log"
+	if d.Since != nil {
+		from = d.Since.UTC().Format(layout)
+	}
+	to := "now"
+	if d.Until != nil {
+		to = d.Until.UTC().Format(layout)
+	} else if !d.Now.IsZero() {
+		to = "now (" + d.Now.UTC().Format(layout) + ")"
+	}
+	return from + " to " + to
 }
 
 // csvWriter writes cells that a spreadsheet would take for a formula

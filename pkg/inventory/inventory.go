@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -96,6 +97,13 @@ type GPU struct {
 	MemoryUsedMB       *int64 `json:"memory_used_mb"`
 	UtilizationPercent *int   `json:"utilization_percent"` // whole-device; null when unknown
 	MIGMode            bool   `json:"mig_mode"`
+	// AccountingMode is NVML accounting mode: null when unknown.
+	AccountingMode *bool `json:"accounting_mode"`
+	// UnattributedSeconds sums the active time of processes that only
+	// the accounting buffer showed (they started and ended between two
+	// samples) and that /proc no longer had: nobody's, but not lost.
+	// Cumulative.
+	UnattributedSeconds float64 `json:"unattributed_seconds"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
@@ -167,6 +175,11 @@ type Container struct {
 	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+	// OwnerSeconds splits the three counters by owner once the owner of a
+	// container changed during its life (docker rename, a label update:
+	// detection.owner_changed): each second stays with the user who owned
+	// the container then. Absent while it has had one owner.
+	OwnerSeconds []OwnerSeconds `json:"gpu_seconds_by_owner,omitempty"`
 
 	// Activity, read from the container's cgroup and network namespace at
 	// each reconciliation scan while it runs (never from Docker's stats
@@ -284,6 +297,14 @@ const (
 	OriginRawDocker    = "raw-docker"
 )
 
+// OwnerSeconds are one owner's share of a container's GPU-seconds.
+type OwnerSeconds struct {
+	User                string  `json:"user"`
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+}
+
 // HostProcess is a process using a GPU outside any container. The first six
 // fields are the Python scanner's.
 type HostProcess struct {
@@ -304,8 +325,27 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// CmdlineError says why cmdline is empty: /proc/<pid>/cmdline could
+	// not be read ("permission denied", "no such process"), or held
+	// nothing (a zombie, a kernel thread).
+	CmdlineError string `json:"cmdline_error,omitempty"`
+	// Runtime is the container runtime the cgroup's name claims when the
+	// process sits in a user's own delegated tree (user@<uid>.service) in
+	// a cgroup named like another runtime's container (libpod-<id>.scope:
+	// rootless podman, or systemd-run --user --scope --unit=libpod-…).
+	// Anyone can name a scope there, so the process is its user's, like
+	// any host process; this field only records the claim.
+	Runtime string `json:"runtime,omitempty"`
 	// SMUtilPercent is the process's summed SM utilisation over its GPUs.
 	SMUtilPercent *int `json:"sm_util_percent"`
+	// CPUPercent is the process's CPU use (utime+stime of
+	// /proc/<pid>/stat) over the interval since the last reconciliation
+	// scan, 100 = one core; null when unknown (its first scan).
+	CPUPercent *float64 `json:"cpu_percent"`
+	// CPUTicks and CPUAt are that reading (clock ticks; Unix nanoseconds);
+	// in memory only.
+	CPUTicks uint64 `json:"-"`
+	CPUAt    int64  `json:"-"`
 
 	// Held versus used (all null or zero until a GPU reports them).
 	// GPUUtilizationPercent is the mean, over the GPUs it has processes on,
@@ -528,21 +568,69 @@ func escapeNonASCII(b []byte) []byte {
 	return []byte(sb.String())
 }
 
-// GrantedGPUs is how many GPUs a container's configuration grants, as the
-// allocated GPU-seconds and ds01_workload_gpus_allocated count them: its
-// gpu_devices, or every one of the host's hostGPUs for --gpus all (no
-// devices named) and "all"; 0 without GPU access.
-func (c *Container) GrantedGPUs(hostGPUs int) int {
-	if !c.HasGPU {
-		return 0
+// GrantedGPUs is how many GPUs a container's configuration grants; see
+// CountGranted. The daemon's allocated GPU-seconds, its
+// ds01_workload_gpus_allocated and ds01-workloads all count with it.
+func (c *Container) GrantedGPUs(gpus map[string]GPU) int {
+	n, _ := CountGranted(c.HasGPU, c.GPUDevices, gpus)
+	return n
+}
+
+// CountGranted counts the GPUs a device list grants on a host whose GPUs
+// are gpus (by UUID, as NVML reported them): 0 without GPU access; every
+// host GPU for --gpus all (no devices named) or "all"; else each distinct
+// device once. An index and the UUID of the same GPU are one GPU, a list
+// like 0,0,0,0 is one, and comma lists in one element (the Python
+// scanner's files) are split. Devices the host does not have (an index
+// past the last GPU, an unknown UUID) are kept, counted once each, and
+// returned in unknown; with no GPUs known (NVML unavailable) nothing can be
+// checked and each distinct name counts once.
+func CountGranted(hasGPU bool, devices []string, gpus map[string]GPU) (n int, unknown []string) {
+	if !hasGPU {
+		return 0, nil
 	}
-	if len(c.GPUDevices) == 0 {
-		return hostGPUs
+	byIndex := make(map[string]string, len(gpus))
+	for uuid, g := range gpus {
+		byIndex[strconv.Itoa(g.Index)] = uuid
 	}
-	for _, d := range c.GPUDevices {
-		if d == "all" {
-			return hostGPUs
+	seen := map[string]bool{}
+	named := false
+	for _, d := range devices {
+		for _, dv := range strings.Split(d, ",") {
+			dv = strings.TrimSpace(dv)
+			if dv == "" {
+				continue
+			}
+			named = true
+			if dv == "all" {
+				return len(gpus), nil
+			}
+			key := dv
+			if uuid, ok := byIndex[dv]; ok {
+				key = uuid
+			}
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			if _, known := gpus[key]; !known && len(gpus) > 0 && !isMIGName(dv, byIndex) {
+				unknown = append(unknown, dv)
+			}
 		}
 	}
-	return len(c.GPUDevices)
+	if !named {
+		return len(gpus), nil
+	}
+	return len(seen), unknown
+}
+
+// isMIGName reports whether dv names a MIG device: a MIG UUID, or an
+// <index>.<slot> of a known GPU. NVML's GPU list does not hold those.
+func isMIGName(dv string, byIndex map[string]string) bool {
+	if strings.HasPrefix(dv, "MIG-") {
+		return true
+	}
+	gpu, _, ok := strings.Cut(dv, ".")
+	_, known := byIndex[gpu]
+	return ok && known
 }

@@ -50,6 +50,9 @@ type Container struct {
 	// new one, and a container reported from the cache keeps its own. 0
 	// when unknown (a container known only from the event stream).
 	Rev uint64
+	// Gone is, for an ephemeral container (Snapshot.Ephemeral), the time
+	// of its destroy event; its Status is the last the events told.
+	Gone time.Time
 }
 
 // DeviceRequest is Docker's HostConfig.DeviceRequests entry (--gpus).
@@ -157,6 +160,7 @@ type birth struct {
 	destroyed bool
 	at        time.Time // when it was recorded
 	event     time.Time // the create event's own time
+	gone      time.Time // the destroy event's own time
 }
 
 // Snapshot is one list of the daemon's containers.
@@ -420,7 +424,9 @@ func (s *Source) finish(snap *Snapshot, listStart time.Time) {
 		case listed:
 			delete(s.births, id) // the scan saw it; the normal diff takes over
 		case b.destroyed:
-			snap.Ephemeral = append(snap.Ephemeral, b.c)
+			c := b.c
+			c.Gone = b.gone
+			snap.Ephemeral = append(snap.Ephemeral, c)
 			delete(s.births, id)
 		case b.at.Before(listStart.Add(-time.Minute)):
 			delete(s.births, id) // never listed, never destroyed: stale

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,9 +136,23 @@ func (s *Source) handle(ctx context.Context, m events.Message) {
 	}
 	s.mu.Lock()
 	s.dirty[id] = true
-	if m.Action == events.ActionDestroy {
-		if b, ok := s.births[id]; ok {
-			b.destroyed = true
+	if b, ok := s.births[id]; ok { // its last status, for a replay
+		at := time.Unix(0, m.TimeNano)
+		switch m.Action {
+		case events.ActionDestroy:
+			b.destroyed, b.gone = true, at
+		case events.ActionStart, events.ActionUnPause:
+			b.c.Status = "running"
+			if m.Action == events.ActionStart {
+				b.c.StartedAt = at
+			}
+		case events.ActionDie:
+			b.c.Status, b.c.Pid, b.c.FinishedAt = "exited", 0, at
+			if code, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
+				b.c.ExitCode = code
+			}
+		case events.ActionPause:
+			b.c.Status = "paused"
 		}
 	}
 	s.mu.Unlock()

@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"reflect"
 	"regexp"
 	"testing"
 )
@@ -19,10 +20,15 @@ func FuzzParseCgroup(f *testing.F) {
 		if (ref.ID == "") != (ref.Runtime == "") {
 			t.Fatalf("half a reference: %+v", ref)
 		}
-		if ref.ID != "" && !hexID.MatchString(ref.ID) {
-			t.Fatalf("bad id %q", ref.ID)
+		for _, c := range ref.Chain() {
+			if !hexID.MatchString(c.ID) || c.Runtime == "" || c.Path == "" {
+				t.Fatalf("bad container in the chain: %+v", c)
+			}
 		}
-		if ParseCgroup(b) != ref {
+		if len(ref.Inner) > maxNested {
+			t.Fatalf("%d nested containers kept", len(ref.Inner))
+		}
+		if !reflect.DeepEqual(ParseCgroup(b), ref) {
 			t.Fatal("not deterministic")
 		}
 	})

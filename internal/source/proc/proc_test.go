@@ -124,3 +124,20 @@ func TestJoinCmdline(t *testing.T) {
 }
 
 func cleanCmdline(b []byte) string { return JoinCmdline(SplitCmdline(b)) }
+
+// A path naming several containers lists them all, outer to inner: the
+// caller credits the innermost one it knows.
+func TestNestedChain(t *testing.T) {
+	ref := ParseCgroup([]byte("12:pids:/docker/" + idA + "/" + idB + "\n"))
+	chain := ref.Chain()
+	if ref.ID != idA || len(chain) != 2 || chain[0].ID != idB || chain[0].Path != "/docker/"+idA+"/"+idB || chain[1].ID != idA ||
+		chain[1].Path != "/docker/"+idA || chain[0].Hierarchy != "12" || chain[0].Full != ref.Full {
+		t.Fatalf("chain %+v of %+v", chain, ref)
+	}
+	if c, ok := ref.Find(idB); !ok || c.Path != chain[0].Path {
+		t.Errorf("Find(B) = %+v, %v", c, ok)
+	}
+	if _, ok := ref.Find(idC); ok {
+		t.Error("Find(C) found a container the path does not name")
+	}
+}

@@ -36,13 +36,50 @@ type ContainerRef struct {
 	// Full is the whole cgroup path of that line: deeper than Path when the
 	// process sits in a cgroup inside the container (a nested container).
 	Full string
+	// Inner are the containers nested in this one along the path, outer
+	// to inner (Runtime, ID and Path set): a container started with
+	// --cgroup-parent=/docker/<id>, or docker in docker.
+	Inner []ContainerRef
+	// UserTree: the container lies inside a user's delegated tree
+	// (user@<uid>.service), where that user can create cgroups of any
+	// name: the name proves nothing.
+	UserTree bool
+}
+
+// Chain is the containers the path names, innermost first.
+func (r ContainerRef) Chain() []ContainerRef {
+	if r.ID == "" {
+		return nil
+	}
+	out := make([]ContainerRef, 0, 1+len(r.Inner))
+	for i := len(r.Inner) - 1; i >= 0; i-- {
+		in := r.Inner[i]
+		in.Hierarchy, in.Full, in.UserTree = r.Hierarchy, r.Full, r.UserTree
+		out = append(out, in)
+	}
+	outer := r
+	outer.Inner = nil
+	return append(out, outer)
+}
+
+// Find returns the container of the chain with the full ID id.
+func (r ContainerRef) Find(id string) (ContainerRef, bool) {
+	for _, c := range r.Chain() {
+		if c.ID == id {
+			return c, true
+		}
+	}
+	return ContainerRef{}, false
 }
 
 var (
-	hex64       = `([0-9a-f]{64})`
-	reBareID    = regexp.MustCompile(`^` + hex64 + `$`)
-	reScopeName = regexp.MustCompile(`^(docker|libpod|libpod-conmon|cri-containerd|nerdctl|crio|crio-conmon)-` + hex64 + `(\.scope)?$`)
-	scopeRT     = map[string]string{
+	hex64    = `([0-9a-f]{64})`
+	reBareID = regexp.MustCompile(`^` + hex64 + `$`)
+	// reUserManager is a user's systemd manager: below it, the user
+	// creates cgroups (delegation).
+	reUserManager = regexp.MustCompile(`^user@[0-9]+\.service$`)
+	reScopeName   = regexp.MustCompile(`^(docker|libpod|libpod-conmon|cri-containerd|nerdctl|crio|crio-conmon)-` + hex64 + `(\.scope)?$`)
+	scopeRT       = map[string]string{
 		"docker": RuntimeDocker, "libpod": RuntimePodman, "libpod-conmon": RuntimePodman,
 		"cri-containerd": RuntimeContainerd, "nerdctl": RuntimeContainerd,
 		"crio": RuntimeCRIO, "crio-conmon": RuntimeCRIO,
@@ -73,14 +110,20 @@ func ParseCgroup(b []byte) ContainerRef {
 
 func parsePath(p string) (ContainerRef, bool) {
 	segs := strings.Split(p, "/")
+	var out ContainerRef
+	found, userTree := false, false
 	for i, seg := range segs {
 		if seg == "" || strings.HasSuffix(seg, ".mount") {
 			continue
 		}
-		if m := reScopeName.FindStringSubmatch(seg); m != nil {
-			return ContainerRef{Runtime: scopeRT[m[1]], ID: m[2], Path: strings.Join(segs[:i+1], "/")}, true
+		if !found && reUserManager.MatchString(seg) {
+			userTree = true
+			continue
 		}
-		if m := reBareID.FindStringSubmatch(seg); m != nil {
+		var ref ContainerRef
+		if m := reScopeName.FindStringSubmatch(seg); m != nil {
+			ref = ContainerRef{Runtime: scopeRT[m[1]], ID: m[2], Path: strings.Join(segs[:i+1], "/")}
+		} else if m := reBareID.FindStringSubmatch(seg); m != nil {
 			rt := RuntimeUnknown
 			if i > 0 {
 				switch segs[i-1] {
@@ -90,11 +133,22 @@ func parsePath(p string) (ContainerRef, bool) {
 					rt = RuntimePodman
 				}
 			}
-			return ContainerRef{Runtime: rt, ID: m[1], Path: strings.Join(segs[:i+1], "/")}, true
+			ref = ContainerRef{Runtime: rt, ID: m[1], Path: strings.Join(segs[:i+1], "/")}
+		} else {
+			continue
+		}
+		if !found {
+			out, found = ref, true
+			out.UserTree = userTree
+		} else if len(out.Inner) < maxNested {
+			out.Inner = append(out.Inner, ref)
 		}
 	}
-	return ContainerRef{}, false
+	return out, found
 }
+
+// maxNested bounds the nested containers kept from one path.
+const maxNested = 8
 
 // Cgroup reads /proc/<pid>/cgroup and finds its container.
 func (fs FS) Cgroup(pid int) (ContainerRef, error) {

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	osuser "os/user"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testutil"
+)
+
+// The real daemon at --interval 30s, with the stand-in NVML and no Docker:
+// the GPU sampler (here every 200 ms) sees a new host process and the
+// state file has it long before the next reconciliation scan; a process
+// that ends before --gpu-confirm-after is charged to its user (state's
+// _short_processes and the per-user counter) without events of its own.
+func TestSamplerReachesTheStateBetweenScans(t *testing.T) {
+	lib, ctl := stubNVML(t)
+	noProcs := func() {
+		if err := os.WriteFile(ctl, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noProcs()
+	f := newFiles(t, t.TempDir())
+	addr := freeAddr(t)
+	startDaemonEnv(t, []string{"DS01_NVML_STUB=" + ctl}, f.args("--docker-host", "unix:///nonexistent/docker.sock", "--nvml-library", lib,
+		"--interval", "30s", "--gpu-interval", "200ms", "--gpu-confirm-after", "3s", "--web.listen-address", addr)...)
+	testutil.Eventually(t, 10*time.Second, "first state", func() bool {
+		_, err := os.Stat(f.StatePath)
+		return err == nil
+	})
+	p := exec.Command("sleep", "600")
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Process.Kill(); p.Wait() })
+	pid := strconv.Itoa(p.Process.Pid)
+	script(t, ctl, p.Process.Pid, 100, "90")
+	listed := time.Now()
+	// Far sooner than the 30 s interval (the bench measures the latency).
+	testutil.Eventually(t, 10*time.Second, "pending in the state", func() bool {
+		_, ok := f.State().PendingProcesses[pid]
+		return ok
+	})
+	t.Logf("in the state %v after NVML listed it", time.Since(listed).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	noProcs()
+	p.Process.Kill()
+	p.Wait()
+	user := strconv.Itoa(os.Getuid())
+	if u, err := osuser.LookupId(user); err == nil {
+		user = u.Username
+	}
+	testutil.Eventually(t, 10*time.Second, "the short process in its user's aggregate", func() bool {
+		a, ok := f.State().ShortProcesses[user]
+		return ok && a.Count == 1 && a.GPUHeldSeconds >= 0.8 && a.GPUHeldSeconds <= 2
+	})
+	if v, ok := metric(t, addr, "ds01_user_gpu_held_seconds_total"); !ok || v < 0.8 {
+		t.Errorf("ds01_user_gpu_held_seconds_total = %v, %v", v, ok)
+	}
+	for _, e := range f.Events() {
+		t.Errorf("event %s: the short process got an event of its own", e.EventType)
+	}
+}
