@@ -23,7 +23,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/ds01-detectord
 SYSCONFDIR  ?= /etc
 
-.PHONY: all cc build test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e deb
+.PHONY: all cc build man demo test test-unit test-deps run lint bench fuzz fuzz-corpus clean install uninstall deploy e2e deb
 
 all: build
 
@@ -76,6 +76,21 @@ test: cc test-deps
 # drives the unit with systemctl and journalctl.
 e2e: cc test-deps
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 10m -tags e2e -v -run TestUnderRealSystemd ./internal/e2e/
+
+# The man pages into bin/man, their OPTIONS made by the binaries:
+# `man -l bin/man/ds01-workloads.1`.
+man: build
+	GO='$(GO)' sh packaging/man.sh bin bin/man
+
+# The product in a minute without a GPU server (root: a private dockerd, as
+# the tests start): containers of every origin, host processes and the
+# stand-in NVML library; shows ds01-workloads, gpus and report, and removes
+# everything it started on Ctrl-C. DEMO_FLAGS=--no-wait ends after showing.
+demo: build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo starts a private dockerd: run 'sudo make demo'" >&2; exit 1; }
+	@command -v dockerd >/dev/null 2>&1 || { echo "installing docker.io (dockerd)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null; }
+	@$(GO) build -o bin/.demo ./internal/demo
+	@./bin/.demo --bin bin $(DEMO_FLAGS)
 
 # Runs the daemon in the foreground against the local Docker, with its state
 # and events under ./run. Ctrl-C stops it; `kill -HUP` forces a rescan.
@@ -165,7 +180,7 @@ fuzz-corpus:
 # with nfpm (a Go tool in go.mod) and packaging/nfpm.yaml. The binaries are
 # built here with VERSION (`make deb VERSION=1.2.3`); packaging/deb-version.sh
 # turns it, or the default git describe, into a Debian version. The man pages
-# come from docs/man (go-md2man), the completions from ds01-workloads itself,
+# come from docs/man with the OPTIONS the binaries print (packaging/man.sh), the completions from ds01-workloads itself,
 # libc6's minimum version from the binaries' symbols. DIST=/some/dir puts
 # the package elsewhere.
 DIST           ?= $(CURDIR)/dist
@@ -184,10 +199,8 @@ deb: cc
 	rm -rf "$$stage"; mkdir -p "$$stage/bin"; \
 	echo "building ds01-detectord $$debver-$(DEB_RELEASE) (VERSION=$(VERSION))"; \
 	CGO_ENABLED=1 $(GO) build $(DEB_GOFLAGS) -ldflags '$(DEB_LDFLAGS) $(LDFLAGS)' -o "$$stage/bin/" ./cmd/...; \
-	for m in ds01-detectord.8 ds01-workloads.1; do \
-		$(GO) tool go-md2man -in docs/man/$$m.md -out "$$stage/$$m"; \
-		gzip -9nf "$$stage/$$m"; \
-	done; \
+	GO='$(GO)' sh packaging/man.sh "$$stage/bin" "$$stage"; \
+	gzip -9nf "$$stage/ds01-detectord.8" "$$stage/ds01-workloads.1"; \
 	"$$stage/bin/ds01-workloads" completion bash > "$$stage/ds01-workloads.bash"; \
 	"$$stage/bin/ds01-workloads" completion zsh > "$$stage/ds01-workloads.zsh"; \
 	"$$stage/bin/ds01-workloads" completion fish > "$$stage/ds01-workloads.fish"; \

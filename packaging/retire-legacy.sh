@@ -17,8 +17,11 @@
 # the mask stays, and its `systemctl enable --now` fails with "Unit file
 # ... is masked" instead of starting a second writer.
 #
-# Units are masked even where they were never installed, for the same
-# reason. Every action is reported on stderr. Nothing here unmasks.
+# Only units this host has are masked: a unit file in /etc/systemd/system
+# or anywhere systemd finds one, or the ds01-infra checkout that deploy.sh
+# copies them from (it would install them later). A host that never had
+# the Python scanner is left alone. Every action is reported on stderr.
+# Nothing here unmasks.
 set -e
 
 LEGACY_UNITS="ds01-workload-detector.timer ds01-workload-detector.service"
@@ -35,6 +38,10 @@ for unit in $LEGACY_UNITS; do
 	f=$UNITDIR/$unit
 	if [ -L "$f" ] && [ "$(readlink "$f")" = /dev/null ]; then
 		continue # masked already
+	fi
+	if [ ! -e "$f" ] && [ ! -L "$f" ] && [ ! -e "/opt/ds01-infra/config/systemd/$unit" ] &&
+		! systemctl list-unit-files --no-legend "$unit" 2>/dev/null | grep -q "^$unit"; then
+		continue # never installed here: nothing to retire
 	fi
 	changed=true
 	# The timer comes first in the list, so it cannot start the service

@@ -31,6 +31,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -58,6 +59,7 @@ type config struct {
 	metricsListen                               string
 	webConfigFile                               string
 	webMaxConns                                 int
+	sealKey                                     string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	gpuInterval, gpuConfirmAfter                time.Duration
@@ -84,13 +86,13 @@ Examples:
 // newApp is the daemon's command line: every flag, one line each, bound to
 // c. The --web.* flags are the exporter-toolkit's (kingpinflag), as in every
 // Prometheus exporter.
-func newApp(c *config, set map[string]*bool) *kingpin.Application {
+func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Application {
 	app := kingpin.New("ds01-detectord", help)
 	app.HelpFlag.Short('h')
 	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
 	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
 	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
-	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
+	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock); the daemon must see every container: point it at the Engine, not at a filtering proxy").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
 	app.Flag("docker-timeout", "deadline of one Docker API call").Default("10s").DurationVar(&c.dockerTimeout)
 	app.Flag("nvml-library", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)").PlaceHolder("FILE").StringVar(&c.nvmlLibrary)
 	app.Flag("exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable").PlaceHolder("NAME").StringsVar(&c.excludeProcesses)
@@ -122,8 +124,13 @@ func newApp(c *config, set map[string]*bool) *kingpin.Application {
 	if f := app.GetFlag("web.systemd-socket"); f != nil {
 		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
+	app.Flag("seal-key", "secret key that seals the event lines and the state file (HMAC chain; ds01-workloads verify checks them), created on first start in a directory only root can enter; \"\" seals nothing").Default(seal.DefaultKeyPath).PlaceHolder("FILE").StringVar(&c.sealKey)
 	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(metrics.DefaultMaxConnections)).IntVar(&c.webMaxConns)
 	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
+	app.Flag("help-man-options", "print the man page's OPTIONS (make man) and exit").Hidden().PreAction(func(*kingpin.ParseContext) error {
+		manOptions(app, stdout)
+		return errHelpShown
+	}).Bool()
 	for _, f := range app.Model().Flags {
 		if !f.IsBoolFlag() {
 			app.GetFlag(f.Name).SetValue(named{f.Name, f.Value})
@@ -159,6 +166,50 @@ func (n named) IsCumulative() bool {
 	return ok && r.IsCumulative()
 }
 
+// manOptions writes the OPTIONS of the man page, in go-md2man's markdown,
+// from the flags: they are documented once, here (`make man` puts them into
+// docs/man/ds01-detectord.8.md).
+func manOptions(app *kingpin.Application, w io.Writer) {
+	esc := strings.NewReplacer(`\`, `\\`, "*", `\*`, "_", `\_`, "<", `\<`, ">", `\>`, "`", "\\`")
+	for _, f := range app.Model().Flags {
+		if f.Hidden || f.Name == "help" {
+			continue
+		}
+		name := "**--" + f.Name + "**"
+		if f.Short != 0 {
+			name = "**-" + string(f.Short) + "**, " + name
+		}
+		if !f.IsBoolFlag() {
+			ph := f.PlaceHolder
+			if ph == "" {
+				inner := f.Value
+				if n, ok := inner.(named); ok {
+					inner = n.Value
+				}
+				switch t := fmt.Sprintf("%T", inner); {
+				case strings.Contains(t, "duration"):
+					ph = "DURATION"
+				case strings.Contains(t, "int"):
+					ph = "N"
+				case strings.Contains(t, "enum"):
+					ph = "WORD"
+				default:
+					ph = "VALUE"
+				}
+			}
+			name += " *" + ph + "*"
+		}
+		help := f.Help
+		if len(f.Default) > 0 && f.Default[0] != "" {
+			help += " (default " + strings.Join(f.Default, ", ") + ")"
+		}
+		fmt.Fprintf(w, "%s\n: %s\n\n", name, esc.Replace(help))
+	}
+}
+
+// errHelpShown ends parsing after a help output.
+var errHelpShown = errors.New("help shown")
+
 // errHelp ends the command with exit 0 after --help.
 var errHelp = errors.New("help shown")
 
@@ -168,11 +219,11 @@ var errHelp = errors.New("help shown")
 func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 	var c config
 	set := map[string]*bool{}
-	app := newApp(&c, set)
+	app := newApp(&c, set, stdout)
 	helped := false
 	app.UsageWriter(stdout).ErrorWriter(stderr).Terminate(func(int) { helped = true })
 	_, err := app.Parse(gnuArgs(app, args))
-	if helped {
+	if helped || errors.Is(err, errHelpShown) {
 		return c, errHelp
 	}
 	if err != nil {
@@ -286,7 +337,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
+		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns, SealKey: c.sealKey,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,

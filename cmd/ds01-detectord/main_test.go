@@ -134,7 +134,7 @@ func TestOnceWithoutDockerStillWrites(t *testing.T) {
 	state := filepath.Join(dir, "state.json")
 	var out, errb bytes.Buffer
 	rc := run([]string{"--docker-host", "unix://" + filepath.Join(dir, "none.sock"), "--state-file", state,
-		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once"}, &out, &errb)
+		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once", "--seal-key", testSealKey}, &out, &errb)
 	if rc != 0 {
 		t.Fatalf("exit %d", rc)
 	}
@@ -181,5 +181,23 @@ func TestListenFlags(t *testing.T) {
 		if rc := run(args, &out, &errb); rc != 2 || !strings.Contains(errb.String(), "--metrics-listen") {
 			t.Errorf("%q: exit %d, %q", args, rc, errb.String())
 		}
+	}
+}
+
+// The man page's OPTIONS come from the flags: every visible one is there.
+func TestManOptionsListEveryFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	if rc := run([]string{"--help-man-options"}, &out, &errb); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	var c config
+	app := newApp(&c, map[string]*bool{}, &out)
+	for _, f := range app.Model().Flags {
+		if !f.Hidden && f.Name != "help" && !strings.Contains(out.String(), "**--"+f.Name+"**") {
+			t.Errorf("--%s is not in the man page's options", f.Name)
+		}
+	}
+	if strings.Contains(out.String(), "metrics-listen") || !strings.Contains(out.String(), "**--interval** *DURATION*") {
+		t.Errorf("man options:\n%s", out.String())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"unicode"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/spf13/pflag"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/workloads"
@@ -34,8 +36,25 @@ func invoke(args []string, tty bool, extraEnv map[string]string) (string, string
 	var out, errb bytes.Buffer
 	e := env{stdout: &out, stderr: &errb, now: func() time.Time { return now }, isTTY: tty, ctx: context.Background(),
 		getenv: func(k string) string { return extraEnv[k] }}
-	rc := run(args, e)
+	rc := run(withoutSeal(args), e)
 	return out.String(), errb.String(), rc
+}
+
+// withoutSeal gives report no sealing key unless the test names one: the
+// default is the host's (/var/lib/ds01-detectord), and the fixtures are
+// not sealed.
+func withoutSeal(args []string) []string {
+	report := false
+	for _, a := range args {
+		if strings.HasPrefix(a, "--seal-key") {
+			return args
+		}
+		report = report || a == "report"
+	}
+	if !report {
+		return args
+	}
+	return append(slices.Clone(args), "--seal-key=")
 }
 
 func td(name string) string { return filepath.Join("testdata", name) }
@@ -743,3 +762,55 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// The man page's OPTIONS come from the command tree: every flag of every
+// view is there.
+func TestManOptionsListEveryFlag(t *testing.T) {
+	out, _, rc := invoke([]string{"__man-options"}, false, nil)
+	if rc != 0 {
+		t.Fatalf("exit %d", rc)
+	}
+	rc0 := 0
+	root := newRoot(env{stdout: io.Discard, stderr: io.Discard}, &rc0)
+	for _, c := range append(root.Commands(), root) {
+		if c.Hidden || c.Name() == "completion" || c.Name() == "help" {
+			continue
+		}
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if !f.Hidden && f.Name != "help" && f.Name != "version" && !strings.Contains(out, "**--"+f.Name+"**") {
+				t.Errorf("%s --%s is not in the man page's options", c.Name(), f.Name)
+			}
+		})
+	}
+	for _, h := range []string{"## ds01-workloads report", "## ds01-workloads events", "**-q**, **--quiet**", "**--watch**[=*2s*]"} {
+		if !strings.Contains(out, h) {
+			t.Errorf("no %q in:\n%s", h, out)
+		}
+	}
+}
+
+// A host process whose command line could not be read says why.
+func TestUnreadableCommandLine(t *testing.T) {
+	b, err := os.ReadFile(td("held.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	json.Unmarshal(b, &st)
+	for _, p := range st["host_processes"].(map[string]any) {
+		p := p.(map[string]any)
+		if p["pid"].(float64) == 7001 {
+			p["cmdline"], p["cmdline_error"] = "", "permission denied"
+		}
+		if p["pid"].(float64) == 7002 {
+			p["cmdline"] = ""
+		}
+	}
+	b, _ = json.Marshal(st)
+	path := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(path, b, 0o644)
+	out, _, rc := invoke([]string{"--state-file", path, "--type", "host-process"}, false, nil)
+	if rc != 0 || !strings.Contains(out, "(unreadable: permission denied)") || !strings.Contains(out, "(unreadable: no command line recorded)") {
+		t.Errorf("exit %d:\n%s", rc, out)
+	}
+}

@@ -121,7 +121,7 @@ func readProc(fs proc.FS, pid int) reconcile.Proc {
 	if p.CgroupErr != nil {
 		return p
 	}
-	p.Argv, _ = fs.Argv(pid)
+	p.Argv, p.ArgvErr = fs.Argv(pid)
 	p.UID, p.UIDErr = fs.UID(pid)
 	p.StartTime, p.StartErr = fs.StartTime(pid)
 	p.PidNS, _ = fs.PidNS(pid)

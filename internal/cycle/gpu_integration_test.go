@@ -470,3 +470,82 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 		t.Errorf("system-level libpod scope: %+v", ref)
 	}
 }
+
+// docker rename from one owner's name to another's, on a real dockerd,
+// while the container holds a GPU: one detection.owner_changed, the
+// seconds before the rename stay the first owner's in the state, the
+// exited event and the report.
+func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
+	d := dockertest.New(t, dockertest.Options{})
+	ctx := context.Background()
+	uid := ensureUser(t)
+	cid, err := d.Create(ctx, dockertest.Spec{Name: "job._.65534", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := d.Client.ContainerInspect(ctx, cid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := gputest.H100()
+	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(js.State.Pid, 1024)}, nil)
+	ok := nvml.SUCCESS
+	r := newRig(t, d)
+	now := time.Now()
+	r.det = New(Config{
+		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Now: func() time.Time { return now },
+	})
+	step := func() {
+		r.cycle()
+		now = now.Add(30 * time.Second)
+	}
+	step()
+	step()
+	step() // 60 s held as nobody's
+	first := r.State().Containers[cid[:12]].User
+	if err := d.Client.ContainerRename(ctx, cid, "job._."+strconv.Itoa(int(uid))); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	step() // 60 s more, the new owner's
+	c := r.State().Containers[cid[:12]]
+	if first == testUser || c.User != testUser || !c.UserConflict || len(c.OwnerSeconds) != 2 ||
+		c.OwnerSeconds[0].User != first || c.OwnerSeconds[0].GPUHeldSeconds != 60 || c.OwnerSeconds[1].User != testUser || c.OwnerSeconds[1].GPUHeldSeconds != 60 {
+		t.Fatalf("after the rename: user %q (first %q) conflict %v by owner %+v", c.User, first, c.UserConflict, c.OwnerSeconds)
+	}
+	if err := d.Client.ContainerRemove(ctx, cid, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	gputest.SetProcs(srv, 0, nil, nil)
+	step()
+	var changed int
+	for _, e := range r.Events() {
+		switch e.EventType {
+		case event.OwnerChanged:
+			changed++
+			if d := testutil.Details(t, e); d["old_user"] != first || d["new_user"] != testUser || e.User != testUser {
+				t.Errorf("owner_changed: %s %s", e.User, e.Details)
+			}
+		case event.ContainerExited:
+			if by, _ := testutil.Details(t, e)["gpu_seconds_by_owner"].([]any); len(by) != 2 {
+				t.Errorf("exited without the split: %s", e.Details)
+			}
+		}
+	}
+	if changed != 1 {
+		t.Errorf("%d owner_changed lines, want 1", changed)
+	}
+	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: r.EventsPath, State: r.State()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]float64{}
+	for _, row := range doc.Rows {
+		held[row.Key] = row.HeldSeconds
+	}
+	if held[first] != 60 || held[testUser] != 60 {
+		t.Errorf("report: %v, want 60 s for %s and 60 s for %s", held, first, testUser)
+	}
+}

@@ -215,6 +215,21 @@ func TestUnderRealSystemd(t *testing.T) {
 		t.Errorf("ownership: %q", ls)
 	}
 
+	// A host that never had the Python scanner: retiring it masks nothing.
+	if b, err := os.ReadFile(filepath.Join(repoRoot(), "packaging/retire-legacy.sh")); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(filepath.Join(root, "opt/retire-legacy.sh"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out := m.must("sh", "/opt/retire-legacy.sh"); strings.Contains(out, "masked") {
+		t.Errorf("retire-legacy.sh on a host without the legacy units:\n%s", out)
+	}
+	for _, u := range []string{"ds01-workload-detector.timer", "ds01-workload-detector.service"} {
+		if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system", u)); !os.IsNotExist(err) {
+			t.Errorf("%s was masked on a host that never had it (%v)", u, err)
+		}
+	}
+
 	// Start returns once the state file exists.
 	m.must("systemctl", "start", "ds01-detectord.service")
 	if _, err := statefile.Load(m.statePath()); err != nil {

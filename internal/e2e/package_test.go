@@ -24,13 +24,19 @@ import (
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
-// manTree is cacheTree plus man-db (for `man`), made once from it.
+// manTree is cacheTree plus man-db (for `man`) and logrotate, made once
+// from it.
 const manTree = cacheTree + "-man"
 
 func ensureManTree(t *testing.T) string {
 	t.Helper()
 	ensureTree(t)
 	if _, err := os.Stat(filepath.Join(manTree, "usr/bin/man")); err == nil {
+		if _, err := os.Stat(filepath.Join(manTree, "usr/sbin/logrotate")); err != nil {
+			t.Logf("installing logrotate into %s (once)", manTree)
+			sh(t, "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", manTree, "--", "sh", "-c",
+				"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends logrotate >/dev/null && apt-get clean")
+		}
 		return manTree
 	}
 	tmp := manTree + ".tmp"
@@ -38,7 +44,7 @@ func ensureManTree(t *testing.T) string {
 	sh(t, "cp", "-a", "--reflink=auto", cacheTree, tmp)
 	t.Logf("installing man-db into %s (once)", manTree)
 	sh(t, "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", tmp, "--", "sh", "-c",
-		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends man-db >/dev/null && apt-get clean")
+		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends man-db logrotate >/dev/null && apt-get clean")
 	if _, err := os.Stat(filepath.Join(tmp, "usr/bin/man")); err != nil {
 		t.Fatalf("man-db did not install into %s: %v", tmp, err)
 	}
@@ -337,6 +343,47 @@ func TestDebLifecycle(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the events of pkg-during and pkg-before", func() bool {
 		return m.hasEvent("detection.container_discovered", during[:12]) && m.hasEvent("detection.container_exited", short)
 	})
+	// The package's logrotate rule: logrotate -f rotates the log into a
+	// dated archive (copytruncate), the daemon goes on appending to the
+	// live file, and report counts workloads from both.
+	if out := m.must("logrotate", "-d", "/etc/logrotate.conf"); strings.Contains(out, "duplicate") || !strings.Contains(out, "/var/log/ds01/events.jsonl") {
+		t.Errorf("logrotate -d:\n%s", out)
+	}
+	m.must("logrotate", "-f", "/etc/logrotate.d/ds01-detectord")
+	archive := "/var/log/ds01/events.jsonl-" + strings.TrimSpace(m.must("date", "+%Y%m%d"))
+	if b, err := os.ReadFile(filepath.Join(root, archive)); err != nil || !strings.Contains(string(b), `"container_id":"`+short+`"`) {
+		t.Fatalf("after logrotate -f: %s: %v\n%s\n%s", archive, err, b, m.must("ls", "-l", "/var/log/ds01"))
+	}
+	if ls := m.must("stat", "-c", "%U:%G %a %s", "/var/log/ds01/events.jsonl"); ls != "root:docker 664 0\n" {
+		t.Errorf("the live log after the rotation: %q", ls)
+	}
+	rotated, err := d.Create(ctx, dockertest.Spec{Name: "pkg-rotated", Labels: map[string]string{"ds01.user": "carol"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "pkg-rotated discovered after the rotation", func() bool { return m.hasEvent("detection.container_discovered", rotated[:12]) })
+	if err := d.Client.ContainerRemove(ctx, rotated, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "pkg-rotated's exit in the new log", func() bool { return m.hasEvent("detection.container_exited", rotated[:12]) })
+	var rep struct {
+		Rows []struct {
+			Key       string `json:"key"`
+			Workloads int    `json:"workloads"`
+		} `json:"rows"`
+	}
+	repOut := m.must("/usr/bin/ds01-workloads", "report", "--since", "1h", "--json")
+	if err := json.Unmarshal([]byte(repOut), &rep); err != nil {
+		t.Fatalf("report --json: %v\n%s", err, repOut)
+	}
+	counted := map[string]int{}
+	for _, r := range rep.Rows {
+		counted[r.Key] = r.Workloads
+	}
+	if counted["alice"] < 1 || counted["carol"] != 1 {
+		t.Errorf("report across the rotation: alice (in the archive) and carol (in the live log) each once, got %v\n%s", counted, repOut)
+	}
+
 	// The admin's setting in the conffile, kept across the upgrade.
 	writeFile(t, filepath.Join(root, "etc/default/ds01-detectord"), "# site setting\nDS01_DETECTORD_OPTS=\"--interval 20s\"\n", 0o644)
 	m.must("systemctl", "restart", "ds01-detectord.service")
@@ -348,8 +395,21 @@ func TestDebLifecycle(t *testing.T) {
 	if detectedDuring == "" || len(logBefore) < 3 {
 		t.Fatalf("before the upgrade: detected_at %q, %d event lines", detectedDuring, len(logBefore))
 	}
+	// A site rule for the same file, as the upstream deploy writes it: the
+	// upgrade keeps it and moves the package's aside, so that logrotate does
+	// not see the file named twice.
+	writeFile(t, filepath.Join(root, "etc/logrotate.d/ds01"), "/var/log/ds01/events.jsonl {\n\tdaily\n\trotate 30\n\tcompress\n\tdelaycompress\n\tcopytruncate\n\tdateext\n\tsu root docker\n}\n", 0o644)
 	out = m.must("dpkg", "-i", inTree(v2))
 	t.Logf("dpkg -i v2:\n%s", out)
+	if !strings.Contains(out, "/etc/logrotate.d/ds01 already rotates /var/log/ds01/events.jsonl") {
+		t.Errorf("the upgrade did not say that the site's logrotate rule is kept")
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/logrotate.d/ds01-detectord")); !os.IsNotExist(err) {
+		t.Errorf("/etc/logrotate.d/ds01-detectord next to the site's rule: %v", err)
+	}
+	if out, err := m.in("logrotate", "-d", "/etc/logrotate.conf"); err != nil || strings.Contains(out, "duplicate") {
+		t.Errorf("logrotate -d with the site's rule: %v\n%s", err, out)
+	}
 	if a := m.prop("ActiveState"); a != "active" {
 		t.Fatalf("after the upgrade: ActiveState=%s\n%s", a, m.journal())
 	}
@@ -403,6 +463,49 @@ func TestDebLifecycle(t *testing.T) {
 		t.Errorf("pkg-during's detected_at changed across the upgrade: %q -> %q", detectedDuring, got)
 	}
 
+	// The sealing key: made at the first start in a root-only directory,
+	// the same across the upgrade (v1 made it; the journal says so once).
+	keyPath := filepath.Join(root, "var/lib/ds01-detectord/seal.key")
+	if fi, err := os.Stat(filepath.Dir(keyPath)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the sealing key's directory: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the sealing key: %v %v", fi, err)
+	}
+	if n := strings.Count(m.journal("-o", "cat"), "sealing key created"); n != 1 {
+		t.Errorf("the sealing key was created %d times across install and upgrade, want once", n)
+	}
+	if out, err := m.in("/usr/bin/ds01-workloads", "verify"); err != nil {
+		t.Errorf("verify after the upgrade: %v\n%s", err, out)
+	}
+
+	// d2. A planted symlink at the event log's path (the docker group can
+	// write /var/log/ds01) makes systemd-tmpfiles fail (exit 73): the
+	// postinst warns and goes on, retires the legacy units (deployed again
+	// by deploy.sh meanwhile) and restarts the daemon.
+	m.must("sh", "-c", "rm -f /etc/systemd/system/ds01-workload-detector.timer /etc/systemd/system/ds01-workload-detector.service && systemctl daemon-reload && sh /opt/ds01-infra/deploy-legacy.sh")
+	testutil.Eventually(t, 10*time.Second, "the legacy scanner runs again", func() bool {
+		e, a := m.unitState("ds01-workload-detector.timer")
+		return e == "enabled" && a == "active"
+	})
+	m.must("sh", "-c", "mv /var/log/ds01/events.jsonl /var/log/ds01/events.jsonl.real && ln -s /etc/shadow /var/log/ds01/events.jsonl")
+	inv2 := m.prop("InvocationID")
+	out, err = m.in("dpkg", "-i", inTree(v2))
+	if err != nil {
+		t.Fatalf("dpkg -i over planted files failed: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "warning: systemd-tmpfiles --create exited") {
+		t.Errorf("no warning about the planted files:\n%s", out)
+	}
+	if a := m.prop("ActiveState"); a != "active" || m.prop("InvocationID") == inv2 {
+		t.Errorf("the daemon was not restarted over planted files: ActiveState=%s\n%s", a, out)
+	}
+	m.assertLegacyRetired("after dpkg -i over planted files")
+	if b, err := os.ReadFile(filepath.Join(root, "etc/shadow")); err != nil || bytes.Contains(b, []byte("detection.")) {
+		t.Errorf("the planted symlink's target was written: %v", err)
+	}
+	m.must("sh", "-c", "rm /var/log/ds01/events.jsonl && mv /var/log/ds01/events.jsonl.real /var/log/ds01/events.jsonl")
+
 	// e. Purge: the package goes, the data stays, the masks stay.
 	state, _ := os.ReadFile(m.statePath())
 	m.must("dpkg", "--purge", "ds01-detectord")
@@ -415,7 +518,7 @@ func TestDebLifecycle(t *testing.T) {
 	for _, p := range []string{"usr/bin/ds01-detectord", "usr/bin/ds01-workloads", "usr/lib/systemd/system/ds01-detectord.service",
 		"usr/lib/tmpfiles.d/ds01-detectord.conf", "etc/default/ds01-detectord", "usr/lib/ds01-detectord",
 		"etc/systemd/system/ds01-detectord.service", "etc/systemd/system/multi-user.target.wants/ds01-detectord.service",
-		"var/lib/systemd/deb-systemd-helper-enabled/ds01-detectord.service.dsh-also"} {
+		"var/lib/systemd/deb-systemd-helper-enabled/ds01-detectord.service.dsh-also", "var/lib/ds01-detectord"} {
 		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
 			t.Errorf("purge left /%s (%v)", p, err)
 		}

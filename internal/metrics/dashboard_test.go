@@ -166,7 +166,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	used := ck.used
 	// The fleet view covers what the issue asks of it.
 	for _, want := range []string{"ds01_workload_gpus_allocated", "ds01_workload_gpu_memory_used_bytes", "ds01_workload_gpu_utilization_ratio",
-		"ds01_user_gpu_busy_seconds_total", "ds01_user_gpu_held_seconds_total", "ds01_workload_gpu_idle_seconds", "ds01_workload_info",
+		"ds01_user_gpu_busy_seconds_total", "ds01_user_gpu_held_seconds_total", "ds01_workload_gpu_idle_seconds", "ds01_workload_gpu_idle", "ds01_workload_info",
 		"ds01_workload_idle_seconds", "ds01_workload_cpu_usage_seconds_total",
 		"ds01_detector_source_up", "ds01_detector_last_scan_timestamp_seconds", "ds01_detector_scan_duration_seconds_bucket",
 		"ds01_detector_events_dropped_total", "ds01_detector_build_info"} {

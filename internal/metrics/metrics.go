@@ -35,6 +35,14 @@ type Metrics struct {
 	held     *prometheus.CounterVec
 	busy     *prometheus.CounterVec
 
+	// UserSeriesTTL is how long a user's counter series stay after the
+	// user's last workload (default 24 h): user names come from labels
+	// too, so their number would grow without bound. report keeps their
+	// history; a user who comes back starts the counters again, which
+	// Prometheus' rate() reads as a counter reset.
+	UserSeriesTTL time.Duration
+	userSeen      map[string]time.Time // label value → last cycle with a workload
+
 	// Timeouts of the HTTP server: a client that holds a connection open
 	// without finishing its request is cut off.
 	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
@@ -79,6 +87,8 @@ var (
 		"SM utilisation (0-1) of a workload's processes on one GPU, summed and capped at 1, from NVML's per-process samples since the last scan. Absent when unknown (MIG, NOT_SUPPORTED).", workloadGPULabels, nil)
 	descWorkloadIdle = prometheus.NewDesc("ds01_workload_gpu_idle_seconds",
 		"How long a workload holding GPU memory has been below --gpu-idle-threshold on every GPU it holds; 0 when active.", workloadLabels, nil)
+	descWorkloadIdleVerdict = prometheus.NewDesc("ds01_workload_gpu_idle",
+		"1 when the daemon judges a workload holding GPU memory idle: below --gpu-idle-threshold on every GPU it holds for at least --gpu-idle-after (the state file's gpu_idle, detection.gpu_idle); else 0.", workloadLabels, nil)
 	descCPUSeconds = prometheus.NewDesc("ds01_workload_cpu_usage_seconds_total",
 		"CPU time a running container's cgroup has used (its cpu_usage_seconds), read at each reconciliation scan; absent when unknown.", workloadLabels, nil)
 	descMemory = prometheus.NewDesc("ds01_workload_memory_bytes",
@@ -89,6 +99,8 @@ var (
 	descIdle = prometheus.NewDesc("ds01_workload_idle_seconds",
 		"How long a running container has been idle by the site's rule (GPU when held, CPU and network under the policy's thresholds for idle_detection_window scans past the grace period); 0 when not idle. group is the policy group that applied.",
 		append(append([]string{}, workloadLabels...), "group"), nil)
+	descUnattributed = prometheus.NewDesc("ds01_gpu_unattributed_seconds_total",
+		"Active time of processes only NVML accounting mode saw (they started and ended between two samples) and /proc no longer had: nobody's. Cumulative, from the state.", gpuLabels, nil)
 	descDeviceUtil = prometheus.NewDesc("ds01_gpu_utilization_ratio",
 		"Whole-device utilisation (0-1) from nvmlDeviceGetUtilizationRates.", gpuLabels, nil)
 	descDeviceMem = prometheus.NewDesc("ds01_gpu_memory_used_bytes",
@@ -125,6 +137,7 @@ func New(version string) *Metrics {
 		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ds01_user_gpu_busy_seconds_total", Help: "GPU-seconds a user's workloads were at or above --gpu-idle-threshold.",
 		}, []string{"user"}),
+		userSeen:          map[string]time.Time{},
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second,
 	}
 	var opts []versioncollector.Option
@@ -147,13 +160,45 @@ func (m *Metrics) Observe(s summary.Summary) {
 		m.events.WithLabelValues(lv(t)).Add(float64(n))
 	}
 	m.dropped.Add(float64(s.DroppedEvents))
+	now := time.Now()
+	if s.State.LastScan != nil {
+		now = s.State.LastScan.Time
+	}
 	for u, d := range s.UserGPUSeconds {
 		m.held.WithLabelValues(lv(u)).Add(d.Held)
 		m.busy.WithLabelValues(lv(u)).Add(d.Busy)
+		m.userSeen[lv(u)] = now
 	}
+	m.forgetUsers(s.State, now)
 	m.mu.Lock()
 	m.last = &s
 	m.mu.Unlock()
+}
+
+// forgetUsers drops the counter series of users with no workload in the
+// state for UserSeriesTTL.
+func (m *Metrics) forgetUsers(st inventory.State, now time.Time) {
+	ttl := m.UserSeriesTTL
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	for _, c := range st.Containers {
+		if _, ok := m.userSeen[lv(c.User)]; ok {
+			m.userSeen[lv(c.User)] = now
+		}
+	}
+	for _, p := range st.HostProcesses {
+		if _, ok := m.userSeen[lv(p.User)]; ok {
+			m.userSeen[lv(p.User)] = now
+		}
+	}
+	for u, seen := range m.userSeen {
+		if now.Sub(seen) >= ttl {
+			m.held.DeleteLabelValues(u)
+			m.busy.DeleteLabelValues(u)
+			delete(m.userSeen, u)
+		}
+	}
 }
 
 // inventoryCollector renders the last cycle's inventory at scrape time.
@@ -161,7 +206,7 @@ type inventoryCollector Metrics
 
 func (c *inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastScan, descSourceUp, descContainers, descHostProcs, descWorkloadInfo, descAllocated,
-		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descDeviceUtil, descDeviceMem,
+		descGPUMem, descWithoutAccess, descAPIRequests, descExcluded, descWorkloadUtil, descWorkloadIdle, descWorkloadIdleVerdict, descDeviceUtil, descDeviceMem, descUnattributed,
 		descCPUSeconds, descMemory, descNetwork, descIdle} {
 		ch <- d
 	}
@@ -228,6 +273,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		if g.MemoryUsedMB != nil {
 			ch <- prometheus.MustNewConstMetric(descDeviceMem, prometheus.GaugeValue, float64(*g.MemoryUsedMB)*1024*1024, idx, lv(uuid))
 		}
+		ch <- prometheus.MustNewConstMetric(descUnattributed, prometheus.CounterValue, g.UnattributedSeconds, idx, lv(uuid))
 	}
 	// A workload's GPU index is the GPU's in the gpus map; the process's
 	// own gpu_index stands in when the map lacks the GPU (GPU source down
@@ -289,6 +335,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if len(ct.GPUProcesses) > 0 {
 			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
 		}
 		if ct.Status == "running" {
 			c.activity(ch, ct, idleFor)
@@ -301,6 +348,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
 			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
 		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), KindHostProcess, id, lv(p.User))
 		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
 		addUtil(k, p.SMUtilPercent)
 		if p.GPUMemoryMB != nil {
@@ -338,6 +386,13 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for u, n := range perUser {
 		ch <- prometheus.MustNewConstMetric(descHostProcs, prometheus.GaugeValue, float64(n), u)
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // activity emits a running container's cgroup and network series and its

@@ -241,7 +241,7 @@ func TestUtilizationMetrics(t *testing.T) {
 	st := inventory.Empty()
 	st.LastScan = &now
 	st.GPUs["GPU-0"] = inventory.GPU{Index: 3, UtilizationPercent: pct(40), MemoryUsedMB: &mb}
-	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", GPUIdleSince: &idleSince,
+	st.Containers["abc123def456"] = inventory.Container{ID: "abc123def456", User: "alice", GPUIdleSince: &idleSince, GPUIdle: true,
 		GPUProcesses: []inventory.GPUProcess{{Pid: 1, GPUUUID: "GPU-0", SMUtilPercent: pct(2)}, {Pid: 2, GPUUUID: "GPU-0", SMUtilPercent: pct(1)}}}
 	st.Containers["def456abc123"] = inventory.Container{ID: "def456abc123", User: "bob",
 		GPUProcesses: []inventory.GPUProcess{{Pid: 3, GPUUUID: "GPU-1", SMUtilPercent: nil}}}
@@ -252,6 +252,7 @@ func TestUtilizationMetrics(t *testing.T) {
 	want := map[string]map[string]float64{
 		"ds01_workload_gpu_utilization_ratio": {`UUID=GPU-0,gpu=3,id=abc123def456,type=container,user=alice`: 0.03},
 		"ds01_workload_gpu_idle_seconds":      {`id=abc123def456,type=container,user=alice`: 5400, `id=def456abc123,type=container,user=bob`: 0},
+		"ds01_workload_gpu_idle":              {`id=abc123def456,type=container,user=alice`: 1, `id=def456abc123,type=container,user=bob`: 0},
 		"ds01_gpu_utilization_ratio":          {`UUID=GPU-0,gpu=3`: 0.4},
 		"ds01_gpu_memory_used_bytes":          {`UUID=GPU-0,gpu=3`: 1024 * 1024 * 1024},
 		"ds01_user_gpu_held_seconds_total":    {`user=alice`: 60, `user=bob`: 60},
@@ -378,5 +379,19 @@ func TestActivityMetrics(t *testing.T) {
 		if got := series(fams[name]); !equal(got, w) {
 			t.Errorf("%s: %v, want %v", name, got, w)
 		}
+	}
+}
+
+// The state's unattributed_seconds per GPU (accounting mode) is a counter.
+func TestUnattributedSecondsPerGPU(t *testing.T) {
+	m := New("test")
+	st := inventory.Empty()
+	st.GPUs["GPU-a"] = inventory.GPU{Index: 0, UnattributedSeconds: 0.8}
+	st.GPUs["GPU-b"] = inventory.GPU{Index: 1}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	got := series(fams["ds01_gpu_unattributed_seconds_total"])
+	if got["UUID=GPU-a,gpu=0"] != 0.8 || got["UUID=GPU-b,gpu=1"] != 0 || len(got) != 2 {
+		t.Errorf("ds01_gpu_unattributed_seconds_total: %v", got)
 	}
 }

@@ -1,10 +1,12 @@
 package reconcile
 
 import (
+	"errors"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
@@ -171,7 +173,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	return placement{gp: gp, host: &inventory.HostProcess{
 		Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
 		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
-		ClaimedContainer: claimed, Runtime: claimedRuntime,
+		ClaimedContainer: claimed, Runtime: claimedRuntime, CmdlineError: cmdlineError(cmdline, pf.ArgvErr),
 	}}
 }
 
@@ -397,4 +399,18 @@ func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.Host
 		short = append(short, ended[hk])
 	}
 	return confirmed, pending, ts, short
+}
+
+// cmdlineError says why a command line is empty, in a few words.
+func cmdlineError(cmdline string, err error) string {
+	var errno syscall.Errno
+	switch {
+	case cmdline != "":
+		return ""
+	case errors.As(err, &errno):
+		return errno.Error()
+	case err != nil:
+		return err.Error()
+	}
+	return "empty (a zombie or a kernel thread)"
 }

@@ -80,6 +80,7 @@ type Proc struct {
 	Cgroup    proc.ContainerRef
 	CgroupErr error
 	Argv      []string
+	ArgvErr   error // why the command line could not be read
 	UID       uint32
 	UIDErr    error
 	StartTime uint64
@@ -141,6 +142,9 @@ type Result struct {
 	Excluded int
 	// UserGPUSeconds are this cycle's GPU-seconds held and busy, by user.
 	UserGPUSeconds map[string]UserGPUSeconds
+	// AccountingOnly are the processes only accounting mode saw that were
+	// charged to their owners this cycle (already in UserGPUSeconds).
+	AccountingOnly []inventory.HostProcess
 }
 
 // Reconcile computes the new state from the previous one and this cycle's
@@ -169,6 +173,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.DockerEventsSince = checkpoint(prev.DockerEventsSince, f.Docker)
 		next.Containers, active = buildContainers(f.Docker.Containers, prev.Containers, f, now)
 		res.Transitions = append(res.Transitions, diffContainers(prev.Containers, next.Containers, active)...)
+		res.Transitions = append(res.Transitions, ownerChanges(prev.Containers, next.Containers, active)...)
 		res.Transitions = append(res.Transitions, ephemeral(prev, next, f)...)
 	}
 	next.RecentlyExited = recentlyExited(prev, next, res.Transitions, now)
@@ -214,10 +219,18 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		var short []inventory.HostProcess
 		next.HostProcesses, next.PendingProcesses, hostEvents, short = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now, in, rules.confirmAfter())
 		res.Transitions = append(res.Transitions, hostEvents...)
+		unattributed, owned := accountingOnly(samples, f, rules)
+		short = append(short, owned...)
 		next.ShortProcesses = addShort(next.ShortProcesses, short, now)
-		next.GPUs = gpusFrom(f.GPUDevices)
+		next.GPUs = gpusFrom(f.GPUDevices, prev.GPUs, unattributed)
+		res.AccountingOnly = owned
 		var ts []Transition
 		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, in, rules)
+		for _, p := range owned {
+			d := res.UserGPUSeconds[p.User]
+			d.Held += p.GPUHeldSeconds
+			res.UserGPUSeconds[p.User] = d
+		}
 		res.Transitions = append(res.Transitions, ts...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
@@ -384,6 +397,18 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 		}
 		if old, ok := prev[key]; ok && !old.DetectedAt.IsZero() {
 			e.DetectedAt = old.DetectedAt
+		}
+		if old, ok := prev[key]; ok {
+			e.OwnerSeconds = old.OwnerSeconds
+			if ownerChanged(old.User, e.User) && e.OwnerSeconds == nil {
+				// The owner changed (docker rename, a label update): the
+				// seconds so far stay the old owner's.
+				e.OwnerSeconds = []inventory.OwnerSeconds{{User: old.User,
+					GPUAllocatedSeconds: old.GPUAllocatedSeconds, GPUHeldSeconds: old.GPUHeldSeconds, GPUBusySeconds: old.GPUBusySeconds}}
+			}
+		}
+		if e.OwnerSeconds != nil {
+			e.UserConflict = true // it has had more than one owner
 		}
 		out[key] = e
 	}

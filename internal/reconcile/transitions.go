@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -90,7 +91,8 @@ func diffContainers(old, cur map[string]inventory.Container, candidates []string
 		out = append(out, Transition{
 			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
 			Details: event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin, GPUSeconds: event.GPUSeconds{
-				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}, GPUUUIDs: heldGPUs(o)},
+				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}, GPUUUIDs: heldGPUs(o),
+				ByOwner: o.OwnerSeconds},
 			Fields:          []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), UserField(o.User)},
 			exitedContainer: o.ID,
 		})
@@ -197,4 +199,37 @@ func UserField(u string) zap.Field {
 		u = u[:cut] + "…"
 	}
 	return zap.String("user", u)
+}
+
+// ownerChanges logs one detection.owner_changed per live container whose
+// owner changed since the last scan (docker rename from one owner's name
+// to another's, a label update). The GPU-seconds before it stay the old
+// owner's (Container.OwnerSeconds).
+func ownerChanges(prev, cur map[string]inventory.Container, active []string) []Transition {
+	var out []Transition
+	for _, k := range sortedWhere(active, func(k string) bool {
+		o, ok := prev[k]
+		return ok && ownerChanged(o.User, cur[k].User)
+	}) {
+		o, c := prev[k], cur[k]
+		signals := make([]string, 0, len(c.UserSignals))
+		for _, s := range c.UserSignals {
+			signals = append(signals, s.Source+"="+s.User)
+		}
+		out = append(out, Transition{
+			EventType: event.OwnerChanged, User: c.User, Message: "container owner changed: " + c.ID + " " + c.Name,
+			Details: event.OwnerChangedDetails{ContainerID: c.ID, Name: c.Name, OldUser: o.User, NewUser: c.User,
+				OldUserSource: o.UserSource, NewUserSource: c.UserSource, UserSignals: signals},
+			Fields: []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("old_user", o.User), UserField(c.User),
+				zap.String("user_source", c.UserSource), zap.Strings("user_signals", signals)},
+		})
+	}
+	return out
+}
+
+// ownerChanged says whether a container's owner changed from old to cur.
+// An owner becoming known (unknown before its init process could be read)
+// or no longer known (Docker's facts incomplete) is no change of hands.
+func ownerChanged(old, cur string) bool {
+	return old != cur && old != classify.Unknown && cur != classify.Unknown && old != "" && cur != ""
 }

@@ -252,6 +252,9 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 		g.step()
 		c.GPUUtilizationPercent, c.GPUIdleSince, c.GPUIdle = g.Util, g.IdleSince, g.Idle
 		c.GPUAllocatedSeconds, c.GPUHeldSeconds, c.GPUBusySeconds = g.Allocated, g.Held, g.Busy
+		if c.OwnerSeconds != nil && (g.allocatedDelta != 0 || g.heldDelta != 0 || g.busyDelta != 0) {
+			c.OwnerSeconds = chargeOwner(c.OwnerSeconds, c.User, g.allocatedDelta, g.heldDelta, g.busyDelta)
+		}
 		next.Containers[k] = c
 		if len(g.transitions) > 0 {
 			changed = append(changed, keyed{k, g.transitions})
@@ -319,13 +322,15 @@ func describeProcess(pid int, user string) func() (string, []zap.Field) {
 	}
 }
 
-// gpusFrom turns the GPU source's devices into the state's gpus map.
-func gpusFrom(devs []gpu.Device) map[string]inventory.GPU {
+// gpusFrom turns the GPU source's devices into the state's gpus map,
+// carrying each GPU's unattributed seconds over and adding this cycle's.
+func gpusFrom(devs []gpu.Device, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{
 			Index: d.Index, Name: inventory.Cut(d.Name), MemoryTotalMB: d.MemoryTotalMiB, MemoryUsedMB: d.MemoryUsedMiB,
-			UtilizationPercent: d.Util, MIGMode: d.MIG,
+			UtilizationPercent: d.Util, MIGMode: d.MIG, AccountingMode: d.Accounting,
+			UnattributedSeconds: prev[d.UUID].UnattributedSeconds + unattributed[d.UUID],
 		}
 	}
 	return out
@@ -370,4 +375,22 @@ func (r Rules) interval() time.Duration {
 		return DefaultInterval
 	}
 	return r.Interval
+}
+
+// chargeOwner adds this scan's seconds to user's share, on a copy: the
+// slice belongs to the previous state too.
+func chargeOwner(shares []inventory.OwnerSeconds, user string, alloc, held, busy float64) []inventory.OwnerSeconds {
+	out := make([]inventory.OwnerSeconds, len(shares), len(shares)+1)
+	copy(out, shares)
+	i := 0
+	for i < len(out) && out[i].User != user {
+		i++
+	}
+	if i == len(out) {
+		out = append(out, inventory.OwnerSeconds{User: user})
+	}
+	out[i].GPUAllocatedSeconds += alloc
+	out[i].GPUHeldSeconds += held
+	out[i].GPUBusySeconds += busy
+	return out
 }

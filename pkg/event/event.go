@@ -63,6 +63,9 @@ const (
 	// were confirmed, in aggregate (at most one line per user per
 	// --interval).
 	ShortProcesses = "detection.short_gpu_processes"
+	// OwnerChanged: a live container's owner changed (docker rename, a
+	// label update); its GPU-seconds are split by owner from then on.
+	OwnerChanged = "detection.owner_changed"
 )
 
 // IdleDetails are the details of Idle and Active.
@@ -115,6 +118,21 @@ type ContainerExitedDetails struct {
 	GPUSeconds
 	// GPUUUIDs are the GPUs it had processes on when last seen.
 	GPUUUIDs []string `json:"gpu_uuids,omitempty"`
+	// ByOwner splits the counters by owner when the owner changed during
+	// its life; the envelope's user is the last owner.
+	ByOwner []inventory.OwnerSeconds `json:"gpu_seconds_by_owner,omitempty"`
+}
+
+// OwnerChangedDetails are the details of OwnerChanged; the envelope's user
+// is the new owner.
+type OwnerChangedDetails struct {
+	ContainerID   string   `json:"container_id"`
+	Name          string   `json:"name"`
+	OldUser       string   `json:"old_user"`
+	NewUser       string   `json:"new_user"`
+	OldUserSource string   `json:"old_user_source"`
+	NewUserSource string   `json:"new_user_source"`
+	UserSignals   []string `json:"user_signals"`
 }
 
 // GPUSeconds are a workload's cumulative GPU-seconds at its exit: running

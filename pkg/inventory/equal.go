@@ -27,6 +27,14 @@ func (c *Container) Equal(o *Container) bool {
 		c.ActivityAt != o.ActivityAt || !c.IdleSignals.equal(o.IdleSignals) || !c.IdlePolicy.equal(o.IdlePolicy) {
 		return false
 	}
+	if (c.OwnerSeconds == nil) != (o.OwnerSeconds == nil) || len(c.OwnerSeconds) != len(o.OwnerSeconds) {
+		return false
+	}
+	for i := range c.OwnerSeconds {
+		if c.OwnerSeconds[i] != o.OwnerSeconds[i] {
+			return false
+		}
+	}
 	if (c.UserSignals == nil) != (o.UserSignals == nil) || len(c.UserSignals) != len(o.UserSignals) {
 		return false
 	}

@@ -10,14 +10,16 @@ import (
 // Equal must look at every field: changing any one of them, at any depth
 // the state file shows, makes two values unequal.
 func TestEqualSeesEveryField(t *testing.T) {
-	base := Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}
+	base := Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}, OwnerSeconds: []OwnerSeconds{{}}}
 	for _, path := range fieldPaths(reflect.TypeOf(base), nil) {
 		c := base
 		c.GPUProcesses = []GPUProcess{{}}
 		c.UserSignals = []UserSignal{{}}
+		c.OwnerSeconds = []OwnerSeconds{{}}
 		b := base
 		b.GPUProcesses = []GPUProcess{{}}
 		b.UserSignals = []UserSignal{{}}
+		b.OwnerSeconds = []OwnerSeconds{{}}
 		if len(path) > 0 && slices.Contains(path, -2) {
 			// Both hold the pointer (allocated fresh in each), and one
 			// field inside differs.
@@ -29,7 +31,7 @@ func TestEqualSeesEveryField(t *testing.T) {
 			t.Errorf("Equal does not see %v", path)
 		}
 	}
-	if other := (Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}}); !base.Equal(&other) {
+	if other := (Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}, OwnerSeconds: []OwnerSeconds{{}}}); !base.Equal(&other) {
 		t.Error("equal values are not Equal")
 	}
 }

@@ -66,6 +66,9 @@ type State struct {
 	// could bring them up again; it keeps a replay from reporting them
 	// twice. Internal.
 	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
+	// SealHead is the end of the event log's seal chain after this
+	// state's lines (internal/seal): "<seq>:<mac>". Internal.
+	SealHead string `json:"_seal_head,omitempty"`
 	// GPUs are the host's physical GPUs by UUID, as NVML reported them last.
 	GPUs map[string]GPU `json:"gpus"`
 	// ShortProcesses are, by user, the host GPU processes that ended
@@ -94,6 +97,13 @@ type GPU struct {
 	MemoryUsedMB       *int64 `json:"memory_used_mb"`
 	UtilizationPercent *int   `json:"utilization_percent"` // whole-device; null when unknown
 	MIGMode            bool   `json:"mig_mode"`
+	// AccountingMode is NVML accounting mode: null when unknown.
+	AccountingMode *bool `json:"accounting_mode"`
+	// UnattributedSeconds sums the active time of processes that only
+	// the accounting buffer showed (they started and ended between two
+	// samples) and that /proc no longer had: nobody's, but not lost.
+	// Cumulative.
+	UnattributedSeconds float64 `json:"unattributed_seconds"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.
@@ -165,6 +175,11 @@ type Container struct {
 	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
 	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+	// OwnerSeconds splits the three counters by owner once the owner of a
+	// container changed during its life (docker rename, a label update:
+	// detection.owner_changed): each second stays with the user who owned
+	// the container then. Absent while it has had one owner.
+	OwnerSeconds []OwnerSeconds `json:"gpu_seconds_by_owner,omitempty"`
 
 	// Activity, read from the container's cgroup and network namespace at
 	// each reconciliation scan while it runs (never from Docker's stats
@@ -282,6 +297,14 @@ const (
 	OriginRawDocker    = "raw-docker"
 )
 
+// OwnerSeconds are one owner's share of a container's GPU-seconds.
+type OwnerSeconds struct {
+	User                string  `json:"user"`
+	GPUAllocatedSeconds float64 `json:"gpu_allocated_seconds"`
+	GPUHeldSeconds      float64 `json:"gpu_held_seconds"`
+	GPUBusySeconds      float64 `json:"gpu_busy_seconds"`
+}
+
 // HostProcess is a process using a GPU outside any container. The first six
 // fields are the Python scanner's.
 type HostProcess struct {
@@ -302,6 +325,10 @@ type HostProcess struct {
 	// process's cgroup names although it does not run in it (a scope made
 	// in a user's own delegated tree, say), or that Docker does not list.
 	ClaimedContainer string `json:"claimed_container,omitempty"`
+	// CmdlineError says why cmdline is empty: /proc/<pid>/cmdline could
+	// not be read ("permission denied", "no such process"), or held
+	// nothing (a zombie, a kernel thread).
+	CmdlineError string `json:"cmdline_error,omitempty"`
 	// Runtime is the container runtime the cgroup's name claims when the
 	// process sits in a user's own delegated tree (user@<uid>.service) in
 	// a cgroup named like another runtime's container (libpod-<id>.scope:
