@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -125,7 +126,8 @@ func Load(path string) (p *Policy, warnings []string, err error) {
 }
 
 func readCapped(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO planted at the path must not hang the reload.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,6 +165,14 @@ func TestUnreadableOverridesWarn(t *testing.T) {
 	}
 	if _, _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
 		t.Fatal("a missing policy file loaded")
+	}
+	// A FIFO at the path is an error, not a hang.
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Load(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("fifo: %v", err)
 	}
 }
 
