@@ -131,7 +131,7 @@ func TestOnceWithoutDockerStillWrites(t *testing.T) {
 	state := filepath.Join(dir, "state.json")
 	var out, errb bytes.Buffer
 	rc := run([]string{"--docker-host", "unix://" + filepath.Join(dir, "none.sock"), "--state-file", state,
-		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once"}, &out, &errb)
+		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once", "--seal-key", testSealKey}, &out, &errb)
 	if rc != 0 {
 		t.Fatalf("exit %d", rc)
 	}

@@ -175,7 +175,24 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 	}
 	s.known = next
 	s.rep = rep
-	s.batch = append(s.batch, reconcile.Sample{At: at, Procs: rep.Processes, Facts: facts, Gap: s.gap})
+	smp := reconcile.Sample{At: at, Procs: rep.Processes, Facts: facts, Gap: s.gap, Unattributed: rep.Unattributed}
+	if len(rep.Unattributed) > 0 {
+		// Does /proc still have it (the same process: NVML's start time
+		// agrees)? Then it is its owner's.
+		smp.UnattributedFacts = make([]*reconcile.Proc, len(rep.Unattributed))
+		for i, u := range rep.Unattributed {
+			pf := readProc(s.fs, u.Pid)
+			if pf.CgroupErr != nil || pf.StartErr != nil || s.boot.IsZero() {
+				continue
+			}
+			pf.Started = proc.Started(s.boot, pf.StartTime)
+			if d := pf.Started.Sub(time.UnixMicro(int64(u.StartTime))); d < -2*time.Second || d > 2*time.Second {
+				continue // another process has the PID now
+			}
+			smp.UnattributedFacts[i] = &pf
+		}
+	}
+	s.batch = append(s.batch, smp)
 	s.gap = false
 	if len(s.batch) > maxBatch {
 		s.batch = append(s.batch[:0:0], s.batch[len(s.batch)-maxBatch:]...)
@@ -197,7 +214,9 @@ func (s *Sampler) take(ctx context.Context) (samples []reconcile.Sample, rep gpu
 		return nil, gpu.Report{}, nil, err
 	}
 	if s.last != nil {
-		samples = append(samples, *s.last)
+		last := *s.last // accounted already: only its time and processes count
+		last.Unattributed, last.UnattributedFacts = nil, nil
+		samples = append(samples, last)
 	}
 	samples = append(samples, s.batch...)
 	newest := s.batch[len(s.batch)-1]

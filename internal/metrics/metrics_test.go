@@ -381,3 +381,17 @@ func TestActivityMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The state's unattributed_seconds per GPU (accounting mode) is a counter.
+func TestUnattributedSecondsPerGPU(t *testing.T) {
+	m := New("test")
+	st := inventory.Empty()
+	st.GPUs["GPU-a"] = inventory.GPU{Index: 0, UnattributedSeconds: 0.8}
+	st.GPUs["GPU-b"] = inventory.GPU{Index: 1}
+	m.Observe(summary.Summary{State: st})
+	fams := scrape(t, m)
+	got := series(fams["ds01_gpu_unattributed_seconds_total"])
+	if got["UUID=GPU-a,gpu=0"] != 0.8 || got["UUID=GPU-b,gpu=1"] != 0 || len(got) != 2 {
+		t.Errorf("ds01_gpu_unattributed_seconds_total: %v", got)
+	}
+}

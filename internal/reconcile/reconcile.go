@@ -142,6 +142,9 @@ type Result struct {
 	Excluded int
 	// UserGPUSeconds are this cycle's GPU-seconds held and busy, by user.
 	UserGPUSeconds map[string]UserGPUSeconds
+	// AccountingOnly are the processes only accounting mode saw that were
+	// charged to their owners this cycle (already in UserGPUSeconds).
+	AccountingOnly []inventory.HostProcess
 }
 
 // Reconcile computes the new state from the previous one and this cycle's
@@ -216,10 +219,18 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		var short []inventory.HostProcess
 		next.HostProcesses, next.PendingProcesses, hostEvents, short = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now, in, rules.confirmAfter())
 		res.Transitions = append(res.Transitions, hostEvents...)
+		unattributed, owned := accountingOnly(samples, f, rules)
+		short = append(short, owned...)
 		next.ShortProcesses = addShort(next.ShortProcesses, short, now)
-		next.GPUs = gpusFrom(f.GPUDevices)
+		next.GPUs = gpusFrom(f.GPUDevices, prev.GPUs, unattributed)
+		res.AccountingOnly = owned
 		var ts []Transition
 		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, in, rules)
+		for _, p := range owned {
+			d := res.UserGPUSeconds[p.User]
+			d.Held += p.GPUHeldSeconds
+			res.UserGPUSeconds[p.User] = d
+		}
 		res.Transitions = append(res.Transitions, ts...)
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)

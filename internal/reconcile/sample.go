@@ -37,6 +37,11 @@ type Sample struct {
 	// Gap: the sampler failed before this sample; the interval ending
 	// here is credited to nobody.
 	Gap bool
+	// Unattributed are the processes accounting mode showed that no
+	// sample listed; UnattributedFacts their /proc facts when /proc still
+	// had the same process (same index), else nil.
+	Unattributed      []gpu.Unattributed
+	UnattributedFacts []*Proc
 }
 
 // credit is a workload's GPU-seconds from the samples.
@@ -200,4 +205,36 @@ func legacySamples(prev inventory.State, f Facts) []Sample {
 		return []Sample{cur}
 	}
 	return []Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: facts}, cur}
+}
+
+// accountingOnly splits the processes only accounting mode saw: the active
+// seconds of those /proc no longer has go to their GPU's
+// unattributed_seconds (by UUID); those it still has are their owners',
+// returned as ended short processes.
+func accountingOnly(samples []Sample, f Facts, rules Rules) (map[string]float64, []inventory.HostProcess) {
+	var byGPU map[string]float64
+	var owned []inventory.HostProcess
+	for _, s := range samples {
+		for i, u := range s.Unattributed {
+			var pf *Proc
+			if i < len(s.UnattributedFacts) {
+				pf = s.UnattributedFacts[i]
+			}
+			if pf != nil {
+				pl := place(gpu.Process{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules)
+				if pl.host != nil {
+					p := *pl.host
+					p.FirstSeen = inventory.TimePtr(s.At)
+					p.GPUAllocatedSeconds, p.GPUHeldSeconds = u.ActiveSeconds, u.ActiveSeconds
+					owned = append(owned, p)
+					continue
+				}
+			}
+			if byGPU == nil {
+				byGPU = map[string]float64{}
+			}
+			byGPU[u.GPUUUID] += u.ActiveSeconds
+		}
+	}
+	return byGPU, owned
 }

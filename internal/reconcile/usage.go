@@ -322,13 +322,15 @@ func describeProcess(pid int, user string) func() (string, []zap.Field) {
 	}
 }
 
-// gpusFrom turns the GPU source's devices into the state's gpus map.
-func gpusFrom(devs []gpu.Device) map[string]inventory.GPU {
+// gpusFrom turns the GPU source's devices into the state's gpus map,
+// carrying each GPU's unattributed seconds over and adding this cycle's.
+func gpusFrom(devs []gpu.Device, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{
 			Index: d.Index, Name: inventory.Cut(d.Name), MemoryTotalMB: d.MemoryTotalMiB, MemoryUsedMB: d.MemoryUsedMiB,
-			UtilizationPercent: d.Util, MIGMode: d.MIG,
+			UtilizationPercent: d.Util, MIGMode: d.MIG, AccountingMode: d.Accounting,
+			UnattributedSeconds: prev[d.UUID].UnattributedSeconds + unattributed[d.UUID],
 		}
 	}
 	return out

@@ -66,6 +66,9 @@ type State struct {
 	// could bring them up again; it keeps a replay from reporting them
 	// twice. Internal.
 	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
+	// SealHead is the end of the event log's seal chain after this
+	// state's lines (internal/seal): "<seq>:<mac>". Internal.
+	SealHead string `json:"_seal_head,omitempty"`
 	// GPUs are the host's physical GPUs by UUID, as NVML reported them last.
 	GPUs map[string]GPU `json:"gpus"`
 	// ShortProcesses are, by user, the host GPU processes that ended
@@ -94,6 +97,13 @@ type GPU struct {
 	MemoryUsedMB       *int64 `json:"memory_used_mb"`
 	UtilizationPercent *int   `json:"utilization_percent"` // whole-device; null when unknown
 	MIGMode            bool   `json:"mig_mode"`
+	// AccountingMode is NVML accounting mode: null when unknown.
+	AccountingMode *bool `json:"accounting_mode"`
+	// UnattributedSeconds sums the active time of processes that only
+	// the accounting buffer showed (they started and ended between two
+	// samples) and that /proc no longer had: nobody's, but not lost.
+	// Cumulative.
+	UnattributedSeconds float64 `json:"unattributed_seconds"`
 }
 
 // Empty returns a state with no workloads and all maps allocated.

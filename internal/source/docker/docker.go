@@ -201,7 +201,8 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	counter := &countingTransport{next: hc.Transport, n: map[string]uint64{}}
+	// Bodies bounded as they stream in (bound.go), and requests counted.
+	counter := &countingTransport{next: boundTransport{next: hc.Transport}, n: map[string]uint64{}}
 	hc.Transport = counter
 	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
 		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil

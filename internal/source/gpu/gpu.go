@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -43,12 +44,30 @@ type Device struct {
 	MemoryUsedMiB  *int64
 	Util           *int // whole-device utilisation (percent), nil when unknown
 	MIG            bool // MIG mode is on
+	// Accounting is NVML accounting mode (nvmlDeviceGetAccountingMode):
+	// nil when unknown (not supported, or the driver lacks the call).
+	Accounting *bool
+}
+
+// Unattributed is a process NVML's accounting buffer holds that never
+// appeared in a process list this source read: it ran, and finished,
+// between two samples. ActiveSeconds is the time its compute context was
+// active.
+type Unattributed struct {
+	Pid           int
+	GPUIndex      int
+	GPUUUID       string
+	ActiveSeconds float64
+	StartTime     uint64 // NVML's, µs since the epoch: with Pid, its identity
 }
 
 // Report is one scan of every GPU.
 type Report struct {
 	Processes []Process // sorted by GPU, MIG device and PID
 	Devices   []Device  // by index
+	// Unattributed are the processes accounting mode saw that this
+	// source's process lists never did, each reported once.
+	Unattributed []Unattributed
 }
 
 // MIG identifies the MIG device a process runs on.
@@ -73,10 +92,11 @@ const (
 // older driver may lack some of them and go-nvml binds them lazily: calling
 // a missing one crashes the process.
 var (
-	symCompute  = "nvmlDeviceGetComputeRunningProcesses"
-	symGraphics = "nvmlDeviceGetGraphicsRunningProcesses"
-	symUtil     = []string{"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetProcessUtilization"}
-	symMIG      = []string{"nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId"}
+	symCompute    = "nvmlDeviceGetComputeRunningProcesses"
+	symGraphics   = "nvmlDeviceGetGraphicsRunningProcesses"
+	symUtil       = []string{"nvmlDeviceGetUtilizationRates", "nvmlDeviceGetProcessUtilization"}
+	symAccounting = []string{"nvmlDeviceGetAccountingMode", "nvmlDeviceGetAccountingPids", "nvmlDeviceGetAccountingStats"}
+	symMIG        = []string{"nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId"}
 )
 
 // Source reads GPU processes. It is safe for one caller at a time; a call
@@ -90,7 +110,16 @@ type Source struct {
 	graphics bool // graphics process list available
 	mig      bool // MIG calls available
 	util     bool // utilisation calls available
+	acct     bool // accounting calls available
 	busy     chan struct{}
+	// listed are, per GPU UUID, the PIDs its process lists have shown,
+	// and reported the accounting entries (pid@start) already reported,
+	// both kept only while the GPU's accounting buffer holds them.
+	listed   map[string]map[int]bool
+	reported map[string]map[string]bool
+	// acctOffLogged: the line saying how to turn accounting mode on was
+	// logged for this GPU since the last Init.
+	acctOffLogged map[string]bool
 	// lastSample is, per GPU UUID, the newest process utilisation sample
 	// timestamp seen: the next scan asks for the samples after it.
 	lastSample map[string]uint64
@@ -106,7 +135,10 @@ type Source struct {
 }
 
 // New wraps lib. Init happens on the first call.
-func New(lib nvml.Interface) *Source { return &Source{lib: lib, lastSample: map[string]uint64{}} }
+func New(lib nvml.Interface) *Source {
+	return &Source{lib: lib, lastSample: map[string]uint64{}, listed: map[string]map[int]bool{}, reported: map[string]map[string]bool{},
+		acctOffLogged: map[string]bool{}}
+}
 
 // lifecycle reports whether ret means the handle must be rebuilt.
 func lifecycle(ret nvml.Return) bool {
@@ -222,6 +254,13 @@ func (s *Source) init() error {
 			s.Warnings = append(s.Warnings, sym)
 		}
 	}
+	s.acct = true
+	for _, sym := range symAccounting {
+		if ext.LookupSymbol(sym) != nil {
+			s.acct = false
+		}
+	}
+	s.acctOffLogged = map[string]bool{}
 	s.mig = true
 	for _, sym := range symMIG {
 		if ext.LookupSymbol(sym) != nil {
@@ -259,6 +298,7 @@ func (s *Source) scan() (Report, error) {
 	}
 	var out []Process
 	var devs []Device
+	var unattributed []Unattributed
 	for i := 0; i < n; i++ {
 		dev, ret := s.lib.DeviceGetHandleByIndex(i)
 		if ret != nvml.SUCCESS {
@@ -309,6 +349,18 @@ func (s *Source) scan() (Report, error) {
 		if err := s.deviceInfo(dev, &d); err != nil {
 			return Report{}, err
 		}
+		listedNow := make([]int, 0, len(full)+len(seen))
+		for _, p := range full {
+			listedNow = append(listedNow, p.pid)
+		}
+		for pid := range seen {
+			listedNow = append(listedNow, pid)
+		}
+		un, err := s.accounting(dev, &d, listedNow)
+		if err != nil {
+			return Report{}, err
+		}
+		unattributed = append(unattributed, un...)
 		devs = append(devs, d)
 	}
 	sort.Slice(out, func(a, b int) bool {
@@ -321,7 +373,100 @@ func (s *Source) scan() (Report, error) {
 		}
 		return x.Pid < y.Pid
 	})
-	return Report{Processes: out, Devices: devs}, nil
+	return Report{Processes: out, Devices: devs, Unattributed: unattributed}, nil
+}
+
+func (s *Source) noteListed(uuid string, pid int) {
+	m := s.listed[uuid]
+	if m == nil {
+		m = map[int]bool{}
+		s.listed[uuid] = m
+	}
+	m[pid] = true
+}
+
+// maxAccounting bounds the accounting entries read per GPU and scan
+// (NVML's buffer holds up to 4,000).
+const maxAccounting = 4096
+
+// accounting reads a GPU's accounting mode and, when it is on, the
+// processes in its accounting buffer that no process list showed and that
+// have finished: the work that ran between two samples. Each is reported
+// once. Only an error that means the handle is dead fails the scan.
+func (s *Source) accounting(dev nvml.Device, d *Device, listedNow []int) ([]Unattributed, error) {
+	if !s.acct {
+		return nil, nil
+	}
+	mode, ret := dev.GetAccountingMode()
+	switch {
+	case ret == nvml.SUCCESS:
+		on := mode == nvml.FEATURE_ENABLED
+		d.Accounting = &on
+	case lifecycle(ret):
+		return nil, s.fail(fmt.Sprintf("nvmlDeviceGetAccountingMode(%d)", d.Index), ret)
+	default:
+		return nil, nil // unknown
+	}
+	if !*d.Accounting {
+		if !s.acctOffLogged[d.UUID] && s.Log != nil {
+			s.acctOffLogged[d.UUID] = true
+			s.Log.Info("NVML accounting mode is off on this GPU: processes that start and end between two samples are not seen; turn it on with 'nvidia-smi -pm 1' (persistence mode) and 'nvidia-smi -am 1'",
+				zap.Int("gpu", d.Index), zap.String("gpu_uuid", d.UUID))
+		}
+		delete(s.listed, d.UUID)
+		delete(s.reported, d.UUID)
+		return nil, nil
+	}
+	for _, pid := range listedNow {
+		s.noteListed(d.UUID, pid)
+	}
+	pids, ret := dev.GetAccountingPids()
+	if ret != nvml.SUCCESS {
+		if lifecycle(ret) {
+			return nil, s.fail(fmt.Sprintf("nvmlDeviceGetAccountingPids(%d)", d.Index), ret)
+		}
+		return nil, nil
+	}
+	if len(pids) > maxAccounting {
+		pids = pids[len(pids)-maxAccounting:]
+	}
+	listed, reported := s.listed[d.UUID], s.reported[d.UUID]
+	inBuffer := make(map[int]bool, len(pids))
+	keep := map[string]bool{}
+	var out []Unattributed
+	for _, pid := range pids {
+		if pid <= 0 || pid > maxPid {
+			continue
+		}
+		inBuffer[pid] = true
+		if listed[pid] {
+			continue
+		}
+		st, ret := dev.GetAccountingStats(uint32(pid))
+		if ret != nvml.SUCCESS {
+			if lifecycle(ret) {
+				return nil, s.fail(fmt.Sprintf("nvmlDeviceGetAccountingStats(%d)", d.Index), ret)
+			}
+			continue
+		}
+		if st.IsRunning != 0 {
+			continue // still running: a process list will show it
+		}
+		key := strconv.Itoa(pid) + "@" + strconv.FormatUint(st.StartTime, 10)
+		keep[key] = true
+		if reported[key] {
+			continue
+		}
+		out = append(out, Unattributed{Pid: pid, GPUIndex: d.Index, GPUUUID: d.UUID, ActiveSeconds: float64(st.Time) / 1000, StartTime: st.StartTime})
+	}
+	// Forget what the buffer no longer holds: it cannot come back.
+	for pid := range listed {
+		if !inBuffer[pid] {
+			delete(listed, pid)
+		}
+	}
+	s.reported[d.UUID] = keep
+	return out, nil
 }
 
 func intPtr(v int) *int { return &v }

@@ -33,8 +33,39 @@ func H100() *server.Server {
 	for i := range s.Devices {
 		SetProcs(s, i, nil, nil)
 		SetUtil(s, i, Util{Ret: nvml.ERROR_NOT_FOUND})
+		SetAccounting(s, i, nil, nvml.ERROR_NOT_SUPPORTED)
 	}
 	return s
+}
+
+// SetAccounting makes GPU i report accounting mode: ret NOT_SUPPORTED
+// (unknown), else on when stats is not nil, with stats as its accounting
+// buffer (by PID), else off.
+func SetAccounting(s *server.Server, i int, stats map[int]nvml.AccountingStats, ret nvml.Return) {
+	d := Device(s, i)
+	d.GetAccountingModeFunc = func() (nvml.EnableState, nvml.Return) {
+		if ret != nvml.SUCCESS {
+			return 0, ret
+		}
+		if stats == nil {
+			return nvml.FEATURE_DISABLED, nvml.SUCCESS
+		}
+		return nvml.FEATURE_ENABLED, nvml.SUCCESS
+	}
+	d.GetAccountingPidsFunc = func() ([]int, nvml.Return) {
+		var pids []int
+		for pid := range stats {
+			pids = append(pids, pid)
+		}
+		return pids, nvml.SUCCESS
+	}
+	d.GetAccountingStatsFunc = func(pid uint32) (nvml.AccountingStats, nvml.Return) {
+		st, ok := stats[int(pid)]
+		if !ok {
+			return nvml.AccountingStats{}, nvml.ERROR_NOT_FOUND
+		}
+		return st, nvml.SUCCESS
+	}
 }
 
 // Util is what GPU i reports for one scan's utilisation calls.
