@@ -306,7 +306,7 @@ func TestDebLifecycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(root, "usr/share/zsh/vendor-completions/_ds01-workloads")); err != nil || !bytes.HasPrefix(b, []byte("#compdef ds01-workloads")) {
 		t.Errorf("zsh completion: %v %.40q", err, b)
 	}
-	for _, f := range []string{"README.md", "MIGRATION.md", "SECURITY.md", "alerts.yml", "ds01-fleet.json", "copyright", "changelog.Debian.gz"} {
+	for _, f := range []string{"README.md", "INSTALL.md", "WORKLOADS.md", "METRICS.md", "ARCHITECTURE.md", "MIGRATION.md", "SECURITY.md", "alerts.yml", "ds01-fleet.json", "copyright", "changelog.Debian.gz"} {
 		if _, err := os.Stat(filepath.Join(root, "usr/share/doc/ds01-detectord", f)); err != nil {
 			t.Errorf("doc: %v", err)
 		}
