@@ -109,7 +109,7 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
 	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
 	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
-	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").PlaceHolder("BYTES").StringVar(&c.idleNet)
+	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").StringVar(&c.idleNet)
 	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)
 	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default("30m").DurationVar(&c.idleGrace)
 	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default("/sys/fs/cgroup").PlaceHolder("DIR").StringVar(&c.cgroupRoot)

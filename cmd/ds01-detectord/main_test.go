@@ -26,6 +26,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"extra-arg"},
 		{"--interval", "5"},
 		{"--web.systemd-socket"},
+		{"--idle-net-threshold", "lots"},
+		{"--idle-window", "0"},
+		{"--idle-cpu-threshold", "-1"},
 	} {
 		var out, errb bytes.Buffer
 		if rc := run(args, &out, &errb); rc != 2 {
