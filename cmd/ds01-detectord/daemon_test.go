@@ -67,14 +67,30 @@ func startDaemon(t *testing.T, args ...string) *proc {
 // withListen gives a daemon's arguments a metrics endpoint on a port of
 // its own unless they name one: the default port would collide with the
 // next daemon, or with a real one on this host.
+//
+// It also gives the daemon the tests' sealing key unless the arguments
+// name one: the default, in /var/lib/ds01-detectord, is the host's.
 func withListen(args []string) []string {
+	seal, listen := true, true
 	for _, a := range args {
 		if strings.HasPrefix(a, "--web.listen-address") || strings.HasPrefix(a, "--metrics-listen") {
-			return args
+			listen = false
+		}
+		if strings.HasPrefix(a, "--seal-key") {
+			seal = false
 		}
 	}
-	return append([]string{"--web.listen-address=127.0.0.1:0"}, args...)
+	if seal {
+		args = append([]string{"--seal-key=" + testSealKey}, args...)
+	}
+	if listen {
+		args = append([]string{"--web.listen-address=127.0.0.1:0"}, args...)
+	}
+	return args
 }
+
+// testSealKey is the sealing key every daemon of these tests shares.
+var testSealKey = filepath.Join(os.TempDir(), "ds01-detectord-tests", "seal.key")
 
 // startDaemonEnv runs the binary with extra environment variables.
 func startDaemonEnv(t *testing.T, env []string, args ...string) *proc {

@@ -123,14 +123,14 @@ func TestOnceExitsOneWhenAWriteFails(t *testing.T) {
 	if err := os.Mkdir(f.StatePath, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(daemonBinary(t), "--once", "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
+	cmd := exec.Command(daemonBinary(t), "--once", "--seal-key", testSealKey, "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
 		"--docker-host", "unix:///nonexistent/docker.sock", "--nvml-library", "/nonexistent/libnvidia-ml.so.1")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit: %v\n%s", err, out)
 	}
 	os.Remove(f.StatePath)
-	if out, err := exec.Command(daemonBinary(t), "--once", "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
+	if out, err := exec.Command(daemonBinary(t), "--once", "--seal-key", testSealKey, "--log-format", "console", "--state-file", f.StatePath, "--events-file", f.EventsPath,
 		"--docker-host", "unix:///nonexistent/docker.sock", "--nvml-library", "/nonexistent/libnvidia-ml.so.1").CombinedOutput(); err != nil {
 		t.Fatalf("a good --once failed: %v\n%s", err, out)
 	}

@@ -90,7 +90,7 @@ func TestStateFromANewerVersion(t *testing.T) {
 // runBinary runs the built daemon to its end and returns its exit status.
 func runBinary(t *testing.T, stdout, stderr *bytes.Buffer, args ...string) int {
 	t.Helper()
-	cmd := exec.Command(daemonBinary(t), args...)
+	cmd := exec.Command(daemonBinary(t), append([]string{"--seal-key", testSealKey}, args...)...)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	err := cmd.Run()
 	var ee *exec.ExitError

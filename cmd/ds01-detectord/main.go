@@ -31,6 +31,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -58,6 +59,7 @@ type config struct {
 	metricsListen                               string
 	webConfigFile                               string
 	webMaxConns                                 int
+	sealKey                                     string
 	idleThreshold                               int
 	idleAfter                                   time.Duration
 	gpuInterval, gpuConfirmAfter                time.Duration
@@ -107,7 +109,7 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
 	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
 	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
-	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").PlaceHolder("BYTES").StringVar(&c.idleNet)
+	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").StringVar(&c.idleNet)
 	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)
 	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default("30m").DurationVar(&c.idleGrace)
 	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default("/sys/fs/cgroup").PlaceHolder("DIR").StringVar(&c.cgroupRoot)
@@ -122,6 +124,7 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	if f := app.GetFlag("web.systemd-socket"); f != nil {
 		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
+	app.Flag("seal-key", "secret key that seals the event lines and the state file (HMAC chain; ds01-workloads verify checks them), created on first start in a directory only root can enter; \"\" seals nothing").Default(seal.DefaultKeyPath).PlaceHolder("FILE").StringVar(&c.sealKey)
 	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(metrics.DefaultMaxConnections)).IntVar(&c.webMaxConns)
 	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
 	app.Flag("help-man-options", "print the man page's OPTIONS (make man) and exit").Hidden().PreAction(func(*kingpin.ParseContext) error {
@@ -334,7 +337,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
 		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
 		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns,
+		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns, SealKey: c.sealKey,
 		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
 		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
 		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,

@@ -26,6 +26,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"extra-arg"},
 		{"--interval", "5"},
 		{"--web.systemd-socket"},
+		{"--idle-net-threshold", "lots"},
+		{"--idle-window", "0"},
+		{"--idle-cpu-threshold", "-1"},
 	} {
 		var out, errb bytes.Buffer
 		if rc := run(args, &out, &errb); rc != 2 {
@@ -131,7 +134,7 @@ func TestOnceWithoutDockerStillWrites(t *testing.T) {
 	state := filepath.Join(dir, "state.json")
 	var out, errb bytes.Buffer
 	rc := run([]string{"--docker-host", "unix://" + filepath.Join(dir, "none.sock"), "--state-file", state,
-		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once"}, &out, &errb)
+		"--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console", "--once", "--seal-key", testSealKey}, &out, &errb)
 	if rc != 0 {
 		t.Fatalf("exit %d", rc)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -57,7 +58,24 @@ func reportFlags(fs *pflag.FlagSet, o *reportMode) {
 	fs.BoolVar(&o.json, "json", false, "print JSON (seconds)")
 	fs.BoolVar(&o.csv, "csv", false, "print CSV (seconds)")
 	fs.StringVar(&o.color, "color", "auto", "colour: auto, always or never")
+	fs.StringVar(&o.sealKey, "seal-key", seal.DefaultKeyPath, "the daemon's sealing key (root only): with it, only the daemon's sealed, unchanged lines count")
+	fs.BoolVar(&o.includeUnverified, "include-unverified", false, "count the lines whose seal fails too (they are always warned about)")
 }
+
+func verifyFlags(fs *pflag.FlagSet, o *verifyMode) {
+	fs.StringVar(&o.file, "events-file", event.DefaultPath, "event log (its logrotate archives are checked too)")
+	fs.StringVar(&o.stateFile, "state-file", inventory.DefaultPath, "state file")
+	fs.StringVar(&o.sealKey, "seal-key", seal.DefaultKeyPath, "the daemon's sealing key (root only)")
+}
+
+const verifyUsage = `Usage: ds01-workloads verify [flags]
+
+Checks, with the daemon's sealing key (root only), that the event log, its
+archives and the state file are as the daemon wrote them: every line sealed,
+unchanged and in order, none missing, the state's seal right. Prints the
+first bad line or file; exits 1 on any failure (journalctl --verify's
+counterpart for ds01's records).
+`
 
 func eventsFlags(fs *pflag.FlagSet, o *eventsMode) {
 	fs.StringVar(&o.file, "events-file", event.DefaultPath, "event log to read")
@@ -126,6 +144,16 @@ func newRoot(e env, rc *int) *cobra.Command {
 	}
 	eventsFlags(events.Flags(), &ev)
 
+	var vm verifyMode
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "check the seals of the event log and the state file (root)",
+		Long:  verifyUsage,
+		Args:  cobra.NoArgs,
+		RunE:  func(*cobra.Command, []string) error { *rc = runVerify(vm, e); return nil },
+	}
+	verifyFlags(verify.Flags(), &vm)
+
 	conceptsCmd := &cobra.Command{
 		Use:   "concepts",
 		Short: "origins, GPU access, attribution and the two-cycle rule",
@@ -139,10 +167,10 @@ func newRoot(e env, rc *int) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 	}
-	root.AddCommand(gpus, report, events, conceptsCmd, manCmd)
+	root.AddCommand(gpus, report, events, verify, conceptsCmd, manCmd)
 	manCmd.RunE = func(*cobra.Command, []string) error { manOptions(e.stdout, root); return nil }
 
-	for _, c := range []*cobra.Command{root, gpus, report, events} {
+	for _, c := range []*cobra.Command{root, gpus, report, events, verify} {
 		c.Flags().SortFlags = false
 		complete(c)
 	}

@@ -47,6 +47,7 @@ const usage = `Usage: ds01-workloads [flags]
        ds01-workloads gpus [flags]            (also: --by-gpu)
        ds01-workloads report [flags]
        ds01-workloads events [flags]
+       ds01-workloads verify [flags]
        ds01-workloads completion bash|zsh|fish
        ds01-workloads help concepts
        ds01-workloads --version
@@ -72,6 +73,7 @@ Examples:
   ds01-workloads --watch 5            redraw when the state changes, and every 5 s
   ds01-workloads report --since 30d   GPU-hours allocated, held and busy per user
   ds01-workloads events --type detection --since 2h
+  sudo ds01-workloads verify          check the seals of the event log and the state file
 
 Filters combine with AND and apply to containers and host processes alike.
 

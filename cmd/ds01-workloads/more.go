@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 )
 
@@ -29,6 +31,24 @@ Each workload counts once, in the period of its exit.
 type reportMode struct {
 	file, stateFile, since, until, by, color string
 	json, csv                                bool
+	sealKey                                  string
+	includeUnverified                        bool
+}
+
+type verifyMode struct{ file, stateFile, sealKey string }
+
+// runVerify checks the seals (workloads.Verify): exit 0 when everything
+// verifies, 1 otherwise.
+func runVerify(o verifyMode, e env) int {
+	key, err := seal.LoadKey(o.sealKey)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "ds01-workloads: cannot read the sealing key: %v (verify needs root)\n", err)
+		return 1
+	}
+	if !workloads.Verify(key, o.file, o.stateFile, e.stdout) {
+		return 1
+	}
+	return 0
 }
 
 func runReport(o reportMode, e env) int {
@@ -59,8 +79,22 @@ func runReport(o reportMode, e env) int {
 	if !in.Since.IsZero() && !in.Until.IsZero() && in.Until.Before(in.Since) {
 		return usageErr(e, "--until %s is before --since %s", *until, *since)
 	}
-	if st, err := workloads.Load(*stateFile); err == nil {
-		in.State = st
+	if o.sealKey != "" {
+		key, err := seal.LoadKey(o.sealKey)
+		if err != nil {
+			in.Warn(fmt.Sprintf("the totals are unverified: the sealing key cannot be read (%v); as root, report counts only the daemon's sealed lines", err))
+		}
+		in.Key, in.IncludeUnverified = key, o.includeUnverified
+	}
+	if st, err := workloads.LoadVerified(*stateFile, in.Key); err == nil {
+		in.State, in.StateSealed = st, in.Key != nil
+	} else if errors.Is(err, seal.ErrUnsealed) || errors.Is(err, seal.ErrBadSeal) {
+		if o.includeUnverified {
+			in.Warn(fmt.Sprintf("state file %s: %v; its running workloads counted (--include-unverified)", *stateFile, err))
+			in.State, _ = workloads.Load(*stateFile)
+		} else {
+			in.Warn(fmt.Sprintf("state file %s: %v; its running workloads left out (--include-unverified counts them)", *stateFile, err))
+		}
 	} else {
 		fmt.Fprintln(e.stderr, "ds01-workloads: warning: running workloads not counted:", err)
 	}

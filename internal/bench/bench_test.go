@@ -21,12 +21,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 )
 
 // The inventory of the main run: 1,000 containers, 30 % running, unless
@@ -51,6 +53,10 @@ type result struct {
 	DetectLatencyMsP95        float64 `json:"detect_latency_ms_p95"`
 	RSSMb                     float64 `json:"rss_mb"`
 	CPUMsPerSteadyCycle       float64 `json:"cpu_ms_per_steady_cycle"`
+	// ActivityCPUMsPerScan is the CPU the activity reader takes for the
+	// running containers (cgroup and network namespace each) per
+	// reconciliation scan.
+	ActivityCPUMsPerScan float64 `json:"activity_cpu_ms_per_scan"`
 	// The churn (a container started and removed every 0.2 s for 20 s),
 	// among 2,000 idle containers, against the same among 200.
 	ChurnListCalls          float64    `json:"churn_list_calls"`
@@ -282,6 +288,7 @@ func Benchmark1000Containers(b *testing.B) {
 	res.RSSMb = rssMB(cmd.Process.Pid)
 	cmd.Process.Signal(os.Interrupt)
 	cmd.Wait()
+	res.ActivityCPUMsPerScan = activityCost(b, d)
 	d.Cleanup() // the churn runs get the machine to themselves
 
 	if os.Getenv("DS01_BENCH_NO_CHURN") != "" {
@@ -307,6 +314,7 @@ func Benchmark1000Containers(b *testing.B) {
 	fmt.Printf("  steady cycle (median of %d)      %8.1f ms  = %.2f x raw list\n", len(steady), res.SteadyCycleMs, res.SteadyCycleMs/res.RawListMs)
 	fmt.Printf("  API requests per steady cycle    %8.2f\n", res.APIRequestsPerSteadyCycle)
 	fmt.Printf("  CPU per steady cycle             %8.1f ms  (reference: 5700 ms, %.0fx less)\n", res.CPUMsPerSteadyCycle, 5700/maxf(res.CPUMsPerSteadyCycle, 0.01))
+	fmt.Printf("  activity of %d running (CPU/scan)%8.2f ms\n", running, res.ActivityCPUMsPerScan)
 	fmt.Printf("  detection latency p50 / p95      %8.1f / %.1f ms\n", res.DetectLatencyMsP50, res.DetectLatencyMsP95)
 	fmt.Printf("  daemon RSS                       %8.1f MB\n", res.RSSMb)
 	fmt.Printf("  churn, 2,000 idle: list calls    %8.0f\n", res.ChurnListCalls)
@@ -348,3 +356,51 @@ func maxf(a, b float64) float64 {
 }
 
 func containsKey(b, key []byte) bool { return strings.Contains(string(b), string(key)) }
+
+// activityCost is the CPU, in ms, one reading of the running bench
+// containers' cgroups and network namespaces takes (the part of a
+// reconciliation scan that the idle verdict adds), measured in this
+// process with getrusage over 50 readings.
+func activityCost(b *testing.B, d *dockertest.Daemon) float64 {
+	ctx := context.Background()
+	list, err := d.Client.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var cs []activity.Container
+	for _, c := range list {
+		if len(c.Names) == 0 || !strings.HasPrefix(c.Names[0], "/bench-") {
+			continue
+		}
+		info, err := d.Client.ContainerInspect(ctx, c.ID)
+		if err != nil || info.State == nil || info.State.Pid <= 0 {
+			continue
+		}
+		cs = append(cs, activity.Container{ID: c.ID, Pid: info.State.Pid})
+	}
+	if len(cs) != running {
+		b.Fatalf("%d running bench containers, want %d", len(cs), running)
+	}
+	r := activity.New("", "")
+	got := r.Read(cs, time.Now) // warm: the cgroup directories are found once
+	known := 0
+	for _, s := range got {
+		if s.CPUNanos != nil && s.MemoryBytes != nil && s.RxBytes != nil {
+			known++
+		}
+	}
+	if known != len(cs) {
+		b.Fatalf("activity known for %d of %d containers", known, len(cs))
+	}
+	const n = 50
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	c0 := cpu()
+	for i := 0; i < n; i++ {
+		r.Read(cs, time.Now)
+	}
+	return ms(cpu()-c0) / n
+}

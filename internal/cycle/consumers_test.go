@@ -62,6 +62,10 @@ func TestConsumersReadOutputUnchanged(t *testing.T) {
 	ids := map[string]string{}
 	for _, c := range r.State().Containers {
 		ids[c.ID] = c.Name
+		// The file the consumers read carries the activity keys too.
+		if c.Status == "running" && (c.CPUPercent == nil || c.MemoryBytes == nil || c.IdleSignals == nil || c.IdlePolicy == nil) {
+			t.Errorf("%s: no activity in the state: cpu %v memory %v", c.Name, c.CPUPercent, c.MemoryBytes)
+		}
 	}
 	ids[gone[:12]] = "carol-tmp"
 	stamp := regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z`)

@@ -20,6 +20,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
@@ -46,10 +47,14 @@ type Config struct {
 	StatePath  string
 	EventsPath string
 	StateGroup string // when set, the state file is 0640 root:StateGroup
-	DryRun     bool   // write nothing; Scan returns the state for printing
-	Docker     Containers
-	GPU        GPUs // nil: no GPU source
-	Proc       proc.FS
+	// SealKey, when set, seals the event lines and the state file; with
+	// SealKeyCreated the state file predates sealing (deliver.Config).
+	SealKey        *seal.Key
+	SealKeyCreated bool
+	DryRun         bool // write nothing; Scan returns the state for printing
+	Docker         Containers
+	GPU            GPUs // nil: no GPU source
+	Proc           proc.FS
 	// Users resolves UIDs to names (NSS) within the scan's deadline; nil
 	// leaves UIDs as numbers.
 	Users func(ctx context.Context, uid uint32) (string, bool)
@@ -108,7 +113,8 @@ func New(cfg Config) *Scanner {
 	if cfg.DryRun {
 		s.reported = deliver.Load(cfg.StatePath, cfg.Log)
 	} else {
-		s.sink, s.reported = deliver.Open(deliver.Config{StatePath: cfg.StatePath, EventsPath: cfg.EventsPath, StateGroup: cfg.StateGroup}, cfg.Log)
+		s.sink, s.reported = deliver.Open(deliver.Config{StatePath: cfg.StatePath, EventsPath: cfg.EventsPath, StateGroup: cfg.StateGroup,
+			Key: cfg.SealKey, KeyCreated: cfg.SealKeyCreated}, cfg.Log)
 	}
 	return s
 }

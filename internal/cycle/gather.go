@@ -217,7 +217,7 @@ func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Samp
 	running := make([]activity.Container, 0, len(list)/4)
 	for _, c := range list {
 		if c.Pid > 0 {
-			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid})
+			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork})
 		}
 	}
 	return s.cfg.Activity.Read(running, time.Now)

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/summary"
@@ -44,6 +45,7 @@ func (r *rig) newScanner() *Scanner {
 	return New(Config{
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
 		Docker: r.src, Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Activity: activity.New("/proc", ""),
 	})
 }
 

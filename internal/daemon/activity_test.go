@@ -236,6 +236,10 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 		s := get(spin)
 		return s.IdleSignals != nil && s.IdleSignals.CPU.Threshold == 200 && s.IdleSince != nil
 	})
+	// A researcher's ds01-managed container: the group's 1 h timeout.
+	if s := get(spin); s.IdleDeadline == nil || !s.IdleDeadline.Equal(s.IdleSince.Add(time.Hour)) || s.IdlePolicy.TimeoutSource != "group" {
+		t.Errorf("researcher's deadline %v since %v policy %+v", s.IdleDeadline, s.IdleSince, s.IdlePolicy)
+	}
 	// A broken file: the last good policy stays, with one error.
 	os.WriteFile(policyPath, []byte("groups: [\n"), 0o644)
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)

@@ -18,6 +18,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
@@ -31,26 +32,29 @@ import (
 type Config struct {
 	StateFile, EventsFile string
 	StateGroup            string
-	DockerHost            string        // "" : $DOCKER_HOST, else the default socket
-	DockerTimeout         time.Duration // one Docker API call
-	ProcRoot              string        // "" : /proc
-	NVMLLibrary           string        // "" : the system's libnvidia-ml.so.1
-	ExcludeProcesses      []string
-	KeepSecrets           bool
-	Interval              time.Duration // reconciliation scans
-	ScanTimeout           time.Duration // one scan
-	Debounce              time.Duration // wait after a Docker event before scanning
-	DebounceMax           time.Duration // how far that wait grows under continuous churn
-	WebListenAddresses    []string      // the metrics endpoint's addresses; none: no endpoint
-	WebConfigFile         string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
-	WebMaxConnections     int           // connections the endpoint serves at once; 0: the default
-	DryRun                bool          // Once only: write nothing
-	Version               string
-	IdleThreshold         int           // percent SM; 0: the default
-	IdleAfter             time.Duration // 0: the default
-	CgroupRoot            string        // "" : /sys/fs/cgroup
-	GPUInterval           time.Duration // time between GPU samples; 0: 1 s
-	GPUConfirmAfter       time.Duration // 0: the default (5 s)
+	// SealKey is the sealing key's path (internal/seal), created on first
+	// start; "" seals nothing.
+	SealKey            string
+	DockerHost         string        // "" : $DOCKER_HOST, else the default socket
+	DockerTimeout      time.Duration // one Docker API call
+	ProcRoot           string        // "" : /proc
+	NVMLLibrary        string        // "" : the system's libnvidia-ml.so.1
+	ExcludeProcesses   []string
+	KeepSecrets        bool
+	Interval           time.Duration // reconciliation scans
+	ScanTimeout        time.Duration // one scan
+	Debounce           time.Duration // wait after a Docker event before scanning
+	DebounceMax        time.Duration // how far that wait grows under continuous churn
+	WebListenAddresses []string      // the metrics endpoint's addresses; none: no endpoint
+	WebConfigFile      string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
+	WebMaxConnections  int           // connections the endpoint serves at once; 0: the default
+	DryRun             bool          // Once only: write nothing
+	Version            string
+	IdleThreshold      int           // percent SM; 0: the default
+	IdleAfter          time.Duration // 0: the default
+	CgroupRoot         string        // "" : /sys/fs/cgroup
+	GPUInterval        time.Duration // time between GPU samples; 0: 1 s
+	GPUConfirmAfter    time.Duration // 0: the default (5 s)
 	// PolicyFile is the site's resource-limits.yaml ("": none, the
 	// thresholds below apply); it is read again on SIGHUP.
 	PolicyFile string
@@ -90,6 +94,18 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	var key *seal.Key
+	keyCreated := false
+	if cfg.SealKey != "" && !cfg.DryRun {
+		var err error
+		if key, keyCreated, err = seal.LoadOrCreateKey(cfg.SealKey); err != nil {
+			lock.Release()
+			return nil, fmt.Errorf("sealing key: %w", err)
+		}
+		if keyCreated {
+			log.Info("sealing key created", zap.String("path", cfg.SealKey))
+		}
+	}
 	dk, err := docker.New(cfg.DockerHost, cfg.DockerTimeout)
 	if err != nil {
 		lock.Release()
@@ -108,6 +124,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	}
 	sc := cycle.New(cycle.Config{
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
+		SealKey: key, SealKeyCreated: keyCreated,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
 		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,

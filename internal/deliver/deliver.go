@@ -13,12 +13,15 @@ package deliver
 
 import (
 	"errors"
+	"os"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/eventlog"
 	"github.com/ds01/ds01-detectord/internal/safefile"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -39,6 +42,12 @@ type Config struct {
 	EventsPath string
 	// StateGroup, when set, makes the state file 0640 root:StateGroup.
 	StateGroup string
+	// Key, when set, seals every event line and the state file
+	// (internal/seal), and a state file whose seal fails is not trusted.
+	Key *seal.Key
+	// KeyCreated says the key was made at this start: the state file
+	// predates sealing and is trusted this once.
+	KeyCreated bool
 }
 
 // Sink delivers states and event lines. One goroutine at a time.
@@ -47,6 +56,7 @@ type Sink struct {
 	log     *zap.Logger
 	pending [][]byte // encoded event lines not yet appended
 	enc     statefile.Encoder
+	head    seal.Head // the seal chain's end: the last line sealed
 
 	// the kind of the last failure of each write, "" when it worked
 	stateErr, eventsErr string
@@ -82,14 +92,49 @@ func Open(cfg Config, log *zap.Logger) (*Sink, inventory.State) {
 			*p.kind = errKind(err)
 		}
 	}
-	st, err := statefile.Load(cfg.StatePath)
+	s.enc.Key = cfg.Key
+	st, sealErr, err := statefile.LoadSealed(cfg.StatePath, cfg.Key)
 	if err != nil && !errors.Is(err, safefile.ErrNotRegular) {
 		log.Warn("state file not loaded", zap.String("path", cfg.StatePath), zap.Error(err))
 	}
 	statefile.CleanTemps(cfg.StatePath)
+	if sealErr != nil {
+		switch {
+		case errors.Is(sealErr, statefile.ErrLegacyUnsealed):
+			// The Python scanner's state: adopted once, as before sealing.
+		case cfg.KeyCreated && errors.Is(sealErr, seal.ErrUnsealed):
+			log.Info("the state file predates sealing (the key is new): trusted this once", zap.String("path", cfg.StatePath))
+		default:
+			// Written by someone else, or changed since: nothing in it is
+			// used (no event, counter or checkpoint comes from it). It is
+			// kept aside for the admin.
+			aside := cfg.StatePath + ".untrusted-" + time.Now().UTC().Format("20060102T150405Z")
+			if os.Rename(cfg.StatePath, aside) != nil {
+				aside = ""
+			}
+			log.Error("state file not trusted: its seal does not verify; starting from Docker and NVML alone",
+				zap.String("path", cfg.StatePath), zap.String("moved_to", aside), zap.Error(sealErr))
+			st = inventory.Empty()
+		}
+	}
+	if cfg.Key != nil {
+		s.head = s.chainHead(st)
+	}
 	s.recover(st.UnloggedEvents)
 	st.UnloggedEvents = nil
+	st.SealHead = ""
 	return s, st
+}
+
+// chainHead finds where the seal chain goes on: the head the trusted state
+// recorded, else the last sealed line at the end of the event log whose
+// seal verifies, else a new chain.
+func (s *Sink) chainHead(st inventory.State) seal.Head {
+	if h, ok := seal.ParseHead(st.SealHead); ok {
+		return h
+	}
+	h, _ := eventlog.Log{Path: s.cfg.EventsPath}.LastSealed(s.cfg.Key)
+	return h
 }
 
 // Load reads the last state without taking over its files: for --dry-run.
@@ -111,7 +156,7 @@ func (s *Sink) recover(unlogged []string) {
 	var valid []string
 	dropped := 0
 	for _, l := range unlogged {
-		if _, err := event.Decode([]byte(l)); err != nil || len(l) > event.MaxLineBytes {
+		if _, err := event.Decode([]byte(l)); err != nil || len(l) > event.MaxLineBytes+seal.MaxLineOverhead {
 			dropped++
 			continue
 		}
@@ -136,7 +181,16 @@ func (s *Sink) recover(unlogged []string) {
 // lines. It never fails as a whole: what could not be written is reported
 // and retried on the next call.
 func (s *Sink) Deliver(st inventory.State, lines [][]byte) Result {
-	s.pending = append(s.pending, lines...)
+	if s.cfg.Key != nil {
+		for _, l := range lines {
+			var sealed []byte
+			sealed, s.head = s.cfg.Key.SealLine(l, s.head)
+			s.pending = append(s.pending, sealed)
+		}
+		st.SealHead = s.head.String()
+	} else {
+		s.pending = append(s.pending, lines...)
+	}
 	dropped := s.trim()
 	st.UnloggedEvents = make([]string, 0, len(s.pending))
 	for _, l := range s.pending {

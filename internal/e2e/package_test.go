@@ -463,6 +463,49 @@ func TestDebLifecycle(t *testing.T) {
 		t.Errorf("pkg-during's detected_at changed across the upgrade: %q -> %q", detectedDuring, got)
 	}
 
+	// The sealing key: made at the first start in a root-only directory,
+	// the same across the upgrade (v1 made it; the journal says so once).
+	keyPath := filepath.Join(root, "var/lib/ds01-detectord/seal.key")
+	if fi, err := os.Stat(filepath.Dir(keyPath)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the sealing key's directory: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the sealing key: %v %v", fi, err)
+	}
+	if n := strings.Count(m.journal("-o", "cat"), "sealing key created"); n != 1 {
+		t.Errorf("the sealing key was created %d times across install and upgrade, want once", n)
+	}
+	if out, err := m.in("/usr/bin/ds01-workloads", "verify"); err != nil {
+		t.Errorf("verify after the upgrade: %v\n%s", err, out)
+	}
+
+	// d2. A planted symlink at the event log's path (the docker group can
+	// write /var/log/ds01) makes systemd-tmpfiles fail (exit 73): the
+	// postinst warns and goes on, retires the legacy units (deployed again
+	// by deploy.sh meanwhile) and restarts the daemon.
+	m.must("sh", "-c", "rm -f /etc/systemd/system/ds01-workload-detector.timer /etc/systemd/system/ds01-workload-detector.service && systemctl daemon-reload && sh /opt/ds01-infra/deploy-legacy.sh")
+	testutil.Eventually(t, 10*time.Second, "the legacy scanner runs again", func() bool {
+		e, a := m.unitState("ds01-workload-detector.timer")
+		return e == "enabled" && a == "active"
+	})
+	m.must("sh", "-c", "mv /var/log/ds01/events.jsonl /var/log/ds01/events.jsonl.real && ln -s /etc/shadow /var/log/ds01/events.jsonl")
+	inv2 := m.prop("InvocationID")
+	out, err = m.in("dpkg", "-i", inTree(v2))
+	if err != nil {
+		t.Fatalf("dpkg -i over planted files failed: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "warning: systemd-tmpfiles --create exited") {
+		t.Errorf("no warning about the planted files:\n%s", out)
+	}
+	if a := m.prop("ActiveState"); a != "active" || m.prop("InvocationID") == inv2 {
+		t.Errorf("the daemon was not restarted over planted files: ActiveState=%s\n%s", a, out)
+	}
+	m.assertLegacyRetired("after dpkg -i over planted files")
+	if b, err := os.ReadFile(filepath.Join(root, "etc/shadow")); err != nil || bytes.Contains(b, []byte("detection.")) {
+		t.Errorf("the planted symlink's target was written: %v", err)
+	}
+	m.must("sh", "-c", "rm /var/log/ds01/events.jsonl && mv /var/log/ds01/events.jsonl.real /var/log/ds01/events.jsonl")
+
 	// e. Purge: the package goes, the data stays, the masks stay.
 	state, _ := os.ReadFile(m.statePath())
 	m.must("dpkg", "--purge", "ds01-detectord")
@@ -475,7 +518,7 @@ func TestDebLifecycle(t *testing.T) {
 	for _, p := range []string{"usr/bin/ds01-detectord", "usr/bin/ds01-workloads", "usr/lib/systemd/system/ds01-detectord.service",
 		"usr/lib/tmpfiles.d/ds01-detectord.conf", "etc/default/ds01-detectord", "usr/lib/ds01-detectord",
 		"etc/systemd/system/ds01-detectord.service", "etc/systemd/system/multi-user.target.wants/ds01-detectord.service",
-		"var/lib/systemd/deb-systemd-helper-enabled/ds01-detectord.service.dsh-also"} {
+		"var/lib/systemd/deb-systemd-helper-enabled/ds01-detectord.service.dsh-also", "var/lib/ds01-detectord"} {
 		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
 			t.Errorf("purge left /%s (%v)", p, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ds01/ds01-detectord/internal/safefile"
+	"github.com/ds01/ds01-detectord/internal/seal"
 )
 
 // Mode is the event log's permission when this daemon creates it:
@@ -157,4 +158,32 @@ func (l Log) Missing(lines []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// LastSealed returns the seal chain's end at the end of the log: the
+// sequence number and MAC of the last line whose seal verifies with key,
+// read from the last MiB. ok is false when there is none (a new log, or
+// one that logrotate just emptied: the chain then starts afresh).
+func (l Log) LastSealed(key *seal.Key) (h seal.Head, ok bool) {
+	f, err := safefile.Open(l.Path, os.O_RDONLY, 0)
+	if err != nil {
+		return seal.Head{}, false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return seal.Head{}, false
+	}
+	off := max(0, st.Size()-1<<20)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return seal.Head{}, false
+	}
+	lines := bytes.Split(buf, []byte{'\n'})
+	for i := len(lines) - 1; i >= 0; i-- {
+		if c := key.CheckLine(lines[i]); c.Valid {
+			return seal.Head{Seq: c.Seq, MAC: c.MAC}, true
+		}
+	}
+	return seal.Head{}, false
 }

@@ -35,6 +35,14 @@ type Metrics struct {
 	held     *prometheus.CounterVec
 	busy     *prometheus.CounterVec
 
+	// UserSeriesTTL is how long a user's counter series stay after the
+	// user's last workload (default 24 h): user names come from labels
+	// too, so their number would grow without bound. report keeps their
+	// history; a user who comes back starts the counters again, which
+	// Prometheus' rate() reads as a counter reset.
+	UserSeriesTTL time.Duration
+	userSeen      map[string]time.Time // label value → last cycle with a workload
+
 	// Timeouts of the HTTP server: a client that holds a connection open
 	// without finishing its request is cut off.
 	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
@@ -129,6 +137,7 @@ func New(version string) *Metrics {
 		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ds01_user_gpu_busy_seconds_total", Help: "GPU-seconds a user's workloads were at or above --gpu-idle-threshold.",
 		}, []string{"user"}),
+		userSeen:          map[string]time.Time{},
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second,
 	}
 	var opts []versioncollector.Option
@@ -151,13 +160,45 @@ func (m *Metrics) Observe(s summary.Summary) {
 		m.events.WithLabelValues(lv(t)).Add(float64(n))
 	}
 	m.dropped.Add(float64(s.DroppedEvents))
+	now := time.Now()
+	if s.State.LastScan != nil {
+		now = s.State.LastScan.Time
+	}
 	for u, d := range s.UserGPUSeconds {
 		m.held.WithLabelValues(lv(u)).Add(d.Held)
 		m.busy.WithLabelValues(lv(u)).Add(d.Busy)
+		m.userSeen[lv(u)] = now
 	}
+	m.forgetUsers(s.State, now)
 	m.mu.Lock()
 	m.last = &s
 	m.mu.Unlock()
+}
+
+// forgetUsers drops the counter series of users with no workload in the
+// state for UserSeriesTTL.
+func (m *Metrics) forgetUsers(st inventory.State, now time.Time) {
+	ttl := m.UserSeriesTTL
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	for _, c := range st.Containers {
+		if _, ok := m.userSeen[lv(c.User)]; ok {
+			m.userSeen[lv(c.User)] = now
+		}
+	}
+	for _, p := range st.HostProcesses {
+		if _, ok := m.userSeen[lv(p.User)]; ok {
+			m.userSeen[lv(p.User)] = now
+		}
+	}
+	for u, seen := range m.userSeen {
+		if now.Sub(seen) >= ttl {
+			m.held.DeleteLabelValues(u)
+			m.busy.DeleteLabelValues(u)
+			delete(m.userSeen, u)
+		}
+	}
 }
 
 // inventoryCollector renders the last cycle's inventory at scrape time.

@@ -4,6 +4,7 @@ package statefile
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ds01/ds01-detectord/internal/safefile"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -46,6 +48,11 @@ func Load(path string) (inventory.State, error) {
 	if err != nil {
 		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
 	}
+	return parse(path, b)
+}
+
+// parse parses the bytes read from path, moving a corrupt file aside.
+func parse(path string, b []byte) (inventory.State, error) {
 	st, perr := inventory.Parse(b)
 	if perr == nil {
 		return st, nil
@@ -58,6 +65,47 @@ func Load(path string) (inventory.State, error) {
 		return inventory.Empty(), fmt.Errorf("state file %s is corrupt (%v) and could not be moved aside: %w", path, perr, err)
 	}
 	return inventory.Empty(), fmt.Errorf("state file %s is corrupt (%v); moved to %s, starting fresh", path, perr, aside)
+}
+
+// ErrLegacyUnsealed is LoadSealed's seal error for a state file with no
+// schema_version: the Python scanner's, which predates sealing.
+var ErrLegacyUnsealed = errors.New("the Python scanner's state file, which has no seal")
+
+// LoadSealed is Load that also checks the file's seal with key (none when
+// key is nil). The state is returned whatever the seal; sealErr says what
+// is wrong with it (seal.ErrUnsealed, seal.ErrBadSeal, ErrLegacyUnsealed),
+// and the caller decides whether to trust it. A missing file is an empty
+// state with neither error.
+func LoadSealed(path string, key *seal.Key) (st inventory.State, sealErr, err error) {
+	if key == nil {
+		st, err = Load(path)
+		return st, nil, err
+	}
+	f, err := safefile.Open(path, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return inventory.Empty(), nil, nil
+	}
+	if err != nil {
+		return inventory.Empty(), nil, fmt.Errorf("read state file: %w", err)
+	}
+	b, err := safefile.ReadAll(f, path, inventory.MaxFileBytes)
+	f.Close()
+	if err != nil {
+		return inventory.Empty(), nil, fmt.Errorf("read state file: %w", err)
+	}
+	plain, sealErr := key.OpenState(b)
+	if sealErr != nil {
+		plain = b
+		var head struct {
+			SchemaVersion *int `json:"schema_version"`
+		}
+		if json.Unmarshal(b, &head) == nil && head.SchemaVersion == nil {
+			sealErr = ErrLegacyUnsealed
+		}
+	}
+	// The bytes checked are the bytes parsed: the file is not read again.
+	st, err = parse(path, plain)
+	return st, sealErr, err
 }
 
 // Encode renders the state as the file's bytes: indent-2 JSON, ASCII only.
@@ -75,6 +123,8 @@ func Encode(st inventory.State) ([]byte, error) {
 // in memory: a cycle among thousands of unchanged containers then costs
 // little more than its changes. One goroutine at a time.
 type Encoder struct {
+	// Key, when set, seals every state written (internal/seal).
+	Key  *seal.Key
 	last map[string]*encoded // pointers: a lookup copies no container
 	keys []string            // last's keys, sorted
 	iov  [][]byte            // the pieces of the last write, kept for their capacity
@@ -143,6 +193,19 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 		iov = append(iov, containersClose)
 	}
 	iov = append(iov, rest[at+len(containersMarker):], newline)
+	if e.Key != nil {
+		// The seal: a MAC over the file as written without it, put in as
+		// its last member.
+		s := e.Key.NewStateSealer()
+		for _, b := range iov {
+			s.Write(b)
+		}
+		tail := iov[len(iov)-2]
+		if !bytes.HasSuffix(tail, closingBrace) {
+			return errors.New("encode state: the state does not end in a closing brace")
+		}
+		iov = append(iov[:len(iov)-2], tail[:len(tail)-len(closingBrace)], s.Member(), closingBrace, newline)
+	}
 	e.iov = iov[:0]
 	defer clear(iov) // the pieces must not pin old encodings
 	if f, ok := w.(*os.File); ok {
@@ -161,6 +224,7 @@ var (
 	firstSep        = []byte("\n    ")
 	nextSep         = []byte(",\n    ")
 	newline         = []byte("\n")
+	closingBrace    = []byte("\n}")
 )
 
 // writev writes bufs to f in order, IOV_MAX pieces per call, carrying on

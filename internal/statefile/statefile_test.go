@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -336,5 +337,36 @@ func sameAsEncode(t *testing.T, enc *Encoder, st inventory.State, step int) {
 	}
 	if got.String() != string(want) {
 		t.Fatalf("step %d differs:\n%s\n---\n%s", step, got.String(), want)
+	}
+}
+
+// The encoder's sealed file is the plain encoding with the seal member
+// SealState would add, cycle after cycle of the cached encodings; a key
+// that does not match refuses it.
+func TestEncoderSeals(t *testing.T) {
+	key := seal.NewKey(bytes.Repeat([]byte{3}, seal.KeySize))
+	enc := Encoder{Key: key}
+	st := inventory.Empty()
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("%012d", i)
+		st.Containers[id] = inventory.Container{ID: id, Name: fmt.Sprint("c", i), GPUDevices: []string{}, GPUAccess: []string{}}
+		var b bytes.Buffer
+		if err := enc.Write(&b, st); err != nil {
+			t.Fatal(err)
+		}
+		plain, err := Encode(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := key.SealState(plain)
+		if !bytes.Equal(b.Bytes(), want) {
+			t.Fatalf("cycle %d: sealed encoding differs:\n%s\nwant\n%s", i, b.Bytes(), want)
+		}
+		if got, err := key.OpenState(b.Bytes()); err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("cycle %d: open: %v", i, err)
+		}
+		if _, err := inventory.Parse(b.Bytes()); err != nil {
+			t.Fatalf("a sealed state does not parse: %v", err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -78,7 +79,12 @@ type Workload struct {
 
 // Load reads a state file for display. Unlike the daemon, it never moves a
 // corrupt file aside: it only reports it.
-func Load(path string) (inventory.State, error) {
+func Load(path string) (inventory.State, error) { return LoadVerified(path, nil) }
+
+// LoadVerified is Load that, with a key, checks the state file's seal
+// first: an error wrapping seal.ErrUnsealed or seal.ErrBadSeal when it
+// fails.
+func LoadVerified(path string, key *seal.Key) (inventory.State, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -88,6 +94,13 @@ func Load(path string) (inventory.State, error) {
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
 		return inventory.State{}, fmt.Errorf("state file %s is empty: check 'systemctl status ds01-detectord' and the disk it lives on", path)
+	}
+	if key != nil {
+		plain, err := key.OpenState(b)
+		if err != nil {
+			return inventory.State{}, err
+		}
+		b = plain
 	}
 	st, err := inventory.Parse(b)
 	if err != nil {

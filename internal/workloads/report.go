@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -48,8 +49,16 @@ type ReportInput struct {
 	EventsFile   string    // its rotated archives (ArchiveNames) are read too
 	State        inventory.State
 	// Warn receives one line for each file skipped (a FIFO or a directory
-	// named like an archive); nil drops them.
+	// named like an archive) and for lines that fail their seal; nil drops
+	// them.
 	Warn func(string)
+	// Key, when set, checks the lines' seals: only the daemon's sealed,
+	// unchanged lines count, unless IncludeUnverified.
+	Key               *seal.Key
+	IncludeUnverified bool
+	// StateSealed says State's seal was checked with Key: its record of
+	// the chain's end then tells lines deleted from the log's end.
+	StateSealed bool
 }
 
 type workloadTime struct {
@@ -74,8 +83,32 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		warn = func(string) {}
 	}
 	seen := map[string]workloadTime{}
+	var chain *seal.Chain
+	if in.Key != nil {
+		chain = seal.NewChain(in.Key)
+	}
+	unverified, firstAt := 0, ""
 	for _, f := range files {
-		if err := readLog(f, warn, func(e event.Envelope) {
+		if err := readLines(f, warn, func(n int, line []byte) {
+			e, err := event.Decode(line)
+			if err != nil {
+				return
+			}
+			if chain != nil {
+				status, missing := chain.Next(line)
+				if status == seal.Gap {
+					warn(fmt.Sprintf("%s:%d: %d sealed lines missing before this one (deleted or moved)", f, n, missing))
+				}
+				if !status.Counts() {
+					if unverified == 0 {
+						firstAt = fmt.Sprintf("%s:%d (%s)", f, n, status)
+					}
+					unverified++
+					if !in.IncludeUnverified {
+						return
+					}
+				}
+			}
 			t := e.Timestamp.Time
 			if (!in.Since.IsZero() && t.Before(in.Since)) || (!in.Until.IsZero() && t.After(in.Until)) {
 				return
@@ -120,6 +153,22 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		}); err != nil {
 			return ReportDoc{}, err
 		}
+	}
+	if h, ok := seal.ParseHead(in.State.SealHead); ok && chain != nil && in.StateSealed {
+		var pending [][]byte
+		for _, l := range in.State.UnloggedEvents {
+			pending = append(pending, []byte(l))
+		}
+		if err := chain.CheckEnd(h, pending); err != nil {
+			warn(err.Error())
+		}
+	}
+	if unverified > 0 {
+		what := "left out; --include-unverified counts them"
+		if in.IncludeUnverified {
+			what = "counted (--include-unverified)"
+		}
+		warn(fmt.Sprintf("%d event lines are not the daemon's sealed lines (not sealed, edited, or out of order), the first at %s: %s; ds01-workloads verify says more", unverified, firstAt, what))
 	}
 	st := in.State
 	// The running workloads count when the last scan falls in the period.
@@ -312,6 +361,16 @@ func logFiles(path string) ([]string, error) {
 // file that is not a regular one (a FIFO, a directory, a symlink) is
 // skipped with a warning: anyone in the docker group can put one there.
 func readLog(path string, warn func(string), fn func(event.Envelope)) error {
+	return readLines(path, warn, func(_ int, line []byte) {
+		if e, err := event.Decode(line); err == nil {
+			fn(e)
+		}
+	})
+}
+
+// readLines calls fn with each line of a log or a .gz archive and its
+// number (from 1), as readLog reads them.
+func readLines(path string, warn func(string), fn func(int, []byte)) error {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		warn(fmt.Sprintf("%s is not a regular file (%s): skipped", path, fi.Mode().Type()))
 		return nil
@@ -337,18 +396,19 @@ func readLog(path string, warn func(string), fn func(event.Envelope)) error {
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+	n := 0
 	for {
 		if !sc.Scan() {
 			if err := sc.Err(); err == bufio.ErrTooLong {
+				n++
 				sc = bufio.NewScanner(r) // skip the long line's rest with the next scanner
 				sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
 				continue
 			}
 			return sc.Err()
 		}
-		if e, err := event.Decode(sc.Bytes()); err == nil {
-			fn(e)
-		}
+		n++
+		fn(n, sc.Bytes())
 	}
 }
 

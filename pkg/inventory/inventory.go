@@ -66,6 +66,9 @@ type State struct {
 	// could bring them up again; it keeps a replay from reporting them
 	// twice. Internal.
 	RecentlyExited map[string]Time `json:"_recently_exited,omitempty"`
+	// SealHead is the end of the event log's seal chain after this
+	// state's lines (internal/seal): "<seq>:<mac>". Internal.
+	SealHead string `json:"_seal_head,omitempty"`
 	// GPUs are the host's physical GPUs by UUID, as NVML reported them last.
 	GPUs map[string]GPU `json:"gpus"`
 	// ShortProcesses are, by user, the host GPU processes that ended

@@ -171,11 +171,21 @@ func TestHostNetworkIsUnknown(t *testing.T) {
 	proc := filepath.Join(root, "proc")
 	os.MkdirAll(proc, 0o755)
 	os.Symlink("/proc/"+strconv.Itoa(self), filepath.Join(proc, "42"))
-	os.Symlink("/proc/"+strconv.Itoa(self), filepath.Join(proc, "1"))
+	os.Symlink("/proc/"+strconv.Itoa(self), filepath.Join(proc, "self"))
 	r := New(proc, "/sys/fs/cgroup")
 	s := r.Read([]Container{{ID: id, Pid: 42}}, time.Now)[id]
 	if !s.HostNetwork || s.RxBytes != nil || s.TxBytes != nil {
 		t.Fatalf("host network %v rx %s tx %s", s.HostNetwork, i64(s.RxBytes), i64(s.TxBytes))
+	}
+	// Where the namespace links cannot be read (no CAP_SYS_PTRACE), Docker's
+	// --network host says it.
+	os.Remove(filepath.Join(proc, "self"))
+	r = New(proc, "/sys/fs/cgroup")
+	if s := r.Read([]Container{{ID: id, Pid: 42}}, time.Now)[id]; s.HostNetwork || s.RxBytes == nil {
+		t.Fatalf("own namespace unknown, not --network host: host network %v rx %s", s.HostNetwork, i64(s.RxBytes))
+	}
+	if s := r.Read([]Container{{ID: id, Pid: 42, HostNetwork: true}}, time.Now)[id]; !s.HostNetwork || s.RxBytes != nil {
+		t.Fatalf("--network host: host network %v rx %s", s.HostNetwork, i64(s.RxBytes))
 	}
 }
 
@@ -253,7 +263,7 @@ func TestRealCgroups(t *testing.T) {
 		r := New("", "")
 		r.hostNet = "other" // the spinning shell shares the test's namespace
 		check(t, r, cmd.Process.Pid, true)
-		if d := r.dirs[id]; d.v2 || !strings.HasSuffix(d.cpu, "/"+name) {
+		if d := r.dirs[id]; d.v2 || !strings.HasSuffix(d.cpu, "/"+name+"/cpuacct.usage") {
 			t.Errorf("dirs %+v", d)
 		}
 	})

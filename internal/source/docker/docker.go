@@ -42,9 +42,12 @@ type Container struct {
 	// that is empty; RuntimePath is its binary as `docker info` lists it.
 	Runtime, RuntimePath string
 	Privileged           bool
-	DevicePaths          []string // HostConfig.Devices[].PathOnHost
-	DeviceRequests       []DeviceRequest
-	Mounts               []Mount
+	// HostNetwork: --network host (its network namespace is the host's,
+	// and so are the counters there).
+	HostNetwork    bool
+	DevicePaths    []string // HostConfig.Devices[].PathOnHost
+	DeviceRequests []DeviceRequest
+	Mounts         []Mount
 
 	// Rev is this source's revision of these facts: every inspect gives a
 	// new one, and a container reported from the cache keeps its own. 0
@@ -201,7 +204,8 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	counter := &countingTransport{next: hc.Transport, n: map[string]uint64{}}
+	// Bodies bounded as they stream in (bound.go), and requests counted.
+	counter := &countingTransport{next: boundTransport{next: hc.Transport}, n: map[string]uint64{}}
 	hc.Transport = counter
 	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
 		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
@@ -532,6 +536,7 @@ func fromInspect(js container.InspectResponse, runtimes map[string]string, defau
 		}
 		c.RuntimePath = runtimes[c.Runtime]
 		c.Privileged = hc.Privileged
+		c.HostNetwork = hc.NetworkMode.IsHost()
 		for _, d := range hc.Devices {
 			c.DevicePaths = append(c.DevicePaths, d.PathOnHost)
 		}
