@@ -88,7 +88,7 @@ Examples:
 // Prometheus exporter.
 func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Application {
 	app := kingpin.New("ds01-detectord", help)
-	app.HelpFlag.Short('h')
+	app.HelpFlag.Short('h').Help("show this help on standard output (every flag is also in man 8 ds01-detectord)")
 	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
 	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
 	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
