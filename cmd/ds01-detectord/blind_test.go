@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -67,8 +68,11 @@ print("opened", opened, "failed", failed, flush=True)
 // reported exited, the daemon never runs out of descriptors, and a scrape
 // with the right credentials succeeds within 10 s of the attack ending.
 func TestConnectionFloodDoesNotBlindTheDaemon(t *testing.T) {
+	if testing.Short() {
+		t.Skip("an unprivileged attacker against a daemon under prlimit (root, 12 s of load): runs under 'make test'")
+	}
 	if os.Geteuid() != 0 {
-		t.Fatal("needs root: the attacker runs as nobody")
+		t.Fatal("needs root: the attacker runs as nobody ('sudo make test')")
 	}
 	dir := t.TempDir()
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
@@ -139,20 +143,33 @@ func TestConnectionFloodDoesNotBlindTheDaemon(t *testing.T) {
 	if maxFDs >= 1000 {
 		t.Errorf("the daemon held %d descriptors of 1024", maxFDs)
 	}
+	// Within 10 s of the attack's end: each try may take what is left of
+	// them (a loaded machine can be slow to answer), and a refused one is
+	// tried again.
 	ok := false
-	for !ok && time.Since(ended) < 10*time.Second {
+	var lastErr error
+	for left := 10*time.Second - time.Since(ended); !ok && left > 0; left = 10*time.Second - time.Since(ended) {
 		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
 		req.SetBasicAuth("prom", "s3cret")
-		if resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req); err == nil {
+		resp, err := (&http.Client{Timeout: left}).Do(req)
+		if err == nil {
 			ok = resp.StatusCode == 200
+			lastErr = fmt.Errorf("status %d", resp.StatusCode)
 			resp.Body.Close()
+		} else {
+			lastErr = err
 		}
 		if !ok {
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	if !ok {
-		t.Error("no successful scrape within 10 s of the attack ending")
+		t.Errorf("no successful scrape within 10 s of the attack ending: %v", lastErr)
+		p.cmd.Process.Signal(syscall.SIGQUIT) // the goroutines, for the log
+		time.Sleep(time.Second)
+		if l := p.log(); len(l) > 20000 {
+			t.Log(l[len(l)-20000:])
+		}
 	} else {
 		t.Logf("scrape succeeded %v after the attack ended", time.Since(ended).Round(time.Millisecond))
 	}

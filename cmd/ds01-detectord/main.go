@@ -88,7 +88,7 @@ Examples:
 // Prometheus exporter.
 func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Application {
 	app := kingpin.New("ds01-detectord", help)
-	app.HelpFlag.Short('h')
+	app.HelpFlag.Short('h').Help("show this help on standard output (every flag is also in man 8 ds01-detectord)")
 	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
 	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
 	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
@@ -107,7 +107,7 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default("30m").DurationVar(&c.idleAfter)
 	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default("1s").DurationVar(&c.gpuInterval)
 	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
-	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (README, \"Idle\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
+	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (docs/ARCHITECTURE.md, \"Idle by the site's rule\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
 	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
 	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").StringVar(&c.idleNet)
 	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)

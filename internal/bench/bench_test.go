@@ -32,7 +32,7 @@ import (
 )
 
 // The inventory of the main run: 1,000 containers, 30 % running, unless
-// DS01_BENCH_CONTAINERS says otherwise (the README's 4,000 figures).
+// DS01_BENCH_CONTAINERS says otherwise (the 4,000 figures in docs/PERFORMANCE.md).
 var total, running = benchSize()
 
 func benchSize() (int, int) {

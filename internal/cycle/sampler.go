@@ -56,8 +56,8 @@ type known struct {
 }
 
 // maxBatch bounds the samples kept while no scan takes them (scans stuck
-// behind a hung Docker): an hour at 1 s. Older ones are dropped.
-const maxBatch = 3600
+// behind a hung call): ten minutes at 1 s (about 24 MB at 400 processes). Older ones are dropped.
+const maxBatch = 600
 
 // chanMutex is a mutex whose Lock can give up when a context ends.
 type chanMutex chan struct{}

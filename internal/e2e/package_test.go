@@ -227,7 +227,7 @@ func TestDebLifecycle(t *testing.T) {
 	writeFile(t, filepath.Join(root, "opt/ds01-infra/scripts/monitoring/ds01-workloads"), legacyCLI, 0o755)
 	writeFile(t, filepath.Join(root, "opt/ds01-infra/deploy-legacy.sh"), deployLegacy, 0o755)
 
-	d := dockertest.New(t, dockertest.Options{})
+	d := dockertest.New(t, dockertest.Options{NvidiaHook: true})
 	ctx := context.Background()
 	m := boot(t, root, filepath.Join(d.Dir, "docker.sock"))
 
@@ -306,7 +306,7 @@ func TestDebLifecycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(root, "usr/share/zsh/vendor-completions/_ds01-workloads")); err != nil || !bytes.HasPrefix(b, []byte("#compdef ds01-workloads")) {
 		t.Errorf("zsh completion: %v %.40q", err, b)
 	}
-	for _, f := range []string{"README.md", "MIGRATION.md", "SECURITY.md", "alerts.yml", "ds01-fleet.json", "copyright", "changelog.Debian.gz"} {
+	for _, f := range []string{"README.md", "INSTALL.md", "WORKLOADS.md", "METRICS.md", "ARCHITECTURE.md", "MIGRATION.md", "SECURITY.md", "alerts.yml", "ds01-fleet.json", "copyright", "changelog.Debian.gz"} {
 		if _, err := os.Stat(filepath.Join(root, "usr/share/doc/ds01-detectord", f)); err != nil {
 			t.Errorf("doc: %v", err)
 		}
@@ -345,44 +345,74 @@ func TestDebLifecycle(t *testing.T) {
 	})
 	// The package's logrotate rule: logrotate -f rotates the log into a
 	// dated archive (copytruncate), the daemon goes on appending to the
-	// live file, and report counts workloads from both.
+	// live file, and report counts workloads from both. GPU time needs a
+	// GPU: the daemon gets the tests' stand-in NVML library (one GPU, no
+	// processes) through /etc/default, and the two containers a grant of
+	// GPU 0, so their exited events carry allocated GPU-seconds.
+	os.MkdirAll(filepath.Join(root, "opt/nvml"), 0o755)
+	sh(t, "gcc", "-shared", "-fPIC", "-o", filepath.Join(root, "opt/nvml/libnvidia-ml.so.1"), filepath.Join(repoRoot(), "cmd/ds01-detectord/testdata/nvmlstub/nvmlstub.c"))
+	writeFile(t, filepath.Join(root, "opt/nvml/gpu.txt"), "", 0o644)
+	writeFile(t, filepath.Join(root, "etc/default/ds01-detectord"), "DS01_DETECTORD_OPTS=\"--nvml-library /opt/nvml/libnvidia-ml.so.1 --interval 2s\"\nDS01_NVML_STUB=/opt/nvml/gpu.txt\n", 0o644)
+	m.must("systemctl", "restart", "ds01-detectord.service")
+	testutil.Eventually(t, 20*time.Second, "the stand-in GPU in the state", func() bool {
+		b, _ := os.ReadFile(m.statePath())
+		return strings.Contains(string(b), "GPU-57ab0000")
+	})
+	gpuRun := func(name, user string) string {
+		t.Helper()
+		id, err := d.Create(ctx, dockertest.Spec{Name: name, Labels: map[string]string{"ds01.user": user}, Start: true,
+			Host: container.HostConfig{Resources: container.Resources{DeviceRequests: []container.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 20*time.Second, name+" discovered", func() bool { return m.hasEvent("detection.container_discovered", id[:12]) })
+		time.Sleep(5 * time.Second) // two scans: GPU-seconds allocated
+		if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 20*time.Second, name+"'s exit", func() bool { return m.hasEvent("detection.container_exited", id[:12]) })
+		return id[:12]
+	}
+	rotatedOut := gpuRun("pkg-gpu-alice", "alice")
 	if out := m.must("logrotate", "-d", "/etc/logrotate.conf"); strings.Contains(out, "duplicate") || !strings.Contains(out, "/var/log/ds01/events.jsonl") {
 		t.Errorf("logrotate -d:\n%s", out)
 	}
 	m.must("logrotate", "-f", "/etc/logrotate.d/ds01-detectord")
 	archive := "/var/log/ds01/events.jsonl-" + strings.TrimSpace(m.must("date", "+%Y%m%d"))
-	if b, err := os.ReadFile(filepath.Join(root, archive)); err != nil || !strings.Contains(string(b), `"container_id":"`+short+`"`) {
+	if b, err := os.ReadFile(filepath.Join(root, archive)); err != nil || !strings.Contains(string(b), `"container_id":"`+rotatedOut+`"`) {
 		t.Fatalf("after logrotate -f: %s: %v\n%s\n%s", archive, err, b, m.must("ls", "-l", "/var/log/ds01"))
 	}
-	if ls := m.must("stat", "-c", "%U:%G %a %s", "/var/log/ds01/events.jsonl"); ls != "root:docker 664 0\n" {
+	if ls := m.must("stat", "-c", "%U:%G %a", "/var/log/ds01/events.jsonl"); ls != "root:docker 664\n" {
 		t.Errorf("the live log after the rotation: %q", ls)
 	}
-	rotated, err := d.Create(ctx, dockertest.Spec{Name: "pkg-rotated", Labels: map[string]string{"ds01.user": "carol"}})
-	if err != nil {
-		t.Fatal(err)
+	if m.hasEvent("detection.container_exited", rotatedOut) {
+		t.Errorf("the live log still holds the rotated lines")
 	}
-	testutil.Eventually(t, 10*time.Second, "pkg-rotated discovered after the rotation", func() bool { return m.hasEvent("detection.container_discovered", rotated[:12]) })
-	if err := d.Client.ContainerRemove(ctx, rotated, container.RemoveOptions{Force: true}); err != nil {
-		t.Fatal(err)
+	afterRotation := gpuRun("pkg-gpu-carol", "carol")
+	if b, _ := os.ReadFile(m.eventsPath()); !strings.Contains(string(b), `"container_id":"`+afterRotation+`"`) {
+		t.Errorf("the daemon did not append to the new log:\n%s", b)
 	}
-	testutil.Eventually(t, 10*time.Second, "pkg-rotated's exit in the new log", func() bool { return m.hasEvent("detection.container_exited", rotated[:12]) })
 	var rep struct {
 		Rows []struct {
-			Key       string `json:"key"`
-			Workloads int    `json:"workloads"`
+			Key              string  `json:"key"`
+			Workloads        int     `json:"workloads"`
+			AllocatedSeconds float64 `json:"gpu_allocated_seconds"`
 		} `json:"rows"`
 	}
 	repOut := m.must("/usr/bin/ds01-workloads", "report", "--since", "1h", "--json")
 	if err := json.Unmarshal([]byte(repOut), &rep); err != nil {
 		t.Fatalf("report --json: %v\n%s", err, repOut)
 	}
-	counted := map[string]int{}
+	counted := map[string]float64{}
 	for _, r := range rep.Rows {
-		counted[r.Key] = r.Workloads
+		if r.Workloads == 1 {
+			counted[r.Key] = r.AllocatedSeconds
+		}
 	}
-	if counted["alice"] < 1 || counted["carol"] != 1 {
-		t.Errorf("report across the rotation: alice (in the archive) and carol (in the live log) each once, got %v\n%s", counted, repOut)
+	if counted["alice"] <= 0 || counted["carol"] <= 0 {
+		t.Errorf("report across the rotation: alice (in the archive) and carol (in the live log), once each with allocated GPU-seconds; got %v\n%s", counted, repOut)
 	}
+	t.Logf("report across the rotation: allocated GPU-seconds %v", counted)
 
 	// The admin's setting in the conffile, kept across the upgrade.
 	writeFile(t, filepath.Join(root, "etc/default/ds01-detectord"), "# site setting\nDS01_DETECTORD_OPTS=\"--interval 20s\"\n", 0o644)
@@ -392,7 +422,7 @@ func TestDebLifecycle(t *testing.T) {
 	pid0, inv0, starts0 := m.prop("MainPID"), m.prop("InvocationID"), m.startCount()
 	logBefore := m.eventLines()
 	detectedDuring := m.detectedAt(during[:12])
-	if detectedDuring == "" || len(logBefore) < 3 {
+	if detectedDuring == "" || len(logBefore) < 2 { // the live log since the rotation: carol's two lines
 		t.Fatalf("before the upgrade: detected_at %q, %d event lines", detectedDuring, len(logBefore))
 	}
 	// A site rule for the same file, as the upstream deploy writes it: the

@@ -279,18 +279,14 @@ func (c *checker) check(title, raw string) {
 	}
 }
 
-// The README's PromQL examples (its metrics section) parse and use the
-// endpoint's metrics and labels.
-func TestREADMEQueries(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
+// The PromQL examples of docs/METRICS.md parse and use the endpoint's
+// metrics and labels.
+func TestDocumentedQueries(t *testing.T) {
+	b, err := os.ReadFile("../../docs/METRICS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(b), "\n## Prometheus metrics\n")
-	if !ok {
-		t.Fatal("README has no Prometheus metrics section")
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
+	section := string(b)
 	ck := newChecker(t, exposedLabels(t))
 	n := 0
 	for _, block := range regexp.MustCompile("(?s)```promql\n(.*?)```").FindAllStringSubmatch(section, -1) {
@@ -298,7 +294,7 @@ func TestREADMEQueries(t *testing.T) {
 		var q []string
 		flush := func() {
 			if len(q) > 0 {
-				ck.check("README query", strings.Join(q, "\n"))
+				ck.check("docs/METRICS.md query", strings.Join(q, "\n"))
 				n++
 			}
 			q = nil
@@ -313,6 +309,6 @@ func TestREADMEQueries(t *testing.T) {
 		flush()
 	}
 	if n < 2 {
-		t.Errorf("%d PromQL examples in the README's metrics section", n)
+		t.Errorf("%d PromQL examples in docs/METRICS.md", n)
 	}
 }

@@ -4,7 +4,7 @@
 // a workload that is gone disappear with it.
 //
 // The metric and label names are stable: dashboards and alert rules depend
-// on them (README, docs/alerts.yml, docs/grafana). GPU series carry
+// on them (docs/METRICS.md, docs/alerts.yml, docs/grafana). GPU series carry
 // dcgm-exporter's labels, gpu (the index) and UUID, so they join DCGM_*
 // series as they are.
 package metrics

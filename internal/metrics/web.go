@@ -14,7 +14,7 @@ import (
 )
 
 // DefaultPort is the endpoint's port unless --web.listen-address says
-// otherwise (README, "Prometheus metrics", for why this one).
+// otherwise (docs/METRICS.md says why this one).
 const DefaultPort = "19400"
 
 // DefaultListenAddress is loopback only: the labels carry user and

@@ -1,5 +1,5 @@
 // Package policy reads the site's idle rule from its resource-limits.yaml,
-// as the site writes it (docs: README, "Idle"), and answers, for a
+// as the site writes it (docs/ARCHITECTURE.md, "Idle by the site's rule"), and answers, for a
 // workload's owner and origin, which thresholds and timeout apply:
 //
 //   - top-level policies, with groups.<g>.policies over them: the

@@ -25,7 +25,7 @@ import (
 )
 
 // Mode is the state file's permission: world-readable, as the Python scanner's
-// state README documents. GroupMode is used with a group.
+// state docs/ARCHITECTURE.md documents. GroupMode is used with a group.
 const (
 	Mode      = 0o644
 	GroupMode = 0o640

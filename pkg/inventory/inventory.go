@@ -135,7 +135,7 @@ type Container struct {
 	FullID     string `json:"full_id"`
 	UserSource string `json:"user_source"` // which signal decided User
 	// UserSignals are every owner signal found, in precedence order. Each
-	// is self-declared by whoever started the container (README).
+	// is self-declared by whoever started the container (docs/ARCHITECTURE.md).
 	UserSignals []UserSignal `json:"user_signals"`
 	// UserConflict: two signals name different users, or the container's
 	// processes run as a non-root UID that is not User.
@@ -201,7 +201,7 @@ type Container struct {
 	BlkioReadBytes      *int64 `json:"blkio_read_bytes"`
 	BlkioWriteBytes     *int64 `json:"blkio_write_bytes"`
 
-	// The idle verdict (README, "Idle"): every signal it has (GPU when it
+	// The idle verdict (docs/ARCHITECTURE.md, "Idle by the site's rule"): every signal it has (GPU when it
 	// holds one, CPU, network) under its threshold for
 	// idle_detection_window consecutive reconciliation scans past the grace
 	// period. IdleSince is when the verdict was given (null while not
@@ -276,7 +276,7 @@ const (
 
 // UserSource values: which signal named a container's user (the first that
 // matched, in this order). Every one of them is set by whoever starts the
-// container; see the README's section on ownership.
+// container; see docs/ARCHITECTURE.md on ownership.
 const (
 	UserSourceLabelUser    = "label:ds01.user"
 	UserSourceLabelMLC     = "label:aime.mlc.USER"

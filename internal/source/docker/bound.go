@@ -91,7 +91,21 @@ func boundBody(body io.ReadCloser, pass int64) io.ReadCloser {
 		body.Close()
 		pw.CloseWithError(err)
 	}()
-	return readCloser{pr, pr}
+	// Closing it closes Docker's body too: the goroutine, which may wait
+	// for the next event, ends with it.
+	return readCloser{pr, closers{pr, body}}
+}
+
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var err error
+	for _, c := range cs {
+		if e := c.Close(); err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 type readCloser struct {
