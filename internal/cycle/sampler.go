@@ -143,7 +143,7 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 	}
 	if s.boot.IsZero() {
 		if b, err := s.fs.BootTime(time.Now()); err == nil {
-			s.boot = b.Add(at.Sub(time.Now())) // on the sampler's clock
+			s.boot = b.Add(time.Until(at)) // on the sampler's clock
 		}
 	}
 	next := make(map[int]known, len(rep.Processes))

@@ -356,20 +356,10 @@ func logFiles(path string) ([]string, error) {
 	return out, nil
 }
 
-// readLog calls fn for each event line of a log or a .gz archive; lines
-// longer than MaxLineBytes and lines that are not events are skipped. A
-// file that is not a regular one (a FIFO, a directory, a symlink) is
-// skipped with a warning: anyone in the docker group can put one there.
-func readLog(path string, warn func(string), fn func(event.Envelope)) error {
-	return readLines(path, warn, func(_ int, line []byte) {
-		if e, err := event.Decode(line); err == nil {
-			fn(e)
-		}
-	})
-}
-
 // readLines calls fn with each line of a log or a .gz archive and its
-// number (from 1), as readLog reads them.
+// number (from 1); lines longer than MaxLineBytes are skipped. A file that
+// is not a regular one (a FIFO, a directory, a symlink) is skipped with a
+// warning: anyone in the docker group can put one there.
 func readLines(path string, warn func(string), fn func(int, []byte)) error {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		warn(fmt.Sprintf("%s is not a regular file (%s): skipped", path, fi.Mode().Type()))
