@@ -90,7 +90,22 @@ func withListen(args []string) []string {
 }
 
 // testSealKey is the sealing key every daemon of these tests shares.
-var testSealKey = filepath.Join(os.TempDir(), "ds01-detectord-tests", "seal.key")
+// testSealKey is the sealing key of the daemons the tests start: in a
+// directory of this test run's own (TestMain), never the host's default
+// /var/lib/ds01-detectord, so the tests run as any user.
+var testSealKey string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ds01-detectord-tests-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testSealKey = filepath.Join(dir, "seal.key")
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 // startDaemonEnv runs the binary with extra environment variables.
 func startDaemonEnv(t *testing.T, env []string, args ...string) *proc {
@@ -308,7 +323,7 @@ func TestBadMetricsAddressFailsAtStartup(t *testing.T) {
 		{"--web.config.file", filepath.Join(dir, "missing.yml"), "missing.yml"},
 	} {
 		args := []string{"--log-format", "console", "--docker-host", "unix://" + filepath.Join(dir, "none.sock"),
-			"--state-file", filepath.Join(dir, "s.json"), "--events-file", filepath.Join(dir, "e.jsonl"), c.flag, c.addr}
+			"--state-file", filepath.Join(dir, "s.json"), "--events-file", filepath.Join(dir, "e.jsonl"), "--seal-key", testSealKey, c.flag, c.addr}
 		if c.flag == "--web.config.file" {
 			args = append(args, "--web.listen-address", "127.0.0.1:0")
 		}

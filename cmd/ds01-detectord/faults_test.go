@@ -29,7 +29,7 @@ type files struct{ *testutil.Files }
 func newFiles(t *testing.T, dir string) *files { return &files{testutil.FilesIn(t, dir)} }
 
 func (f *files) args(extra ...string) []string {
-	return withListen(append([]string{"--state-file", f.StatePath, "--events-file", f.EventsPath}, extra...))
+	return withListen(append([]string{"--state-file", f.StatePath, "--events-file", f.EventsPath, "--seal-key", testSealKey}, extra...))
 }
 
 // eventLines reads a whole event log, failing on a partial or bad line.
