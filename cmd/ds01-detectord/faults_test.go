@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,7 +30,11 @@ type files struct{ *testutil.Files }
 func newFiles(t *testing.T, dir string) *files { return &files{testutil.FilesIn(t, dir)} }
 
 func (f *files) args(extra ...string) []string {
-	return withListen(append([]string{"--state-file", f.StatePath, "--events-file", f.EventsPath, "--seal-key", testSealKey}, extra...))
+	args := []string{"--state-file", f.StatePath, "--events-file", f.EventsPath}
+	if !slices.Contains(extra, "--seal-key") {
+		args = append(args, "--seal-key", testSealKey)
+	}
+	return withListen(append(args, extra...))
 }
 
 // eventLines reads a whole event log, failing on a partial or bad line.
