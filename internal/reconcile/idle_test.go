@@ -10,7 +10,6 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -44,7 +43,7 @@ type run struct {
 	t          *testing.T
 	st         inventory.State
 	rules      Rules
-	c          docker.Container
+	c          facts.Container
 	gpuHeld    bool
 	cpuTotal   float64
 	netTotal   int64

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -22,7 +21,7 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func id(n int) string { return strings.Repeat(strconv.Itoa(n%10), 64) }
 
-func ctr(n int, status string) docker.Container {
+func ctr(n int, status string) facts.Container {
 	c := facts.Container{ID: id(n), Name: "c" + strconv.Itoa(n), Image: "img", Status: status, Labels: map[string]string{"ds01.user": "alice"}}
 	if status == "running" {
 		c.Pid = 1000 + n
@@ -431,7 +430,7 @@ var hostileCases = []struct {
 
 func TestOwnerSignalsAndConflicts(t *testing.T) {
 	c := ctr(1, "running")
-	c.Mounts = []docker.Mount{{Type: "bind", Source: "/home/alice/proj"}}
+	c.Mounts = []facts.Mount{{Type: "bind", Source: "/home/alice/proj"}}
 	f := step{containers: []facts.Container{c}}.facts(t0)
 	res := Reconcile(inventory.Empty(), f, Rules{})
 	got := res.State.Containers[c1]
@@ -461,7 +460,7 @@ func pct(v int) *int { return &v }
 // workload whose utilisation is unknown gets neither event.
 func TestHeldVersusUsed(t *testing.T) {
 	c := ctr(1, "running")
-	c.DeviceRequests = []docker.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}
+	c.DeviceRequests = []facts.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}
 	c.Labels["ds01.user"] = "bob" // its processes run as bob: no conflict
 	unknownC := ctr(2, "running")
 	unknownC.Labels["ds01.user"] = "bob"
@@ -543,7 +542,7 @@ func TestHeldVersusUsed(t *testing.T) {
 // and idle state stay as they were.
 func TestDockerFailureAccountsNothing(t *testing.T) {
 	c := ctr(1, "running")
-	c.DeviceRequests = []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+	c.DeviceRequests = []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
 	f := step{containers: []facts.Container{c}, procs: []gpuProc{{pid: 50, ctr: 1, sm: pct(50)}}}.facts(t0)
 	f.GPUDevices = []facts.GPUDevice{{UUID: "GPU-0"}, {UUID: "GPU-1"}}
 	st := Reconcile(inventory.Empty(), f, Rules{}).State
