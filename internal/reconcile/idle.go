@@ -5,8 +5,6 @@ import (
 	"sort"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -145,7 +143,7 @@ func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, 
 		c.IdleScans = 0
 		if wasIdle { // restarted
 			c.IdleSince = nil
-			t, emit = idleTransition(event.Active, "container active again: ", c, old.IdleSince), true
+			t, emit = idleTransition(event.Active, c, old.IdleSince), true
 		}
 	case unknown:
 		// Nothing is known this scan: the verdict stays as it was.
@@ -154,13 +152,13 @@ func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, 
 		if !wasIdle && c.IdleScans >= a.Window {
 			c.IdleSince = inventory.TimePtr(now)
 			c.IdleDeadline = deadline(c.IdleSince, a.Timeout)
-			t, emit = idleTransition(event.Idle, "container idle: ", c, c.IdleSince), true
+			t, emit = idleTransition(event.Idle, c, c.IdleSince), true
 		}
 	default:
 		c.IdleScans = 0
 		if wasIdle {
 			c.IdleSince = nil
-			t, emit = idleTransition(event.Active, "container active again: ", c, old.IdleSince), true
+			t, emit = idleTransition(event.Active, c, old.IdleSince), true
 		}
 	}
 	// The deadline follows the policy in force (a reload changes it).
@@ -187,23 +185,11 @@ func toFloat(v *int64) *float64 {
 	return &f
 }
 
-func idleTransition(typ, msg string, c *inventory.Container, since *inventory.Time) Transition {
-	fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User),
-		zap.String("group", c.IdlePolicy.Group)}
-	if s := c.IdleSignals; s != nil {
-		fields = append(fields, zap.Float64p("cpu_percent", s.CPU.Value), zap.Float64p("net_bytes_per_interval", s.Network.Value))
-		if s.GPU != nil {
-			fields = append(fields, zap.Float64p("gpu_percent", s.GPU.Value))
-		}
-	}
-	if c.IdleDeadline != nil {
-		fields = append(fields, zap.Time("idle_deadline", c.IdleDeadline.Time))
-	}
+func idleTransition(typ string, c *inventory.Container, since *inventory.Time) Transition {
 	return Transition{
-		EventType: typ, User: c.User, Message: msg + c.ID + " " + c.Name,
+		EventType: typ, User: c.User,
 		Details: event.IdleDetails{ContainerID: c.ID, Name: c.Name, Origin: c.Origin, IdleSince: since,
 			IdleDeadline: c.IdleDeadline, Signals: c.IdleSignals, Policy: c.IdlePolicy},
-		Fields: fields,
 	}
 }
 

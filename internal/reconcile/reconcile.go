@@ -20,6 +20,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -251,8 +252,8 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 		}
 	}
 	for _, t := range ts {
-		if id := t.exitedContainer; id != "" {
-			out[id] = inventory.NewTime(now)
+		if d, ok := t.Details.(event.ContainerExitedDetails); ok {
+			out[d.ContainerID] = inventory.NewTime(now)
 		}
 	}
 	if len(out) == 0 {

@@ -2,10 +2,7 @@ package reconcile
 
 import (
 	"slices"
-	"strconv"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -79,11 +76,8 @@ func flushShort(m map[string]inventory.ShortProcesses, now time.Time, interval t
 		since := a.Since
 		ts = append(ts, Transition{
 			EventType: event.ShortProcesses, User: u,
-			Message: "short-lived host GPU processes: " + strconv.Itoa(a.Count),
 			Details: event.ShortProcessesDetails{Count: a.Count, Since: &since, Until: inventory.TimePtr(now), GPUUUIDs: uuids,
 				GPUSeconds: event.GPUSeconds{GPUAllocatedSeconds: a.GPUAllocatedSeconds, GPUHeldSeconds: a.GPUHeldSeconds, GPUBusySeconds: a.GPUBusySeconds}},
-			Fields: []zap.Field{UserField(u), zap.Int("count", a.Count), zap.Float64("gpu_held_seconds", a.GPUHeldSeconds),
-				zap.Float64("gpu_busy_seconds", a.GPUBusySeconds), zap.Strings("gpu_uuids", uuids)},
 		})
 	}
 	if len(out) == 0 {

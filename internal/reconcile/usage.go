@@ -2,10 +2,7 @@ package reconcile
 
 import (
 	"sort"
-	"strconv"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/textcut"
@@ -94,23 +91,20 @@ type gpuState struct {
 	IdleSince             *inventory.Time
 	Idle                  bool
 	Allocated, Held, Busy float64
-	// describe gives the journal's subject and fields; called only for a
-	// transition.
-	describe             func() (string, []zap.Field)
-	containerID          string
-	pid                  int
-	user                 string
-	heldDelta, busyDelta float64
-	allocatedDelta       float64
-	transitions          []Transition
-	usage                usage
-	threshold            int
-	idleAfter            time.Duration
-	dt                   float64
-	now                  time.Time
-	grant                int
-	running              bool
-	known                bool // the GPU source answered this cycle
+	containerID           string
+	pid                   int
+	user                  string
+	heldDelta, busyDelta  float64
+	allocatedDelta        float64
+	transitions           []Transition
+	usage                 usage
+	threshold             int
+	idleAfter             time.Duration
+	dt                    float64
+	now                   time.Time
+	grant                 int
+	running               bool
+	known                 bool // the GPU source answered this cycle
 	// credit is what the samples credit it this cycle; host processes
 	// (hostHeld) are allocated what they held.
 	credit   credit
@@ -147,14 +141,14 @@ func (g *gpuState) step() {
 		}
 		if !g.Idle && g.now.Sub(g.IdleSince.Time) >= g.idleAfter {
 			g.Idle = true
-			g.transitions = append(g.transitions, g.idleTransition(event.GPUIdle, "GPU held idle: "))
+			g.transitions = append(g.transitions, g.idleTransition(event.GPUIdle))
 		}
 	default:
 		idleSince := g.IdleSince
 		g.IdleSince = nil
 		if g.Idle {
 			g.Idle = false
-			t := g.idleTransition(event.GPUActive, "GPU active again: ")
+			t := g.idleTransition(event.GPUActive)
 			t.Details = withIdleSince(t.Details, idleSince)
 			g.transitions = append(g.transitions, t)
 		}
@@ -169,15 +163,13 @@ func withIdleSince(d any, since *inventory.Time) any {
 	return d
 }
 
-func (g *gpuState) idleTransition(typ, msg string) Transition {
-	subject, fields := g.describe()
+func (g *gpuState) idleTransition(typ string) Transition {
 	return Transition{
-		EventType: typ, User: g.user, Message: msg + subject,
+		EventType: typ, User: g.user,
 		Details: event.GPUIdleDetails{
 			ContainerID: g.containerID, Pid: g.pid, GPUUUIDs: g.usage.gpus(), IdleSince: g.IdleSince,
 			GPUMemoryMB: g.usage.mem, ThresholdPercent: g.threshold,
 		},
-		Fields: append(fields, zap.Strings("gpu_uuids", g.usage.gpus()), zap.Int("threshold_percent", g.threshold)),
 	}
 }
 
@@ -237,8 +229,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 			Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 			containerID: c.ID, user: c.User,
-			describe: describeContainer(c.ID, c.Name, c.User),
-			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+			usage: summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 			grant: c.GrantedGPUs(next.GPUs), running: c.Status == "running", known: f.GPUErr == nil, credit: cr,
 		}
 		g.step()
@@ -280,8 +271,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 				pid: p.Pid, user: p.User,
-				describe: describeProcess(p.Pid, p.User),
-				usage:    u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+				usage: u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 				grant: len(u.perGPU), running: true, known: true, credit: cr, hostHeld: true,
 			}
 			g.step()
@@ -300,18 +290,6 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 		}
 	}
 	return ts, deltas
-}
-
-func describeContainer(id, name, user string) func() (string, []zap.Field) {
-	return func() (string, []zap.Field) {
-		return "container " + id + " " + name, []zap.Field{zap.String("container_id", id), zap.String("name", name), UserField(user)}
-	}
-}
-
-func describeProcess(pid int, user string) func() (string, []zap.Field) {
-	return func() (string, []zap.Field) {
-		return "pid " + strconv.Itoa(pid), []zap.Field{zap.Int("pid", pid), UserField(user)}
-	}
 }
 
 // gpusFrom turns the GPU source's devices into the state's gpus map,
