@@ -2,24 +2,15 @@ package reconcile
 
 import (
 	"slices"
-	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Transition is one change to report, as data: the event log's line (its
-// type, its user and its details). The cycle package writes it to the
-// event log and gives it one journal line.
-type Transition struct {
-	EventType string
-	User      string // the envelope's user
-	Details   any    // one of pkg/event's *Details types
-	// At is when it happened, when that is known better than the scan's
-	// time (a container replayed from Docker's event history); zero: now.
-	At time.Time
-}
+// Transition is one change to report, as data (internal/reconcile/transition).
+type Transition = transition.Transition
 
 // Kinds of warnings.
 const (
@@ -102,21 +93,6 @@ func diffContainers(old, cur map[string]inventory.Container, candidates []string
 		})
 	}
 	return out
-}
-
-func hostDiscovered(p inventory.HostProcess) Transition {
-	return Transition{
-		EventType: event.HostProcessDiscovered, User: p.User,
-		Details: event.HostProcessDiscoveredDetails{Pid: p.Pid, Cmdline: p.Cmdline, GPUMemoryMB: p.GPUMemoryMB, GPUUUID: p.GPUUUID, StartTime: p.StartTime},
-	}
-}
-
-func hostExited(p inventory.HostProcess) Transition {
-	return Transition{
-		EventType: event.HostProcessExited, User: p.User,
-		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime, GPUSeconds: event.GPUSeconds{
-			GPUAllocatedSeconds: p.GPUAllocatedSeconds, GPUHeldSeconds: p.GPUHeldSeconds, GPUBusySeconds: p.GPUBusySeconds}, GPUUUIDs: []string{p.GPUUUID}},
-	}
 }
 
 // gpuWithoutAccess warns once when a container starts using a GPU its

@@ -1,10 +1,14 @@
-package reconcile
+package gputime
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -15,6 +19,23 @@ import (
 // holds memory on, the sum of their SM utilisation (capped at 100), or
 // unknown. From that come its utilisation, its idle state and its GPU-second
 // counters.
+
+// Rules are the site's settings GPU-time accounting follows. Zero values
+// take the defaults.
+type Rules struct {
+	// Attribution places the samples' processes.
+	Attribution attribution.Rules
+	// IdleThreshold (percent SM) and IdleAfter define a GPU held idle;
+	// MaxGap caps the time one cycle's counters account for.
+	IdleThreshold int
+	IdleAfter     time.Duration
+	MaxGap        time.Duration
+	// ConfirmAfter is how long a host GPU process must have been seen
+	// before it is confirmed; Interval the least time between two
+	// aggregate lines of one user's short processes.
+	ConfirmAfter time.Duration
+	Interval     time.Duration
+}
 
 // Defaults of the idle rules.
 const (
@@ -96,7 +117,7 @@ type gpuState struct {
 	user                  string
 	heldDelta, busyDelta  float64
 	allocatedDelta        float64
-	transitions           []Transition
+	transitions           []transition.Transition
 	usage                 usage
 	threshold             int
 	idleAfter             time.Duration
@@ -163,8 +184,8 @@ func withIdleSince(d any, since *inventory.Time) any {
 	return d
 }
 
-func (g *gpuState) idleTransition(typ string) Transition {
-	return Transition{
+func (g *gpuState) idleTransition(typ string) transition.Transition {
+	return transition.Transition{
 		EventType: typ, User: g.user,
 		Details: event.GPUIdleDetails{
 			ContainerID: g.containerID, Pid: g.pid, GPUUUIDs: g.usage.gpus(), IdleSince: g.IdleSince,
@@ -176,16 +197,16 @@ func (g *gpuState) idleTransition(typ string) Transition {
 // UserGPUSeconds are one user's GPU-seconds of one cycle.
 type UserGPUSeconds struct{ Held, Busy float64 }
 
-// accountGPUUse updates every workload's utilisation, idle state and
+// Account updates every workload's utilisation, idle state and
 // counters, and returns the transitions and the per-user deltas.
-func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f facts.Scan, hostUses map[string][]use, in integrated, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+func Account(prev inventory.State, next *inventory.State, active []string, f facts.Scan, hostProcs map[string][]facts.GPUProcess, in Integrated, rules Rules) ([]transition.Transition, map[string]UserGPUSeconds) {
 	dt := 0.0
 	if prev.LastScan != nil {
 		gap := f.Now.Sub(prev.LastScan.Time)
 		dt = min(max(gap, 0), rules.maxGap()).Seconds()
 	}
 
-	var ts []Transition
+	var ts []transition.Transition
 	deltas := map[string]UserGPUSeconds{}
 	add := func(g *gpuState) {
 		ts = append(ts, g.transitions...)
@@ -206,7 +227,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 	// the few that change state need an order (sorted below).
 	type keyed struct {
 		key string
-		ts  []Transition
+		ts  []transition.Transition
 	}
 	var changed []keyed
 	for _, k := range containers {
@@ -262,7 +283,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 					old = inventory.HostProcess{}
 				}
 			}
-			u := summarizeUse(hostUses[k])
+			u := summarizeUse(usesOf(hostProcs[k]))
 			var cr credit
 			if h := in.hosts[hostKey(p.Pid, p.StartTime)]; h != nil && !h.charged {
 				cr, h.charged = h.credit, true
@@ -292,9 +313,9 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 	return ts, deltas
 }
 
-// gpusFrom turns the GPU source's devices into the state's gpus map,
+// GPUsFrom turns the GPU source's devices into the state's gpus map,
 // carrying each GPU's unattributed seconds over and adding this cycle's.
-func gpusFrom(devs []facts.GPUDevice, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
+func GPUsFrom(devs []facts.GPUDevice, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{
@@ -333,6 +354,13 @@ const (
 	DefaultInterval     = 30 * time.Second
 )
 
+// WithDefaults is r with its zero values replaced by the defaults.
+func (r Rules) WithDefaults() Rules {
+	r.IdleThreshold, r.IdleAfter, r.MaxGap = r.threshold(), r.idleAfter(), r.maxGap()
+	r.ConfirmAfter, r.Interval = r.confirmAfter(), r.interval()
+	return r
+}
+
 func (r Rules) confirmAfter() time.Duration {
 	if r.ConfirmAfter <= 0 {
 		return DefaultConfirmAfter
@@ -364,3 +392,25 @@ func chargeOwner(shares []inventory.OwnerSeconds, user string, alloc, held, busy
 	out[i].GPUBusySeconds += busy
 	return out
 }
+
+// usesOf is what a host process's GPU processes use.
+func usesOf(ps []facts.GPUProcess) []use {
+	var out []use
+	for _, p := range ps {
+		out = append(out, use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
+	}
+	return out
+}
+
+func addMem(a, b *int64) *int64 {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	v := *a + *b
+	return &v
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
