@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
@@ -222,7 +221,7 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 func (s *Scanner) readActivityEarly() <-chan map[string]activity.Sample {
 	ch := make(chan map[string]activity.Sample, 1)
 	last := s.running
-	go func() { ch <- s.cfg.Activity.Read(last, time.Now) }()
+	go func() { ch <- s.cfg.Activity.Read(last, s.cfg.Now) }()
 	return ch
 }
 
@@ -252,7 +251,7 @@ func (s *Scanner) readActivity(early map[string]activity.Sample, f reconcile.Fac
 			rest = append(rest, ac)
 		}
 	}
-	for id, smp := range s.cfg.Activity.Add(rest, time.Now) {
+	for id, smp := range s.cfg.Activity.Add(rest, s.cfg.Now) {
 		out[id] = smp
 	}
 	s.running = running
@@ -272,7 +271,7 @@ func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
 			continue
 		}
 		if ticks, start, ok := activity.ProcessCPU(b); ok {
-			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: time.Now()}
+			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: s.cfg.Now()}
 		}
 	}
 	return out
