@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -211,12 +210,9 @@ func Benchmark1000Containers(b *testing.B) {
 	res.RawListMs = ms(rawList(b, filepath.Join(d.Dir, "docker.sock")))
 
 	dir := b.TempDir()
-	bin := filepath.Join(dir, "ds01-detectord")
-	_, self, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/ds01-detectord")
-	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
+	bin, err := buildDaemon()
+	if err != nil {
+		b.Fatal(err)
 	}
 	state := filepath.Join(dir, "state.json")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
