@@ -1,3 +1,5 @@
+//go:build integration
+
 package bench
 
 import (
@@ -12,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -38,22 +40,6 @@ type churnResult struct {
 	latencies   []time.Duration
 	wrongCounts []string // containers not reported exactly once
 }
-
-// buildDaemon builds the daemon binary once per run.
-var buildDaemon = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ds01bench")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "ds01-detectord")
-	_, self, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/ds01-detectord")
-	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
 
 // churn runs the churn against idle stopped containers on a private
 // dockerd, with the real daemon (default --interval, so the 20 s window
@@ -75,10 +61,7 @@ func churn(b *testing.B, idle int) churnResult {
 		}(i)
 	}
 	wg.Wait()
-	bin, err := buildDaemon()
-	if err != nil {
-		b.Fatal(err)
-	}
+	bin := testbin.Path(b, "cmd/ds01-detectord")
 	dir := b.TempDir()
 	state, events := filepath.Join(dir, "state.json"), filepath.Join(dir, "events.jsonl")
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
