@@ -18,11 +18,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/summary"
@@ -34,7 +34,7 @@ import (
 // it may report only what changed since the last call (the containers
 // Docker's events named) on top of what it knew.
 type Containers interface {
-	List(ctx context.Context, full bool) (docker.Snapshot, error)
+	List(ctx context.Context, full bool) (facts.Snapshot, error)
 }
 
 // GPUs is the GPU source as the cycle sees it.

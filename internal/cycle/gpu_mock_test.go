@@ -9,7 +9,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -26,7 +26,7 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	srv := gputest.H100()
 	ok := nvml.SUCCESS
 	dockerA := strings.Repeat("a", 64)
-	ctr := docker.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{"ds01.user": "alice"}}
+	ctr := facts.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{"ds01.user": "alice"}}
 	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(1002, 2048)}, nil) // container, GPU 0
 	gputest.SetProcs(srv, 1, []nvml.ProcessInfo{gputest.Proc(1020, 1024)}, nil) // host process, GPU 1
 	gputest.SetProcs(srv, 2, []nvml.ProcessInfo{gputest.Proc(1022, 512)}, nil)  // host process, GPU 2: NOT_SUPPORTED
@@ -37,7 +37,7 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	ts := uint64(1)
 	newScanner := func() *Scanner {
 		return New(Config{
-			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []docker.Container{ctr}},
+			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []facts.Container{ctr}},
 			GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
 			IdleThreshold: 5, IdleAfter: time.Minute, Now: func() time.Time { return now },
 		})

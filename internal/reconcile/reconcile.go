@@ -16,87 +16,12 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
-	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/textcut"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-// Facts is everything the sources reported for one cycle.
-type Facts struct {
-	// Now is the time of the cycle: the timestamp of every transition and
-	// of last_scan.
-	Now time.Time
-
-	// Docker is the container list; DockerErr is set when the Docker source
-	// failed, and the containers reported last cycle are then kept.
-	Docker    docker.Snapshot
-	DockerErr error
-	// InitUIDs maps a container's full ID to the real UID of its init
-	// process, for the running containers whose UID could be read.
-	InitUIDs map[string]uint32
-
-	// GPU is every process NVML listed; GPUErr is set when the GPU source
-	// failed (or there is none), and the GPU data of last cycle is kept.
-	GPU        []gpu.Process
-	GPUDevices []gpu.Device
-	GPUErr     error
-	// Procs holds the /proc facts of each PID in GPU.
-	Procs map[int]Proc
-	// ProcErr is set when /proc could not be read for a reason other than
-	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
-	// GPU attribution of the cycle then stands on nothing: the last known
-	// GPU use is kept, as while the GPU source fails, and no transition is
-	// derived from /proc.
-	ProcErr error
-	// Samples are the GPU sampler's listings since the last scan, oldest
-	// first: the first is the newest of the last scan's batch (accounted up
-	// to its time), the last is the one GPU and Procs describe. nil without
-	// a sampler: the scans' own lists are then the samples.
-	Samples []Sample
-	// Inits holds, by full container ID, the /proc facts of the init
-	// process of each container a GPU process's cgroup names.
-	Inits map[string]Init
-
-	// Activity holds, by full container ID, what the cgroups and network
-	// namespaces of the running containers read this scan; nil when they
-	// were not read (an event scan: the last reading stands).
-	Activity map[string]activity.Sample
-	// ProcCPU holds, by PID, the CPU time of each GPU process read this
-	// scan (reconciliation scans only; nil otherwise).
-	ProcCPU map[int]ProcCPU
-
-	// Users maps UIDs to user names (NSS), for the UIDs above and those
-	// container names carry (see classify.NameUID). A UID missing here is
-	// shown as its number.
-	Users map[uint32]string
-}
-
-// Proc is what /proc told about one GPU process. Each fact has its own
-// error: a process can exit between two reads.
-type Proc struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	Argv      []string
-	ArgvErr   error // why the command line could not be read
-	UID       uint32
-	UIDErr    error
-	StartTime uint64
-	StartErr  error
-	PidNS     string // "pid:[…]"; "" when it could not be read
-	// Started is when the process started (boot time + StartTime); zero
-	// when unknown.
-	Started time.Time
-}
-
-// Init is what /proc told about a container's init process.
-type Init struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	PidNS     string // "" when it could not be read
-}
 
 // Rules are the site's settings that change what is reported.
 type Rules struct {
@@ -149,7 +74,7 @@ type Result struct {
 
 // Reconcile computes the new state from the previous one and this cycle's
 // facts. prev is not modified.
-func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
+func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 	now := f.Now
 	next := inventory.Empty()
 	next.Sources = prev.Sources
@@ -262,7 +187,7 @@ func health(prev inventory.SourceHealth, err error, now time.Time) inventory.Sou
 // handled an event (it never moves back); before that the last one stands,
 // since the stream may still be replaying from it; with none at all (a
 // first run, --once) the list itself reflects everything before it began.
-func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
+func checkpoint(prev *inventory.Time, snap facts.Snapshot) *inventory.Time {
 	switch {
 	case !snap.Checkpoint.IsZero():
 		if prev == nil || snap.Checkpoint.After(prev.Time) {
@@ -277,7 +202,7 @@ func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
 // ephemeral reports the containers born and destroyed between two scans,
 // known only from the event stream: each gets its discovered and exited
 // transitions, unless it was already known or already reported (a replay).
-func ephemeral(prev, next inventory.State, f Facts) []Transition {
+func ephemeral(prev, next inventory.State, f facts.Scan) []Transition {
 	var out []Transition
 	eph, _ := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
 	for _, k := range sortedKeys(eph) {
@@ -295,7 +220,7 @@ func ephemeral(prev, next inventory.State, f Facts) []Transition {
 		// the daemon was down is replayed when it was, not at this scan.
 		var born, gone time.Time
 		for _, c := range f.Docker.Ephemeral {
-			if ShortID(c.ID) == k {
+			if workload.ShortID(c.ID) == k {
 				born, gone = c.Created, c.Gone
 			}
 		}
@@ -340,12 +265,12 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 // known keeps its detected_at. It also returns the keys of the containers
 // the GPU and usage steps must visit: all but the settled ones (see
 // settled), which it takes over as they were.
-func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
+func buildContainers(list []facts.Container, prev map[string]inventory.Container, f facts.Scan, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
 	var active []string
-	resolve := f.resolver()
+	resolve := resolver(f)
 	for _, c := range list {
-		key := ShortID(c.ID)
+		key := workload.ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
 			// A stopped container the events did not name (its facts have
 			// the same revision): its classification is the last cycle's.
@@ -374,12 +299,12 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 			signals = []inventory.UserSignal{}
 		}
 		for i := range signals {
-			signals[i].User = inventory.Cut(signals[i].User)
+			signals[i].User = textcut.Value(signals[i].User)
 		}
 		e := inventory.Container{
-			ID: key, Name: inventory.Cut(c.Name), Origin: classify.Origin(in.Labels, c.Name),
-			User: inventory.Cut(user), HasGPU: hasGPU, GPUDevices: cutList(classify.GPUDevices(in, hasGPU)),
-			Status: inventory.Cut(c.Status), Image: inventory.Cut(c.Image), DetectedAt: inventory.NewTime(now),
+			ID: key, Name: textcut.Value(c.Name), Origin: classify.Origin(in.Labels, c.Name),
+			User: textcut.Value(user), HasGPU: hasGPU, GPUDevices: cutList(classify.GPUDevices(in, hasGPU)),
+			Status: textcut.Value(c.Status), Image: textcut.Value(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
 			GPUProcesses: []inventory.GPUProcess{}, SourceRev: c.Rev,
@@ -431,16 +356,16 @@ const maxListLen = 64
 
 func cutList(l []string) []string {
 	if len(l) > maxListLen {
-		l = append(l[:maxListLen:maxListLen], inventory.CutMarker)
+		l = append(l[:maxListLen:maxListLen], textcut.Marker)
 	}
 	for i := range l {
-		l[i] = inventory.Cut(l[i])
+		l[i] = textcut.Value(l[i])
 	}
 	return l
 }
 
 // classifyInput turns Docker's facts into classification's input.
-func classifyInput(c docker.Container) classify.Input {
+func classifyInput(c facts.Container) classify.Input {
 	in := classify.Input{
 		Name: c.Name, Labels: c.Labels, Env: c.Env, Runtime: c.Runtime,
 		NvidiaRuntime: c.Runtime != "" && classify.IsNvidiaRuntime(c.Runtime, c.RuntimePath),
@@ -453,19 +378,11 @@ func classifyInput(c docker.Container) classify.Input {
 	return in
 }
 
-func (f Facts) resolver() classify.Resolver {
+func resolver(f facts.Scan) classify.Resolver {
 	return func(uid uint32) (string, bool) {
 		n, ok := f.Users[uid]
 		return n, ok
 	}
-}
-
-// ShortID is the 12-character form of a container ID, the state's key.
-func ShortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 func sortedKeys[V any](m map[string]V) []string {
