@@ -216,7 +216,7 @@ func Benchmark1000Containers(b *testing.B) {
 	res.RawListMs = ms(rawList(b, filepath.Join(d.Dir, "docker.sock")))
 
 	dir := b.TempDir()
-	bin := testbin.Path(b, "cmd/ds01-detectord")
+	bin := releaseDaemon(b)
 	state := filepath.Join(dir, "state.json")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

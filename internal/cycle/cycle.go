@@ -87,9 +87,10 @@ type Scanner struct {
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
-	sampler  *Sampler            // nil without a GPU source
-	inits    map[string]initProc // container ID → init process and UID
-	failing  map[string]string   // source → its last error, while failing
+	sampler  *Sampler             // nil without a GPU source
+	inits    map[string]initProc  // container ID → init process and UID
+	running  []activity.Container // running at the last reconciliation scan
+	failing  map[string]string    // source → its last error, while failing
 }
 
 // New loads the last state and, unless DryRun, takes over the two files:

@@ -29,6 +29,10 @@ type initProc struct {
 // entries of the GPU processes, and the names of every UID involved.
 func (s *Scanner) gather(ctx context.Context, full bool) facts.Scan {
 	var f facts.Scan
+	var early <-chan map[string]facts.Activity
+	if full && s.cfg.Activity != nil {
+		early = s.readActivityEarly()
+	}
 	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
 	if f.DockerErr == nil {
 		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
@@ -43,8 +47,8 @@ func (s *Scanner) gather(ctx context.Context, full bool) facts.Scan {
 		f.Inits = s.readInits(f)
 		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
 	}
-	if full && f.DockerErr == nil && s.cfg.Activity != nil {
-		f.Activity = s.readActivity(f.Docker.Containers)
+	if early != nil {
+		f.Activity = s.readActivity(<-early, f)
 	}
 	if full && f.GPUErr == nil {
 		f.ProcCPU = s.readProcCPU(f)
@@ -209,16 +213,48 @@ func (s *Scanner) userNames(ctx context.Context, f facts.Scan) map[uint32]string
 	return names
 }
 
-// readActivity reads the cgroup and network namespace of every running
-// container. Only reconciliation scans read it: the verdict counts them.
-func (s *Scanner) readActivity(list []facts.Container) map[string]facts.Activity {
-	running := make([]activity.Container, 0, len(list)/4)
-	for _, c := range list {
-		if c.Pid > 0 {
-			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork})
+// readActivityEarly starts reading the cgroups and network namespaces of
+// the containers the last reconciliation scan found running, beside the
+// Docker list: the reads cost the daemon kernel time while dockerd builds
+// the list. Only reconciliation scans read activity: the verdict counts them.
+func (s *Scanner) readActivityEarly() <-chan map[string]facts.Activity {
+	ch := make(chan map[string]facts.Activity, 1)
+	last := s.running
+	go func() { ch <- s.cfg.Activity.Read(last, s.cfg.Now) }()
+	return ch
+}
+
+// readActivity keeps the early samples of the containers that still run
+// with the same init process, and reads the rest (started since the last
+// reconciliation scan) now. With Docker failing nothing is known.
+func (s *Scanner) readActivity(early map[string]facts.Activity, f facts.Scan) map[string]facts.Activity {
+	if f.DockerErr != nil {
+		return nil
+	}
+	last := make(map[string]activity.Container, len(s.running))
+	for _, c := range s.running {
+		last[c.ID] = c
+	}
+	running := make([]activity.Container, 0, len(s.running)+8)
+	var rest []activity.Container
+	out := make(map[string]facts.Activity, len(s.running)+8)
+	for _, c := range f.Docker.Containers {
+		if c.Pid <= 0 {
+			continue
+		}
+		ac := activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork}
+		running = append(running, ac)
+		if smp, ok := early[c.ID]; ok && last[c.ID] == ac {
+			out[c.ID] = smp
+		} else {
+			rest = append(rest, ac)
 		}
 	}
-	return s.cfg.Activity.Read(running, s.cfg.Now)
+	for id, smp := range s.cfg.Activity.Add(rest, s.cfg.Now) {
+		out[id] = smp
+	}
+	s.running = running
+	return out
 }
 
 // readProcCPU reads the CPU time of every GPU process (host processes get

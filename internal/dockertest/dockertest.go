@@ -269,7 +269,7 @@ func (d *Daemon) Cleanup() {
 // BuildImages compiles the helper statically and imports it as Image and
 // ImageCUDAEnv.
 func (d *Daemon) BuildImages(ctx context.Context) error {
-	bin, err := testbin.Build("internal/dockertest/helper", "CGO_ENABLED=0")
+	bin, err := testbin.Build("internal/dockertest/helper", []string{"CGO_ENABLED=0"})
 	if err != nil {
 		return fmt.Errorf("build helper: %w", err)
 	}

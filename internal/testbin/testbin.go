@@ -30,11 +30,12 @@ type result struct {
 
 // Build returns the path of the program built from pkg, a package
 // directory relative to the module root ("cmd/ds01-detectord"), with env
-// added to the go command's environment ("CGO_ENABLED=0"). The first call
-// for a package and environment builds it; later calls in the same test
-// process return the same file.
-func Build(pkg string, env ...string) (string, error) {
-	key := pkg + "\x00" + strings.Join(env, "\x00")
+// added to the go command's environment ("CGO_ENABLED=0") and flags given
+// to go build ("-trimpath"). The first call for a package, environment and
+// flags builds it; later calls in the same test process return the same
+// file.
+func Build(pkg string, env []string, flags ...string) (string, error) {
+	key := pkg + "\x00" + strings.Join(env, "\x00") + "\x01" + strings.Join(flags, "\x00")
 	mu.Lock()
 	r := built[key]
 	if r == nil {
@@ -42,21 +43,22 @@ func Build(pkg string, env ...string) (string, error) {
 		built[key] = r
 	}
 	mu.Unlock()
-	r.once.Do(func() { r.path, r.err = build(pkg, env, r.n) })
+	r.once.Do(func() { r.path, r.err = build(pkg, env, flags, r.n) })
 	return r.path, r.err
 }
 
-// Path is Build for a test: it fails the test when the build fails.
-func Path(t testing.TB, pkg string, env ...string) string {
+// Path is Build for a test, with the go command's environment as it is: it
+// fails the test when the build fails.
+func Path(t testing.TB, pkg string, flags ...string) string {
 	t.Helper()
-	p, err := Build(pkg, env...)
+	p, err := Build(pkg, nil, flags...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func build(pkg string, env []string, n int) (string, error) {
+func build(pkg string, env, flags []string, n int) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -70,10 +72,11 @@ func build(pkg string, env []string, n int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// One subdirectory per build: two environments of one package do not
-	// share a file.
+	// One subdirectory per build: two builds of one package do not share a
+	// file.
 	out := filepath.Join(d, fmt.Sprint(n), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, "./"+filepath.ToSlash(pkg))
+	args := append(append([]string{"build"}, flags...), "-o", out, "./"+filepath.ToSlash(pkg))
+	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {

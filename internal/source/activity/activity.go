@@ -76,8 +76,21 @@ type Container struct {
 // Read samples each container, and forgets the cached directories of
 // containers not in the list.
 func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample {
-	out := make(map[string]Sample, len(list))
 	seen := make(map[string]dirs, len(list))
+	out := r.sampleAll(list, now, seen)
+	r.dirs = seen
+	return out
+}
+
+// Add samples each container and keeps every cached directory: for
+// containers found after a Read of the others.
+func (r *Reader) Add(list []Container, now func() time.Time) map[string]Sample {
+	return r.sampleAll(list, now, r.dirs)
+}
+
+// sampleAll samples each container, noting its directories in seen.
+func (r *Reader) sampleAll(list []Container, now func() time.Time, seen map[string]dirs) map[string]Sample {
+	out := make(map[string]Sample, len(list))
 	if r.hostNet == "" {
 		r.hostNet, _ = os.Readlink(filepath.Join(r.ProcRoot, "self", "ns", "net"))
 	}
@@ -95,7 +108,6 @@ func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample 
 		seen[c.ID] = d
 		out[c.ID] = r.sample(d, now())
 	}
-	r.dirs = seen
 	return out
 }
 
