@@ -1,3 +1,5 @@
+//go:build integration
+
 package bench
 
 import (
@@ -12,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -39,26 +41,14 @@ type churnResult struct {
 	wrongCounts []string // containers not reported exactly once
 }
 
-// buildDaemon builds the daemon binary once per run, built as make deb
-// builds the one the package ships (-trimpath -buildmode=pie -s -w):
-// memory is measured on that binary, since how much of a binary stays
-// resident depends on how it is linked (on 2026-11-29, at rest: PIE adds
-// about 2 MB of private pages and saves 2.5 MB of file pages against a
-// plain go build).
-var buildDaemon = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ds01bench")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "ds01-detectord")
-	_, self, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-trimpath", "-buildmode=pie", "-ldflags=-s -w", "-o", bin, "./cmd/ds01-detectord")
-	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
+// releaseDaemon is the daemon built as make deb builds the one the package
+// ships (-trimpath -buildmode=pie -s -w): memory is measured on that
+// binary, since how much of a binary stays resident depends on how it is
+// linked (on 2026-11-29, at rest: PIE adds about 2 MB of private pages and
+// saves 2.5 MB of file pages against a plain go build).
+func releaseDaemon(b *testing.B) string {
+	return testbin.Path(b, "cmd/ds01-detectord", "-trimpath", "-buildmode=pie", "-ldflags=-s -w")
+}
 
 // churn runs the churn against idle stopped containers on a private
 // dockerd, with the real daemon (default --interval, so the 20 s window
@@ -80,10 +70,7 @@ func churn(b *testing.B, idle int) churnResult {
 		}(i)
 	}
 	wg.Wait()
-	bin, err := buildDaemon()
-	if err != nil {
-		b.Fatal(err)
-	}
+	bin := releaseDaemon(b)
 	dir := b.TempDir()
 	state, events := filepath.Join(dir, "state.json"), filepath.Join(dir, "events.jsonl")
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
