@@ -53,7 +53,9 @@ type LineError struct {
 	Err error
 }
 
-func (e *LineError) Error() string { return fmt.Sprintf("%s line %d: %v", e.Pos.File, e.Pos.Line, e.Err) }
+func (e *LineError) Error() string {
+	return fmt.Sprintf("%s line %d: %v", e.Pos.File, e.Pos.Line, e.Err)
+}
 func (e *LineError) Unwrap() error { return e.Err }
 
 // Reader reads the event log: the one reader of the file, used by the
@@ -96,7 +98,7 @@ func (r Reader) Events(ctx context.Context) iter.Seq2[Envelope, error] {
 				return
 			}
 			if _, err := os.Lstat(r.Path); errors.Is(err, fs.ErrNotExist) && len(archives) == 0 && !r.Follow {
-				yield(Envelope{Pos: Position{File: r.Path}}, fmt.Errorf("no event log at %s (nor archives %s-YYYYMMDD[.gz] or %s.N[.gz]): %w", r.Path, r.Path, r.Path, fs.ErrNotExist))
+				yield(Envelope{Pos: Position{File: r.Path}}, noLogError{r.Path})
 				return
 			}
 			for _, path := range archives {
@@ -109,22 +111,42 @@ func (r Reader) Events(ctx context.Context) iter.Seq2[Envelope, error] {
 	}
 }
 
+// noLogError is the error for a log missing with all its archives.
+type noLogError struct{ path string }
+
+func (e noLogError) Error() string {
+	return fmt.Sprintf("no event log at %s (nor archives %s-YYYYMMDD[.gz] or %s.N[.gz])", e.path, e.path, e.path)
+}
+func (e noLogError) Is(target error) bool { return target == fs.ErrNotExist }
+
+// NotRegularError is the error for a log or an archive that is not a
+// regular file; it wraps ErrNotRegular.
+type NotRegularError struct {
+	Path string
+	Type fs.FileMode // what it is: fs.ModeNamedPipe, fs.ModeDir, fs.ModeSymlink, ...
+}
+
+func (e *NotRegularError) Error() string {
+	return fmt.Sprintf("%s is not a regular file (%s)", e.Path, e.Type)
+}
+func (e *NotRegularError) Unwrap() error { return ErrNotRegular }
+
 // openRegular opens path for reading without following a symlink or
 // blocking on a FIFO, and only when it is a regular file.
 func openRegular(path string) (*os.File, error) {
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s): %w", path, fi.Mode().Type(), ErrNotRegular)
+		return nil, &NotRegularError{path, fi.Mode().Type()}
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%s is not a regular file (a symlink): %w", path, ErrNotRegular)
+			return nil, &NotRegularError{path, fs.ModeSymlink}
 		}
 		return nil, err
 	}
 	fi, err := f.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%s is not a regular file (%s): %w", path, fi.Mode().Type(), ErrNotRegular)
+		err = &NotRegularError{path, fi.Mode().Type()}
 	}
 	if err != nil {
 		f.Close()
