@@ -18,11 +18,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/summary"
@@ -34,7 +34,7 @@ import (
 // it may report only what changed since the last call (the containers
 // Docker's events named) on top of what it knew.
 type Containers interface {
-	List(ctx context.Context, full bool) (docker.Snapshot, error)
+	List(ctx context.Context, full bool) (facts.Snapshot, error)
 }
 
 // GPUs is the GPU source as the cycle sees it.
@@ -87,9 +87,10 @@ type Scanner struct {
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
-	sampler  *Sampler            // nil without a GPU source
-	inits    map[string]initProc // container ID → init process and UID
-	failing  map[string]string   // source → its last error, while failing
+	sampler  *Sampler             // nil without a GPU source
+	inits    map[string]initProc  // container ID → init process and UID
+	running  []activity.Container // running at the last reconciliation scan
+	failing  map[string]string    // source → its last error, while failing
 }
 
 // New loads the last state and, unless DryRun, takes over the two files:
@@ -144,13 +145,14 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.noteHealth("gpu", facts.GPUErr)
 	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
-		s.cfg.Log.Warn(w.Message, w.Fields...)
+		msg, fields := warningLine(w)
+		s.cfg.Log.Warn(msg, fields...)
 	}
 	s.reported = res.State
 
 	sum := summarize(res)
 	if !s.cfg.DryRun {
-		out := s.sink.Deliver(res.State, s.encode(res.Transitions, facts.Now))
+		out := s.sink.Deliver(res.State, s.encode(res.Transitions, res.State, facts.Now))
 		sum.PendingEvents, sum.DroppedEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.Dropped, out.StateErr, out.AppendErr
 	}
 	sum.Duration = time.Since(start)
@@ -159,7 +161,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 
 // encode turns transitions into event lines, logging each one: the
 // journal gets one line per transition.
-func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
+func (s *Scanner) encode(ts []reconcile.Transition, st inventory.State, now time.Time) [][]byte {
 	lines := make([][]byte, 0, len(ts))
 	for _, t := range ts {
 		at := now
@@ -176,7 +178,8 @@ func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
 		if res.Truncated {
 			s.cfg.Log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
 		}
-		s.cfg.Log.Info(t.Message, append(t.Fields, zap.String("event_type", t.EventType))...)
+		msg, fields := transitionLine(t, st)
+		s.cfg.Log.Info(msg, append(fields, zap.String("event_type", t.EventType))...)
 		lines = append(lines, line)
 	}
 	return lines

@@ -1,3 +1,5 @@
+//go:build integration
+
 package daemon
 
 import (
@@ -14,9 +16,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // These tests run the real daemon, wired by New as main wires it (the
 // loop, the scanner and Docker's event stream), against a private dockerd.

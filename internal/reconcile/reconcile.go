@@ -4,10 +4,14 @@
 // last cycle and the time, and returns the new state and the transitions
 // between the two.
 //
-// Everything here is a pure function: no I/O, no clock, no goroutines. The
-// cycle package gathers the facts before and delivers the result after.
-// Classification, attribution of GPU processes, the two-cycle rule for host
-// processes, ephemeral containers and the replay checkpoint all live here.
+// Everything here is a pure function: no I/O, no clock, no goroutines, no
+// logger: the transitions and warnings are data. The cycle package gathers
+// the facts (internal/facts) before and delivers the result and writes the
+// journal lines after. This package builds the containers (classification,
+// owners, ephemeral containers, the replay checkpoint) and runs the steps
+// in order; its subpackages do one job each: attribution (where each GPU
+// process belongs), gputime (GPU-seconds, host process confirmation, short
+// processes) and idle (the activity idle verdict).
 package reconcile
 
 import (
@@ -16,89 +20,16 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
-	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
+	"github.com/ds01/ds01-detectord/internal/reconcile/gputime"
+	"github.com/ds01/ds01-detectord/internal/reconcile/idle"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-// Facts is everything the sources reported for one cycle.
-type Facts struct {
-	// Now is the time of the cycle: the timestamp of every transition and
-	// of last_scan.
-	Now time.Time
-
-	// Docker is the container list; DockerErr is set when the Docker source
-	// failed, and the containers reported last cycle are then kept.
-	Docker    docker.Snapshot
-	DockerErr error
-	// InitUIDs maps a container's full ID to the real UID of its init
-	// process, for the running containers whose UID could be read.
-	InitUIDs map[string]uint32
-
-	// GPU is every process NVML listed; GPUErr is set when the GPU source
-	// failed (or there is none), and the GPU data of last cycle is kept.
-	GPU        []gpu.Process
-	GPUDevices []gpu.Device
-	GPUErr     error
-	// Procs holds the /proc facts of each PID in GPU.
-	Procs map[int]Proc
-	// ProcErr is set when /proc could not be read for a reason other than
-	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
-	// GPU attribution of the cycle then stands on nothing: the last known
-	// GPU use is kept, as while the GPU source fails, and no transition is
-	// derived from /proc.
-	ProcErr error
-	// Samples are the GPU sampler's listings since the last scan, oldest
-	// first: the first is the newest of the last scan's batch (accounted up
-	// to its time), the last is the one GPU and Procs describe. nil without
-	// a sampler: the scans' own lists are then the samples.
-	Samples []Sample
-	// Inits holds, by full container ID, the /proc facts of the init
-	// process of each container a GPU process's cgroup names.
-	Inits map[string]Init
-
-	// Activity holds, by full container ID, what the cgroups and network
-	// namespaces of the running containers read this scan; nil when they
-	// were not read (an event scan: the last reading stands).
-	Activity map[string]activity.Sample
-	// ProcCPU holds, by PID, the CPU time of each GPU process read this
-	// scan (reconciliation scans only; nil otherwise).
-	ProcCPU map[int]ProcCPU
-
-	// Users maps UIDs to user names (NSS), for the UIDs above and those
-	// container names carry (see classify.NameUID). A UID missing here is
-	// shown as its number.
-	Users map[uint32]string
-}
-
-// Proc is what /proc told about one GPU process. Each fact has its own
-// error: a process can exit between two reads.
-type Proc struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	Argv      []string
-	ArgvErr   error // why the command line could not be read
-	UID       uint32
-	UIDErr    error
-	StartTime uint64
-	StartErr  error
-	PidNS     string // "pid:[…]"; "" when it could not be read
-	// Started is when the process started (boot time + StartTime); zero
-	// when unknown.
-	Started time.Time
-}
-
-// Init is what /proc told about a container's init process.
-type Init struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	PidNS     string // "" when it could not be read
-}
 
 // Rules are the site's settings that change what is reported.
 type Rules struct {
@@ -132,6 +63,28 @@ func (r Rules) policy() *policy.Policy {
 
 var flagsPolicy = policy.FromFlags(policy.Defaults)
 
+// attributionRules are the rules attribution follows.
+func (r Rules) attributionRules() attribution.Rules {
+	return attribution.Rules{Excluded: r.Excluded, KeepSecrets: r.KeepSecrets}
+}
+
+// gpuRules are the rules GPU-time accounting follows, defaults filled in.
+func (r Rules) gpuRules() gputime.Rules {
+	return gputime.Rules{Attribution: r.attributionRules(), IdleThreshold: r.IdleThreshold, IdleAfter: r.IdleAfter, MaxGap: r.MaxGap,
+		ConfirmAfter: r.ConfirmAfter, Interval: r.Interval}.WithDefaults()
+}
+
+// DefaultExcluded are the system GPU processes left out by name
+// (attribution.DefaultExcluded).
+var DefaultExcluded = attribution.DefaultExcluded
+
+// DefaultConfirmAfter is how long a host GPU process is seen before it is
+// confirmed, unless Rules say otherwise.
+const DefaultConfirmAfter = gputime.DefaultConfirmAfter
+
+// UserGPUSeconds are one user's GPU-seconds of one cycle.
+type UserGPUSeconds = gputime.UserGPUSeconds
+
 // Result is the outcome of one reconcile.
 type Result struct {
 	State       inventory.State
@@ -151,8 +104,9 @@ type Result struct {
 
 // Reconcile computes the new state from the previous one and this cycle's
 // facts. prev is not modified.
-func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
+func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 	now := f.Now
+	gr := rules.gpuRules()
 	next := inventory.Empty()
 	next.Sources = prev.Sources
 	next.DockerEventsSince = prev.DockerEventsSince
@@ -196,7 +150,7 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		next.OtherGPUProcesses = prev.OtherGPUProcesses
 		next.GPUs = prev.GPUs
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, nil, integrated{}, rules)
+		ts, res.UserGPUSeconds = gputime.Account(prev, &next, active, f, nil, gputime.Integrated{}, gr)
 		res.Transitions = append(res.Transitions, ts...)
 	} else {
 		for _, k := range active {
@@ -205,29 +159,29 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 			next.Containers[k] = c
 		}
 		var seen map[string]inventory.HostProcess
-		var hostUses map[string][]use
+		var hostProcs map[string][]facts.GPUProcess
 		var withGPU []string
-		seen, hostUses, next.OtherGPUProcesses, withGPU, res.Excluded = attribute(f, next.Containers, rules)
-		processOwners(f, next.Containers, withGPU)
+		seen, hostProcs, next.OtherGPUProcesses, withGPU, res.Excluded = attribution.Attribute(f, next.Containers, gr.Attribution)
+		attribution.ProcessOwners(f, next.Containers, withGPU)
 		// Entries the Python scanner wrote (no start time) join the
 		// running processes they describe: a switch-over emits nothing.
 		prev.HostProcesses, prev.PendingProcesses = adoptLegacy(prev.HostProcesses, prev.PendingProcesses, seen, f, rules.KeepSecrets)
 		samples, legacy := f.Samples, f.Samples == nil
 		if legacy {
-			samples = legacySamples(prev, f)
+			samples = gputime.LegacySamples(prev, f)
 		}
-		in := integrate(samples, legacy, f, next.Containers, rules)
+		in := gputime.Integrate(samples, legacy, f, next.Containers, gr)
 		var hostEvents []Transition
 		var short []inventory.HostProcess
-		next.HostProcesses, next.PendingProcesses, hostEvents, short = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now, in, rules.confirmAfter())
+		next.HostProcesses, next.PendingProcesses, hostEvents, short = gputime.ConfirmHosts(seen, prev.HostProcesses, prev.PendingProcesses, now, in, gr.ConfirmAfter)
 		res.Transitions = append(res.Transitions, hostEvents...)
-		unattributed, owned := accountingOnly(samples, f, rules)
+		unattributed, owned := gputime.AccountingOnly(samples, f, gr)
 		short = append(short, owned...)
-		next.ShortProcesses = addShort(next.ShortProcesses, short, now)
-		next.GPUs = gpusFrom(f.GPUDevices, prev.GPUs, unattributed)
+		next.ShortProcesses = gputime.AddShort(next.ShortProcesses, short, now)
+		next.GPUs = gputime.GPUsFrom(f.GPUDevices, prev.GPUs, unattributed)
 		res.AccountingOnly = owned
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, in, rules)
+		ts, res.UserGPUSeconds = gputime.Account(prev, &next, active, f, hostProcs, in, gr)
 		for _, p := range owned {
 			d := res.UserGPUSeconds[p.User]
 			d.Held += p.GPUHeldSeconds
@@ -237,16 +191,16 @@ func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
-	res.Transitions = append(res.Transitions, idleStep(prev, &next, active, f, rules)...)
+	res.Transitions = append(res.Transitions, idle.Step(prev, &next, active, f, rules.policy())...)
 	if f.GPUErr == nil {
-		hostCPU(prev, &next, f)
+		idle.HostCPU(prev, &next, f)
 	}
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
 	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers, active)...)
 	var flushed []Transition
-	next.ShortProcesses, flushed = flushShort(next.ShortProcesses, now, rules.interval())
+	next.ShortProcesses, flushed = gputime.FlushShort(next.ShortProcesses, now, gr.Interval)
 	res.Transitions = append(res.Transitions, flushed...)
 	res.State = next
 	return res
@@ -264,7 +218,7 @@ func health(prev inventory.SourceHealth, err error, now time.Time) inventory.Sou
 // handled an event (it never moves back); before that the last one stands,
 // since the stream may still be replaying from it; with none at all (a
 // first run, --once) the list itself reflects everything before it began.
-func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
+func checkpoint(prev *inventory.Time, snap facts.Snapshot) *inventory.Time {
 	switch {
 	case !snap.Checkpoint.IsZero():
 		if prev == nil || snap.Checkpoint.After(prev.Time) {
@@ -279,7 +233,7 @@ func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
 // ephemeral reports the containers born and destroyed between two scans,
 // known only from the event stream: each gets its discovered and exited
 // transitions, unless it was already known or already reported (a replay).
-func ephemeral(prev, next inventory.State, f Facts) []Transition {
+func ephemeral(prev, next inventory.State, f facts.Scan) []Transition {
 	var out []Transition
 	eph, _ := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
 	for _, k := range sortedKeys(eph) {
@@ -328,8 +282,8 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 		}
 	}
 	for _, t := range ts {
-		if id := t.exitedContainer; id != "" {
-			out[id] = inventory.NewTime(now)
+		if d, ok := t.Details.(event.ContainerExitedDetails); ok {
+			out[d.ContainerID] = inventory.NewTime(now)
 		}
 	}
 	if len(out) == 0 {
@@ -342,10 +296,10 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 // known keeps its detected_at. It also returns the keys of the containers
 // the GPU and usage steps must visit: all but the settled ones (see
 // settled), which it takes over as they were.
-func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
+func buildContainers(list []facts.Container, prev map[string]inventory.Container, f facts.Scan, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
 	var active []string
-	resolve := f.resolver()
+	resolve := resolver(f)
 	for _, c := range list {
 		key := workload.ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
@@ -442,7 +396,7 @@ func cutList(l []string) []string {
 }
 
 // classifyInput turns Docker's facts into classification's input.
-func classifyInput(c docker.Container) classify.Input {
+func classifyInput(c facts.Container) classify.Input {
 	in := classify.Input{
 		Name: c.Name, Labels: c.Labels, Env: c.Env, Runtime: c.Runtime,
 		NvidiaRuntime: c.Runtime != "" && classify.IsNvidiaRuntime(c.Runtime, c.RuntimePath),
@@ -455,7 +409,7 @@ func classifyInput(c docker.Container) classify.Input {
 	return in
 }
 
-func (f Facts) resolver() classify.Resolver {
+func resolver(f facts.Scan) classify.Resolver {
 	return func(uid uint32) (string, bool) {
 		n, ok := f.Users[uid]
 		return n, ok

@@ -1,18 +1,23 @@
-package reconcile
+// Package gputime accounts GPU time: it integrates the GPU sampler's
+// samples into the seconds each workload held and kept busy a GPU, keeps
+// the GPU counters and the held-idle verdict, confirms host processes
+// and sums up the short ones by user.
+package gputime
 
 import (
 	"slices"
 	"strconv"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // GPU time from samples. The GPU sampler (internal/cycle) lists every
 // GPU's processes on its own clock (--gpu-interval), much faster than the
 // scans; a scan hands reconcile the samples taken since the last one. Held
-// and busy seconds are integrated over those samples:
+// and busy seconds are Integrated over those samples:
 //
 //   - the interval between two consecutive samples is credited to a
 //     process seen in both (its busy share by the later sample's SM
@@ -26,23 +31,6 @@ import (
 //
 // Per workload and GPU, the longest credited span of its processes on that
 // GPU counts once: two processes of a container on one GPU hold one GPU.
-
-// Sample is one listing of every GPU's processes.
-type Sample struct {
-	At    time.Time
-	Procs []gpu.Process
-	// Facts are the /proc facts of each process in Procs (same index),
-	// read when the sampler first saw its PID: nil when none could be read.
-	Facts []*Proc
-	// Gap: the sampler failed before this sample; the interval ending
-	// here is credited to nobody.
-	Gap bool
-	// Unattributed are the processes accounting mode showed that no
-	// sample listed; UnattributedFacts their /proc facts when /proc still
-	// had the same process (same index), else nil.
-	Unattributed      []gpu.Unattributed
-	UnattributedFacts []*Proc
-}
 
 // credit is a workload's GPU-seconds from the samples.
 type credit struct{ held, busy float64 }
@@ -64,23 +52,23 @@ func hostKey(pid int, start uint64) string {
 	return strconv.Itoa(pid) + "@" + strconv.FormatUint(start, 10)
 }
 
-// integrated is what the samples gave: credits by container key and by host
+// Integrated is what the samples gave: credits by container key and by host
 // process (hostKey), and the host processes seen.
-type integrated struct {
+type Integrated struct {
 	containers map[string]credit
 	hosts      map[string]*sighting
 	// last is the time of the newest sample; zero without samples.
 	last time.Time
 }
 
-// integrate credits the samples' intervals to the workloads listed in them.
+// Integrate credits the samples' intervals to the workloads listed in them.
 // containers are this cycle's (attribution as of now: a process is
 // credited to the container it runs in).
 //
-// With legacy set, samples are legacySamples: the first stands for the
+// With legacy set, samples are LegacySamples: the first stands for the
 // last scan and gives credit, not sightings.
-func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inventory.Container, rules Rules) integrated {
-	out := integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
+func Integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) Integrated {
+	out := Integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
 	if len(samples) == 0 {
 		return out
 	}
@@ -108,19 +96,19 @@ func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inv
 			}
 		}
 		for i, p := range s.Procs {
-			var pf Proc
+			var pf facts.Proc
 			ok := i < len(s.Facts) && s.Facts[i] != nil
 			if ok {
 				pf = *s.Facts[i]
 			}
 			id := proc{p.Pid, pf.StartTime, p.GPUUUID}
 			seen[id] = true
-			pl := place(p, pf, ok, f, containers, rules)
+			pl := attribution.Place(p, pf, ok, f, containers, rules.Attribution)
 			key := ""
 			switch {
-			case pl.container != "":
-				key = "c:" + pl.container
-			case pl.host != nil:
+			case pl.Container != "":
+				key = "c:" + pl.Container
+			case pl.Host != nil:
 				hk := hostKey(p.Pid, pf.StartTime)
 				key = "h:" + hk
 				if legacy && j == 0 {
@@ -128,7 +116,7 @@ func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inv
 				}
 				h := out.hosts[hk]
 				if h == nil {
-					h = &sighting{hp: *pl.host, first: s.At}
+					h = &sighting{hp: *pl.Host, first: s.At}
 					out.hosts[hk] = h
 				}
 				h.last = s.At
@@ -185,45 +173,45 @@ func cutPrefix(s, p string) (string, bool) {
 	return s, false
 }
 
-// legacySamples stands in for a sampler when the facts carry none (a
+// LegacySamples stands in for a sampler when the facts carry none (a
 // caller that lists GPUs only at scans): the scan's list, taken as seen at
 // the last scan too. Every process listed is then credited the interval
 // since the last scan, as before the sampler existed.
-func legacySamples(prev inventory.State, f Facts) []Sample {
+func LegacySamples(prev inventory.State, f facts.Scan) []facts.Sample {
 	if f.GPUErr != nil {
 		return nil
 	}
-	facts := make([]*Proc, len(f.GPU))
+	pfs := make([]*facts.Proc, len(f.GPU))
 	for i, p := range f.GPU {
 		if pf, ok := f.Procs[p.Pid]; ok {
 			pf.Started = time.Time{}
-			facts[i] = &pf
+			pfs[i] = &pf
 		}
 	}
-	cur := Sample{At: f.Now, Procs: f.GPU, Facts: facts}
+	cur := facts.Sample{At: f.Now, Procs: f.GPU, Facts: pfs}
 	if prev.LastScan == nil {
-		return []Sample{cur}
+		return []facts.Sample{cur}
 	}
-	return []Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: facts}, cur}
+	return []facts.Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: pfs}, cur}
 }
 
-// accountingOnly splits the processes only accounting mode saw: the active
+// AccountingOnly splits the processes only accounting mode saw: the active
 // seconds of those /proc no longer has go to their GPU's
 // unattributed_seconds (by UUID); those it still has are their owners',
 // returned as ended short processes.
-func accountingOnly(samples []Sample, f Facts, rules Rules) (map[string]float64, []inventory.HostProcess) {
+func AccountingOnly(samples []facts.Sample, f facts.Scan, rules Rules) (map[string]float64, []inventory.HostProcess) {
 	var byGPU map[string]float64
 	var owned []inventory.HostProcess
 	for _, s := range samples {
 		for i, u := range s.Unattributed {
-			var pf *Proc
+			var pf *facts.Proc
 			if i < len(s.UnattributedFacts) {
 				pf = s.UnattributedFacts[i]
 			}
 			if pf != nil {
-				pl := place(gpu.Process{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules)
-				if pl.host != nil {
-					p := *pl.host
+				pl := attribution.Place(facts.GPUProcess{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules.Attribution)
+				if pl.Host != nil {
+					p := *pl.Host
 					p.FirstSeen = inventory.TimePtr(s.At)
 					p.GPUAllocatedSeconds, p.GPUHeldSeconds = u.ActiveSeconds, u.ActiveSeconds
 					owned = append(owned, p)
