@@ -17,13 +17,13 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/userdb"
-	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -349,7 +349,7 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 	if !discovered {
 		t.Error("no host_gpu_process_discovered")
 	}
-	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: files.EventsPath, State: files.State()})
+	doc, err := report.Build(report.Input{EventsFile: files.EventsPath, State: files.State()})
 	if err != nil || len(doc.Rows) != 1 || doc.Rows[0].Key != testUser || doc.Rows[0].HeldSeconds != 30 {
 		t.Errorf("report: %+v %v", doc.Rows, err)
 	}
@@ -426,7 +426,7 @@ func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
 	if changed != 1 {
 		t.Errorf("%d owner_changed lines, want 1", changed)
 	}
-	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: r.EventsPath, State: r.State()})
+	doc, err := report.Build(report.Input{EventsFile: r.EventsPath, State: r.State()})
 	if err != nil {
 		t.Fatal(err)
 	}
