@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/cycle"
-	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
@@ -211,7 +210,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if len(d.cfg.WebListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: logging.WebLogger(d.log)})
+		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections}, d.log)
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
 				strings.Join(d.cfg.WebListenAddresses, ", "), err)
