@@ -23,6 +23,15 @@ type listed docker.Snapshot
 
 func (l listed) List(context.Context, bool) (docker.Snapshot, error) { return docker.Snapshot(l), nil }
 
+// ptrs is a list as the Docker source's snapshots hold it.
+func ptrs(list []docker.Container) []*docker.Container {
+	out := make([]*docker.Container, len(list))
+	for i := range list {
+		out[i] = &list[i]
+	}
+	return out
+}
+
 type gpuList []gpu.Process
 
 func (g gpuList) Scan(context.Context) (gpu.Report, error) { return gpu.Report{Processes: g}, nil }
@@ -40,7 +49,7 @@ func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, proc
 	files := testutil.NewFiles(t)
 	return New(Config{
 		StatePath: files.StatePath, EventsPath: files.EventsPath,
-		Docker: listed{Containers: containers}, GPU: procs,
+		Docker: listed{Containers: ptrs(containers)}, GPU: procs,
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
 		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
 	}), files

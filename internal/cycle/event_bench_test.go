@@ -17,17 +17,18 @@ import (
 // inventory of idle containers plus one that changes every call, the way
 // the Docker source reports an event-triggered scan (no list call).
 type churning struct {
-	idle []docker.Container
+	idle []*docker.Container
 	n    int
 }
 
 func (c *churning) List(context.Context, bool) (docker.Snapshot, error) {
 	c.n++
-	out := make([]docker.Container, len(c.idle), len(c.idle)+1)
+	out := make([]*docker.Container, len(c.idle), len(c.idle)+1)
 	copy(out, c.idle)
-	out = append(out, docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
-		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}, Rev: uint64(1<<32 + c.n)})
-	return docker.Snapshot{Containers: out, Incremental: true, Checkpoint: time.Now()}, nil
+	churn := &docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
+		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}}
+	out = append(out, churn)
+	return docker.Snapshot{Containers: out, Incremental: true, Changed: map[string]bool{churn.ID: true}, Checkpoint: time.Now()}, nil
 }
 
 // BenchmarkEventCycle is the daemon's side of one event-triggered scan
@@ -38,8 +39,8 @@ func BenchmarkEventCycle(b *testing.B) {
 		b.Run(strconv.Itoa(idle), func(b *testing.B) {
 			src := &churning{}
 			for i := 0; i < idle; i++ {
-				src.idle = append(src.idle, docker.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
-					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}, Rev: uint64(i + 1)})
+				src.idle = append(src.idle, &docker.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
+					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
 			}
 			files := testutil.NewFiles(b)
 			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src, DryRun: os.Getenv("DRY") != ""})

@@ -85,7 +85,7 @@ func procErr(f reconcile.Facts) error {
 // once per container and PID, and forgets the containers no longer listed.
 // A read that fails for a reason other than the process being gone keeps
 // what was known and is returned as the /proc source's error.
-func (s *Scanner) initUIDs(list []docker.Container) (map[string]uint32, error) {
+func (s *Scanner) initUIDs(list []*docker.Container) (map[string]uint32, error) {
 	var failed error
 	out := map[string]uint32{} // running containers only: not sized by the list
 	seen := make(map[string]initProc, len(s.inits))
@@ -201,11 +201,14 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 			}
 		}
 	}
-	for _, list := range [][]docker.Container{f.Docker.Containers, f.Docker.Ephemeral} {
-		for _, c := range list {
-			if uid, ok := classify.NameUID(c.Name); ok {
-				lookup(uid)
-			}
+	for _, c := range f.Docker.Containers {
+		if uid, ok := classify.NameUID(c.Name); ok {
+			lookup(uid)
+		}
+	}
+	for _, c := range f.Docker.Ephemeral {
+		if uid, ok := classify.NameUID(c.Name); ok {
+			lookup(uid)
 		}
 	}
 	return names
@@ -213,7 +216,7 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 
 // readActivity reads the cgroup and network namespace of every running
 // container. Only reconciliation scans read it: the verdict counts them.
-func (s *Scanner) readActivity(list []docker.Container) map[string]activity.Sample {
+func (s *Scanner) readActivity(list []*docker.Container) map[string]activity.Sample {
 	running := make([]activity.Container, 0, len(list)/4)
 	for _, c := range list {
 		if c.Pid > 0 {

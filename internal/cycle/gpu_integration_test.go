@@ -263,7 +263,7 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	ts := uint64(1)
 	newScanner := func() *Scanner {
 		return New(Config{
-			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []docker.Container{ctr}},
+			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []*docker.Container{&ctr}},
 			GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
 			IdleThreshold: 5, IdleAfter: time.Minute, Now: func() time.Time { return now },
 		})

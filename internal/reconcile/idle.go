@@ -45,7 +45,7 @@ func idleStep(prev inventory.State, next *inventory.State, active []string, f Fa
 	for _, k := range active {
 		c := next.Containers[k]
 		if c.Status != "running" || c.Pid <= 0 {
-			continue // built afresh (its revision changed when it stopped): no activity
+			continue // built afresh (stopping is an event, so it was inspected again): no activity
 		}
 		old, had := prev.Containers[k]
 		if !had || old.Pid != c.Pid {

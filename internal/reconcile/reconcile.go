@@ -279,7 +279,11 @@ func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
 // transitions, unless it was already known or already reported (a replay).
 func ephemeral(prev, next inventory.State, f Facts) []Transition {
 	var out []Transition
-	eph, _ := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
+	list := make([]*docker.Container, len(f.Docker.Ephemeral))
+	for i := range f.Docker.Ephemeral {
+		list[i] = &f.Docker.Ephemeral[i]
+	}
+	eph, _ := buildContainers(list, nil, f, f.Now)
 	for _, k := range sortedKeys(eph) {
 		if _, known := prev.Containers[k]; known {
 			continue
@@ -340,15 +344,15 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 // known keeps its detected_at. It also returns the keys of the containers
 // the GPU and usage steps must visit: all but the settled ones (see
 // settled), which it takes over as they were.
-func buildContainers(list []docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
+func buildContainers(list []*docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
 	var active []string
 	resolve := f.resolver()
 	for _, c := range list {
 		key := ShortID(c.ID)
-		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
-			// A stopped container the events did not name (its facts have
-			// the same revision): its classification is the last cycle's.
+		if old, ok := prev[key]; ok && f.Docker.Incremental && !f.Docker.Changed[c.ID] && c.Pid == 0 {
+			// A stopped container the events did not name (the very facts
+			// the last cycle had): its classification is the last cycle's.
 			// Among thousands of idle containers, a cycle then classifies
 			// the few that changed. The GPU and usage steps overwrite the
 			// rest of the entry, and need not visit it at all when it is
@@ -362,7 +366,7 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 			continue
 		}
 		active = append(active, key)
-		in := classifyInput(c)
+		in := classifyInput(*c)
 		if uid, ok := f.InitUIDs[c.ID]; ok && c.Pid > 0 {
 			in.InitUID = &uid
 		}
@@ -382,7 +386,7 @@ func buildContainers(list []docker.Container, prev map[string]inventory.Containe
 			Status: inventory.Cut(c.Status), Image: inventory.Cut(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
-			GPUProcesses: []inventory.GPUProcess{}, SourceRev: c.Rev,
+			GPUProcesses: []inventory.GPUProcess{},
 		}
 		if !c.Created.IsZero() {
 			e.CreatedAt = inventory.TimePtr(c.Created)

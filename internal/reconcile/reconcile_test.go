@@ -60,9 +60,18 @@ type step struct {
 	check func(t *testing.T, st inventory.State)
 }
 
+// ptrs is a list as the Docker source's snapshots hold it.
+func ptrs(list []docker.Container) []*docker.Container {
+	out := make([]*docker.Container, len(list))
+	for i := range list {
+		out[i] = &list[i]
+	}
+	return out
+}
+
 func (s step) facts(now time.Time) Facts {
 	f := Facts{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
-	f.Docker = docker.Snapshot{Containers: s.containers, Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
+	f.Docker = docker.Snapshot{Containers: ptrs(s.containers), Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
 	f.Procs = map[int]Proc{}
 	f.Inits = map[string]Init{}
 	for _, c := range s.containers {

@@ -11,7 +11,7 @@ func (c *Container) Equal(o *Container) bool {
 		c.Status != o.Status || c.Image != o.Image || !c.DetectedAt.Equal(o.DetectedAt.Time) ||
 		c.FullID != o.FullID || c.UserSource != o.UserSource || c.UserConflict != o.UserConflict || c.Pid != o.Pid ||
 		c.GPUWithoutAccess != o.GPUWithoutAccess || c.GPUIdle != o.GPUIdle ||
-		c.GPUAllocatedSeconds != o.GPUAllocatedSeconds || c.SourceRev != o.SourceRev || c.GPUHeldSeconds != o.GPUHeldSeconds || c.GPUBusySeconds != o.GPUBusySeconds {
+		c.GPUAllocatedSeconds != o.GPUAllocatedSeconds || c.GPUHeldSeconds != o.GPUHeldSeconds || c.GPUBusySeconds != o.GPUBusySeconds {
 		return false
 	}
 	if !eqStrings(c.GPUDevices, o.GPUDevices) || !eqStrings(c.GPUAccess, o.GPUAccess) ||
