@@ -3,7 +3,6 @@ package cycle
 import (
 	"bytes"
 	"context"
-	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +15,6 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 // The jq programs the Python scanner's consumers run (docs/COMPAT.md),
 // copied from their code with the filter values filled in.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
@@ -223,7 +222,7 @@ func (s *Scanner) readActivity(list []*docker.Container) map[string]activity.Sam
 			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork})
 		}
 	}
-	return s.cfg.Activity.Read(running, time.Now)
+	return s.cfg.Activity.Read(running, s.cfg.Now)
 }
 
 // readProcCPU reads the CPU time of every GPU process (host processes get
@@ -239,7 +238,7 @@ func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
 			continue
 		}
 		if ticks, start, ok := activity.ProcessCPU(b); ok {
-			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: time.Now()}
+			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: s.cfg.Now()}
 		}
 	}
 	return out

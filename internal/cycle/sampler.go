@@ -142,8 +142,9 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 		return false, false, err
 	}
 	if s.boot.IsZero() {
-		if b, err := s.fs.BootTime(time.Now()); err == nil {
-			s.boot = b.Add(time.Until(at)) // on the sampler's clock
+		wall := time.Now()
+		if b, err := s.fs.BootTime(wall); err == nil {
+			s.boot = b.Add(at.Sub(wall)) // on the sampler's clock
 		}
 	}
 	next := make(map[int]known, len(rep.Processes))
