@@ -19,6 +19,7 @@ import (
 	"github.com/docker/docker/client"
 	"golang.org/x/sys/unix"
 
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -148,7 +149,7 @@ func list(m listMode, e env) int {
 		return 0
 	}
 	switch m.filter.Type {
-	case "", inventory.OriginManaged, inventory.OriginDevcontainer, inventory.OriginCompose, inventory.OriginRawDocker, workloads.KindHostProcess, workloads.KindOtherRuntime:
+	case "", inventory.OriginManaged, inventory.OriginDevcontainer, inventory.OriginCompose, inventory.OriginRawDocker, workload.KindHostProcess, workload.KindOtherRuntime:
 	default:
 		return usageErr(e, "--type %q: want ds01-managed, devcontainer, compose, raw-docker, host-process or other-runtime", m.filter.Type)
 	}
@@ -219,13 +220,13 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 		// docker stop $(ds01-workloads -q) is safe; --pids: the host PIDs.
 		for _, w := range rows {
 			switch {
-			case m.quiet && w.Kind == workloads.KindContainer:
+			case m.quiet && w.Kind == workload.KindContainer:
 				id := w.ID
 				if m.noTrunc && w.FullID != "" {
 					id = w.FullID
 				}
 				fmt.Fprintln(out, id)
-			case m.pids && w.Kind != workloads.KindContainer && w.Pid > 0:
+			case m.pids && w.Kind != workload.KindContainer && w.Pid > 0:
 				fmt.Fprintln(out, w.Pid)
 			}
 		}

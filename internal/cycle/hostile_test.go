@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/pkg/event"
-	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 func TestHugeAndHostileLabels(t *testing.T) {
@@ -40,7 +40,7 @@ func TestHugeAndHostileLabels(t *testing.T) {
 	// A megabyte of label is cut to MaxValueBytes, marked; the hostile one
 	// is kept as data, byte for byte.
 	big := st.Containers[bigID[:12]]
-	if len(big.User) > inventory.MaxValueBytes || !strings.HasSuffix(big.User, inventory.CutMarker) || !strings.HasPrefix(huge, strings.TrimSuffix(big.User, inventory.CutMarker)) {
+	if len(big.User) > textcut.MaxValueBytes || !strings.HasSuffix(big.User, textcut.Marker) || !strings.HasPrefix(huge, strings.TrimSuffix(big.User, textcut.Marker)) {
 		t.Errorf("huge user stored as %d bytes", len(big.User))
 	}
 	if st.Containers[evilID[:12]].User != hostile {

@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 )
 
@@ -198,7 +199,7 @@ func seen(state string) bool {
 	}
 	gpu, idle := false, false
 	for _, w := range workloads.Rows(st, time.Now()) {
-		if w.Kind == workloads.KindContainer && len(w.GPUsInUse) > 0 {
+		if w.Kind == workload.KindContainer && len(w.GPUsInUse) > 0 {
 			gpu = true
 			if w.Idle {
 				idle = true

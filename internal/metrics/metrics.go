@@ -21,6 +21,7 @@ import (
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -54,13 +55,6 @@ type Metrics struct {
 	// by endpoint.
 	APIRequests func() map[string]uint64
 }
-
-// Workload types, the type label of the per-workload series.
-const (
-	KindContainer    = "container"     // id: the 12-hex-character container ID
-	KindHostProcess  = "host-process"  // id: the PID
-	KindOtherRuntime = "other-runtime" // id: the PID of a process in podman, containerd, ...
-)
 
 var (
 	workloadLabels    = []string{"type", "id", "user"}
@@ -296,20 +290,7 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	// Per-workload utilisation and memory are summed by their labels
 	// first: two entries with the same labels (one PID on two MIG devices
 	// of a GPU) must not fail the whole scrape.
-	util := map[gpuKey]*float64{}
-	addUtil := func(k gpuKey, v *int) {
-		cur, seen := util[k]
-		switch {
-		case v == nil:
-			util[k] = nil
-		case !seen:
-			f := float64(*v) / 100
-			util[k] = &f
-		case cur != nil:
-			f := min(*cur+float64(*v)/100, 1)
-			util[k] = &f
-		}
-	}
+	util := map[gpuKey]*int{}
 	gpuMem := map[gpuKey]float64{}
 	type ckey struct{ origin, status, gpu string }
 	counts := map[ckey]int{}
@@ -318,24 +299,24 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, ct := range st.Containers {
 		user, id := ct.User, ct.ID
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
-			KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
+			workload.KindContainer, lv(id), lv(ct.Name), lv(ct.Image), lv(user), lv(ct.Origin))
 		if ct.Status == "running" && ct.HasGPU {
-			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(st.GPUs)), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(ct.GrantedGPUs(st.GPUs)), workload.KindContainer, lv(id), lv(user))
 		}
 		counts[ckey{lv(ct.Origin), lv(ct.Status), strconv.FormatBool(ct.HasGPU)}]++
 		if ct.GPUWithoutAccess {
 			without++
 		}
 		for _, p := range ct.GPUProcesses {
-			k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindContainer, lv(id), lv(user)}
-			addUtil(k, p.SMUtilPercent)
+			k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), workload.KindContainer, lv(id), lv(user)}
+			workload.AddUtil(util, k, p.SMUtilPercent)
 			if p.GPUMemoryMB != nil {
 				gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
 			}
 		}
 		if len(ct.GPUProcesses) > 0 {
-			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), KindContainer, lv(id), lv(user))
-			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(ct.GPUIdleSince), workload.KindContainer, lv(id), lv(user))
+			ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(ct.GPUIdle), workload.KindContainer, lv(id), lv(user))
 		}
 		if ct.Status == "running" {
 			c.activity(ch, ct, idleFor)
@@ -346,11 +327,11 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		id := strconv.Itoa(p.Pid)
 		perUser[lv(p.User)]++
 		ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
-			KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
-		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), KindHostProcess, id, lv(p.User))
-		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), KindHostProcess, id, lv(p.User))
-		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindHostProcess, id, lv(p.User)}
-		addUtil(k, p.SMUtilPercent)
+			workload.KindHostProcess, id, lv(processName(p.Cmdline)), "", lv(p.User), "")
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdle, prometheus.GaugeValue, idleFor(p.GPUIdleSince), workload.KindHostProcess, id, lv(p.User))
+		ch <- prometheus.MustNewConstMetric(descWorkloadIdleVerdict, prometheus.GaugeValue, b2f(p.GPUIdle), workload.KindHostProcess, id, lv(p.User))
+		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), workload.KindHostProcess, id, lv(p.User)}
+		workload.AddUtil(util, k, p.SMUtilPercent)
 		if p.GPUMemoryMB != nil {
 			gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
 		}
@@ -364,16 +345,16 @@ func (c *inventoryCollector) Collect(ch chan<- prometheus.Metric) {
 		if !others[id] {
 			others[id] = true
 			ch <- prometheus.MustNewConstMetric(descWorkloadInfo, prometheus.GaugeValue, 1,
-				KindOtherRuntime, id, lv(processName(p.Cmdline)), "", lv(user), lv(p.Runtime))
+				workload.KindOtherRuntime, id, lv(processName(p.Cmdline)), "", lv(user), lv(p.Runtime))
 		}
-		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), KindOtherRuntime, id, lv(user)}
+		k := gpuKey{seeIndex(p.GPUUUID, p.GPUIndex), workload.KindOtherRuntime, id, lv(user)}
 		if p.GPUMemoryMB != nil {
 			gpuMem[k] += float64(*p.GPUMemoryMB) * 1024 * 1024
 		}
 	}
 	for k, v := range util {
 		if v != nil {
-			emitGPU(descWorkloadUtil, k, *v)
+			emitGPU(descWorkloadUtil, k, float64(*v)/100)
 		}
 	}
 	for k, v := range gpuMem {
@@ -400,16 +381,16 @@ func b2f(b bool) float64 {
 func (c *inventoryCollector) activity(ch chan<- prometheus.Metric, ct inventory.Container, idleFor func(*inventory.Time) float64) {
 	id, user := lv(ct.ID), lv(ct.User)
 	if ct.CPUUsageSeconds != nil {
-		ch <- prometheus.MustNewConstMetric(descCPUSeconds, prometheus.CounterValue, *ct.CPUUsageSeconds, KindContainer, id, user)
+		ch <- prometheus.MustNewConstMetric(descCPUSeconds, prometheus.CounterValue, *ct.CPUUsageSeconds, workload.KindContainer, id, user)
 	}
 	if ct.MemoryBytes != nil {
-		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(*ct.MemoryBytes), KindContainer, id, user)
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(*ct.MemoryBytes), workload.KindContainer, id, user)
 	}
 	if ct.NetRxBytes != nil && ct.NetTxBytes != nil {
-		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetRxBytes), KindContainer, id, user, "rx")
-		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetTxBytes), KindContainer, id, user, "tx")
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetRxBytes), workload.KindContainer, id, user, "rx")
+		ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(*ct.NetTxBytes), workload.KindContainer, id, user, "tx")
 	}
 	if ct.IdlePolicy != nil {
-		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, idleFor(ct.IdleSince), KindContainer, id, user, lv(ct.IdlePolicy.Group))
+		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.GaugeValue, idleFor(ct.IdleSince), workload.KindContainer, id, user, lv(ct.IdlePolicy.Group))
 	}
 }

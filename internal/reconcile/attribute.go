@@ -13,6 +13,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/redact"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -117,13 +118,13 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	// other's. Only containers Docker does not list (docker in docker)
 	// fall back to an outer one.
 	for _, r := range ref.Chain() {
-		if c, listed := containers[ShortID(r.ID)]; listed && c.FullID == r.ID {
+		if c, listed := containers[workload.ShortID(r.ID)]; listed && c.FullID == r.ID {
 			ref = r
 			break
 		}
 	}
 	if ref.ID != "" {
-		c, listed := containers[ShortID(ref.ID)]
+		c, listed := containers[workload.ShortID(ref.ID)]
 		switch {
 		case listed && c.FullID == ref.ID:
 			own := pf
@@ -136,13 +137,13 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 				}
 				return placement{gp: gp, container: c.ID}
 			}
-			claimed = ShortID(ref.ID) // names a container it does not run in
+			claimed = workload.ShortID(ref.ID) // names a container it does not run in
 		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
-			claimed = ShortID(ref.ID) // a Docker container Docker does not list
+			claimed = workload.ShortID(ref.ID) // a Docker container Docker does not list
 		case ref.UserTree:
 			// In a user's delegated tree any name can be had: the
 			// process is its user's, whatever runtime the name claims.
-			claimed, claimedRuntime = ShortID(ref.ID), ref.Runtime
+			claimed, claimedRuntime = workload.ShortID(ref.ID), ref.Runtime
 		default:
 			gp.Runtime, gp.ContainerID = ref.Runtime, ref.ID
 		}

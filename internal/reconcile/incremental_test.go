@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -45,7 +46,7 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 		t.Errorf("a changed container kept its old classification: user %q", u)
 	}
 	for k, c := range got.Containers {
-		if w := want.Containers[k]; !c.Equal(&w) {
+		if w := want.Containers[k]; !statefile.Equal(&c, &w) {
 			t.Errorf("%s: %+v, want %+v", k, c, want.Containers[k])
 		}
 	}

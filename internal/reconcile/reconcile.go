@@ -21,6 +21,8 @@ import (
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
+	"github.com/ds01/ds01-detectord/internal/textcut"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -299,7 +301,7 @@ func ephemeral(prev, next inventory.State, f Facts) []Transition {
 		// the daemon was down is replayed when it was, not at this scan.
 		var born, gone time.Time
 		for _, c := range f.Docker.Ephemeral {
-			if ShortID(c.ID) == k {
+			if workload.ShortID(c.ID) == k {
 				born, gone = c.Created, c.Gone
 			}
 		}
@@ -349,7 +351,7 @@ func buildContainers(list []*docker.Container, prev map[string]inventory.Contain
 	var active []string
 	resolve := f.resolver()
 	for _, c := range list {
-		key := ShortID(c.ID)
+		key := workload.ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && !f.Docker.Changed[c.ID] && c.Pid == 0 {
 			// A stopped container the events did not name (the very facts
 			// the last cycle had): its classification is the last cycle's.
@@ -378,12 +380,12 @@ func buildContainers(list []*docker.Container, prev map[string]inventory.Contain
 			signals = []inventory.UserSignal{}
 		}
 		for i := range signals {
-			signals[i].User = inventory.Cut(signals[i].User)
+			signals[i].User = textcut.Value(signals[i].User)
 		}
 		e := inventory.Container{
-			ID: key, Name: inventory.Cut(c.Name), Origin: classify.Origin(in.Labels, c.Name),
-			User: inventory.Cut(user), HasGPU: hasGPU, GPUDevices: cutList(classify.GPUDevices(in, hasGPU)),
-			Status: inventory.Cut(c.Status), Image: inventory.Cut(c.Image), DetectedAt: inventory.NewTime(now),
+			ID: key, Name: textcut.Value(c.Name), Origin: classify.Origin(in.Labels, c.Name),
+			User: textcut.Value(user), HasGPU: hasGPU, GPUDevices: cutList(classify.GPUDevices(in, hasGPU)),
+			Status: textcut.Value(c.Status), Image: textcut.Value(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
 			GPUProcesses: []inventory.GPUProcess{},
@@ -435,10 +437,10 @@ const maxListLen = 64
 
 func cutList(l []string) []string {
 	if len(l) > maxListLen {
-		l = append(l[:maxListLen:maxListLen], inventory.CutMarker)
+		l = append(l[:maxListLen:maxListLen], textcut.Marker)
 	}
 	for i := range l {
-		l[i] = inventory.Cut(l[i])
+		l[i] = textcut.Value(l[i])
 	}
 	return l
 }
@@ -462,14 +464,6 @@ func (f Facts) resolver() classify.Resolver {
 		n, ok := f.Users[uid]
 		return n, ok
 	}
-}
-
-// ShortID is the 12-character form of a container ID, the state's key.
-func ShortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -4,11 +4,11 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -192,11 +192,7 @@ const MaxLogValue = 256
 // boundary. The field's encoder escapes control characters.
 func UserField(u string) zap.Field {
 	if len(u) > MaxLogValue {
-		cut := MaxLogValue
-		for cut > 0 && !utf8.RuneStart(u[cut]) {
-			cut--
-		}
-		u = u[:cut] + "…"
+		u = textcut.Bytes(u, MaxLogValue) + textcut.Marker
 	}
 	return zap.String("user", u)
 }

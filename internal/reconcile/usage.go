@@ -8,6 +8,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/textcut"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -48,18 +50,8 @@ func summarizeUse(uses []use) usage {
 	u.perGPU = make(map[string]*int, len(uses))
 	for _, x := range uses {
 		u.mem = addMem(u.mem, x.mem)
-		cur, seen := u.perGPU[x.gpu]
-		switch {
-		case x.sm == nil:
-			u.perGPU[x.gpu] = nil
-			u.unknown = true
-		case !seen:
-			v := min(*x.sm, 100)
-			u.perGPU[x.gpu] = &v
-		case cur != nil:
-			v := min(*cur+*x.sm, 100)
-			u.perGPU[x.gpu] = &v
-		}
+		workload.AddUtil(u.perGPU, x.gpu, x.sm)
+		u.unknown = u.unknown || x.sm == nil
 	}
 	return u
 }
@@ -328,7 +320,7 @@ func gpusFrom(devs []gpu.Device, prev map[string]inventory.GPU, unattributed map
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{
-			Index: d.Index, Name: inventory.Cut(d.Name), MemoryTotalMB: d.MemoryTotalMiB, MemoryUsedMB: d.MemoryUsedMiB,
+			Index: d.Index, Name: textcut.Value(d.Name), MemoryTotalMB: d.MemoryTotalMiB, MemoryUsedMB: d.MemoryUsedMiB,
 			UtilizationPercent: d.Util, MIGMode: d.MIG, AccountingMode: d.Accounting,
 			UnattributedSeconds: prev[d.UUID].UnattributedSeconds + unattributed[d.UUID],
 		}

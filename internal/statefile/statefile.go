@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ds01/ds01-detectord/internal/asciijson"
 	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -110,7 +111,7 @@ func LoadSealed(path string, key *seal.Key) (st inventory.State, sealErr, err er
 
 // Encode renders the state as the file's bytes: indent-2 JSON, ASCII only.
 func Encode(st inventory.State) ([]byte, error) {
-	b, err := inventory.MarshalASCII(st, "  ")
+	b, err := asciijson.Marshal(st, "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 	}()
 	containers := st.Containers
 	st.Containers = map[string]inventory.Container{}
-	rest, err := inventory.MarshalASCII(st, "  ")
+	rest, err := asciijson.Marshal(st, "  ")
 	if err != nil {
 		return err
 	}
@@ -167,19 +168,19 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 		for i, k := range e.keys {
 			c := containers[k]
 			enc := e.last[k]
-			if enc == nil || !enc.c.Equal(&c) {
-				kb, err := inventory.MarshalASCII(k, "")
+			if enc == nil || !Equal(&enc.c, &c) {
+				kb, err := asciijson.Marshal(k, "")
 				if err != nil {
 					return err
 				}
-				cb, err := inventory.MarshalASCII(c, "")
+				cb, err := asciijson.Marshal(c, "")
 				if err != nil {
 					return err
 				}
 				// A right-sized copy: the cache must not pin encoding buffers.
 				b := make([]byte, 0, len(kb)+2+2*len(cb))
 				b = append(append(b, kb...), ':', ' ')
-				b = inventory.AppendIndented(b, cb, "  ", 2)
+				b = asciijson.AppendIndented(b, cb, "  ", 2)
 				enc = &encoded{c: c, b: bytes.Clone(b)}
 				e.last[k] = enc
 			}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/asciijson"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -135,7 +136,7 @@ func (p *EventPrinter) Print(e Event) {
 		// Re-encoded, never copied: the file is group-writable, and its
 		// bytes must not reach the terminal as they are. The output is
 		// ASCII only (\uXXXX escapes), one object per line.
-		b, err := inventory.MarshalASCII(event.Envelope{
+		b, err := asciijson.Marshal(event.Envelope{
 			Timestamp: inventory.NewTime(e.Time), EventType: e.EventType, SchemaVersion: e.SchemaVersion,
 			User: e.User, Source: e.Source, Details: e.Details,
 		}, "")

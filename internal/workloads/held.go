@@ -11,6 +11,7 @@ import (
 
 	units "github.com/docker/go-units"
 
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -105,7 +106,7 @@ func gpusCell(w Workload) string {
 	if inUse == "" {
 		inUse = "-"
 	}
-	if w.Kind != KindContainer {
+	if w.Kind != workload.KindContainer {
 		return inUse
 	}
 	switch {
@@ -254,8 +255,7 @@ func GPUView(out io.Writer, st inventory.State, ws []Workload, style Style) {
 			}
 			// The workload's share of this GPU only.
 			var mem *int64
-			var util *int
-			utilKnown := true
+			util := map[int]*int{} // one key: this GPU's sum
 			for label, m := range w.gpuMem {
 				if label != strconv.Itoa(g.index) && !strings.HasPrefix(label, strconv.Itoa(g.index)+"/") {
 					continue
@@ -269,21 +269,9 @@ func GPUView(out io.Writer, st inventory.State, ws []Workload, style Style) {
 					mem = &v
 					explained += *m
 				}
-				switch u := w.gpuUtil[label]; {
-				case u == nil:
-					utilKnown = false
-				case util == nil:
-					v := *u
-					util = &v
-				default:
-					v := min(*util+*u, 100)
-					util = &v
-				}
+				workload.AddUtil(util, g.index, w.gpuUtil[label])
 			}
-			if !utilKnown {
-				util = nil
-			}
-			w.GPUMemoryMB, w.UtilPercent = mem, util
+			w.GPUMemoryMB, w.UtilPercent = mem, util[g.index]
 			on = append(on, w)
 		}
 		if len(on) == 0 {

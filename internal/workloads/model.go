@@ -12,14 +12,8 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
-)
-
-// Kinds of workload.
-const (
-	KindContainer    = "container"
-	KindHostProcess  = "host-process"
-	KindOtherRuntime = "other-runtime"
 )
 
 // Workload is one row: a container, a host GPU process, or a GPU process in
@@ -121,17 +115,7 @@ func (w *Workload) addUse(gpu string, mem *int64, util *int) {
 	case old == nil:
 		w.gpuMem[gpu] = mem
 	}
-	u, seen := w.gpuUtil[gpu]
-	switch {
-	case util == nil:
-		w.gpuUtil[gpu] = nil
-	case !seen:
-		v := *util
-		w.gpuUtil[gpu] = &v
-	case u != nil:
-		v := min(*u+*util, 100)
-		w.gpuUtil[gpu] = &v
-	}
+	workload.AddUtil(w.gpuUtil, gpu, util)
 }
 
 // OnGPU reports whether w has processes on GPU index idx (any of its MIG
@@ -207,7 +191,7 @@ func Rows(st inventory.State, now time.Time) []Workload {
 	for _, k := range keys {
 		c := st.Containers[k]
 		w := Workload{
-			Kind: KindContainer, Type: c.Origin, ID: c.ID, Name: c.Name, User: c.User, UserSource: c.UserSource,
+			Kind: workload.KindContainer, Type: c.Origin, ID: c.ID, Name: c.Name, User: c.User, UserSource: c.UserSource,
 			Status: c.Status, HasGPU: c.HasGPU, GPUAccess: c.GPUAccess, GPUs: c.GPUDevices, GPUMemoryMB: c.GPUMemoryMB,
 			Image: c.Image, Pid: c.Pid, running: c.Status == "running",
 		}
@@ -282,10 +266,10 @@ func Rows(st inventory.State, now time.Time) []Workload {
 		}
 		name := p.Cmdline
 		if p.ContainerID != "" {
-			name = p.Runtime + ":" + shortID(p.ContainerID) + " " + name
+			name = p.Runtime + ":" + workload.ShortID(p.ContainerID) + " " + name
 		}
 		w := Workload{
-			Kind: KindOtherRuntime, Type: KindOtherRuntime, ID: "PID:" + strconv.Itoa(p.Pid), Name: strings.TrimSpace(name),
+			Kind: workload.KindOtherRuntime, Type: workload.KindOtherRuntime, ID: "PID:" + strconv.Itoa(p.Pid), Name: strings.TrimSpace(name),
 			User: user, Status: "active", StatusText: "active", HasGPU: true, GPUAccess: []string{}, GPUs: []string{gpuLabel(p.GPUIndex, p.MIG)},
 			GPUMemoryMB: p.GPUMemoryMB, Pid: p.Pid, running: true, UtilPercent: p.SMUtilPercent,
 			gpuMem: map[string]*int64{}, gpuUtil: map[string]*int{},
@@ -310,13 +294,6 @@ func processGPU(p inventory.HostProcess, gpus map[string]inventory.GPU) int {
 	return p.GPUIndex
 }
 
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
-
 func processRows(m map[string]inventory.HostProcess, status string, now time.Time, gpus map[string]inventory.GPU) []Workload {
 	pids := make([]int, 0, len(m))
 	byPid := map[int]inventory.HostProcess{}
@@ -334,7 +311,7 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 			label = p.GPUUUID
 		}
 		w := Workload{
-			Kind: KindHostProcess, Type: KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
+			Kind: workload.KindHostProcess, Type: workload.KindHostProcess, ID: "PID:" + strconv.Itoa(pid), Name: p.Cmdline, User: p.User,
 			UserSource: "process-owner", Status: status, StatusText: status, HasGPU: true, GPUAccess: []string{},
 			GPUs: []string{label}, GPUMemoryMB: p.GPUMemoryMB, Pid: pid, running: status == "active",
 			UtilPercent: p.GPUUtilizationPercent, Idle: p.GPUIdle, CPUPercent: p.CPUPercent,
@@ -423,7 +400,7 @@ func (f Filter) Apply(ws []Workload) []Workload {
 // (inventory.CountGranted: all is every host GPU, devices once each); one
 // per process.
 func GPUCount(w Workload) int {
-	if w.Kind != KindContainer {
+	if w.Kind != workload.KindContainer {
 		return 1
 	}
 	return w.granted

@@ -10,6 +10,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/ds01/ds01-detectord/internal/asciijson"
+	"github.com/ds01/ds01-detectord/internal/textcut"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -63,8 +66,7 @@ func cut(s string, n int) string {
 	if n <= 0 || utf8.RuneCountInString(s) <= n {
 		return s
 	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
+	return textcut.Runes(s, n-1) + "…"
 }
 
 // Stats are live figures for a running container (--stats).
@@ -112,7 +114,7 @@ func columns(o Options, withUser bool) []column {
 			}},
 			column{title: "IMAGE", max: 32, value: func(w Workload) string { return orDash(w.Image) }},
 			column{title: "ACCESS", value: func(w Workload) string {
-				if w.Kind != KindContainer {
+				if w.Kind != workload.KindContainer {
 					return "-"
 				}
 				return orDash(strings.Join(w.GPUAccess, ","))
@@ -417,16 +419,16 @@ func JSON(out io.Writer, st inventory.State, ws []Workload, sum Summary) error {
 	doc := JSONDoc{LastScan: st.LastScan, Containers: map[string]inventory.Container{}, HostProcesses: map[string]inventory.HostProcess{}, Workloads: ws, Summary: sum}
 	for _, w := range ws {
 		switch w.Kind {
-		case KindContainer:
+		case workload.KindContainer:
 			doc.Containers[w.ID] = st.Containers[w.ID]
-		case KindHostProcess:
+		case workload.KindHostProcess:
 			k := strconv.Itoa(w.Pid)
 			if p, ok := st.HostProcesses[k]; ok && w.Status == "active" {
 				doc.HostProcesses[k] = p
 			}
 		}
 	}
-	b, err := inventory.MarshalASCII(doc, "  ")
+	b, err := asciijson.Marshal(doc, "  ")
 	if err != nil {
 		return err
 	}

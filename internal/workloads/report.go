@@ -17,7 +17,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/asciijson"
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -132,13 +134,13 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 				return
 			}
 			if e.EventType == event.ShortProcesses { // one line per user and period
-				seen["s:"+userOr(e.User)+"@"+e.Timestamp.Time.String()] = workloadTime{user: userOr(e.User), origin: KindHostProcess, gpus: d.GPUUUIDs,
+				seen["s:"+userOr(e.User)+"@"+e.Timestamp.Time.String()] = workloadTime{user: userOr(e.User), origin: workload.KindHostProcess, gpus: d.GPUUUIDs,
 					allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds, count: max(d.Count, 1)}
 				return
 			}
 			key, origin := "c:"+d.ContainerID, d.Origin
 			if e.EventType == event.HostProcessExited {
-				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), KindHostProcess
+				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), workload.KindHostProcess
 			}
 			if len(d.ByOwner) > 0 { // each owner's seconds are theirs
 				for _, o := range d.ByOwner {
@@ -194,13 +196,13 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			if _, done := seen[key]; done {
 				continue
 			}
-			seen[key] = workloadTime{user: userOr(p.User), origin: KindHostProcess, gpus: []string{p.GPUUUID},
+			seen[key] = workloadTime{user: userOr(p.User), origin: workload.KindHostProcess, gpus: []string{p.GPUUUID},
 				allocated: p.GPUAllocatedSeconds, held: p.GPUHeldSeconds, busy: p.GPUBusySeconds}
 		}
 		// Short processes not yet in the log (their aggregate line comes
 		// at most --interval later).
 		for u, a := range st.ShortProcesses {
-			seen["s:"+userOr(u)+"@pending"] = workloadTime{user: userOr(u), origin: KindHostProcess, gpus: a.GPUUUIDs,
+			seen["s:"+userOr(u)+"@pending"] = workloadTime{user: userOr(u), origin: workload.KindHostProcess, gpus: a.GPUUUIDs,
 				allocated: a.GPUAllocatedSeconds, held: a.GPUHeldSeconds, busy: a.GPUBusySeconds, count: max(a.Count, 1)}
 		}
 	}
@@ -415,7 +417,7 @@ func effCell(e *float64) string {
 func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error {
 	switch format {
 	case "json":
-		b, err := inventory.MarshalASCII(doc, "  ")
+		b, err := asciijson.Marshal(doc, "  ")
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
+	"github.com/ds01/ds01-detectord/internal/workload"
 )
 
 // LiveStats asks Docker for CPU% and memory of the running containers among
@@ -22,7 +23,7 @@ func LiveStats(ctx context.Context, cli *client.Client, ws []Workload, timeout t
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	for _, w := range ws {
-		if w.Kind != KindContainer || !w.running {
+		if w.Kind != workload.KindContainer || !w.running {
 			continue
 		}
 		wg.Add(1)

@@ -26,6 +26,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ds01/ds01-detectord/internal/asciijson"
+	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -205,7 +207,7 @@ func Encode(e Envelope, details any) ([]byte, Result, error) {
 		}
 		e.Details = raw
 	}
-	line, err := inventory.MarshalASCII(e, "")
+	line, err := asciijson.Marshal(e, "")
 	if err != nil {
 		return nil, Result{}, err
 	}
@@ -214,7 +216,7 @@ func Encode(e Envelope, details any) ([]byte, Result, error) {
 	}
 	res := Result{Truncated: true, OriginalSize: len(line)}
 	e.Details = json.RawMessage(fmt.Sprintf(`{"truncated":true,"original_size":%d}`, len(line)))
-	if line, err = inventory.MarshalASCII(e, ""); err != nil {
+	if line, err = asciijson.Marshal(e, ""); err != nil {
 		return nil, res, err
 	}
 	if len(line) <= MaxLineBytes {
@@ -222,7 +224,7 @@ func Encode(e Envelope, details any) ([]byte, Result, error) {
 	}
 	e.User = cutRunes(e.User, maxUserRunes)
 	e.EventType = cutRunes(e.EventType, maxUserRunes)
-	line, err = inventory.MarshalASCII(e, "")
+	line, err = asciijson.Marshal(e, "")
 	return line, res, err
 }
 
@@ -230,8 +232,7 @@ func cutRunes(s string, n int) string {
 	if utf8.RuneCountInString(s) <= n {
 		return s
 	}
-	r := []rune(s)
-	return string(r[:n]) + "..."
+	return textcut.Runes(s, n) + "..."
 }
 
 // Decode parses one line of the event log: the one decoder for the file,

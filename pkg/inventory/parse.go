@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
-	"unicode/utf8"
 )
 
 // MaxFileBytes caps how much of a state file Read (and the daemon) accepts. A real state
@@ -89,26 +88,4 @@ func Read(path string) (State, error) {
 		return State{}, fmt.Errorf("%s is larger than %d bytes: not a state file", path, MaxFileBytes)
 	}
 	return Parse(b)
-}
-
-// MaxValueBytes caps every user-controlled string the daemon stores
-// (container names, users, images, owner signals, gpu_devices entries):
-// anyone who can reach the Docker socket sets them, and a label can hold a
-// megabyte. A longer value is cut on a character boundary and ends in
-// CutMarker.
-const (
-	MaxValueBytes = 256
-	CutMarker     = "…"
-)
-
-// Cut returns s cut to MaxValueBytes, marked, when it is longer.
-func Cut(s string) string {
-	if len(s) <= MaxValueBytes {
-		return s
-	}
-	n := MaxValueBytes - len(CutMarker)
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + CutMarker
 }

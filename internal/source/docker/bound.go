@@ -9,7 +9,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/ds01/ds01-detectord/internal/textcut"
 )
 
 // Bounds on what the daemon decodes from Docker. Anyone who can start a
@@ -24,7 +25,7 @@ const (
 	// classification reads (keptLabel).
 	MaxEntries = 256
 	// MaxString caps every string: names, label keys and values, Env
-	// entries. Stored values are cut further (inventory.MaxValueBytes).
+	// entries. Stored values are cut further (textcut.MaxValueBytes).
 	MaxString = 4 << 10
 	// passList and passOne are the response sizes read as they are: a
 	// container list of several thousand ordinary containers, one inspect.
@@ -268,13 +269,6 @@ func endValue(bw *bufio.Writer, stack *[]frame) error {
 }
 
 func writeString(bw *bufio.Writer, s string) {
-	if len(s) > MaxString {
-		n := MaxString
-		for n > 0 && !utf8.RuneStart(s[n]) {
-			n--
-		}
-		s = s[:n]
-	}
-	b, _ := json.Marshal(s)
+	b, _ := json.Marshal(textcut.Bytes(s, MaxString))
 	bw.Write(b)
 }

@@ -8,7 +8,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/ds01/ds01-detectord/internal/textcut"
 )
 
 // Container runtimes a cgroup path can name.
@@ -241,13 +242,5 @@ func SplitCmdline(b []byte) []string {
 // JoinCmdline joins arguments with spaces and caps the result at
 // MaxCmdline bytes, on a rune boundary.
 func JoinCmdline(argv []string) string {
-	s := strings.Join(argv, " ")
-	if len(s) > MaxCmdline {
-		cut := MaxCmdline
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut]
-	}
-	return s
+	return textcut.Bytes(strings.Join(argv, " "), MaxCmdline)
 }

@@ -1,4 +1,6 @@
-package inventory
+package statefile
+
+import "github.com/ds01/ds01-detectord/pkg/inventory"
 
 // Equal reports whether two containers would be written the same. It is
 // a plain field-by-field comparison, much cheaper than reflect.DeepEqual:
@@ -6,7 +8,7 @@ package inventory
 // each container that did not change. A test checks that it looks at
 // every field. Both are pointers: a container is several hundred bytes,
 // and the encoder compares thousands each cycle.
-func (c *Container) Equal(o *Container) bool {
+func Equal(c, o *inventory.Container) bool {
 	if c.ID != o.ID || c.Name != o.Name || c.Origin != o.Origin || c.User != o.User || c.HasGPU != o.HasGPU ||
 		c.Status != o.Status || c.Image != o.Image || !c.DetectedAt.Equal(o.DetectedAt.Time) ||
 		c.FullID != o.FullID || c.UserSource != o.UserSource || c.UserConflict != o.UserConflict || c.Pid != o.Pid ||
@@ -24,7 +26,7 @@ func (c *Container) Equal(o *Container) bool {
 		!eqPtr(c.NetRxBytes, o.NetRxBytes) || !eqPtr(c.NetTxBytes, o.NetTxBytes) || !eqPtr(c.NetBytesPerInterval, o.NetBytesPerInterval) ||
 		!eqPtr(c.BlkioReadBytes, o.BlkioReadBytes) || !eqPtr(c.BlkioWriteBytes, o.BlkioWriteBytes) ||
 		!eqTime(c.IdleSince, o.IdleSince) || !eqTime(c.IdleDeadline, o.IdleDeadline) || c.IdleScans != o.IdleScans ||
-		c.ActivityAt != o.ActivityAt || !c.IdleSignals.equal(o.IdleSignals) || !c.IdlePolicy.equal(o.IdlePolicy) {
+		c.ActivityAt != o.ActivityAt || !equalSignals(c.IdleSignals, o.IdleSignals) || !equalPolicy(c.IdlePolicy, o.IdlePolicy) {
 		return false
 	}
 	if (c.OwnerSeconds == nil) != (o.OwnerSeconds == nil) || len(c.OwnerSeconds) != len(o.OwnerSeconds) {
@@ -47,15 +49,15 @@ func (c *Container) Equal(o *Container) bool {
 		return false
 	}
 	for i := range c.GPUProcesses {
-		if !c.GPUProcesses[i].Equal(o.GPUProcesses[i]) {
+		if !equalProcess(c.GPUProcesses[i], o.GPUProcesses[i]) {
 			return false
 		}
 	}
 	return true
 }
 
-// Equal reports whether two GPU processes would be written the same.
-func (p GPUProcess) Equal(o GPUProcess) bool {
+// equalProcess reports whether two GPU processes would be written the same.
+func equalProcess(p, o inventory.GPUProcess) bool {
 	return p.Pid == o.Pid && p.GPUIndex == o.GPUIndex && p.GPUUUID == o.GPUUUID && eqPtr(p.MIG, o.MIG) &&
 		eqPtr(p.GPUMemoryMB, o.GPUMemoryMB) && eqPtr(p.SMUtilPercent, o.SMUtilPercent) &&
 		p.OutsideGPUDevices == o.OutsideGPUDevices && p.Attribution == o.Attribution && p.Runtime == o.Runtime &&
@@ -81,28 +83,28 @@ func eqPtr[T comparable](a, b *T) bool {
 	return *a == *b
 }
 
-func eqTime(a, b *Time) bool {
+func eqTime(a, b *inventory.Time) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	return a.Equal(b.Time)
 }
 
-func (s *IdleSignals) equal(o *IdleSignals) bool {
+func equalSignals(s, o *inventory.IdleSignals) bool {
 	if s == nil || o == nil {
 		return s == o
 	}
-	return s.GPU.equal(o.GPU) && s.CPU.equal(&o.CPU) && s.Network.equal(&o.Network)
+	return equalSignal(s.GPU, o.GPU) && equalSignal(&s.CPU, &o.CPU) && equalSignal(&s.Network, &o.Network)
 }
 
-func (s *IdleSignal) equal(o *IdleSignal) bool {
+func equalSignal(s, o *inventory.IdleSignal) bool {
 	if s == nil || o == nil {
 		return s == o
 	}
 	return eqPtr(s.Value, o.Value) && s.Threshold == o.Threshold && s.Idle == o.Idle
 }
 
-func (p *IdlePolicy) equal(o *IdlePolicy) bool {
+func equalPolicy(p, o *inventory.IdlePolicy) bool {
 	if p == nil || o == nil {
 		return p == o
 	}

@@ -1,25 +1,27 @@
-package inventory
+package statefile
 
 import (
 	"reflect"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // Equal must look at every field: changing any one of them, at any depth
 // the state file shows, makes two values unequal.
 func TestEqualSeesEveryField(t *testing.T) {
-	base := Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}, OwnerSeconds: []OwnerSeconds{{}}}
+	base := inventory.Container{GPUProcesses: []inventory.GPUProcess{{}}, UserSignals: []inventory.UserSignal{{}}, OwnerSeconds: []inventory.OwnerSeconds{{}}}
 	for _, path := range fieldPaths(reflect.TypeOf(base), nil) {
 		c := base
-		c.GPUProcesses = []GPUProcess{{}}
-		c.UserSignals = []UserSignal{{}}
-		c.OwnerSeconds = []OwnerSeconds{{}}
+		c.GPUProcesses = []inventory.GPUProcess{{}}
+		c.UserSignals = []inventory.UserSignal{{}}
+		c.OwnerSeconds = []inventory.OwnerSeconds{{}}
 		b := base
-		b.GPUProcesses = []GPUProcess{{}}
-		b.UserSignals = []UserSignal{{}}
-		b.OwnerSeconds = []OwnerSeconds{{}}
+		b.GPUProcesses = []inventory.GPUProcess{{}}
+		b.UserSignals = []inventory.UserSignal{{}}
+		b.OwnerSeconds = []inventory.OwnerSeconds{{}}
 		if len(path) > 0 && slices.Contains(path, -2) {
 			// Both hold the pointer (allocated fresh in each), and one
 			// field inside differs.
@@ -27,11 +29,11 @@ func TestEqualSeesEveryField(t *testing.T) {
 			alloc(reflect.ValueOf(&c).Elem(), path)
 		}
 		set(reflect.ValueOf(&c).Elem(), path)
-		if b.Equal(&c) || c.Equal(&b) {
+		if Equal(&b, &c) || Equal(&c, &b) {
 			t.Errorf("Equal does not see %v", path)
 		}
 	}
-	if other := (Container{GPUProcesses: []GPUProcess{{}}, UserSignals: []UserSignal{{}}, OwnerSeconds: []OwnerSeconds{{}}}); !base.Equal(&other) {
+	if other := (inventory.Container{GPUProcesses: []inventory.GPUProcess{{}}, UserSignals: []inventory.UserSignal{{}}, OwnerSeconds: []inventory.OwnerSeconds{{}}}); !Equal(&base, &other) {
 		t.Error("equal values are not Equal")
 	}
 }
@@ -48,7 +50,7 @@ func fieldPaths(t reflect.Type, prefix []int) [][]int {
 			out = append(out, fieldPaths(ft.Elem(), append(p, -1))...)
 			continue
 		}
-		timeType := reflect.TypeOf(Time{})
+		timeType := reflect.TypeOf(inventory.Time{})
 		if ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct && ft.Elem() != timeType {
 			out = append(out, p)                                       // nil against set
 			out = append(out, fieldPaths(ft.Elem(), append(p, -2))...) // and each field inside
@@ -99,8 +101,8 @@ func set(v reflect.Value, path []int) {
 		p := reflect.New(v.Type().Elem())
 		switch e := p.Elem(); e.Kind() {
 		case reflect.Struct:
-			if e.Type() == reflect.TypeOf(Time{}) {
-				e.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
+			if e.Type() == reflect.TypeOf(inventory.Time{}) {
+				e.Set(reflect.ValueOf(inventory.NewTime(time.Unix(7, 0))))
 			} // else the zero struct: nil against allocated
 		case reflect.Int, reflect.Int64:
 			e.SetInt(7)
@@ -111,7 +113,7 @@ func set(v reflect.Value, path []int) {
 		}
 		v.Set(p)
 	case reflect.Struct: // Time
-		v.Set(reflect.ValueOf(NewTime(time.Unix(7, 0))))
+		v.Set(reflect.ValueOf(inventory.NewTime(time.Unix(7, 0))))
 	default:
 		panic("unhandled kind " + v.Kind().String())
 	}
