@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -48,10 +50,11 @@ func procsFor(pids ...int) gpuList {
 func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, procs gpuList) (*Scanner, *testutil.Files) {
 	files := testutil.NewFiles(t)
 	return New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath,
+		Files:  deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath},
 		Docker: listed{Containers: ptrs(containers)}, GPU: procs,
-		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
-		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
+		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+		// confirmed at the second scan's sample
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, KeepSecrets: keep, ConfirmAfter: time.Nanosecond},
 	}), files
 }
 
@@ -126,9 +129,9 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 	files := testutil.NewFiles(t)
 	log, lines := testutil.Logger()
 	s := New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: procsFor(1020),
+		Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: procsFor(1020),
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), Log: log,
-		Now: ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), ConfirmAfter: time.Nanosecond,
+		Now: ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond},
 	})
 	s.Scan(context.Background(), true)
 	if sum := s.Scan(context.Background(), true); sum.Events != 1 {

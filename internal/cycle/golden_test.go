@@ -16,7 +16,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -161,15 +163,14 @@ func newGoldenRig(t *testing.T) *goldenRig {
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(&g.journal), zapcore.DebugLevel))
 	users := map[uint32]string{0: "root", 1000: "alice", 1001: "bob", 1002: "carol"}
 	g.scanner = New(Config{
-		StatePath: g.statePath, EventsPath: g.eventsPath,
-		SealKey: seal.NewKey(bytes.Repeat([]byte{0x5a}, 32)), SealKeyCreated: true,
+		Files:  deliver.Config{StatePath: g.statePath, EventsPath: g.eventsPath, Key: seal.NewKey(bytes.Repeat([]byte{0x5a}, 32)), KeyCreated: true},
 		Docker: g.docker, GPU: g.gpus, Proc: proc.New(g.procRoot),
-		Users:         func(_ context.Context, uid uint32) (string, bool) { n, ok := users[uid]; return n, ok },
-		Activity:      activity.New(g.procRoot, g.cgroupRoot),
-		IdleThreshold: 5, IdleAfter: time.Minute, ConfirmAfter: 15 * time.Second, Interval: time.Minute,
-		Policy: policy.FromFlags(policy.Thresholds{GPUPercent: 5, CPUPercent: 2, NetBytes: 1 << 20, Window: 2, Grace: time.Minute}),
-		Log:    log,
-		Now:    func() time.Time { return g.now },
+		Users:    func(_ context.Context, uid uint32) (string, bool) { n, ok := users[uid]; return n, ok },
+		Activity: activity.New(g.procRoot, g.cgroupRoot),
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: 5, IdleAfter: time.Minute, ConfirmAfter: 15 * time.Second, Interval: time.Minute,
+			Policy: policy.FromFlags(policy.Thresholds{GPUPercent: 5, CPUPercent: 2, NetBytes: 1 << 20, Window: 2, Grace: time.Minute})},
+		Log: log,
+		Now: func() time.Time { return g.now },
 	})
 	return g
 }

@@ -14,7 +14,9 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
@@ -87,9 +89,9 @@ func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
 	defer src.Close()
 	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: src, GPU: gpu.New(guard), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond}, // confirmed at the second scan's sample
 	})
 
 	// Cycle 1: the container's process is attributed at once; the host
@@ -218,9 +220,9 @@ func TestForgedScopeIsNotCreditedToTheContainer(t *testing.T) {
 	ok := nvml.SUCCESS
 	r := newRig(t, d)
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-		ConfirmAfter: time.Nanosecond,
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond},
 	})
 	r.cycle()
 	r.cycle()
@@ -263,9 +265,9 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	ts := uint64(1)
 	newScanner := func() *Scanner {
 		return New(Config{
-			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []*docker.Container{&ctr}},
+			Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{Containers: []*docker.Container{&ctr}},
 			GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
-			IdleThreshold: 5, IdleAfter: time.Minute, Now: func() time.Time { return now },
+			Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: 5, IdleAfter: time.Minute}, Now: func() time.Time { return now },
 		})
 	}
 	s := newScanner()
@@ -386,7 +388,7 @@ func TestCgroupParentUnderAnotherContainer(t *testing.T) {
 	ok := nvml.SUCCESS
 	r := newRig(t, d)
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 	})
 	r.cycle()
@@ -435,7 +437,7 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 	ok := nvml.SUCCESS
 	files := testutil.NewFiles(t)
 	now := time.Now()
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{},
 		GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Now: func() time.Time { return now }})
 	ctx := context.Background()
@@ -493,7 +495,7 @@ func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
 	r := newRig(t, d)
 	now := time.Now()
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Now: func() time.Time { return now },
 	})
