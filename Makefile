@@ -1,10 +1,13 @@
 # ds01-detectord. Two test tiers:
-#   make test-unit  no root, no Docker, no network: unit tests, the reconcile
-#                   tables, fixture trees and the NVML mock (about a minute)
-#   make test       everything: needs root; it installs the packages the
-#                   integration tests use when they are missing (docker.io,
-#                   jq, systemd-container, ...) and starts private dockerd
-#                   instances on their own sockets and a systemd in nspawn.
+#   make test-unit  = plain `go test ./...`: any user, no root, Docker, jq or
+#                   tmux, no network: unit tests, the reconcile tables,
+#                   fixture trees, the NVML mock and the real daemon
+#                   without Docker (about a minute)
+#   make test       everything (build tags integration and e2e): needs
+#                   root; it installs the packages the integration tests use
+#                   when they are missing (docker.io, jq, systemd-container,
+#                   ...) and starts private dockerd instances on their own
+#                   sockets and a systemd in nspawn.
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION) $(addprefix -X github.com/prometheus/common/version.,Version=$(VERSION) Revision=$(shell git rev-parse HEAD 2>/dev/null) Branch=$(shell git rev-parse --abbrev-ref HEAD 2>/dev/null) BuildDate=$(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y%m%d-%H:%M:%S))
@@ -61,18 +64,20 @@ test-deps:
 		echo "make test: the integration tests start private dockerd instances and must run as root: 'sudo make test'." >&2; exit 1; \
 	fi
 
-# The fast tier: -short skips every test that needs a private dockerd or
-# root, each with a one-line reason; the e2e test is behind its build tag.
+# The fast tier, what a plain `go test ./...` runs: the tests that need a
+# private dockerd, root, real cgroup writes, tmux, jq or promtool are behind
+# the build tag integration, the systemd-nspawn ones behind e2e.
 test-unit: cc
-	CGO_ENABLED=1 $(GO) test -short -count=1 -timeout 5m $(TEST_PKGS)
+	CGO_ENABLED=1 $(GO) test -count=1 -timeout 5m $(TEST_PKGS)
 
-# Every test: unit, integration against private dockerd instances, and the
-# end-to-end run under a real systemd (build tag e2e).
+# Every test: unit, integration against private dockerd instances (build
+# tag integration), and the end-to-end run under a real systemd (build tag
+# e2e).
 # One package at a time (-p 1): several tests watch their daemon's timing
 # (kill -9 windows of 20-420 ms, a connection flood), and two packages'
 # dockerds and daemons side by side on 2 cores failed them now and then.
 test: cc test-deps
-	CGO_ENABLED=1 $(GO) test -p 1 -race -count=1 -timeout 30m -tags e2e $(TEST_PKGS)
+	CGO_ENABLED=1 $(GO) test -p 1 -race -count=1 -timeout 30m -tags integration,e2e $(TEST_PKGS)
 
 # Only the end-to-end test: boots a Debian tree (debootstrapped once into
 # /var/cache/ds01-e2e) in systemd-nspawn, installs the build into it and
@@ -106,8 +111,8 @@ run: build
 # gofmt, go vet and staticcheck (pinned as a Go tool in go.mod).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet -tags e2e ./...
-	$(GO) tool staticcheck -tags e2e ./...
+	$(GO) vet -tags integration,e2e ./...
+	$(GO) tool staticcheck -tags integration,e2e ./...
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # the NVML cycle with and without utilisation (go-nvml mock, 8 GPUs x 50
@@ -117,10 +122,10 @@ lint:
 # (gpu_detect_latency_ms_p95, goal <= 2,000), then the
 # 1,000-container run of the real daemon, which ends with one JSON line.
 bench: cc test-deps
-	$(GO) test -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
-	$(GO) test -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
-	$(GO) test -run '^$$' -bench 'BenchmarkGPUSampler|BenchmarkGPUDetectLatency' -benchtime 1x -timeout 10m ./internal/cycle/
-	$(GO) test -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
+	$(GO) test -tags integration -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
+	$(GO) test -tags integration -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
+	$(GO) test -tags integration -run '^$$' -bench 'BenchmarkGPUSampler|BenchmarkGPUDetectLatency' -benchtime 1x -timeout 10m ./internal/cycle/
+	$(GO) test -tags integration -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles
 # snippet that creates the directories, the README, and a default flags

@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -68,9 +70,6 @@ print("opened", opened, "failed", failed, flush=True)
 // reported exited, the daemon never runs out of descriptors, and a scrape
 // with the right credentials succeeds within 10 s of the attack ending.
 func TestConnectionFloodDoesNotBlindTheDaemon(t *testing.T) {
-	if testing.Short() {
-		t.Skip("an unprivileged attacker against a daemon under prlimit (root, 12 s of load): runs under 'make test'")
-	}
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: the attacker runs as nobody ('sudo make test')")
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,36 +19,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// daemonBinary builds the real daemon once per test run.
-func daemonBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ds01bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "ds01-detectord")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
+// daemonBinary is the real daemon, built once per test process.
+func daemonBinary(t *testing.T) string { return testbin.Path(t, "cmd/ds01-detectord") }
 
 type proc struct {
 	cmd    *exec.Cmd
@@ -104,6 +83,7 @@ func TestMain(m *testing.M) {
 	testSealKey = filepath.Join(dir, "seal.key")
 	code := m.Run()
 	os.RemoveAll(dir)
+	testbin.Clean()
 	os.Exit(code)
 }
 
@@ -177,77 +157,6 @@ func listeningTCP(pid int) []string {
 		}
 	}
 	return out
-}
-
-func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
-	d := dockertest.New(t, dockertest.Options{})
-	ctx := context.Background()
-	for _, s := range []dockertest.Spec{{Name: "m1", Start: true}, {Name: "m2"}, {Name: "m3", Labels: map[string]string{"ds01.managed": "true"}}} {
-		if _, err := d.Create(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state.json")
-	addr := freeAddr(t)
-	p := startDaemon(t, "--docker-host", d.Host, "--state-file", state, "--events-file", filepath.Join(dir, "e.jsonl"),
-		"--interval", "1h", "--web.listen-address", addr, "--nvml-library", filepath.Join(dir, "none.so"))
-
-	var body string
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if strings.Contains(string(b), "ds01_detector_last_scan_timestamp_seconds ") {
-				body = string(b)
-				break
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if body == "" {
-		t.Fatalf("no metrics with a scan; log:\n%s", p.log())
-	}
-	// Another scan (an event the stream replays, say) may come between
-	// the scrape and the read of the state: compare a scrape with the
-	// state file it lies between two equal reads of.
-	var st inventory.State
-	for time.Now().Before(deadline) {
-		before := readState(t, state)
-		if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			body = string(b)
-		}
-		if st = readState(t, state); st.LastScan.Equal(before.LastScan.Time) {
-			break
-		}
-	}
-	want := []string{
-		fmt.Sprintf("ds01_detector_last_scan_timestamp_seconds %s", strconv.FormatFloat(float64(st.LastScan.UnixNano())/1e9, 'g', -1, 64)),
-		`ds01_detector_source_up{source="docker"} 1`,
-		`ds01_detector_source_up{source="gpu"} 0`,
-		`ds01_containers{has_gpu="false",origin="raw-docker",status="running"} 1`,
-		`ds01_containers{has_gpu="false",origin="raw-docker",status="created"} 1`,
-		`ds01_containers{has_gpu="false",origin="ds01-managed",status="created"} 1`,
-		`ds01_detector_events_total{event_type="detection.container_discovered"} 3`,
-		`ds01_workloads_gpu_without_access 0`,
-		`ds01_detector_scan_duration_seconds_count `,
-		`ds01_detector_build_info{branch=`,
-		`,version="dev"} 1`,
-		`go_goroutines `,
-		`process_resident_memory_bytes `,
-	}
-	for _, w := range want {
-		if !strings.Contains(body, w) {
-			t.Errorf("metrics lack %q", w)
-		}
-	}
-	if len(st.Containers) != 3 {
-		t.Errorf("state has %d containers", len(st.Containers))
-	}
 }
 
 // --web.listen-address "" (or --metrics-listen "") turns the endpoint off:
@@ -349,4 +258,68 @@ func readState(t *testing.T, path string) inventory.State {
 		t.Fatalf("%s has no last_scan", path)
 	}
 	return st
+}
+
+// files are a daemon's state file and event log.
+type files struct{ *testutil.Files }
+
+func newFiles(t *testing.T, dir string) *files { return &files{testutil.FilesIn(t, dir)} }
+
+func (f *files) args(extra ...string) []string {
+	args := []string{"--state-file", f.StatePath, "--events-file", f.EventsPath}
+	if !slices.Contains(extra, "--seal-key") {
+		args = append(args, "--seal-key", testSealKey)
+	}
+	return withListen(append(args, extra...))
+}
+
+// eventLines reads a whole event log, failing on a partial or bad line.
+func eventLines(t *testing.T, path string) []event.Envelope {
+	t.Helper()
+	evs, err := event.ReadLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+func countLines(log, substr string) int { return strings.Count(log, substr) }
+
+// stubNVML builds the stand-in libnvidia-ml (testdata/nvmlstub) and returns
+// its path and the control file that scripts it ("PID MIB SM" lines).
+func stubNVML(t *testing.T) (lib, ctl string) {
+	t.Helper()
+	dir := t.TempDir()
+	lib = filepath.Join(dir, "libnvidia-ml.so.1")
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", lib, filepath.Join("testdata", "nvmlstub", "nvmlstub.c")).CombinedOutput(); err != nil {
+		t.Fatalf("building the stand-in NVML: %v\n%s", err, out)
+	}
+	ctl = filepath.Join(dir, "gpu.txt")
+	return lib, ctl
+}
+
+func script(t *testing.T, ctl string, pid, mib int, sm string) {
+	t.Helper()
+	tmp := ctl + ".tmp"
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d %s\n", pid, mib, sm)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, ctl); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func metric(t *testing.T, addr, name string) (float64, bool) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? ([0-9.e+-]+)$`).FindStringSubmatch(string(b))
+	if m == nil {
+		return 0, false
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v, true
 }

@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 // Fault injection with the real daemon in the foreground and a real private
@@ -10,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,31 +24,6 @@ import (
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
-
-// files are a daemon's state file and event log.
-type files struct{ *testutil.Files }
-
-func newFiles(t *testing.T, dir string) *files { return &files{testutil.FilesIn(t, dir)} }
-
-func (f *files) args(extra ...string) []string {
-	args := []string{"--state-file", f.StatePath, "--events-file", f.EventsPath}
-	if !slices.Contains(extra, "--seal-key") {
-		args = append(args, "--seal-key", testSealKey)
-	}
-	return withListen(append(args, extra...))
-}
-
-// eventLines reads a whole event log, failing on a partial or bad line.
-func eventLines(t *testing.T, path string) []event.Envelope {
-	t.Helper()
-	evs, err := event.ReadLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return evs
-}
-
-func countLines(log, substr string) int { return strings.Count(log, substr) }
 
 func TestFaultDockerdKilledMidCycleAndRestarted(t *testing.T) {
 	d := dockertest.New(t, dockertest.Options{})

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/daemon"
-	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -90,59 +88,6 @@ func TestFlagDefaultsAreTheDaemonDefaults(t *testing.T) {
 	}
 	if want := daemon.Defaults(); !reflect.DeepEqual(cfg.d, want) {
 		t.Errorf("no flags:\n%+v\nDefaults:\n%+v", cfg.d, want)
-	}
-}
-
-func TestOnce(t *testing.T) {
-	d := dockertest.New(t, dockertest.Options{})
-	ctx := context.Background()
-	id, err := d.Create(ctx, dockertest.Spec{Name: "once", Labels: map[string]string{"ds01.user": "alice"}, Start: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	state, events := filepath.Join(dir, "lib", "state.json"), filepath.Join(dir, "log", "events.jsonl")
-	args := []string{"--docker-host", d.Host, "--state-file", state, "--events-file", events, "--log-format", "console", "--once"}
-
-	// --dry-run prints the inventory and writes nothing.
-	var out, errb bytes.Buffer
-	if rc := run(append(args, "--dry-run"), &out, &errb); rc != 0 {
-		t.Fatalf("dry run exit %d: %s", rc, errb.String())
-	}
-	var st inventory.State
-	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
-		t.Fatalf("dry-run output is not the inventory: %v\n%s", err, out.String())
-	}
-	if c := st.Containers[id[:12]]; c.User != "alice" || c.Status != "running" || !st.Sources.Docker.OK {
-		t.Errorf("dry-run inventory: %+v", st)
-	}
-	// This machine has no GPU: the real NVML fails to load, and that is
-	// reported, not fatal.
-	if st.Sources.GPU.OK || !strings.Contains(st.Sources.GPU.Error, "nvmlInit") {
-		t.Errorf("gpu source on a GPU-less machine: %+v", st.Sources.GPU)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib")); !os.IsNotExist(err) {
-		t.Error("dry run created the state directory")
-	}
-	if _, err := os.Stat(events); !os.IsNotExist(err) {
-		t.Error("dry run wrote events")
-	}
-
-	// --once writes both; a second run with nothing changed adds no event.
-	for i := 0; i < 2; i++ {
-		if rc := run(args, &out, &errb); rc != 0 {
-			t.Fatalf("once #%d exit %d: %s", i, rc, errb.String())
-		}
-	}
-	b, err := os.ReadFile(events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], `"detection.container_discovered"`) {
-		t.Errorf("events after two runs: %q", b)
-	}
-	if _, err := os.Stat(state); err != nil {
-		t.Error(err)
 	}
 }
 

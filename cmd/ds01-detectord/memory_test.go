@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -33,9 +35,6 @@ func vmHWM(pid int) int {
 // its peak RSS stays under 150 MB, and the label that names the owner,
 // after thousands of others, is still read.
 func TestHugeDockerContentUnderMemoryMax(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a private dockerd and a memory cgroup (root): runs under 'make test'")
-	}
 	cgRoot := "/sys/fs/cgroup/memory"
 	if _, err := os.Stat(filepath.Join(cgRoot, "memory.limit_in_bytes")); err != nil {
 		t.Fatalf("no cgroup v1 memory controller at %s: %v", cgRoot, err)

@@ -1,15 +1,9 @@
+//go:build integration
+
 package main
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,45 +14,6 @@ import (
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
-
-// stubNVML builds the stand-in libnvidia-ml (testdata/nvmlstub) and returns
-// its path and the control file that scripts it ("PID MIB SM" lines).
-func stubNVML(t *testing.T) (lib, ctl string) {
-	t.Helper()
-	dir := t.TempDir()
-	lib = filepath.Join(dir, "libnvidia-ml.so.1")
-	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", lib, filepath.Join("testdata", "nvmlstub", "nvmlstub.c")).CombinedOutput(); err != nil {
-		t.Fatalf("building the stand-in NVML: %v\n%s", err, out)
-	}
-	ctl = filepath.Join(dir, "gpu.txt")
-	return lib, ctl
-}
-
-func script(t *testing.T, ctl string, pid, mib int, sm string) {
-	t.Helper()
-	tmp := ctl + ".tmp"
-	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d %s\n", pid, mib, sm)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, ctl); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func metric(t *testing.T, addr, name string) (float64, bool) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? ([0-9.e+-]+)$`).FindStringSubmatch(string(b))
-	if m == nil {
-		return 0, false
-	}
-	v, _ := strconv.ParseFloat(m[1], 64)
-	return v, true
-}
 
 // The real daemon, a real container on a private dockerd, and a stand-in
 // NVML library (loaded with --nvml-library) that reports the container's

@@ -8,42 +8,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-var (
-	cliOnce sync.Once
-	cliPath string
-	cliErr  error
-)
-
-// workloadsBinary builds ds01-workloads once per test run.
-func workloadsBinary(t *testing.T) string {
-	t.Helper()
-	cliOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ds01cli")
-		if err != nil {
-			cliErr = err
-			return
-		}
-		cliPath = filepath.Join(dir, "ds01-workloads")
-		if out, err := exec.Command("go", "build", "-o", cliPath, "../ds01-workloads").CombinedOutput(); err != nil {
-			cliErr = errors.New(string(out))
-		}
-	})
-	if cliErr != nil {
-		t.Fatal(cliErr)
-	}
-	return cliPath
-}
+// workloadsBinary is ds01-workloads, built once per test process.
+func workloadsBinary(t *testing.T) string { return testbin.Path(t, "cmd/ds01-workloads") }
 
 func cli(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()

@@ -20,10 +20,9 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/docker/docker/api/types/container"
 	"github.com/spf13/pflag"
 
-	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 )
 
@@ -56,6 +55,9 @@ func withoutSeal(args []string) []string {
 	}
 	return append(slices.Clone(args), "--seal-key=")
 }
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 func td(name string) string { return filepath.Join("testdata", name) }
 
@@ -258,73 +260,6 @@ func TestEveryPairOfFilters(t *testing.T) {
 	}
 }
 
-func TestJSONThroughJQRoundTrips(t *testing.T) {
-	if _, err := exec.LookPath("jq"); err != nil {
-		t.Fatal("jq is needed; 'make test' installs it")
-	}
-	out, _, rc := invoke([]string{"--state-file", td("full.json"), "--json", "--all"}, false, nil)
-	if rc != 0 {
-		t.Fatal(rc)
-	}
-	cmd := exec.Command("jq", "-c", ".")
-	cmd.Stdin = strings.NewReader(out)
-	viaJQ, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("jq does not parse --json output: %v", err)
-	}
-	var a, b any
-	json.Unmarshal([]byte(out), &a)
-	json.Unmarshal(viaJQ, &b)
-	if !reflect.DeepEqual(a, b) || a == nil {
-		t.Error("jq round trip changed the document")
-	}
-	cmd = exec.Command("jq", "-r", `[.workloads[] | select(.kind=="host-process") | .user] | join(",")`)
-	cmd.Stdin = strings.NewReader(out)
-	users, err := cmd.Output()
-	if err != nil || strings.TrimSpace(string(users)) != "bob,4242,alice" {
-		t.Errorf("jq over workloads: %q %v", users, err)
-	}
-}
-
-// The real daemon runs --once against a private dockerd; the CLI then reads
-// the state file it wrote.
-func TestAgainstRealDaemonOutput(t *testing.T) {
-	d := dockertest.New(t, dockertest.Options{NvidiaHook: true})
-	ctx := context.Background()
-	if _, err := d.Create(ctx, dockertest.Spec{Name: "alice-gpu", Start: true, Labels: map[string]string{"ds01.managed": "true", "ds01.user": "alice", "ds01.gpu.allocated": "1"},
-		Host: container.HostConfig{Resources: container.Resources{DeviceRequests: []container.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Create(ctx, dockertest.Spec{Name: "bob-stopped", Labels: map[string]string{"com.docker.compose.project": "p", "com.docker.compose.project.working_dir": "/home/bob/p"}}); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "ds01-detectord")
-	if out, err := exec.Command("go", "build", "-o", bin, "../ds01-detectord").CombinedOutput(); err != nil {
-		t.Fatalf("build daemon: %v\n%s", err, out)
-	}
-	state := filepath.Join(dir, "state.json")
-	if out, err := exec.Command(bin, "--once", "--docker-host", d.Host, "--state-file", state, "--events-file", filepath.Join(dir, "e.jsonl"), "--log-format", "console").CombinedOutput(); err != nil {
-		t.Fatalf("daemon --once: %v\n%s", err, out)
-	}
-	var out, errb bytes.Buffer
-	e := env{stdout: &out, stderr: &errb, now: time.Now, getenv: func(string) string { return "" }, ctx: ctx}
-	if rc := run([]string{"--state-file", state, "--all"}, e); rc != 0 {
-		t.Fatalf("exit %d: %s", rc, errb.String())
-	}
-	lines := strings.Split(out.String(), "\n")
-	// Granted GPU 1, using none; docker-style status and an age from its
-	// creation.
-	if !strings.HasPrefix(lines[0], "TYPE") || !regexpMatch(`^ds01-managed\s+alice\s+- \(\+1\)\s+-\s+-\s+-\s+Up (Less than a second|\d+ seconds?)\s+\d+s\s+alice-gpu$`, lines) ||
-		!regexpMatch(`^compose\s+bob\s+-\s+-\s+-\s+-\s+Created\s+\d+s\s+bob-stopped$`, lines) {
-		t.Errorf("table:\n%s", out.String())
-	}
-	// The warning goes to stderr, the summary line to stdout.
-	if !strings.Contains(out.String(), "2 containers (1 with GPU)") || !strings.Contains(errb.String(), "WARNING: GPU source failing") {
-		t.Errorf("summary:\n%s\nstderr:\n%s", out.String(), errb.String())
-	}
-}
-
 func regexpMatch(re string, lines []string) bool {
 	r := regexp.MustCompile(re)
 	for _, l := range lines {
@@ -406,10 +341,7 @@ func TestReportKnownAnswer(t *testing.T) {
 // --help goes to stdout, so that `ds01-workloads --help | head -1` shows
 // the usage line, and exits 0.
 func TestHelpThroughAPipe(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "ds01-workloads")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testbin.Path(t, "cmd/ds01-workloads")
 	out, err := exec.Command("bash", "-c", bin+" --help | head -1").Output()
 	if err != nil {
 		t.Fatalf("exit: %v", err)

@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -5,10 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
@@ -16,17 +20,8 @@ import (
 // the new row appears (with an hour's fallback interval: inotify),
 // and Ctrl-C ends it with exit 0 and the screen restored.
 func TestWatchInARealTerminal(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if testing.Short() {
-			t.Skip("needs tmux: runs under 'make test', which installs it")
-		}
-		t.Fatal("tmux is needed for this test; 'make test' installs it")
-	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "ds01-workloads")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testbin.Path(t, "cmd/ds01-workloads")
 	state := filepath.Join(dir, "state.json")
 	src, err := os.ReadFile(td("held.json"))
 	if err != nil {
@@ -35,16 +30,7 @@ func TestWatchInARealTerminal(t *testing.T) {
 	if err := os.WriteFile(state, src, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "tmux.sock")
-	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	tmux("new-session", "-d", "-x", "220", "-y", "50", "-s", "w", "sh")
-	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	tmux := newTmux(t, dir, 220, 50)
 	// bash waits for it and records its exit status (the trap keeps the
 	// shell itself alive through Ctrl-C; the program gets SIGINT as usual).
 	rcFile := filepath.Join(dir, "rc")
@@ -100,27 +86,9 @@ func TestWatchInARealTerminal(t *testing.T) {
 // one), for the table, --wide, gpus and --watch; and --watch through a
 // pipe writes no screen control codes.
 func TestSixtyColumnPane(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if testing.Short() {
-			t.Skip("needs tmux: runs under 'make test', which installs it")
-		}
-		t.Fatal("tmux is needed for this test; 'make test' installs it")
-	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "ds01-workloads")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	sock := filepath.Join(dir, "tmux.sock")
-	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	tmux("new-session", "-d", "-x", "60", "-y", "60", "-s", "w", "sh")
-	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	bin := testbin.Path(t, "cmd/ds01-workloads")
+	tmux := newTmux(t, dir, 60, 60)
 	state, _ := filepath.Abs(td("held.json"))
 	for _, args := range []string{"", "--wide --all", "--by-user", "gpus", "--watch 1h"} {
 		// stderr (the staleness warning) goes elsewhere: only the table is
@@ -148,4 +116,31 @@ func TestSixtyColumnPane(t *testing.T) {
 	if err != nil || strings.Contains(string(out), "\x1b[?1049h") || strings.Contains(string(out), "\x1b") || !strings.Contains(string(out), "TYPE") {
 		t.Errorf("--watch 1 | head -c 2000: %v\n%q", err, out)
 	}
+}
+
+// newTmux starts a tmux server on a socket in dir with one session "w" of
+// the given size, and returns a function that runs a tmux command against
+// it. The server runs its panes' commands with /bin/sh whatever the
+// user's login shell is (nologin for system users) and reads no
+// configuration file.
+func newTmux(t *testing.T, dir string, width, height int) func(args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Fatal("tmux is needed for this test; 'make test' installs it")
+	}
+	sock := filepath.Join(dir, "tmux.sock")
+	tmux := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("tmux", append([]string{"-f", os.DevNull, "-S", sock}, args...)...)
+		cmd.Env = append(os.Environ(), "SHELL=/bin/sh")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	tmux("new-session", "-d", "-x", strconv.Itoa(width), "-y", strconv.Itoa(height), "-s", "w", "sh")
+	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	tmux("set-option", "-g", "default-shell", "/bin/sh")
+	return tmux
 }

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package bench measures the daemon against a private dockerd holding 1,000
 // containers: cycle cost against the raw list call, API requests per steady
 // cycle, detection latency, memory and CPU. It only reports; `make bench`
@@ -16,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,7 +30,11 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // The inventory of the main run: 1,000 containers, 30 % running, unless
 // DS01_BENCH_CONTAINERS says otherwise (the 4,000 figures in docs/PERFORMANCE.md).
@@ -211,13 +216,7 @@ func Benchmark1000Containers(b *testing.B) {
 	res.RawListMs = ms(rawList(b, filepath.Join(d.Dir, "docker.sock")))
 
 	dir := b.TempDir()
-	bin := filepath.Join(dir, "ds01-detectord")
-	_, self, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/ds01-detectord")
-	build.Dir = filepath.Join(filepath.Dir(self), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := releaseDaemon(b)
 	state := filepath.Join(dir, "state.json")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -9,14 +9,14 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // DeviceRequest and Mount are what the Docker source reports.
 type (
-	DeviceRequest = docker.DeviceRequest
-	Mount         = docker.Mount
+	DeviceRequest = facts.DeviceRequest
+	Mount         = facts.Mount
 )
 
 // Input is everything classification needs to know about one container.

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
@@ -21,20 +21,20 @@ import (
 // listed is a Docker source that reports a fixed snapshot; gpuList a GPU
 // source that reports fixed processes. The facts about those PIDs come
 // from the fixture /proc trees, read for real.
-type listed docker.Snapshot
+type listed facts.Snapshot
 
-func (l listed) List(context.Context, bool) (docker.Snapshot, error) { return docker.Snapshot(l), nil }
+func (l listed) List(context.Context, bool) (facts.Snapshot, error) { return facts.Snapshot(l), nil }
 
 // ptrs is a list as the Docker source's snapshots hold it.
-func ptrs(list []docker.Container) []*docker.Container {
-	out := make([]*docker.Container, len(list))
+func ptrs(list []facts.Container) []*facts.Container {
+	out := make([]*facts.Container, len(list))
 	for i := range list {
 		out[i] = &list[i]
 	}
 	return out
 }
 
-type gpuList []gpu.Process
+type gpuList []facts.GPUProcess
 
 func (g gpuList) Scan(context.Context) (gpu.Report, error) { return gpu.Report{Processes: g}, nil }
 
@@ -42,12 +42,12 @@ func procsFor(pids ...int) gpuList {
 	var out gpuList
 	for i, p := range pids {
 		m := int64(100 * (i + 1))
-		out = append(out, gpu.Process{Pid: p, GPUIndex: i % 2, GPUUUID: "GPU-" + strconv.Itoa(i%2), MIGIndex: -1, MemoryMiB: &m})
+		out = append(out, facts.GPUProcess{Pid: p, GPUIndex: i % 2, GPUUUID: "GPU-" + strconv.Itoa(i%2), MIGIndex: -1, MemoryMiB: &m})
 	}
 	return out
 }
 
-func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, procs gpuList) (*Scanner, *testutil.Files) {
+func fixtureScanner(t *testing.T, keep bool, containers []facts.Container, procs gpuList) (*Scanner, *testutil.Files) {
 	files := testutil.NewFiles(t)
 	return New(Config{
 		Files:  deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath},
@@ -60,14 +60,14 @@ func fixtureScanner(t *testing.T, keep bool, containers []docker.Container, proc
 
 func TestAttributionOverFixtures(t *testing.T) {
 	dockerA := strings.Repeat("a", 64)
-	ctr := docker.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{},
-		DeviceRequests: []docker.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
+	ctr := facts.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{},
+		DeviceRequests: []facts.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
 	// 1002: in docker container aaaa…; 1007: podman; 1020: host with
 	// secrets; 1021: vanished between reads; 1022: hostile command line;
 	// 1023: root's nvidia-smi; 1030: a user's scope named after aaaa…;
 	// 1031 and 1032: a user's exec -a Xorg and exec -a nvidia-persistenced;
 	// 99999: no /proc entry at all.
-	s, files := fixtureScanner(t, false, []docker.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 1030, 1031, 1032, 99999))
+	s, files := fixtureScanner(t, false, []facts.Container{ctr}, procsFor(1002, 1007, 1020, 1021, 1022, 1023, 1030, 1031, 1032, 99999))
 	ctx := context.Background()
 	s.Scan(ctx, true)
 	sum := s.Scan(ctx, true) // the second sighting confirms host processes

@@ -18,10 +18,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/summary"
@@ -33,7 +33,7 @@ import (
 // it may report only what changed since the last call (the containers
 // Docker's events named) on top of what it knew.
 type Containers interface {
-	List(ctx context.Context, full bool) (docker.Snapshot, error)
+	List(ctx context.Context, full bool) (facts.Snapshot, error)
 }
 
 // GPUs is the GPU source as the cycle sees it.
@@ -69,9 +69,10 @@ type Scanner struct {
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
-	sampler  *Sampler            // nil without a GPU source
-	inits    map[string]initProc // container ID → init process and UID
-	failing  map[string]string   // source → its last error, while failing
+	sampler  *Sampler             // nil without a GPU source
+	inits    map[string]initProc  // container ID → init process and UID
+	running  []activity.Container // running at the last reconciliation scan
+	failing  map[string]string    // source → its last error, while failing
 }
 
 // New loads the last state and, unless DryRun, takes over the two files:

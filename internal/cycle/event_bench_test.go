@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
@@ -18,18 +18,18 @@ import (
 // inventory of idle containers plus one that changes every call, the way
 // the Docker source reports an event-triggered scan (no list call).
 type churning struct {
-	idle []*docker.Container
+	idle []*facts.Container
 	n    int
 }
 
-func (c *churning) List(context.Context, bool) (docker.Snapshot, error) {
+func (c *churning) List(context.Context, bool) (facts.Snapshot, error) {
 	c.n++
-	out := make([]*docker.Container, len(c.idle), len(c.idle)+1)
+	out := make([]*facts.Container, len(c.idle), len(c.idle)+1)
 	copy(out, c.idle)
-	churn := &docker.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
+	churn := &facts.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
 		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}}
 	out = append(out, churn)
-	return docker.Snapshot{Containers: out, Incremental: true, Changed: map[string]bool{churn.ID: true}, Checkpoint: time.Now()}, nil
+	return facts.Snapshot{Containers: out, Incremental: true, Changed: map[string]bool{churn.ID: true}, Checkpoint: time.Now()}, nil
 }
 
 // BenchmarkEventCycle is the daemon's side of one event-triggered scan
@@ -40,7 +40,7 @@ func BenchmarkEventCycle(b *testing.B) {
 		b.Run(strconv.Itoa(idle), func(b *testing.B) {
 			src := &churning{}
 			for i := 0; i < idle; i++ {
-				src.idle = append(src.idle, &docker.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
+				src.idle = append(src.idle, &facts.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
 					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
 			}
 			files := testutil.NewFiles(b)

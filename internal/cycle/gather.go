@@ -10,9 +10,8 @@ import (
 	"strconv"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
-	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 )
@@ -28,8 +27,12 @@ type initProc struct {
 // gather asks each source what exists and reads the facts reconcile needs
 // about the answers: the UIDs of the containers' init processes, the /proc
 // entries of the GPU processes, and the names of every UID involved.
-func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
-	var f reconcile.Facts
+func (s *Scanner) gather(ctx context.Context, full bool) facts.Scan {
+	var f facts.Scan
+	var early <-chan map[string]facts.Activity
+	if full && s.cfg.Activity != nil {
+		early = s.readActivityEarly()
+	}
 	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
 	if f.DockerErr == nil {
 		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
@@ -44,8 +47,8 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 		f.Inits = s.readInits(f)
 		f.ProcErr = cmp.Or(f.ProcErr, procErr(f))
 	}
-	if full && f.DockerErr == nil && s.cfg.Activity != nil {
-		f.Activity = s.readActivity(f.Docker.Containers)
+	if early != nil {
+		f.Activity = s.readActivity(<-early, f)
 	}
 	if full && f.GPUErr == nil {
 		f.ProcCPU = s.readProcCPU(f)
@@ -57,14 +60,14 @@ func (s *Scanner) gather(ctx context.Context, full bool) reconcile.Facts {
 
 // readFailed reports whether a read of p's facts failed for a reason
 // other than the process being gone.
-func readFailed(p reconcile.Proc) bool {
+func readFailed(p facts.Proc) bool {
 	return proc.ReadFailed(p.CgroupErr) || proc.ReadFailed(p.UIDErr) || proc.ReadFailed(p.StartErr)
 }
 
 // procErr returns the first /proc read of this cycle's GPU processes and
 // init processes that failed for a reason other than the process being
 // gone (proc.ReadFailed), or nil.
-func procErr(f reconcile.Facts) error {
+func procErr(f facts.Scan) error {
 	for pid, p := range f.Procs {
 		for _, err := range []error{p.CgroupErr, p.UIDErr, p.StartErr} {
 			if proc.ReadFailed(err) {
@@ -84,7 +87,7 @@ func procErr(f reconcile.Facts) error {
 // once per container and PID, and forgets the containers no longer listed.
 // A read that fails for a reason other than the process being gone keeps
 // what was known and is returned as the /proc source's error.
-func (s *Scanner) initUIDs(list []*docker.Container) (map[string]uint32, error) {
+func (s *Scanner) initUIDs(list []*facts.Container) (map[string]uint32, error) {
 	var failed error
 	out := map[string]uint32{} // running containers only: not sized by the list
 	seen := make(map[string]initProc, len(s.inits))
@@ -114,8 +117,8 @@ func (s *Scanner) initUIDs(list []*docker.Container) (map[string]uint32, error) 
 }
 
 // readProc reads what attribution needs about one GPU process.
-func readProc(fs proc.FS, pid int) reconcile.Proc {
-	var p reconcile.Proc
+func readProc(fs proc.FS, pid int) facts.Proc {
+	var p facts.Proc
 	p.Cgroup, p.CgroupErr = fs.Cgroup(pid)
 	if p.CgroupErr != nil {
 		return p
@@ -131,7 +134,7 @@ func readProc(fs proc.FS, pid int) reconcile.Proc {
 // cgroup names, to check that the process really runs in it. The init's
 // PID comes from this cycle's list, or from the last state while Docker is
 // failing.
-func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
+func (s *Scanner) readInits(f facts.Scan) map[string]facts.Init {
 	pids := map[string]int{}
 	if f.DockerErr == nil {
 		for _, c := range f.Docker.Containers {
@@ -142,14 +145,14 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 			pids[c.FullID] = c.Pid
 		}
 	}
-	out := map[string]reconcile.Init{}
-	read := func(p *reconcile.Proc) {
+	out := map[string]facts.Init{}
+	read := func(p *facts.Proc) {
 		for _, c := range p.Cgroup.Chain() { // every container the path names
 			id := c.ID
 			if _, done := out[id]; done || pids[id] <= 0 {
 				continue
 			}
-			var in reconcile.Init
+			var in facts.Init
 			in.Cgroup, in.CgroupErr = s.cfg.Proc.Cgroup(pids[id])
 			in.PidNS, _ = s.cfg.Proc.PidNS(pids[id])
 			out[id] = in
@@ -170,7 +173,7 @@ func (s *Scanner) readInits(f reconcile.Facts) map[string]reconcile.Init {
 
 // userNames resolves every UID the facts name: GPU processes, init
 // processes and container names of the form <x>._.<uid>.
-func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]string {
+func (s *Scanner) userNames(ctx context.Context, f facts.Scan) map[uint32]string {
 	names := map[uint32]string{}
 	if s.cfg.Users == nil {
 		return names
@@ -191,7 +194,7 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 			lookup(p.UID)
 		}
 	}
-	seen := map[*reconcile.Proc]bool{}
+	seen := map[*facts.Proc]bool{}
 	for _, smp := range f.Samples {
 		for _, p := range smp.Facts {
 			if p != nil && !seen[p] && p.CgroupErr == nil && p.UIDErr == nil {
@@ -213,22 +216,54 @@ func (s *Scanner) userNames(ctx context.Context, f reconcile.Facts) map[uint32]s
 	return names
 }
 
-// readActivity reads the cgroup and network namespace of every running
-// container. Only reconciliation scans read it: the verdict counts them.
-func (s *Scanner) readActivity(list []*docker.Container) map[string]activity.Sample {
-	running := make([]activity.Container, 0, len(list)/4)
-	for _, c := range list {
-		if c.Pid > 0 {
-			running = append(running, activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork})
+// readActivityEarly starts reading the cgroups and network namespaces of
+// the containers the last reconciliation scan found running, beside the
+// Docker list: the reads cost the daemon kernel time while dockerd builds
+// the list. Only reconciliation scans read activity: the verdict counts them.
+func (s *Scanner) readActivityEarly() <-chan map[string]facts.Activity {
+	ch := make(chan map[string]facts.Activity, 1)
+	last := s.running
+	go func() { ch <- s.cfg.Activity.Read(last, s.cfg.Now) }()
+	return ch
+}
+
+// readActivity keeps the early samples of the containers that still run
+// with the same init process, and reads the rest (started since the last
+// reconciliation scan) now. With Docker failing nothing is known.
+func (s *Scanner) readActivity(early map[string]facts.Activity, f facts.Scan) map[string]facts.Activity {
+	if f.DockerErr != nil {
+		return nil
+	}
+	last := make(map[string]activity.Container, len(s.running))
+	for _, c := range s.running {
+		last[c.ID] = c
+	}
+	running := make([]activity.Container, 0, len(s.running)+8)
+	var rest []activity.Container
+	out := make(map[string]facts.Activity, len(s.running)+8)
+	for _, c := range f.Docker.Containers {
+		if c.Pid <= 0 {
+			continue
+		}
+		ac := activity.Container{ID: c.ID, Pid: c.Pid, HostNetwork: c.HostNetwork}
+		running = append(running, ac)
+		if smp, ok := early[c.ID]; ok && last[c.ID] == ac {
+			out[c.ID] = smp
+		} else {
+			rest = append(rest, ac)
 		}
 	}
-	return s.cfg.Activity.Read(running, s.cfg.Now)
+	for id, smp := range s.cfg.Activity.Add(rest, s.cfg.Now) {
+		out[id] = smp
+	}
+	s.running = running
+	return out
 }
 
 // readProcCPU reads the CPU time of every GPU process (host processes get
 // their cpu_percent from it).
-func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
-	out := make(map[int]reconcile.ProcCPU, len(f.Procs))
+func (s *Scanner) readProcCPU(f facts.Scan) map[int]facts.ProcCPU {
+	out := make(map[int]facts.ProcCPU, len(f.Procs))
 	for pid, p := range f.Procs {
 		if p.CgroupErr != nil || p.Cgroup.ID != "" {
 			continue // gone, or in a container: its cgroup tells
@@ -238,7 +273,7 @@ func (s *Scanner) readProcCPU(f reconcile.Facts) map[int]reconcile.ProcCPU {
 			continue
 		}
 		if ticks, start, ok := activity.ProcessCPU(b); ok {
-			out[pid] = reconcile.ProcCPU{Ticks: ticks, StartTime: start, At: s.cfg.Now()}
+			out[pid] = facts.ProcCPU{Ticks: ticks, StartTime: start, At: s.cfg.Now()}
 		}
 	}
 	return out

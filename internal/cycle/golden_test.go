@@ -17,11 +17,11 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 )
@@ -121,13 +121,13 @@ type goldenRig struct {
 }
 
 type scriptedDocker struct {
-	snap docker.Snapshot
+	snap facts.Snapshot
 	err  error
 }
 
-func (d *scriptedDocker) List(context.Context, bool) (docker.Snapshot, error) {
+func (d *scriptedDocker) List(context.Context, bool) (facts.Snapshot, error) {
 	if d.err != nil {
-		return docker.Snapshot{}, d.err
+		return facts.Snapshot{}, d.err
 	}
 	return d.snap, nil
 }
@@ -266,21 +266,21 @@ func (g *goldenRig) scan(s int, full bool) {
 func (g *goldenRig) run() {
 	A, B, C, D, E, F := goldenID('a'), goldenID('b'), goldenID('c'), goldenID('d'), goldenID('e'), goldenID('f')
 	hour := at(-3600)
-	gpuAll := []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+	gpuAll := []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
 
-	managed := docker.Container{ID: A, Name: "alice-train", Image: "ds01/pytorch:2.4", Status: "running", Pid: 2001, Created: hour, StartedAt: hour,
+	managed := facts.Container{ID: A, Name: "alice-train", Image: "ds01/pytorch:2.4", Status: "running", Pid: 2001, Created: hour, StartedAt: hour,
 		Labels: map[string]string{"ds01.managed": "true", "ds01.user": "alice", "ds01.gpu.allocated": "0"},
 		Env:    []string{"NVIDIA_VISIBLE_DEVICES=0"}, Runtime: "nvidia", RuntimePath: "/usr/bin/nvidia-container-runtime",
-		Mounts: []docker.Mount{{Type: "bind", Source: "/home/alice/data"}}}
-	compose := docker.Container{ID: B, Name: "proj-trainer-1", Image: "proj-trainer", Status: "running", Pid: 2002, Created: hour, StartedAt: hour,
+		Mounts: []facts.Mount{{Type: "bind", Source: "/home/alice/data"}}}
+	compose := facts.Container{ID: B, Name: "proj-trainer-1", Image: "proj-trainer", Status: "running", Pid: 2002, Created: hour, StartedAt: hour,
 		Labels:  map[string]string{"com.docker.compose.project": "proj", "com.docker.compose.project.working_dir": "/home/bob/proj", "com.docker.compose.service": "trainer"},
 		Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll}
-	devc := docker.Container{ID: C, Name: "vsc-ws-1a2b3c", Image: "vsc-ws-1a2b3c-uid", Status: "running", Pid: 2003, Created: hour, StartedAt: hour,
+	devc := facts.Container{ID: C, Name: "vsc-ws-1a2b3c", Image: "vsc-ws-1a2b3c-uid", Status: "running", Pid: 2003, Created: hour, StartedAt: hour,
 		Labels:  map[string]string{"devcontainer.local_folder": "/home/carol/ws", "devcontainer.config_file": "/home/carol/ws/.devcontainer/devcontainer.json"},
 		Runtime: "runc", RuntimePath: "runc"}
-	raw := docker.Container{ID: D, Name: "job._.1001", Image: "ubuntu:24.04", Status: "running", Pid: 2004, Created: hour, StartedAt: hour,
+	raw := facts.Container{ID: D, Name: "job._.1001", Image: "ubuntu:24.04", Status: "running", Pid: 2004, Created: hour, StartedAt: hour,
 		Labels: map[string]string{}, Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}, Runtime: "nvidia", RuntimePath: "/usr/bin/nvidia-container-runtime"}
-	shared := docker.Container{ID: E, Name: "shared-box", Image: "ubuntu:24.04", Status: "running", Pid: 2005, Created: hour, StartedAt: hour,
+	shared := facts.Container{ID: E, Name: "shared-box", Image: "ubuntu:24.04", Status: "running", Pid: 2005, Created: hour, StartedAt: hour,
 		Labels: map[string]string{"ds01.user": "alice"}, Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll}
 
 	// Container init processes and their GPU processes.
@@ -299,28 +299,28 @@ func (g *goldenRig) run() {
 	g.process(3003, "/system.slice/nvidia-smi.service", 0, 1, startTicks(8), "nvidia-smi")
 	g.process(3004, "/user.slice/user-1002.slice/user@1002.service/app.slice/docker-"+A+".scope", 1002, 50, startTicks(9), "python3", "claim.py")
 
-	devices := func(used0, used1, used2 int64) []gpu.Device {
+	devices := func(used0, used1, used2 int64) []facts.GPUDevice {
 		name := "NVIDIA H100 80GB HBM3"
 		on, off := true, false
-		return []gpu.Device{
+		return []facts.GPUDevice{
 			{Index: 0, UUID: "GPU-0000", Name: name, MemoryTotalMiB: int64p(81559), MemoryUsedMiB: int64p(used0), Util: intp(80), Accounting: &on},
 			{Index: 1, UUID: "GPU-1111", Name: name, MemoryTotalMiB: int64p(81559), MemoryUsedMiB: int64p(used1), Util: intp(0), Accounting: &off},
 			{Index: 2, UUID: "GPU-2222", Name: name, MemoryTotalMiB: int64p(81559), MemoryUsedMiB: int64p(used2), Util: intp(45)},
 		}
 	}
-	gp := func(pid, idx int, mem int64, sm *int) gpu.Process {
-		return gpu.Process{Pid: pid, GPUIndex: idx, GPUUUID: "GPU-" + strings.Repeat(strconv.Itoa(idx), 4), MIGIndex: -1, MemoryMiB: int64p(mem), SMUtil: sm}
+	gp := func(pid, idx int, mem int64, sm *int) facts.GPUProcess {
+		return facts.GPUProcess{Pid: pid, GPUIndex: idx, GPUUUID: "GPU-" + strings.Repeat(strconv.Itoa(idx), 4), MIGIndex: -1, MemoryMiB: int64p(mem), SMUtil: sm}
 	}
 	// bSM is the compose container's utilisation: 0 (idle) until it wakes.
-	procs := func(bSM int, host ...gpu.Process) []gpu.Process {
-		out := []gpu.Process{gp(2101, 0, 20000, intp(80)), gp(3003, 0, 10, intp(0)), gp(2102, 1, 30000, intp(bSM)), gp(2105, 2, 8000, intp(30))}
+	procs := func(bSM int, host ...facts.GPUProcess) []facts.GPUProcess {
+		out := []facts.GPUProcess{gp(2101, 0, 20000, intp(80)), gp(3003, 0, 10, intp(0)), gp(2102, 1, 30000, intp(bSM)), gp(2105, 2, 8000, intp(30))}
 		return append(out, host...)
 	}
 	h1 := gp(3001, 2, 4000, intp(60))
 	h2 := gp(3002, 1, 500, intp(90))
 	h4 := gp(3004, 2, 700, nil) // utilisation unknown
-	snap := func(s int, list ...docker.Container) docker.Snapshot {
-		return docker.Snapshot{Containers: ptrs(list), Checkpoint: at(s - 2), ListStart: at(s - 1)}
+	snap := func(s int, list ...facts.Container) facts.Snapshot {
+		return facts.Snapshot{Containers: ptrs(list), Checkpoint: at(s - 2), ListStart: at(s - 1)}
 	}
 	// Activity: the devcontainer stays near-idle until scan 6; the others
 	// work.
@@ -348,7 +348,7 @@ func (g *goldenRig) run() {
 	// container lived between the scans.
 	cpu(2)
 	s2 := snap(60, managed, compose, devc, raw, shared)
-	s2.Ephemeral = []docker.Container{{ID: F, Name: "quick-run", Image: "alpine", Status: "exited", Created: at(35), Gone: at(42),
+	s2.Ephemeral = []facts.Container{{ID: F, Name: "quick-run", Image: "alpine", Status: "exited", Created: at(35), Gone: at(42),
 		Labels: map[string]string{"ds01.user": "carol"}}}
 	g.docker.snap = s2
 	g.sample(40)
@@ -366,7 +366,7 @@ func (g *goldenRig) run() {
 	g.sample(70)
 	g.exit(3002)
 	g.gpus.rep = gpu.Report{Processes: procs(0, h1, h4), Devices: devices(20010, 30000, 12700),
-		Unattributed: []gpu.Unattributed{{Pid: 4000000, GPUIndex: 0, GPUUUID: "GPU-0000", ActiveSeconds: 0.8, StartTime: uint64(at(72).UnixMicro())}}}
+		Unattributed: []facts.Unattributed{{Pid: 4000000, GPUIndex: 0, GPUUUID: "GPU-0000", ActiveSeconds: 0.8, StartTime: uint64(at(72).UnixMicro())}}}
 	g.sample(80)
 	g.gpus.rep.Unattributed = nil
 	g.scan(90, true)

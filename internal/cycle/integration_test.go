@@ -1,3 +1,5 @@
+//go:build integration
+
 package cycle
 
 import (
@@ -17,10 +19,14 @@ import (
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/userdb"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // rig is a scanner over a private dockerd, writing into a test directory.
 type rig struct {

@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -37,8 +38,8 @@ type Sampler struct {
 	// never interleave, and NVML sees one caller at a time.
 	mu    chanMutex
 	boot  time.Time
-	last  *reconcile.Sample // the newest sample a scan took
-	batch []reconcile.Sample
+	last  *facts.Sample // the newest sample a scan took
+	batch []facts.Sample
 	gap   bool // the last attempt failed: the next sample starts afresh
 	known map[int]known
 	rep   gpu.Report // the newest sample's devices and processes
@@ -47,7 +48,7 @@ type Sampler struct {
 
 // known is what the sampler keeps about a PID of its last sample.
 type known struct {
-	facts *reconcile.Proc
+	facts *facts.Proc
 	first time.Time // first sighting
 	// failed: a read of the facts failed for a reason other than the
 	// process being gone (proc.ReadFailed: EMFILE, EIO): read again at the
@@ -148,7 +149,7 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 		}
 	}
 	next := make(map[int]known, len(rep.Processes))
-	facts := make([]*reconcile.Proc, len(rep.Processes))
+	pfs := make([]*facts.Proc, len(rep.Processes))
 	for i, p := range rep.Processes {
 		k, ok := next[p.Pid]
 		if !ok {
@@ -169,18 +170,18 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 				young = true
 			}
 		}
-		facts[i] = k.facts
+		pfs[i] = k.facts
 	}
 	if len(next) != len(s.known) {
 		changed = true // a PID is gone
 	}
 	s.known = next
 	s.rep = rep
-	smp := reconcile.Sample{At: at, Procs: rep.Processes, Facts: facts, Gap: s.gap, Unattributed: rep.Unattributed}
+	smp := facts.Sample{At: at, Procs: rep.Processes, Facts: pfs, Gap: s.gap, Unattributed: rep.Unattributed}
 	if len(rep.Unattributed) > 0 {
 		// Does /proc still have it (the same process: NVML's start time
 		// agrees)? Then it is its owner's.
-		smp.UnattributedFacts = make([]*reconcile.Proc, len(rep.Unattributed))
+		smp.UnattributedFacts = make([]*facts.Proc, len(rep.Unattributed))
 		for i, u := range rep.Unattributed {
 			pf := readProc(s.fs, u.Pid)
 			if pf.CgroupErr != nil || pf.StartErr != nil || s.boot.IsZero() {
@@ -206,7 +207,7 @@ func (s *Sampler) sample(ctx context.Context) (changed, young bool, err error) {
 // newest one's devices and processes and their /proc facts by PID. With a
 // failed sample it returns the error and keeps the batch for the next
 // take.
-func (s *Sampler) take(ctx context.Context) (samples []reconcile.Sample, rep gpu.Report, procs map[int]reconcile.Proc, err error) {
+func (s *Sampler) take(ctx context.Context) (samples []facts.Sample, rep gpu.Report, procs map[int]facts.Proc, err error) {
 	if !s.mu.lock(ctx) {
 		return nil, gpu.Report{}, nil, ctx.Err()
 	}
@@ -223,7 +224,7 @@ func (s *Sampler) take(ctx context.Context) (samples []reconcile.Sample, rep gpu
 	newest := s.batch[len(s.batch)-1]
 	s.last = &newest
 	s.batch = nil
-	procs = make(map[int]reconcile.Proc, len(s.known))
+	procs = make(map[int]facts.Proc, len(s.known))
 	for pid, k := range s.known {
 		procs[pid] = *k.facts
 	}

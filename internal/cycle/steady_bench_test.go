@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
@@ -17,13 +17,13 @@ import (
 // at 1,000 containers (reconcile, state encoding and write), without
 // Docker: the containers come from a fixed snapshot.
 func BenchmarkSteadyCycleOwnCost(b *testing.B) {
-	var list []docker.Container
+	var list []facts.Container
 	for i := 0; i < 1000; i++ {
 		id := fmt.Sprintf("%012x", i+1) + strings.Repeat("0", 52)
-		c := docker.Container{ID: id, Name: fmt.Sprintf("bench-%04d", i), Image: "ds01/pytorch:latest", Status: "exited",
+		c := facts.Container{ID: id, Name: fmt.Sprintf("bench-%04d", i), Image: "ds01/pytorch:latest", Status: "exited",
 			Created: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Labels: map[string]string{"ds01.managed": "true", "ds01.user": fmt.Sprintf("user%02d", i%40)}}
 		if i%4 == 0 {
-			c.DeviceRequests = []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+			c.DeviceRequests = []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
 		}
 		if i < 300 {
 			c.Status, c.StartedAt = "running", time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)

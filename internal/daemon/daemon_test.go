@@ -1,3 +1,5 @@
+//go:build integration
+
 package daemon
 
 import (
@@ -15,9 +17,13 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // These tests run the real daemon, wired by New as main wires it (the
 // loop, the scanner and Docker's event stream), against a private dockerd.

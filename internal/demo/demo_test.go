@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -11,29 +13,28 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testbin"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // sudo make demo, as a newcomer runs it: within 90 s it shows a container
 // with a GPU process and an idle holder; Ctrl-C then leaves no process,
 // container, mount or directory of it behind.
 func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a private dockerd: runs under 'make test'")
-	}
 	if os.Geteuid() != 0 {
 		t.Fatal("the demo starts a private dockerd: run as root ('sudo make test')")
 	}
 	dir := t.TempDir()
 	root, _ := filepath.Abs("../..")
-	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/...")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	for _, pkg := range []string{"cmd/ds01-detectord", "cmd/ds01-workloads"} {
+		if err := os.Symlink(testbin.Path(t, pkg), filepath.Join(dir, filepath.Base(pkg))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	demo := filepath.Join(dir, "demo")
-	if out, err := exec.Command("go", "build", "-o", demo, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build the demo: %v\n%s", err, out)
-	}
+	demo := testbin.Path(t, "internal/demo")
 	cmd := exec.Command(demo, "--bin", dir, "--nvml-stub", filepath.Join(root, "cmd/ds01-detectord/testdata/nvmlstub/nvmlstub.c"))
 	cmd.Dir = root
 	stdout, _ := cmd.StdoutPipe()

@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/internal/workloads"
 )
@@ -239,6 +240,7 @@ func (d *demo) cleanup() {
 		cancel()
 		d.docker.Cleanup()
 	}
+	testbin.Clean() // the test containers' helper program
 	if d.dir != "" {
 		os.RemoveAll(d.dir)
 	}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +23,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+
+	"github.com/ds01/ds01-detectord/internal/testbin"
 )
 
 // Image names made by BuildImages.
@@ -268,13 +269,9 @@ func (d *Daemon) Cleanup() {
 // BuildImages compiles the helper statically and imports it as Image and
 // ImageCUDAEnv.
 func (d *Daemon) BuildImages(ctx context.Context) error {
-	_, self, _, _ := runtime.Caller(0)
-	bin := filepath.Join(d.Dir, "helper")
-	cmd := exec.Command("go", "build", "-o", bin, "./helper")
-	cmd.Dir = filepath.Dir(self)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build helper: %v\n%s", err, out)
+	bin, err := testbin.Build("internal/dockertest/helper", []string{"CGO_ENABLED=0"})
+	if err != nil {
+		return fmt.Errorf("build helper: %w", err)
 	}
 	payload, err := os.ReadFile(bin)
 	if err != nil {
@@ -338,9 +335,6 @@ func (d *Daemon) Create(ctx context.Context, s Spec) (string, error) {
 // start.
 func New(t testing.TB, opts Options) *Daemon {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a private dockerd (root and docker.io): not in the unit tier (-short); run 'sudo make test'")
-	}
 	d, err := Start(opts)
 	if err != nil {
 		t.Fatal(err)

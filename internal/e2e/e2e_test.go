@@ -26,8 +26,12 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/statefile"
+	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
+
+// TestMain removes the programs the tests built (testbin).
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // cacheTree is a debootstrapped bookworm kept between runs (46 s to make).
 const cacheTree = "/var/cache/ds01-e2e/bookworm"

@@ -5,8 +5,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -158,20 +156,6 @@ func equal(a, b map[string]float64) bool {
 		}
 	}
 	return true
-}
-
-func TestAlertRules(t *testing.T) {
-	if _, err := exec.LookPath("promtool"); err != nil {
-		t.Fatal("promtool (Debian package prometheus) is needed; 'make test' installs it")
-	}
-	docs := filepath.Join("..", "..", "docs")
-	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
-		cmd := exec.Command("promtool", args...)
-		cmd.Dir = docs
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
 }
 
 // Two other_gpu_processes entries with identical labels (one PID on two

@@ -1,7 +1,10 @@
+//go:build integration
+
 package metrics
 
 import (
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -11,9 +14,6 @@ import (
 // the Prometheus conventions want them. Any remark fails.
 func TestPromtoolCheckMetrics(t *testing.T) {
 	if _, err := exec.LookPath("promtool"); err != nil {
-		if testing.Short() {
-			t.Skip("promtool (Debian package prometheus) not installed")
-		}
 		t.Fatal("promtool (Debian package prometheus) is needed; 'make test' installs it")
 	}
 	body := realisticEndpoint(t)
@@ -27,5 +27,19 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+func TestAlertRules(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Fatal("promtool (Debian package prometheus) is needed; 'make test' installs it")
+	}
+	docs := filepath.Join("..", "..", "docs")
+	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
+		cmd := exec.Command("promtool", args...)
+		cmd.Dir = docs
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/redact"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -39,7 +39,7 @@ const FirstUserUID = 1000
 // be read, it runs in the init's PID namespace. A process whose cgroup
 // names a container it does not run in, or one that a healthy Docker does
 // not list, is a host process of its real UID, with claimed_container set.
-func attribute(f Facts, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, []string, int) {
+func attribute(f facts.Scan, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, []string, int) {
 	host := map[string]inventory.HostProcess{}
 	withGPU := map[string]bool{} // containers given a GPU process
 	hostUses := map[string][]use{}
@@ -101,7 +101,7 @@ type placement struct {
 // place attributes one GPU process (pf: its /proc facts, ok: gathered).
 // The scan's own list and every sample of the GPU sampler go through it,
 // so a second of GPU time is charged where the process is listed.
-func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inventory.Container, rules Rules) placement {
+func place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) placement {
 	gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
 	if !ok {
 		pf.CgroupErr = errNotGathered
@@ -155,7 +155,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 	cmdline := proc.JoinCmdline(argv)
 	user := classify.Unknown
 	if pf.UIDErr == nil {
-		user = f.userName(pf.UID)
+		user = f.UserName(pf.UID)
 	}
 	if gp.Runtime != "" { // a container Docker does not know
 		gp.Cmdline, gp.User = cmdline, user
@@ -181,7 +181,7 @@ func place(p gpu.Process, pf Proc, ok bool, f Facts, containers map[string]inven
 // inContainer says how a process whose cgroup names a container was found
 // to run in it ("cgroup+pidns", or "cgroup" when a PID namespace could not
 // be read), or "" when it does not.
-func inContainer(pf Proc, init Init) string {
+func inContainer(pf facts.Proc, init facts.Init) string {
 	if init.CgroupErr != nil || init.Cgroup.ID == "" {
 		return "" // no init to compare with: not running, or gone
 	}
@@ -205,11 +205,11 @@ func inContainer(pf Proc, init Init) string {
 
 // processOwners flags a container whose GPU processes run as a non-root
 // UID other than its user.
-func processOwners(f Facts, containers map[string]inventory.Container, withGPU []string) {
+func processOwners(f facts.Scan, containers map[string]inventory.Container, withGPU []string) {
 	for _, k := range withGPU {
 		c := containers[k]
 		for _, gp := range c.GPUProcesses {
-			if gp.UID != nil && *gp.UID != 0 && f.userName(*gp.UID) != c.User {
+			if gp.UID != nil && *gp.UID != 0 && f.UserName(*gp.UID) != c.User {
 				c.UserConflict = true
 				containers[k] = c
 				break
@@ -224,7 +224,7 @@ func (e gatherErr) Error() string { return string(e) }
 
 const errNotGathered = gatherErr("no /proc facts were gathered")
 
-func migInfo(m *gpu.MIG) *inventory.MIGInfo {
+func migInfo(m *facts.MIG) *inventory.MIGInfo {
 	if m == nil {
 		return nil
 	}
@@ -252,13 +252,6 @@ func addMem(a, b *int64) *int64 {
 	return &v
 }
 
-func (f Facts) userName(uid uint32) string {
-	if n, ok := f.Users[uid]; ok {
-		return n
-	}
-	return strconv.FormatUint(uint64(uid), 10)
-}
-
 func excluded(argv []string, names []string) bool {
 	if len(argv) == 0 {
 		return false
@@ -276,7 +269,7 @@ func excluded(argv []string, names []string) bool {
 // gpu_devices do not name. Empty gpu_devices (e.g. --gpus all) and "all"
 // name every GPU. Entries may be indexes ("1"), slots ("1.2"), or GPU-/MIG-
 // UUIDs.
-func outsideDevices(p gpu.Process, devices []string) bool {
+func outsideDevices(p facts.GPUProcess, devices []string) bool {
 	if len(devices) == 0 {
 		return false
 	}

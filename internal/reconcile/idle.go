@@ -7,13 +7,13 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// The idle verdict. At each reconciliation scan (Facts.Activity set) a
+// The idle verdict. At each reconciliation scan (facts.Scan.Activity set) a
 // running container's activity is read from its cgroup and network
 // namespace; with the reading before it gives its CPU percent and its
 // network bytes over the interval. It is idle when every signal it has is
@@ -32,7 +32,7 @@ import (
 // its status change says it.
 
 // idleStep updates the activity and the verdict of the active containers.
-func idleStep(prev inventory.State, next *inventory.State, active []string, f Facts, rules Rules) []Transition {
+func idleStep(prev inventory.State, next *inventory.State, active []string, f facts.Scan, rules Rules) []Transition {
 	if f.DockerErr != nil {
 		return nil // the last known containers, as they were
 	}
@@ -89,7 +89,7 @@ func carryActivity(c *inventory.Container, old inventory.Container) {
 
 // readActivity fills a container's activity from a sample, with rates
 // against the last reading of the same init process.
-func readActivity(c *inventory.Container, old inventory.Container, s activity.Sample) {
+func readActivity(c *inventory.Container, old inventory.Container, s facts.Activity) {
 	c.ActivityAt = s.At.UnixNano()
 	c.MemoryBytes, c.BlkioReadBytes, c.BlkioWriteBytes = s.MemoryBytes, s.ReadBytes, s.WriteBytes
 	c.NetRxBytes, c.NetTxBytes = s.RxBytes, s.TxBytes
@@ -207,20 +207,13 @@ func idleTransition(typ, msg string, c *inventory.Container, since *inventory.Ti
 	}
 }
 
-// ProcCPU is one process's CPU time: utime+stime of /proc/<pid>/stat in
-// clock ticks, with its start time (field 22) and when it was read.
-type ProcCPU struct {
-	Ticks, StartTime uint64
-	At               time.Time
-}
-
 // clockTicks is USER_HZ, 100 on every Linux architecture the daemon
 // builds for.
 const clockTicks = 100
 
 // hostCPU gives each host GPU process its CPU percent over the interval
 // since the last reading of the same process (PID and start time).
-func hostCPU(prev inventory.State, next *inventory.State, f Facts) {
+func hostCPU(prev inventory.State, next *inventory.State, f facts.Scan) {
 	for _, m := range []map[string]inventory.HostProcess{next.HostProcesses, next.PendingProcesses} {
 		for k, p := range m {
 			old, ok := prev.HostProcesses[k]

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -44,7 +43,7 @@ type run struct {
 	t          *testing.T
 	st         inventory.State
 	rules      Rules
-	c          docker.Container
+	c          facts.Container
 	gpuHeld    bool
 	cpuTotal   float64
 	netTotal   int64
@@ -68,15 +67,15 @@ func (r *run) scan(l load) []string {
 	if r.gpuHeld {
 		procs = []gpuProc{{pid: 50, ctr: 1, sm: l.gpu, uid: 1001}}
 	}
-	f := step{containers: []docker.Container{r.c}, procs: procs}.facts(now)
+	f := step{containers: []facts.Container{r.c}, procs: procs}.facts(now)
 	if !l.event {
 		r.cpuTotal += l.cpu
 		r.netTotal += l.net
-		f.Activity = map[string]activity.Sample{}
+		f.Activity = map[string]facts.Activity{}
 		if !l.unread {
 			ns := uint64(r.cpuTotal * 1e9)
 			mem := int64(64 << 20)
-			s := activity.Sample{At: now, Pid: r.c.Pid, CPUNanos: &ns, MemoryBytes: &mem}
+			s := facts.Activity{At: now, Pid: r.c.Pid, CPUNanos: &ns, MemoryBytes: &mem}
 			if !r.hostNetwok {
 				rx, tx := r.netTotal/2, r.netTotal-r.netTotal/2
 				s.RxBytes, s.TxBytes = &rx, &tx
@@ -267,7 +266,7 @@ func TestHostProcessCPU(t *testing.T) {
 		now := t0.Add(time.Duration(i) * 30 * time.Second)
 		f := step{procs: []gpuProc{{pid: 60, start: c.start}}}.facts(now)
 		if !c.event {
-			f.ProcCPU = map[int]ProcCPU{60: {Ticks: c.ticks, StartTime: c.start, At: now}}
+			f.ProcCPU = map[int]facts.ProcCPU{60: {Ticks: c.ticks, StartTime: c.start, At: now}}
 		}
 		st = Reconcile(st, f, Rules{}).State
 		p, ok := st.HostProcesses["60"]

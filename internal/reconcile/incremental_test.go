@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -16,7 +16,7 @@ import (
 // one a full cycle derives from the same facts, and a container whose
 // facts changed must be classified again.
 func TestIncrementalCycleMatchesFull(t *testing.T) {
-	list := []docker.Container{}
+	list := []facts.Container{}
 	for i := 1; i <= 6; i++ {
 		c := ctr(i, []string{"exited", "created", "running"}[i%3])
 		if i == 4 {
@@ -29,7 +29,7 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 
 	// The events named container 1 (relabelled); the rest are the last
 	// snapshot's.
-	next := append([]docker.Container{}, list...)
+	next := append([]facts.Container{}, list...)
 	next[0].Labels = map[string]string{"ds01.user": "carol"}
 	s = step{containers: next}
 	now := t0.Add(time.Second)
@@ -56,8 +56,8 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 // its recovery: a container that stops while the GPU source fails keeps
 // stale GPU fields, and must not be taken over as settled afterwards.
 func TestIncrementalCyclesThroughGPUFailure(t *testing.T) {
-	list := func(stopped bool) []docker.Container {
-		var out []docker.Container
+	list := func(stopped bool) []facts.Container {
+		var out []facts.Container
 		for i := 1; i <= 5; i++ {
 			status := "exited"
 			if i == 3 && !stopped {

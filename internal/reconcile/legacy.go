@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/redact"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -29,11 +30,11 @@ import (
 // are never touched.
 //
 // The maps are copied before they change: prev belongs to the caller.
-func adoptLegacy(confirmed, pending, seen map[string]inventory.HostProcess, f Facts, keepSecrets bool) (map[string]inventory.HostProcess, map[string]inventory.HostProcess) {
+func adoptLegacy(confirmed, pending, seen map[string]inventory.HostProcess, f facts.Scan, keepSecrets bool) (map[string]inventory.HostProcess, map[string]inventory.HostProcess) {
 	return adoptIn(confirmed, seen, f, keepSecrets), adoptIn(pending, seen, f, keepSecrets)
 }
 
-func adoptIn(old, seen map[string]inventory.HostProcess, f Facts, keepSecrets bool) map[string]inventory.HostProcess {
+func adoptIn(old, seen map[string]inventory.HostProcess, f facts.Scan, keepSecrets bool) map[string]inventory.HostProcess {
 	var out map[string]inventory.HostProcess
 	for k, o := range old {
 		if o.StartTime != 0 {

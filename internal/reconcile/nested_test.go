@@ -3,8 +3,7 @@ package reconcile
 import (
 	"testing"
 
-	"github.com/ds01/ds01-detectord/internal/source/docker"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -22,21 +21,21 @@ func TestInnermostListedContainerWins(t *testing.T) {
 	inner := outer + "/" + id(2)
 	for _, tc := range []struct {
 		name   string
-		list   []docker.Container
+		list   []facts.Container
 		want   string // container credited
-		inits  map[string]Init
+		inits  map[string]facts.Init
 		procNS string
 	}{
-		{"both listed", []docker.Container{alice, mallory}, id(2)[:12],
-			map[string]Init{id(1): {Cgroup: cg(outer), PidNS: "pid:[1]"}, id(2): {Cgroup: cg(inner), PidNS: "pid:[2]"}}, "pid:[2]"},
-		{"the inner one unlisted (docker in docker)", []docker.Container{alice}, id(1)[:12],
-			map[string]Init{id(1): {Cgroup: cg(outer), PidNS: "pid:[1]"}}, "pid:[2]"},
+		{"both listed", []facts.Container{alice, mallory}, id(2)[:12],
+			map[string]facts.Init{id(1): {Cgroup: cg(outer), PidNS: "pid:[1]"}, id(2): {Cgroup: cg(inner), PidNS: "pid:[2]"}}, "pid:[2]"},
+		{"the inner one unlisted (docker in docker)", []facts.Container{alice}, id(1)[:12],
+			map[string]facts.Init{id(1): {Cgroup: cg(outer), PidNS: "pid:[1]"}}, "pid:[2]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := Facts{Now: t0, Users: map[uint32]string{1001: "bob"}, Inits: tc.inits}
-			f.Docker = docker.Snapshot{Containers: ptrs(tc.list)}
-			f.GPU = []gpu.Process{{Pid: 77, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(1)}}
-			f.Procs = map[int]Proc{77: {Cgroup: cg(inner), UID: 1001, StartTime: 5, PidNS: tc.procNS}}
+			f := facts.Scan{Now: t0, Users: map[uint32]string{1001: "bob"}, Inits: tc.inits}
+			f.Docker = facts.Snapshot{Containers: ptrs(tc.list)}
+			f.GPU = []facts.GPUProcess{{Pid: 77, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(1)}}
+			f.Procs = map[int]facts.Proc{77: {Cgroup: cg(inner), UID: 1001, StartTime: 5, PidNS: tc.procNS}}
 			st := Reconcile(inventory.Empty(), f, Rules{}).State
 			for k, c := range st.Containers {
 				got := len(c.GPUProcesses) == 1

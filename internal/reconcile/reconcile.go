@@ -16,89 +16,12 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
-	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-// Facts is everything the sources reported for one cycle.
-type Facts struct {
-	// Now is the time of the cycle: the timestamp of every transition and
-	// of last_scan.
-	Now time.Time
-
-	// Docker is the container list; DockerErr is set when the Docker source
-	// failed, and the containers reported last cycle are then kept.
-	Docker    docker.Snapshot
-	DockerErr error
-	// InitUIDs maps a container's full ID to the real UID of its init
-	// process, for the running containers whose UID could be read.
-	InitUIDs map[string]uint32
-
-	// GPU is every process NVML listed; GPUErr is set when the GPU source
-	// failed (or there is none), and the GPU data of last cycle is kept.
-	GPU        []gpu.Process
-	GPUDevices []gpu.Device
-	GPUErr     error
-	// Procs holds the /proc facts of each PID in GPU.
-	Procs map[int]Proc
-	// ProcErr is set when /proc could not be read for a reason other than
-	// a process being gone (EMFILE, EACCES, EIO: proc.ReadFailed). The
-	// GPU attribution of the cycle then stands on nothing: the last known
-	// GPU use is kept, as while the GPU source fails, and no transition is
-	// derived from /proc.
-	ProcErr error
-	// Samples are the GPU sampler's listings since the last scan, oldest
-	// first: the first is the newest of the last scan's batch (accounted up
-	// to its time), the last is the one GPU and Procs describe. nil without
-	// a sampler: the scans' own lists are then the samples.
-	Samples []Sample
-	// Inits holds, by full container ID, the /proc facts of the init
-	// process of each container a GPU process's cgroup names.
-	Inits map[string]Init
-
-	// Activity holds, by full container ID, what the cgroups and network
-	// namespaces of the running containers read this scan; nil when they
-	// were not read (an event scan: the last reading stands).
-	Activity map[string]activity.Sample
-	// ProcCPU holds, by PID, the CPU time of each GPU process read this
-	// scan (reconciliation scans only; nil otherwise).
-	ProcCPU map[int]ProcCPU
-
-	// Users maps UIDs to user names (NSS), for the UIDs above and those
-	// container names carry (see classify.NameUID). A UID missing here is
-	// shown as its number.
-	Users map[uint32]string
-}
-
-// Proc is what /proc told about one GPU process. Each fact has its own
-// error: a process can exit between two reads.
-type Proc struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	Argv      []string
-	ArgvErr   error // why the command line could not be read
-	UID       uint32
-	UIDErr    error
-	StartTime uint64
-	StartErr  error
-	PidNS     string // "pid:[…]"; "" when it could not be read
-	// Started is when the process started (boot time + StartTime); zero
-	// when unknown.
-	Started time.Time
-}
-
-// Init is what /proc told about a container's init process.
-type Init struct {
-	Cgroup    proc.ContainerRef
-	CgroupErr error
-	PidNS     string // "" when it could not be read
-}
 
 // Rules are the site's settings that change what is reported.
 type Rules struct {
@@ -151,7 +74,7 @@ type Result struct {
 
 // Reconcile computes the new state from the previous one and this cycle's
 // facts. prev is not modified.
-func Reconcile(prev inventory.State, f Facts, rules Rules) Result {
+func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 	now := f.Now
 	next := inventory.Empty()
 	next.Sources = prev.Sources
@@ -264,7 +187,7 @@ func health(prev inventory.SourceHealth, err error, now time.Time) inventory.Sou
 // handled an event (it never moves back); before that the last one stands,
 // since the stream may still be replaying from it; with none at all (a
 // first run, --once) the list itself reflects everything before it began.
-func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
+func checkpoint(prev *inventory.Time, snap facts.Snapshot) *inventory.Time {
 	switch {
 	case !snap.Checkpoint.IsZero():
 		if prev == nil || snap.Checkpoint.After(prev.Time) {
@@ -279,9 +202,9 @@ func checkpoint(prev *inventory.Time, snap docker.Snapshot) *inventory.Time {
 // ephemeral reports the containers born and destroyed between two scans,
 // known only from the event stream: each gets its discovered and exited
 // transitions, unless it was already known or already reported (a replay).
-func ephemeral(prev, next inventory.State, f Facts) []Transition {
+func ephemeral(prev, next inventory.State, f facts.Scan) []Transition {
 	var out []Transition
-	list := make([]*docker.Container, len(f.Docker.Ephemeral))
+	list := make([]*facts.Container, len(f.Docker.Ephemeral))
 	for i := range f.Docker.Ephemeral {
 		list[i] = &f.Docker.Ephemeral[i]
 	}
@@ -346,10 +269,10 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 // known keeps its detected_at. It also returns the keys of the containers
 // the GPU and usage steps must visit: all but the settled ones (see
 // settled), which it takes over as they were.
-func buildContainers(list []*docker.Container, prev map[string]inventory.Container, f Facts, now time.Time) (map[string]inventory.Container, []string) {
+func buildContainers(list []*facts.Container, prev map[string]inventory.Container, f facts.Scan, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
 	var active []string
-	resolve := f.resolver()
+	resolve := resolver(f)
 	for _, c := range list {
 		key := workload.ShortID(c.ID)
 		if old, ok := prev[key]; ok && f.Docker.Incremental && !f.Docker.Changed[c.ID] && c.Pid == 0 {
@@ -446,7 +369,7 @@ func cutList(l []string) []string {
 }
 
 // classifyInput turns Docker's facts into classification's input.
-func classifyInput(c docker.Container) classify.Input {
+func classifyInput(c facts.Container) classify.Input {
 	in := classify.Input{
 		Name: c.Name, Labels: c.Labels, Env: c.Env, Runtime: c.Runtime,
 		NvidiaRuntime: c.Runtime != "" && classify.IsNvidiaRuntime(c.Runtime, c.RuntimePath),
@@ -459,7 +382,7 @@ func classifyInput(c docker.Container) classify.Input {
 	return in
 }
 
-func (f Facts) resolver() classify.Resolver {
+func resolver(f facts.Scan) classify.Resolver {
 	return func(uid uint32) (string, bool) {
 		n, ok := f.Users[uid]
 		return n, ok

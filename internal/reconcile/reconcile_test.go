@@ -11,8 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/source/docker"
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
@@ -22,8 +21,8 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func id(n int) string { return strings.Repeat(strconv.Itoa(n%10), 64) }
 
-func ctr(n int, status string) docker.Container {
-	c := docker.Container{ID: id(n), Name: "c" + strconv.Itoa(n), Image: "img", Status: status, Labels: map[string]string{"ds01.user": "alice"}}
+func ctr(n int, status string) facts.Container {
+	c := facts.Container{ID: id(n), Name: "c" + strconv.Itoa(n), Image: "img", Status: status, Labels: map[string]string{"ds01.user": "alice"}}
 	if status == "running" {
 		c.Pid = 1000 + n
 	}
@@ -47,8 +46,8 @@ type gpuProc struct {
 
 // step is one cycle: what the sources report, and what must come out.
 type step struct {
-	containers []docker.Container
-	ephemeral  []docker.Container
+	containers []facts.Container
+	ephemeral  []facts.Container
 	dockerErr  error
 	procs      []gpuProc
 	gpuErr     error
@@ -61,27 +60,27 @@ type step struct {
 }
 
 // ptrs is a list as the Docker source's snapshots hold it.
-func ptrs(list []docker.Container) []*docker.Container {
-	out := make([]*docker.Container, len(list))
+func ptrs(list []facts.Container) []*facts.Container {
+	out := make([]*facts.Container, len(list))
 	for i := range list {
 		out[i] = &list[i]
 	}
 	return out
 }
 
-func (s step) facts(now time.Time) Facts {
-	f := Facts{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
-	f.Docker = docker.Snapshot{Containers: ptrs(s.containers), Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
-	f.Procs = map[int]Proc{}
-	f.Inits = map[string]Init{}
+func (s step) facts(now time.Time) facts.Scan {
+	f := facts.Scan{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
+	f.Docker = facts.Snapshot{Containers: ptrs(s.containers), Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
+	f.Procs = map[int]facts.Proc{}
+	f.Inits = map[string]facts.Init{}
 	for _, c := range s.containers {
 		if c.Pid > 0 {
-			f.Inits[c.ID] = Init{Cgroup: scope("/system.slice", c.ID)}
+			f.Inits[c.ID] = facts.Init{Cgroup: scope("/system.slice", c.ID)}
 		}
 	}
 	for _, p := range s.procs {
-		f.GPU = append(f.GPU, gpu.Process{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512), SMUtil: p.sm})
-		pf := Proc{Argv: p.argv, UID: 1001, StartTime: p.start}
+		f.GPU = append(f.GPU, facts.GPUProcess{Pid: p.pid, GPUIndex: 0, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512), SMUtil: p.sm})
+		pf := facts.Proc{Argv: p.argv, UID: 1001, StartTime: p.start}
 		if pf.Argv == nil {
 			pf.Argv = []string{"python", "train.py"}
 		}
@@ -98,7 +97,7 @@ func (s step) facts(now time.Time) Facts {
 			pf.Cgroup = scope("/system.slice", id(p.ctr))
 		}
 		if s.procErr != nil {
-			pf = Proc{CgroupErr: s.procErr}
+			pf = facts.Proc{CgroupErr: s.procErr}
 		}
 		f.Procs[p.pid] = pf
 	}
@@ -155,18 +154,18 @@ func TestReconcileTransitions(t *testing.T) {
 		steps []step
 	}{
 		{"discovered", []step{
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1},
 				check: func(t *testing.T, st inventory.State) {
 					c := st.Containers[c1]
 					if c.User != "alice" || c.UserSource != "label:ds01.user" || !c.DetectedAt.Equal(t0) || c.FullID != id(1) || c.Pid != 1001 {
 						t.Errorf("container: %+v", c)
 					}
 				}},
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{}},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{}},
 		}},
 		{"status change keeps detected_at", []step{
-			{containers: []docker.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1}},
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_status_changed " + c1 + " created->running"},
+			{containers: []facts.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1}},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"container_status_changed " + c1 + " created->running"},
 				check: func(t *testing.T, st inventory.State) {
 					if !st.Containers[c1].DetectedAt.Equal(t0) {
 						t.Errorf("detected_at moved: %v", st.Containers[c1].DetectedAt)
@@ -174,8 +173,8 @@ func TestReconcileTransitions(t *testing.T) {
 				}},
 		}},
 		{"removal", []step{
-			{containers: []docker.Container{ctr(1, "exited"), ctr(2, "running")}, want: []string{"container_discovered " + c1, "container_discovered " + c2}},
-			{containers: []docker.Container{ctr(2, "running")}, want: []string{"container_exited " + c1},
+			{containers: []facts.Container{ctr(1, "exited"), ctr(2, "running")}, want: []string{"container_discovered " + c1, "container_discovered " + c2}},
+			{containers: []facts.Container{ctr(2, "running")}, want: []string{"container_exited " + c1},
 				check: func(t *testing.T, st inventory.State) {
 					if _, ok := st.Containers[c1]; ok {
 						t.Error("removed container still listed")
@@ -186,20 +185,20 @@ func TestReconcileTransitions(t *testing.T) {
 				}},
 		}},
 		{"ephemeral create and destroy, then its replay", []step{
-			{ephemeral: []docker.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1, "container_exited " + c1},
+			{ephemeral: []facts.Container{ctr(1, "created")}, want: []string{"container_discovered " + c1, "container_exited " + c1},
 				check: func(t *testing.T, st inventory.State) {
 					if len(st.Containers) != 0 {
 						t.Errorf("ephemeral container listed: %v", st.Containers)
 					}
 				}},
-			{ephemeral: []docker.Container{ctr(1, "created")}, want: []string{}},
+			{ephemeral: []facts.Container{ctr(1, "created")}, want: []string{}},
 		}},
 		{"ephemeral already known is not reported twice", []step{
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
-			{ephemeral: []docker.Container{ctr(1, "exited")}, want: []string{"container_exited " + c1}},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{ephemeral: []facts.Container{ctr(1, "exited")}, want: []string{"container_exited " + c1}},
 		}},
 		{"docker fails: containers kept, then recovers", []step{
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
 			{dockerErr: errDown, want: []string{},
 				check: func(t *testing.T, st inventory.State) {
 					h := st.Sources.Docker
@@ -208,7 +207,7 @@ func TestReconcileTransitions(t *testing.T) {
 					}
 				}},
 			{dockerErr: errDown, want: []string{}},
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{},
 				check: func(t *testing.T, st inventory.State) {
 					if !st.Sources.Docker.OK || st.Sources.Docker.Error != "" {
 						t.Errorf("not recovered: %+v", st.Sources.Docker)
@@ -216,16 +215,16 @@ func TestReconcileTransitions(t *testing.T) {
 				}},
 		}},
 		{"docker recovers without a container that went meanwhile", []step{
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
 			{dockerErr: errDown, want: []string{}},
 			{want: []string{"container_exited " + c1}},
 		}},
 		{"gpu fails: GPU data kept", []step{
-			{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
+			{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
 				want: []string{"container_discovered " + c1}},
-			{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
+			{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}, {pid: 60, start: 7}},
 				want: []string{"host_gpu_process_discovered 60"}},
-			{containers: []docker.Container{ctr(1, "running")}, gpuErr: errGPU, want: []string{},
+			{containers: []facts.Container{ctr(1, "running")}, gpuErr: errGPU, want: []string{},
 				check: func(t *testing.T, st inventory.State) {
 					c := st.Containers[c1]
 					if len(c.GPUProcesses) != 1 || c.GPUMemoryMB == nil || *c.GPUMemoryMB != 512 || !c.GPUWithoutAccess {
@@ -235,7 +234,7 @@ func TestReconcileTransitions(t *testing.T) {
 						t.Errorf("host processes %v, health %+v", st.HostProcesses, st.Sources.GPU)
 					}
 				}},
-			{containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 60@7"},
+			{containers: []facts.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 60@7"},
 				check: func(t *testing.T, st inventory.State) {
 					if c := st.Containers[c1]; len(c.GPUProcesses) != 0 || c.GPUMemoryMB != nil || !st.Sources.GPU.OK {
 						t.Errorf("after recovery: %+v", c)
@@ -260,9 +259,9 @@ func TestReconcileTransitions(t *testing.T) {
 			{want: []string{"host_gpu_process_exited 10@100"}},
 		}},
 		{"/proc unreadable is a failed source, not processes gone", []step{
-			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
-			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_discovered 10"}},
-			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, procErr: errEMFILE, want: []string{},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []facts.Container{ctr(1, "running")}, want: []string{"container_discovered " + c1}},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []facts.Container{ctr(1, "running")}, want: []string{"host_gpu_process_discovered 10"}},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []facts.Container{ctr(1, "running")}, procErr: errEMFILE, want: []string{},
 				check: func(t *testing.T, st inventory.State) {
 					if st.Sources.Proc.OK || !strings.Contains(st.Sources.Proc.Error, "too many open files") || !st.Sources.GPU.OK {
 						t.Errorf("sources: %+v", st.Sources)
@@ -274,7 +273,7 @@ func TestReconcileTransitions(t *testing.T) {
 						t.Errorf("GPU use not kept: container %+v, other %+v", c.GPUProcesses, st.OtherGPUProcesses)
 					}
 				}},
-			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []docker.Container{ctr(1, "running")}, want: []string{},
+			{procs: []gpuProc{{pid: 10, start: 100}, {pid: 11, ctr: 1}}, containers: []facts.Container{ctr(1, "running")}, want: []string{},
 				check: func(t *testing.T, st inventory.State) {
 					if !st.Sources.Proc.OK {
 						t.Errorf("proc source not recovered: %+v", st.Sources.Proc)
@@ -354,7 +353,7 @@ func TestReconcileTransitions(t *testing.T) {
 // A container using a GPU its configuration does not grant gives one
 // warning when it starts, not one per cycle.
 func TestGPUWithoutAccessWarnsOnce(t *testing.T) {
-	s := step{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}}
+	s := step{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}}
 	st := inventory.Empty()
 	var warnings []int
 	for i := 0; i < 3; i++ {
@@ -401,7 +400,7 @@ var hostileCases = []struct {
 			}},
 	}},
 	{"a delegated scope named after a container is not that container's", []step{
-		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
+		{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
 			want: []string{"container_discovered " + c1},
 			check: func(t *testing.T, st inventory.State) {
 				if c := st.Containers[c1]; len(c.GPUProcesses) != 0 || c.GPUMemoryMB != nil {
@@ -411,21 +410,21 @@ var hostileCases = []struct {
 					t.Errorf("not a pending host process of its user: %+v", st.PendingProcesses)
 				}
 			}},
-		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
+		{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 70, ctr: 1, forged: true, start: 5}},
 			want: []string{"host_gpu_process_discovered 70"}},
 	}},
 	{"a cgroup naming a container Docker does not list gets the two-cycle rule", []step{
-		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"container_discovered " + c1},
+		{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"container_discovered " + c1},
 			check: func(t *testing.T, st inventory.State) {
 				if len(st.OtherGPUProcesses) != 0 || st.PendingProcesses["80"].ClaimedContainer != c3 {
 					t.Errorf("other %+v pending %+v", st.OtherGPUProcesses, st.PendingProcesses)
 				}
 			}},
-		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"host_gpu_process_discovered 80"}},
-		{containers: []docker.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 80@9"}},
+		{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 80, ctr: 3, start: 9}}, want: []string{"host_gpu_process_discovered 80"}},
+		{containers: []facts.Container{ctr(1, "running")}, want: []string{"host_gpu_process_exited 80@9"}},
 	}},
 	{"the container's own process is credited, with how", []step{
-		{containers: []docker.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}, want: []string{"container_discovered " + c1},
+		{containers: []facts.Container{ctr(1, "running")}, procs: []gpuProc{{pid: 50, ctr: 1}}, want: []string{"container_discovered " + c1},
 			check: func(t *testing.T, st inventory.State) {
 				gp := st.Containers[c1].GPUProcesses
 				if len(gp) != 1 || gp[0].Attribution != "cgroup" || gp[0].UID == nil || *gp[0].UID != 1001 {
@@ -440,8 +439,8 @@ var hostileCases = []struct {
 
 func TestOwnerSignalsAndConflicts(t *testing.T) {
 	c := ctr(1, "running")
-	c.Mounts = []docker.Mount{{Type: "bind", Source: "/home/alice/proj"}}
-	f := step{containers: []docker.Container{c}}.facts(t0)
+	c.Mounts = []facts.Mount{{Type: "bind", Source: "/home/alice/proj"}}
+	f := step{containers: []facts.Container{c}}.facts(t0)
 	res := Reconcile(inventory.Empty(), f, Rules{})
 	got := res.State.Containers[c1]
 	want := []inventory.UserSignal{{Source: inventory.UserSourceLabelUser, User: "alice"}, {Source: inventory.UserSourceBindMount, User: "alice"}}
@@ -470,7 +469,7 @@ func pct(v int) *int { return &v }
 // workload whose utilisation is unknown gets neither event.
 func TestHeldVersusUsed(t *testing.T) {
 	c := ctr(1, "running")
-	c.DeviceRequests = []docker.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}
+	c.DeviceRequests = []facts.DeviceRequest{{DeviceIDs: []string{"0"}, Capabilities: [][]string{{"gpu"}}}}
 	c.Labels["ds01.user"] = "bob" // its processes run as bob: no conflict
 	unknownC := ctr(2, "running")
 	unknownC.Labels["ds01.user"] = "bob"
@@ -494,8 +493,8 @@ func TestHeldVersusUsed(t *testing.T) {
 	var all []Transition
 	for i, s := range seq {
 		now := t0.Add(time.Duration(i) * 30 * time.Second)
-		f := step{containers: []docker.Container{c, unknownC}, procs: []gpuProc{{pid: 50, ctr: 1, sm: s.sm}, {pid: 51, ctr: 2, sm: nil}}}.facts(now)
-		f.GPUDevices = []gpu.Device{{Index: 0, UUID: "GPU-0", Util: s.sm}}
+		f := step{containers: []facts.Container{c, unknownC}, procs: []gpuProc{{pid: 50, ctr: 1, sm: s.sm}, {pid: 51, ctr: 2, sm: nil}}}.facts(now)
+		f.GPUDevices = []facts.GPUDevice{{Index: 0, UUID: "GPU-0", Util: s.sm}}
 		res := Reconcile(st, f, rules)
 		got := describe(res.Transitions)
 		if strings.Join(got, ",") != strings.Join(append([]string{}, s.want...), ",") {
@@ -552,9 +551,9 @@ func TestHeldVersusUsed(t *testing.T) {
 // and idle state stay as they were.
 func TestDockerFailureAccountsNothing(t *testing.T) {
 	c := ctr(1, "running")
-	c.DeviceRequests = []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
-	f := step{containers: []docker.Container{c}, procs: []gpuProc{{pid: 50, ctr: 1, sm: pct(50)}}}.facts(t0)
-	f.GPUDevices = []gpu.Device{{UUID: "GPU-0"}, {UUID: "GPU-1"}}
+	c.DeviceRequests = []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+	f := step{containers: []facts.Container{c}, procs: []gpuProc{{pid: 50, ctr: 1, sm: pct(50)}}}.facts(t0)
+	f.GPUDevices = []facts.GPUDevice{{UUID: "GPU-0"}, {UUID: "GPU-1"}}
 	st := Reconcile(inventory.Empty(), f, Rules{}).State
 	f.Now = t0.Add(30 * time.Second)
 	st = Reconcile(st, f, Rules{}).State

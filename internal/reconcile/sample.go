@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -26,23 +26,6 @@ import (
 //
 // Per workload and GPU, the longest credited span of its processes on that
 // GPU counts once: two processes of a container on one GPU hold one GPU.
-
-// Sample is one listing of every GPU's processes.
-type Sample struct {
-	At    time.Time
-	Procs []gpu.Process
-	// Facts are the /proc facts of each process in Procs (same index),
-	// read when the sampler first saw its PID: nil when none could be read.
-	Facts []*Proc
-	// Gap: the sampler failed before this sample; the interval ending
-	// here is credited to nobody.
-	Gap bool
-	// Unattributed are the processes accounting mode showed that no
-	// sample listed; UnattributedFacts their /proc facts when /proc still
-	// had the same process (same index), else nil.
-	Unattributed      []gpu.Unattributed
-	UnattributedFacts []*Proc
-}
 
 // credit is a workload's GPU-seconds from the samples.
 type credit struct{ held, busy float64 }
@@ -79,7 +62,7 @@ type integrated struct {
 //
 // With legacy set, samples are legacySamples: the first stands for the
 // last scan and gives credit, not sightings.
-func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inventory.Container, rules Rules) integrated {
+func integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) integrated {
 	out := integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
 	if len(samples) == 0 {
 		return out
@@ -108,7 +91,7 @@ func integrate(samples []Sample, legacy bool, f Facts, containers map[string]inv
 			}
 		}
 		for i, p := range s.Procs {
-			var pf Proc
+			var pf facts.Proc
 			ok := i < len(s.Facts) && s.Facts[i] != nil
 			if ok {
 				pf = *s.Facts[i]
@@ -189,39 +172,39 @@ func cutPrefix(s, p string) (string, bool) {
 // caller that lists GPUs only at scans): the scan's list, taken as seen at
 // the last scan too. Every process listed is then credited the interval
 // since the last scan, as before the sampler existed.
-func legacySamples(prev inventory.State, f Facts) []Sample {
+func legacySamples(prev inventory.State, f facts.Scan) []facts.Sample {
 	if f.GPUErr != nil {
 		return nil
 	}
-	facts := make([]*Proc, len(f.GPU))
+	pfs := make([]*facts.Proc, len(f.GPU))
 	for i, p := range f.GPU {
 		if pf, ok := f.Procs[p.Pid]; ok {
 			pf.Started = time.Time{}
-			facts[i] = &pf
+			pfs[i] = &pf
 		}
 	}
-	cur := Sample{At: f.Now, Procs: f.GPU, Facts: facts}
+	cur := facts.Sample{At: f.Now, Procs: f.GPU, Facts: pfs}
 	if prev.LastScan == nil {
-		return []Sample{cur}
+		return []facts.Sample{cur}
 	}
-	return []Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: facts}, cur}
+	return []facts.Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: pfs}, cur}
 }
 
 // accountingOnly splits the processes only accounting mode saw: the active
 // seconds of those /proc no longer has go to their GPU's
 // unattributed_seconds (by UUID); those it still has are their owners',
 // returned as ended short processes.
-func accountingOnly(samples []Sample, f Facts, rules Rules) (map[string]float64, []inventory.HostProcess) {
+func accountingOnly(samples []facts.Sample, f facts.Scan, rules Rules) (map[string]float64, []inventory.HostProcess) {
 	var byGPU map[string]float64
 	var owned []inventory.HostProcess
 	for _, s := range samples {
 		for i, u := range s.Unattributed {
-			var pf *Proc
+			var pf *facts.Proc
 			if i < len(s.UnattributedFacts) {
 				pf = s.UnattributedFacts[i]
 			}
 			if pf != nil {
-				pl := place(gpu.Process{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules)
+				pl := place(facts.GPUProcess{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules)
 				if pl.host != nil {
 					p := *pl.host
 					p.FirstSeen = inventory.TimePtr(s.At)

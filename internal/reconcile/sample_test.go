@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -31,9 +31,9 @@ type world struct {
 	alive func(x float64, st inventory.State) []life
 
 	st       inventory.State
-	batch    []Sample
-	last     *Sample
-	facts    map[int]*Proc
+	batch    []facts.Sample
+	last     *facts.Sample
+	facts    map[int]*facts.Proc
 	first    map[int]float64
 	events   []Transition
 	perUser  float64
@@ -46,14 +46,14 @@ func (w *world) at(x float64) time.Time { return t0.Add(time.Duration(x * float6
 // changed and whether one is young.
 func (w *world) sample(x float64) (changed, young bool) {
 	procs := w.alive(x, w.st)
-	s := Sample{At: w.at(x)}
+	s := facts.Sample{At: w.at(x)}
 	seen := map[int]bool{}
 	for _, p := range procs {
 		sm := 80
-		s.Procs = append(s.Procs, gpu.Process{Pid: p.pid, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512), SMUtil: &sm})
+		s.Procs = append(s.Procs, facts.GPUProcess{Pid: p.pid, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(512), SMUtil: &sm})
 		pf, ok := w.facts[p.pid]
 		if !ok {
-			pf = &Proc{Argv: []string{"python", "burst.py"}, UID: 1001, StartTime: uint64(p.pid), Started: w.at(p.start)}
+			pf = &facts.Proc{Argv: []string{"python", "burst.py"}, UID: 1001, StartTime: uint64(p.pid), Started: w.at(p.start)}
 			w.facts[p.pid] = pf
 			w.first[p.pid] = x
 			changed = true
@@ -78,11 +78,11 @@ func (w *world) scan(x float64) {
 	w.sample(x)
 	samples := w.batch
 	if w.last != nil {
-		samples = append([]Sample{*w.last}, samples...)
+		samples = append([]facts.Sample{*w.last}, samples...)
 	}
 	newest := w.batch[len(w.batch)-1]
 	w.last, w.batch = &newest, nil
-	f := Facts{Now: w.at(x), Samples: samples, Users: map[uint32]string{1001: "bob"}, Procs: map[int]Proc{}}
+	f := facts.Scan{Now: w.at(x), Samples: samples, Users: map[uint32]string{1001: "bob"}, Procs: map[int]facts.Proc{}}
 	f.GPU = newest.Procs
 	for i, p := range newest.Procs {
 		f.Procs[p.Pid] = *newest.Facts[i]
@@ -103,7 +103,7 @@ func (w *world) scan(x float64) {
 // run simulates until `until`, then 70 s more for the aggregates to
 // reach the log.
 func (w *world) run(until float64) {
-	w.facts, w.first, w.appeared = map[int]*Proc{}, map[int]float64{}, map[int]float64{}
+	w.facts, w.first, w.appeared = map[int]*facts.Proc{}, map[int]float64{}, map[int]float64{}
 	w.st = inventory.Empty()
 	x, nextTick := 0.3, 30.0
 	w.scan(0)
@@ -252,20 +252,20 @@ func TestShortProcessBilling(t *testing.T) {
 // scans 357 ms apart (a Docker event's) confirm nothing; the process is
 // confirmed once it has been seen for --gpu-confirm-after.
 func TestConfirmationByTime(t *testing.T) {
-	proc := func(pid int) (gpu.Process, *Proc) {
-		return gpu.Process{Pid: pid, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(1)}, &Proc{Argv: []string{"x"}, UID: 1001, StartTime: 7, Started: t0}
+	proc := func(pid int) (facts.GPUProcess, *facts.Proc) {
+		return facts.GPUProcess{Pid: pid, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(1)}, &facts.Proc{Argv: []string{"x"}, UID: 1001, StartTime: 7, Started: t0}
 	}
 	p, pf := proc(50)
 	st := inventory.Empty()
-	var last *Sample
+	var last *facts.Sample
 	scanAt := func(d time.Duration) Result {
-		s := Sample{At: t0.Add(d), Procs: []gpu.Process{p}, Facts: []*Proc{pf}}
-		samples := []Sample{s}
+		s := facts.Sample{At: t0.Add(d), Procs: []facts.GPUProcess{p}, Facts: []*facts.Proc{pf}}
+		samples := []facts.Sample{s}
 		if last != nil {
-			samples = []Sample{*last, s}
+			samples = []facts.Sample{*last, s}
 		}
 		last = &s
-		f := Facts{Now: s.At, Samples: samples, GPU: s.Procs, Procs: map[int]Proc{50: *pf}, Users: map[uint32]string{1001: "bob"}}
+		f := facts.Scan{Now: s.At, Samples: samples, GPU: s.Procs, Procs: map[int]facts.Proc{50: *pf}, Users: map[uint32]string{1001: "bob"}}
 		res := Reconcile(st, f, Rules{})
 		st = res.State
 		return res

@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ds01/ds01-detectord/internal/source/gpu"
+	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -186,7 +186,7 @@ type UserGPUSeconds struct{ Held, Busy float64 }
 
 // accountGPUUse updates every workload's utilisation, idle state and
 // counters, and returns the transitions and the per-user deltas.
-func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f Facts, hostUses map[string][]use, in integrated, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f facts.Scan, hostUses map[string][]use, in integrated, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
 	dt := 0.0
 	if prev.LastScan != nil {
 		gap := f.Now.Sub(prev.LastScan.Time)
@@ -316,7 +316,7 @@ func describeProcess(pid int, user string) func() (string, []zap.Field) {
 
 // gpusFrom turns the GPU source's devices into the state's gpus map,
 // carrying each GPU's unattributed seconds over and adding this cycle's.
-func gpusFrom(devs []gpu.Device, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
+func gpusFrom(devs []facts.GPUDevice, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{

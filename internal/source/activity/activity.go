@@ -22,28 +22,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ds01/ds01-detectord/internal/facts"
 )
 
-// Sample is what was read about one container's init process. A nil
-// pointer is unknown (a file missing or unreadable): never 0 for unknown.
-type Sample struct {
-	At time.Time // when it was read (monotonic reading included)
-	// Pid is the init process the sample was read through.
-	Pid int
-	// CPUNanos is the CPU time its cgroup has used, in nanoseconds.
-	CPUNanos *uint64
-	// MemoryBytes is the working set as `docker stats` computes it: usage
-	// less inactive file pages (v1 total_inactive_file, v2 inactive_file).
-	MemoryBytes *int64
-	// ReadBytes and WriteBytes are the block I/O the cgroup did.
-	ReadBytes, WriteBytes *int64
-	// RxBytes and TxBytes total every interface of the network namespace
-	// except lo. Unknown for a container in the host's network namespace
-	// (its counters would be the host's).
-	RxBytes, TxBytes *int64
-	// HostNetwork: the container shares the host's network namespace.
-	HostNetwork bool
-}
+// Sample is what was read about one container's init process
+// (internal/facts, which the reconcile step reads).
+type Sample = facts.Activity
 
 // Reader reads samples. It caches, per container, where its cgroup
 // directories are (found once per container and init PID). One goroutine
@@ -91,8 +76,21 @@ type Container struct {
 // Read samples each container, and forgets the cached directories of
 // containers not in the list.
 func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample {
-	out := make(map[string]Sample, len(list))
 	seen := make(map[string]dirs, len(list))
+	out := r.sampleAll(list, now, seen)
+	r.dirs = seen
+	return out
+}
+
+// Add samples each container and keeps every cached directory: for
+// containers found after a Read of the others.
+func (r *Reader) Add(list []Container, now func() time.Time) map[string]Sample {
+	return r.sampleAll(list, now, r.dirs)
+}
+
+// sampleAll samples each container, noting its directories in seen.
+func (r *Reader) sampleAll(list []Container, now func() time.Time, seen map[string]dirs) map[string]Sample {
+	out := make(map[string]Sample, len(list))
 	if r.hostNet == "" {
 		r.hostNet, _ = os.Readlink(filepath.Join(r.ProcRoot, "self", "ns", "net"))
 	}
@@ -110,7 +108,6 @@ func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample 
 		seen[c.ID] = d
 		out[c.ID] = r.sample(d, now())
 	}
-	r.dirs = seen
 	return out
 }
 

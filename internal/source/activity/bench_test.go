@@ -1,3 +1,5 @@
+//go:build integration
+
 package activity
 
 import (
@@ -17,7 +19,7 @@ import (
 // against real containers (activity_cpu_ms_per_scan).
 func BenchmarkRead300(b *testing.B) {
 	if os.Geteuid() != 0 {
-		b.Skip("making cgroups and network namespaces needs root")
+		b.Fatal("making cgroups and network namespaces needs root (sudo make bench)")
 	}
 	const n = 300
 	base := "ds01-activity-bench-" + strconv.Itoa(os.Getpid())

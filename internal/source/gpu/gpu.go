@@ -19,47 +19,18 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/facts"
 )
 
-// Process is one process seen on one GPU or MIG device.
-type Process struct {
-	Pid       int
-	GPUIndex  int
-	GPUUUID   string // the physical GPU
-	MIG       *MIG   // nil on a full GPU
-	MIGIndex  int    // MIG device index on its GPU, -1 on a full GPU
-	MemoryMiB *int64 // nil when NVML cannot tell
-	// SMUtil is the highest SM utilisation (percent) among the process's
-	// samples since the last scan: 0 when NVML has no sample for it (it was
-	// idle), nil when NVML cannot tell (NOT_SUPPORTED, MIG devices).
-	SMUtil *int
-}
-
-// Device is one physical GPU.
-type Device struct {
-	Index          int
-	UUID           string
-	Name           string
-	MemoryTotalMiB *int64
-	MemoryUsedMiB  *int64
-	Util           *int // whole-device utilisation (percent), nil when unknown
-	MIG            bool // MIG mode is on
-	// Accounting is NVML accounting mode (nvmlDeviceGetAccountingMode):
-	// nil when unknown (not supported, or the driver lacks the call).
-	Accounting *bool
-}
-
-// Unattributed is a process NVML's accounting buffer holds that never
-// appeared in a process list this source read: it ran, and finished,
-// between two samples. ActiveSeconds is the time its compute context was
-// active.
-type Unattributed struct {
-	Pid           int
-	GPUIndex      int
-	GPUUUID       string
-	ActiveSeconds float64
-	StartTime     uint64 // NVML's, µs since the epoch: with Pid, its identity
-}
+// The facts this source reports are internal/facts' types: the reconcile
+// step reads them without linking NVML.
+type (
+	Process      = facts.GPUProcess
+	Device       = facts.GPUDevice
+	Unattributed = facts.Unattributed
+	MIG          = facts.MIG
+)
 
 // Report is one scan of every GPU.
 type Report struct {
@@ -68,13 +39,6 @@ type Report struct {
 	// Unattributed are the processes accounting mode saw that this
 	// source's process lists never did, each reported once.
 	Unattributed []Unattributed
-}
-
-// MIG identifies the MIG device a process runs on.
-type MIG struct {
-	UUID              string
-	GPUInstanceID     int
-	ComputeInstanceID int
 }
 
 // unknownMemory is NVML_VALUE_NOT_AVAILABLE for UsedGpuMemory. Values at or

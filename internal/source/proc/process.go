@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ds01/ds01-detectord/internal/facts"
+
 	"github.com/ds01/ds01-detectord/internal/textcut"
 )
 
@@ -24,54 +26,9 @@ const (
 	RuntimeUnknown = "unknown"
 )
 
-// ContainerRef is the container a process lives in, read from its cgroup.
-type ContainerRef struct {
-	Runtime string // "" for a host process
-	ID      string // full 64-hex ID
-	// Hierarchy and Path locate the container's cgroup: the hierarchy ID of
-	// the line it was found on, and the path up to and including the
-	// container's own directory. Two processes are in the same container's
-	// cgroup when both are equal.
-	Hierarchy string
-	Path      string
-	// Full is the whole cgroup path of that line: deeper than Path when the
-	// process sits in a cgroup inside the container (a nested container).
-	Full string
-	// Inner are the containers nested in this one along the path, outer
-	// to inner (Runtime, ID and Path set): a container started with
-	// --cgroup-parent=/docker/<id>, or docker in docker.
-	Inner []ContainerRef
-	// UserTree: the container lies inside a user's delegated tree
-	// (user@<uid>.service), where that user can create cgroups of any
-	// name: the name proves nothing.
-	UserTree bool
-}
-
-// Chain is the containers the path names, innermost first.
-func (r ContainerRef) Chain() []ContainerRef {
-	if r.ID == "" {
-		return nil
-	}
-	out := make([]ContainerRef, 0, 1+len(r.Inner))
-	for i := len(r.Inner) - 1; i >= 0; i-- {
-		in := r.Inner[i]
-		in.Hierarchy, in.Full, in.UserTree = r.Hierarchy, r.Full, r.UserTree
-		out = append(out, in)
-	}
-	outer := r
-	outer.Inner = nil
-	return append(out, outer)
-}
-
-// Find returns the container of the chain with the full ID id.
-func (r ContainerRef) Find(id string) (ContainerRef, bool) {
-	for _, c := range r.Chain() {
-		if c.ID == id {
-			return c, true
-		}
-	}
-	return ContainerRef{}, false
-}
+// ContainerRef is the container a process lives in, read from its cgroup
+// (internal/facts, which the reconcile step reads).
+type ContainerRef = facts.ContainerRef
 
 var (
 	hex64    = `([0-9a-f]{64})`
