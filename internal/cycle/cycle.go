@@ -121,13 +121,14 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.noteHealth("gpu", facts.GPUErr)
 	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
-		s.cfg.Log.Warn(w.Message, w.Fields...)
+		msg, fields := warningLine(w)
+		s.cfg.Log.Warn(msg, fields...)
 	}
 	s.reported = res.State
 
 	sum := summarize(res)
 	if !s.cfg.DryRun {
-		out := s.sink.Deliver(res.State, s.encode(res.Transitions, facts.Now))
+		out := s.sink.Deliver(res.State, s.encode(res.Transitions, res.State, facts.Now))
 		sum.PendingEvents, sum.DroppedEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.Dropped, out.StateErr, out.AppendErr
 	}
 	sum.Duration = time.Since(start)
@@ -136,7 +137,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 
 // encode turns transitions into event lines, logging each one: the
 // journal gets one line per transition.
-func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
+func (s *Scanner) encode(ts []reconcile.Transition, st inventory.State, now time.Time) [][]byte {
 	lines := make([][]byte, 0, len(ts))
 	for _, t := range ts {
 		at := now
@@ -153,7 +154,8 @@ func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
 		if res.Truncated {
 			s.cfg.Log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
 		}
-		s.cfg.Log.Info(t.Message, append(t.Fields, zap.String("event_type", t.EventType))...)
+		msg, fields := transitionLine(t, st)
+		s.cfg.Log.Info(msg, append(fields, zap.String("event_type", t.EventType))...)
 		lines = append(lines, line)
 	}
 	return lines
