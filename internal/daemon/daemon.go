@@ -20,6 +20,7 @@ import (
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/reconcile/gputime"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -78,9 +79,9 @@ func Defaults() Config {
 		DockerTimeout: 10 * time.Second,
 		ProcRoot:      "/proc",
 		CgroupRoot:    "/sys/fs/cgroup",
-		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: reconcile.DefaultIdleThreshold,
-			IdleAfter: reconcile.DefaultIdleAfter, ConfirmAfter: reconcile.DefaultConfirmAfter},
-		Interval:    reconcile.DefaultInterval,
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: gputime.DefaultIdleThreshold,
+			IdleAfter: gputime.DefaultIdleAfter, ConfirmAfter: reconcile.DefaultConfirmAfter},
+		Interval:    gputime.DefaultInterval,
 		ScanTimeout: 25 * time.Second,
 		Debounce:    100 * time.Millisecond,
 		DebounceMax: 800 * time.Millisecond,
