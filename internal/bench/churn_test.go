@@ -25,6 +25,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/testbin"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -228,10 +229,7 @@ func churn(b *testing.B, idle int) churnResult {
 		}
 	}
 	disc, exit := map[string]int{}, map[string]int{}
-	evs, err := event.ReadLog(events)
-	if err != nil {
-		b.Fatal(err)
-	}
+	evs := testutil.ReadLog(b, events)
 	for _, e := range evs {
 		var dd struct {
 			ContainerID string `json:"container_id"`

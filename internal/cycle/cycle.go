@@ -59,13 +59,13 @@ type Config struct {
 	// Activity reads the running containers' cgroups and network
 	// namespaces at each reconciliation scan; nil: not read.
 	Activity *activity.Reader
-	Log      *zap.Logger
 	Now      func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
 type Scanner struct {
 	cfg      Config
+	log      *zap.Logger
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
@@ -76,22 +76,23 @@ type Scanner struct {
 }
 
 // New loads the last state and, unless DryRun, takes over the two files:
-// lines the last run recorded but did not append are queued.
-func New(cfg Config) *Scanner {
+// lines the last run recorded but did not append are queued. The journal
+// lines go to log (nil: nowhere).
+func New(cfg Config, log *zap.Logger) *Scanner {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Log == nil {
-		cfg.Log = zap.NewNop()
+	if log == nil {
+		log = zap.NewNop()
 	}
-	s := &Scanner{cfg: cfg, rules: cfg.Rules, failing: map[string]string{}}
+	s := &Scanner{cfg: cfg, log: log, rules: cfg.Rules, failing: map[string]string{}}
 	if cfg.GPU != nil {
-		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.Rules.ConfirmAfter, cfg.Log)
+		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.Rules.ConfirmAfter, log)
 	}
 	if cfg.DryRun {
-		s.reported = deliver.Load(cfg.Files.StatePath, cfg.Log)
+		s.reported = deliver.Load(cfg.Files.StatePath, log)
 	} else {
-		s.sink, s.reported = deliver.Open(cfg.Files, cfg.Log)
+		s.sink, s.reported = deliver.Open(cfg.Files, log)
 	}
 	return s
 }
@@ -122,7 +123,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
 		msg, fields := warningLine(w)
-		s.cfg.Log.Warn(msg, fields...)
+		s.log.Warn(msg, fields...)
 	}
 	s.reported = res.State
 
@@ -148,14 +149,14 @@ func (s *Scanner) encode(ts []reconcile.Transition, st inventory.State, now time
 			Timestamp: inventory.NewTime(at), EventType: t.EventType, User: t.User, Source: event.Source,
 		}, t.Details)
 		if err != nil { // cannot happen with our own types; say so loudly
-			s.cfg.Log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))
+			s.log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))
 			continue
 		}
 		if res.Truncated {
-			s.cfg.Log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
+			s.log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
 		}
 		msg, fields := transitionLine(t, st)
-		s.cfg.Log.Info(msg, append(fields, zap.String("event_type", t.EventType))...)
+		s.log.Info(msg, append(fields, zap.String("event_type", t.EventType))...)
 		lines = append(lines, line)
 	}
 	return lines
@@ -168,11 +169,11 @@ func (s *Scanner) noteHealth(name string, err error) {
 	last, failing := s.failing[name]
 	switch {
 	case err != nil && !failing:
-		s.cfg.Log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
+		s.log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
 	case err != nil && last != err.Error():
-		s.cfg.Log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
+		s.log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
 	case err == nil && failing:
-		s.cfg.Log.Info(name+" source recovered", zap.String("source", name))
+		s.log.Info(name+" source recovered", zap.String("source", name))
 		delete(s.failing, name)
 	}
 	if err != nil {

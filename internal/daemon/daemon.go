@@ -16,6 +16,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/cycle"
 	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
@@ -141,8 +142,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if cfg.NVMLLibrary != "" {
 		opts = append(opts, nvml.WithLibraryPath(cfg.NVMLLibrary))
 	}
-	gpus := gpu.New(nvml.New(opts...))
-	gpus.Log = log
+	gpus := gpu.New(nvml.New(opts...), log)
 	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, lock: lock}
 	pol := d.loadPolicy(nil)
 	if cfg.PolicyFile != "" && pol.Source() != "flags" {
@@ -151,10 +151,10 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	rules := cfg.Rules
 	rules.Interval, rules.Policy = cfg.Interval, pol
 	d.scanner = cycle.New(cycle.Config{
-		Files: cfg.Files, DryRun: cfg.DryRun, Rules: rules, Log: log,
+		Files: cfg.Files, DryRun: cfg.DryRun, Rules: rules,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
 		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot),
-	})
+	}, log)
 	return d, nil
 }
 
@@ -233,7 +233,7 @@ func (d *Daemon) Run(ctx context.Context, rescan <-chan struct{}) error {
 	if web := d.cfg.Web; len(web.ListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		web.Log = webLogger(d.log)
+		web.Log = logging.WebLogger(d.log)
 		lns, err := m.Listen(web)
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
