@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -132,11 +133,29 @@ func TestSignalEndsAtOnce(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // well into the read
+	// Once it has the log open it is in the read (and past setting up its
+	// signals).
+	for deadline := time.Now().Add(30 * time.Second); !hasOpen(cmd.Process.Pid, huge); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("events never opened the log")
+		}
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	rc, took := exitsWithin(t, cmd, time.Second, "events over a 16 GiB log")
 	if rc != 128+int(syscall.SIGTERM) {
 		t.Errorf("events over a 16 GiB log: exit %d, want %d", rc, 128+int(syscall.SIGTERM))
 	}
 	t.Logf("events over a 16 GiB log: exit %d after %s", rc, took.Round(time.Millisecond))
+}
+
+// hasOpen reports whether process pid has path open.
+func hasOpen(pid int, path string) bool {
+	fds, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "fd", fd.Name())); err == nil && l == path {
+			return true
+		}
+	}
+	return false
 }
