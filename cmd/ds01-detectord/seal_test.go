@@ -172,7 +172,7 @@ func TestSealedRecords(t *testing.T) {
 		s, err := inventory.Read(f.StatePath)
 		return err == nil && s.SealHead != ""
 	})
-	time.Sleep(time.Second)
+	p.waitScans(t, 3)
 	for _, e := range f.Events()[before:] {
 		if e.User == "alice" || strings.Contains(string(e.Details), "360000") {
 			t.Errorf("an event from the forged state: %s %s", e.EventType, e.Details)

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 func TestCacheIsBoundedLRU(t *testing.T) {
@@ -63,10 +65,7 @@ func TestHungLookupIsBoundedByTheContext(t *testing.T) {
 		t.Errorf("%d lookups in flight for one UID, want 1", calls.Load())
 	}
 	close(release)
-	deadline := time.Now().Add(5 * time.Second)
-	for d.Len() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Poll(5*time.Second, func() bool { return d.Len() > 0 })
 	if _, ok := d.Lookup(context.Background(), 42); ok || calls.Load() != 1 {
 		t.Errorf("the late answer was not cached: ok=%v calls=%d", ok, calls.Load())
 	}
