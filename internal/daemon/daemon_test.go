@@ -86,7 +86,9 @@ func TestRelistFindsContainerCreatedWhileStreamWasDown(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "container via the event stream", func() bool { return stateHas(files, first) })
 
 	p.Cut()
-	time.Sleep(500 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, "the stream's break noticed", func() bool {
+		return strings.Contains(files.log(), "docker event stream broke") || strings.Contains(files.log(), "docker event stream down")
+	})
 	hidden, err := d.Create(ctx, dockertest.Spec{Name: "while-down"})
 	if err != nil {
 		t.Fatal(err)
