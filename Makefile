@@ -75,13 +75,15 @@ test-unit: cc
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 5m $(TEST_PKGS)
 
 # Every test: unit, integration against private dockerd instances (build
-# tag integration), and the end-to-end run under a real systemd (build tag
-# e2e).
+# tag integration), the end-to-end run under a real systemd (build tag
+# e2e), and the Grafana dashboard's PromQL (tools/dashboard: the PromQL
+# parser stays out of the product's go.mod).
 # One package at a time (-p 1): several tests watch their daemon's timing
 # (kill -9 windows of 20-420 ms, a connection flood), and two packages'
 # dockerds and daemons side by side on 2 cores failed them now and then.
 test: cc test-deps
 	CGO_ENABLED=1 $(GO) test -p 1 -race -count=1 -timeout 30m -tags integration,e2e $(TEST_PKGS)
+	$(GO) -C tools test -count=1 ./...
 
 # Only the end-to-end test: boots a Debian tree (debootstrapped once into
 # /var/cache/ds01-e2e) in systemd-nspawn, installs the build into it and
@@ -116,6 +118,7 @@ run: build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags integration,e2e ./...
+	$(GO) -C tools vet ./...
 	$(call TOOL,staticcheck) -tags integration,e2e ./...
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
