@@ -289,11 +289,7 @@ func (f *files) args(extra ...string) []string {
 // eventLines reads a whole event log, failing on a partial or bad line.
 func eventLines(t *testing.T, path string) []event.Envelope {
 	t.Helper()
-	evs, err := event.ReadLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return evs
+	return testutil.ReadLog(t, path)
 }
 
 func countLines(log, substr string) int { return strings.Count(log, substr) }

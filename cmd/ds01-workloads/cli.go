@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ds01/ds01-detectord/internal/seal"
-	"github.com/ds01/ds01-detectord/internal/workloads"
+	"github.com/ds01/ds01-detectord/internal/view"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -205,7 +205,7 @@ func newRoot(e env, rc *int) *cobra.Command {
 func complete(c *cobra.Command) {
 	words := map[string][]string{
 		"type":  {"ds01-managed", "devcontainer", "compose", "raw-docker", "host-process", "other-runtime"},
-		"sort":  workloads.SortKeys(),
+		"sort":  view.SortKeys(),
 		"color": {"auto", "always", "never"},
 		"by":    {"user", "origin", "gpu"},
 	}

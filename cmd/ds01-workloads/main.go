@@ -19,8 +19,9 @@ import (
 	"github.com/docker/docker/client"
 	"golang.org/x/sys/unix"
 
+	"github.com/ds01/ds01-detectord/internal/report"
+	"github.com/ds01/ds01-detectord/internal/view"
 	"github.com/ds01/ds01-detectord/internal/workload"
-	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -126,7 +127,7 @@ type listMode struct {
 	color                 string
 	gpu                   optInt
 	watch                 watchFlag
-	filter                workloads.Filter
+	filter                view.Filter
 	staleAfter            time.Duration
 }
 
@@ -158,8 +159,8 @@ func list(m listMode, e env) int {
 	default:
 		return usageErr(e, "--color %q: want auto, always or never", m.color)
 	}
-	if m.sortKey != "" && !workloads.Sort(nil, m.sortKey) {
-		return usageErr(e, "--sort %q: want %s", m.sortKey, strings.Join(workloads.SortKeys(), ", "))
+	if m.sortKey != "" && !view.Sort(nil, m.sortKey) {
+		return usageErr(e, "--sort %q: want %s", m.sortKey, strings.Join(view.SortKeys(), ", "))
 	}
 	if m.gpu.set {
 		if m.gpu.n < 0 {
@@ -189,7 +190,7 @@ func list(m listMode, e env) int {
 
 // show prints one view of the state file.
 func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
-	st, err := workloads.Load(m.stateFile)
+	st, err := load(m.stateFile)
 	if err != nil {
 		fmt.Fprintln(e.stderr, "ds01-workloads:", err)
 		return 1
@@ -199,18 +200,18 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 		fmt.Fprintf(e.stderr, "ds01-workloads: --gpu %d: this host has no GPU %d (%s)\n", *g, *g, gpuList(st))
 		return 1
 	}
-	rows := m.filter.Apply(workloads.Rows(st, now))
+	rows := m.filter.Apply(view.Rows(st, now))
 	if m.sortKey != "" {
-		workloads.Sort(rows, m.sortKey)
+		view.Sort(rows, m.sortKey)
 	}
-	sum := workloads.Summarize(st, now, m.staleAfter)
-	style := workloads.Style{Color: colorOn(m.color, e)}
+	sum := view.Summarize(st, now, m.staleAfter)
+	style := view.Style{Color: colorOn(m.color, e)}
 	if !m.noTrunc {
 		style.Width = e.width
 	}
 	switch {
 	case m.json:
-		if err := workloads.JSON(out, st, rows, sum); err != nil {
+		if err := view.JSON(out, st, rows, sum); err != nil {
 			fmt.Fprintln(e.stderr, "ds01-workloads:", err)
 			return 1
 		}
@@ -234,17 +235,19 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 	case tmpl != nil:
 		for _, w := range rows {
 			var b strings.Builder
-			if err := tmpl.Execute(&b, workloads.FormatRowOf(w)); err != nil {
-				fmt.Fprintln(e.stderr, "ds01-workloads: --format:", err)
+			if err := tmpl.Execute(&b, view.FormatRowOf(w)); err != nil {
+				// The row's type keeps the name it had when scripts
+				// first saw this message.
+				fmt.Fprintln(e.stderr, "ds01-workloads: --format:", strings.ReplaceAll(err.Error(), "type view.FormatRow", "type workloads.FormatRow"))
 				return 2
 			}
 			fmt.Fprintln(out, b.String())
 		}
 		return 0
 	case m.byGPU:
-		workloads.GPUView(out, st, rows, style)
+		view.GPUView(out, st, rows, style)
 	default:
-		opts := workloads.Options{Wide: m.wide, ByUser: m.byUser, NoTrunc: m.noTrunc, Style: style}
+		opts := view.Options{Wide: m.wide, ByUser: m.byUser, NoTrunc: m.noTrunc, Style: style}
 		if m.stats {
 			cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation(), withHost(m.dockerHost))
 			if err == nil {
@@ -252,7 +255,7 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 				_, err = cli.Ping(ctx)
 				cancel()
 				if err == nil {
-					opts.Stats = workloads.LiveStats(e.ctx, cli, rows, 10*time.Second)
+					opts.Stats = LiveStats(e.ctx, cli, rows, 10*time.Second)
 				}
 				cli.Close()
 			}
@@ -261,13 +264,13 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 				return 1
 			}
 		}
-		workloads.Render(out, rows, opts)
+		view.Render(out, rows, opts)
 	}
 	warn := e.stderr
 	if out != e.stdout { // --watch: the warnings belong on the screen
 		warn = out
 	}
-	workloads.WriteSummary(out, warn, sum, st.LastScan, style)
+	view.WriteSummary(out, warn, sum, st.LastScan, style)
 	return 0
 }
 func hasGPU(st inventory.State, idx int) bool {
@@ -294,7 +297,7 @@ func gpuList(st inventory.State) string {
 	if len(idx) > 1 && idx[len(idx)-1]-idx[0] == len(idx)-1 {
 		list = fmt.Sprintf("%d-%d", idx[0], idx[len(idx)-1])
 	}
-	return workloads.Plural(len(idx), "GPU") + ": " + list
+	return view.Plural(len(idx), "GPU") + ": " + list
 }
 
 func withHost(h string) client.Opt {
@@ -321,15 +324,15 @@ type eventsMode struct {
 func runEvents(o eventsMode, e env) int {
 	file, since, until, typ, user, follow, asJSON, limit, color := &o.file, &o.since, &o.until, &o.typ, &o.user, &o.follow, &o.json, &o.limit, &o.color
 	now := e.now()
-	f := workloads.EventFilter{TypePrefix: *typ, User: *user}
+	f := report.EventFilter{TypePrefix: *typ, User: *user}
 	var err error
 	if *since != "" {
-		if f.Since, err = workloads.ParseTime(*since, now); err != nil {
+		if f.Since, err = report.ParseTime(*since, now); err != nil {
 			return usageErr(e, "--since: %v", err)
 		}
 	}
 	if *until != "" {
-		if f.Until, err = workloads.ParseTime(*until, now); err != nil {
+		if f.Until, err = report.ParseTime(*until, now); err != nil {
 			return usageErr(e, "--until: %v", err)
 		}
 	}
@@ -339,8 +342,8 @@ func runEvents(o eventsMode, e env) int {
 	if *limit < 0 {
 		return usageErr(e, "--limit must be 0 or more")
 	}
-	p := &workloads.EventPrinter{Out: e.stdout, JSON: *asJSON, Style: workloads.Style{Color: colorOn(*color, e), Width: e.width}}
-	n, off, err := workloads.ReadEvents(*file, f, *limit, p)
+	p := &report.EventPrinter{Out: e.stdout, JSON: *asJSON, Style: view.Style{Color: colorOn(*color, e), Width: e.width}}
+	n, off, err := report.ReadEvents(*file, f, *limit, p)
 	if err != nil && !(*follow && os.IsNotExist(err)) {
 		fmt.Fprintf(e.stderr, "ds01-workloads: cannot read event log %s: %v (check that it exists and is readable; the detector appends to it)\n", *file, err)
 		return 1
@@ -351,6 +354,6 @@ func runEvents(o eventsMode, e env) int {
 		}
 		return 0
 	}
-	workloads.Follow(e.ctx, *file, off, f, p, 500*time.Millisecond)
+	report.Follow(e.ctx, *file, off, f, p, 500*time.Millisecond)
 	return 0
 }

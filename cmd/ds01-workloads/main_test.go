@@ -22,9 +22,10 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
-	"github.com/ds01/ds01-detectord/internal/workloads"
+	"github.com/ds01/ds01-detectord/internal/view"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -201,22 +202,22 @@ func TestExitCodes(t *testing.T) {
 func TestEveryPairOfFilters(t *testing.T) {
 	type opt struct {
 		flags []string
-		pred  func(w workloads.Workload) bool
+		pred  func(w view.Workload) bool
 	}
-	running := func(w workloads.Workload) bool { return w.Status == "running" || w.Status == "active" }
+	running := func(w view.Workload) bool { return w.Status == "running" || w.Status == "active" }
 	opts := map[string]opt{
-		"user":     {[]string{"--user", "alice"}, func(w workloads.Workload) bool { return w.User == "alice" }},
-		"user-bob": {[]string{"--user", "bob"}, func(w workloads.Workload) bool { return w.User == "bob" }},
-		"type":     {[]string{"--type", "host-process"}, func(w workloads.Workload) bool { return w.Type == "host-process" }},
-		"type-raw": {[]string{"--type", "raw-docker"}, func(w workloads.Workload) bool { return w.Type == "raw-docker" }},
-		"gpu-only": {[]string{"--gpu-only"}, func(w workloads.Workload) bool { return w.HasGPU || w.GPUMemoryMB != nil }},
-		"all":      {[]string{"--all"}, func(w workloads.Workload) bool { return true }},
+		"user":     {[]string{"--user", "alice"}, func(w view.Workload) bool { return w.User == "alice" }},
+		"user-bob": {[]string{"--user", "bob"}, func(w view.Workload) bool { return w.User == "bob" }},
+		"type":     {[]string{"--type", "host-process"}, func(w view.Workload) bool { return w.Type == "host-process" }},
+		"type-raw": {[]string{"--type", "raw-docker"}, func(w view.Workload) bool { return w.Type == "raw-docker" }},
+		"gpu-only": {[]string{"--gpu-only"}, func(w view.Workload) bool { return w.HasGPU || w.GPUMemoryMB != nil }},
+		"all":      {[]string{"--all"}, func(w view.Workload) bool { return true }},
 	}
-	st, err := workloads.Load(td("full.json"))
+	st, err := load(td("full.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	everything := workloads.Rows(st, now)
+	everything := view.Rows(st, now)
 	names := []string{"user", "user-bob", "type", "type-raw", "gpu-only", "all"}
 	for i, a := range names {
 		for _, b := range names[i+1:] {
@@ -228,7 +229,7 @@ func TestEveryPairOfFilters(t *testing.T) {
 			if rc != 0 {
 				t.Fatalf("%v: exit %d %s", args, rc, errb)
 			}
-			var doc workloads.JSONDoc
+			var doc view.JSONDoc
 			if err := json.Unmarshal([]byte(out), &doc); err != nil {
 				t.Fatal(err)
 			}
@@ -254,7 +255,7 @@ func TestEveryPairOfFilters(t *testing.T) {
 	// --user with --gpu-only picks alice's GPU container and nothing of
 	// bob's host process; --user bob --gpu-only picks bob's host process.
 	out, _, _ := invoke([]string{"--state-file", td("full.json"), "--json", "--user", "bob", "--gpu-only", "--type", "host-process"}, false, nil)
-	var doc workloads.JSONDoc
+	var doc view.JSONDoc
 	json.Unmarshal([]byte(out), &doc)
 	if len(doc.Workloads) != 1 || doc.Workloads[0].ID != "PID:7001" || len(doc.HostProcesses) != 1 || len(doc.Containers) != 0 {
 		t.Errorf("three filters: %+v", doc.Workloads)
@@ -312,7 +313,7 @@ func TestReportKnownAnswer(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("exit %d: %s", rc, errb)
 	}
-	var doc workloads.ReportDoc
+	var doc report.Doc
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +567,7 @@ func TestEventDetailsAsKeyValues(t *testing.T) {
 		`{"b":"x","a":{"k": 1}}`: `b=x a={"k":1}`,
 		`[1,2]`:                  `[1,2]`,
 	} {
-		if got := workloads.KeyValues([]byte(raw)); got != want {
+		if got := report.KeyValues([]byte(raw)); got != want {
 			t.Errorf("%s: %s, want %s", raw, got, want)
 		}
 	}
@@ -627,11 +628,11 @@ func TestReportCSVDefusesFormulas(t *testing.T) {
 		}
 	}
 	for _, c := range []string{"=1", "+1", "-1", "@x", "\tx", "\rx"} {
-		if got := workloads.CSVCell(c); got != "'"+c {
+		if got := report.CSVCell(c); got != "'"+c {
 			t.Errorf("CSVCell(%q) = %q", c, got)
 		}
 	}
-	if got := workloads.CSVCell("alice"); got != "alice" {
+	if got := report.CSVCell("alice"); got != "alice" {
 		t.Errorf("CSVCell(alice) = %q", got)
 	}
 }
@@ -665,9 +666,10 @@ func TestFollowReadsInChunks(t *testing.T) {
 	os.WriteFile(path, nil, 0o644)
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
+	done := make(chan struct{})
 	go func() {
-		done <- workloads.Follow(ctx, path, 0, workloads.EventFilter{}, &workloads.EventPrinter{Out: &out, JSON: true}, 20*time.Millisecond)
+		report.Follow(ctx, path, 0, report.EventFilter{}, &report.EventPrinter{Out: &out, JSON: true}, 20*time.Millisecond)
+		close(done)
 	}()
 	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	huge := `{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_exited","user":"mallory","details":{"x":"` + strings.Repeat("A", 3<<20) + `"}}` + "\n"

@@ -11,8 +11,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/seal"
-	"github.com/ds01/ds01-detectord/internal/workloads"
+	"github.com/ds01/ds01-detectord/internal/view"
 )
 
 const reportUsage = `Usage: ds01-workloads report [flags]
@@ -37,7 +38,7 @@ type reportMode struct {
 
 type verifyMode struct{ file, stateFile, sealKey string }
 
-// runVerify checks the seals (workloads.Verify): exit 0 when everything
+// runVerify checks the seals (view.Verify): exit 0 when everything
 // verifies, 1 otherwise.
 func runVerify(o verifyMode, e env) int {
 	key, err := seal.LoadKey(o.sealKey)
@@ -45,7 +46,7 @@ func runVerify(o verifyMode, e env) int {
 		fmt.Fprintf(e.stderr, "ds01-workloads: cannot read the sealing key: %v (verify needs root)\n", err)
 		return 1
 	}
-	if !workloads.Verify(key, o.file, o.stateFile, e.stdout) {
+	if !report.Verify(key, o.file, o.stateFile, e.stdout) {
 		return 1
 	}
 	return 0
@@ -62,7 +63,7 @@ func runReport(o reportMode, e env) int {
 		return usageErr(e, "--json and --csv: pick one")
 	}
 	now := e.now()
-	in := workloads.ReportInput{By: *by, EventsFile: *file, Warn: func(msg string) {
+	in := report.Input{By: *by, EventsFile: *file, Warn: func(msg string) {
 		fmt.Fprintln(e.stderr, "ds01-workloads: warning:", msg)
 	}}
 	var err error
@@ -86,19 +87,19 @@ func runReport(o reportMode, e env) int {
 		}
 		in.Key, in.IncludeUnverified = key, o.includeUnverified
 	}
-	if st, err := workloads.LoadVerified(*stateFile, in.Key); err == nil {
+	if st, err := loadVerified(*stateFile, in.Key); err == nil {
 		in.State, in.StateSealed = st, in.Key != nil
 	} else if errors.Is(err, seal.ErrUnsealed) || errors.Is(err, seal.ErrBadSeal) {
 		if o.includeUnverified {
 			in.Warn(fmt.Sprintf("state file %s: %v; its running workloads counted (--include-unverified)", *stateFile, err))
-			in.State, _ = workloads.Load(*stateFile)
+			in.State, _ = load(*stateFile)
 		} else {
 			in.Warn(fmt.Sprintf("state file %s: %v; its running workloads left out (--include-unverified counts them)", *stateFile, err))
 		}
 	} else {
 		fmt.Fprintln(e.stderr, "ds01-workloads: warning: running workloads not counted:", err)
 	}
-	doc, err := workloads.BuildReport(in)
+	doc, err := report.Build(in)
 	if err != nil {
 		fmt.Fprintln(e.stderr, "ds01-workloads:", err)
 		return 1
@@ -111,7 +112,7 @@ func runReport(o reportMode, e env) int {
 	case *asCSV:
 		format = "csv"
 	}
-	if err := workloads.WriteReport(e.stdout, doc, format, workloads.Style{Color: colorOn(*color, e)}); err != nil {
+	if err := report.Write(e.stdout, doc, format, view.Style{Color: colorOn(*color, e)}); err != nil {
 		fmt.Fprintln(e.stderr, "ds01-workloads:", err)
 		return 1
 	}
@@ -120,7 +121,7 @@ func runReport(o reportMode, e env) int {
 
 // parseWhen reads a time, or a duration back from now with d for days.
 func parseWhen(s string, now time.Time) (time.Time, error) {
-	return workloads.ParseTime(s, now)
+	return report.ParseTime(s, now)
 }
 
 // watch redraws the view on the alternate screen whenever the state file

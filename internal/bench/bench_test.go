@@ -285,6 +285,12 @@ func Benchmark1000Containers(b *testing.B) {
 	res.DetectLatencyMsP50 = ms(pct(lat, 50))
 	res.DetectLatencyMsP95 = ms(pct(lat, 95))
 	res.RSSMb = rssMB(cmd.Process.Pid)
+	var rs []time.Duration
+	for i := 0; i < 50; i++ {
+		rs = append(rs, time.Duration(rssMB(cmd.Process.Pid)*1000))
+		<-time.After(97 * time.Millisecond)
+	}
+	b.Logf("RSS over 5 s: min %.1f p50 %.1f max %.1f MB; %s", float64(pct(rs, 1))/1000, float64(pct(rs, 50))/1000, float64(pct(rs, 100))/1000, statusLine(cmd.Process.Pid, "VmHWM"))
 	cmd.Process.Signal(os.Interrupt)
 	cmd.Wait()
 	res.ActivityCPUMsPerScan = activityCost(b, d)
@@ -402,4 +408,14 @@ func activityCost(b *testing.B, d *dockertest.Daemon) float64 {
 		r.Read(cs, time.Now)
 	}
 	return ms(cpu()-c0) / n
+}
+
+func statusLine(pid int, key string) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, key+":") {
+			return l
+		}
+	}
+	return ""
 }

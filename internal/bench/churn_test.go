@@ -166,14 +166,14 @@ func churn(b *testing.B, idle int) churnResult {
 	// start returned, each in its own goroutine, so the pace of changes
 	// does not follow dockerd's speed: on a day dockerd took 0.75 s for a
 	// create and start, one at a time gave a change every 0.4 s, which the
-	// debounce rightly treats as isolated changes. At most 16 are in
+	// debounce rightly treats as isolated changes. At most 4 are in
 	// flight; the log says how many were churned.
 	var mu sync.Mutex
 	started := map[string]time.Time{}
 	var ids []string
 	var fails []error
 	var churning sync.WaitGroup
-	inFlight := make(chan struct{}, 16)
+	inFlight := make(chan struct{}, 4)
 	tick := time.NewTicker(200 * time.Millisecond)
 	end := time.Now().Add(20 * time.Second)
 	for i := 0; time.Now().Before(end); i++ {
@@ -225,10 +225,7 @@ func churn(b *testing.B, idle int) churnResult {
 		}
 	}
 	disc, exit := map[string]int{}, map[string]int{}
-	evs, err := event.ReadLog(events)
-	if err != nil {
-		b.Fatal(err)
-	}
+	evs := testutil.ReadLog(b, events)
 	for _, e := range evs {
 		var dd struct {
 			ContainerID string `json:"container_id"`

@@ -27,9 +27,8 @@ func TestAccountingModeOnTheMock(t *testing.T) {
 	ok := nvml.SUCCESS
 	files := testutil.NewFiles(t)
 	log, lines := testutil.Logger()
-	src := gpu.New(gputest.NewGuard(t, srv, &ok))
-	src.Log = log
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src, Proc: proc.New("/proc"), Log: log})
+	src := gpu.New(gputest.NewGuard(t, srv, &ok), log)
+	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src, Proc: proc.New("/proc")}, log)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ { // reported once, not at every sample
 		s.Sampler().Sample(ctx)

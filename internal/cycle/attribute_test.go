@@ -44,7 +44,7 @@ func fixtureScanner(t *testing.T, keep bool, containers []facts.Container, procs
 		Docker: listed{Containers: containers}, GPU: procs,
 		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
 		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
-	}), files
+	}, nil), files
 }
 
 func TestAttributionOverFixtures(t *testing.T) {
@@ -119,9 +119,9 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 	log, lines := testutil.Logger()
 	s := New(Config{
 		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: procsFor(1020),
-		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), Log: log,
-		Now: ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), ConfirmAfter: time.Nanosecond,
-	})
+		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+		Now:  ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), ConfirmAfter: time.Nanosecond,
+	}, log)
 	s.Scan(context.Background(), true)
 	if sum := s.Scan(context.Background(), true); sum.Events != 1 {
 		t.Fatalf("events: %v", sum.EventCounts)

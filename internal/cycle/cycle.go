@@ -77,13 +77,13 @@ type Config struct {
 	// reconcile.Rules); zero: the defaults.
 	ConfirmAfter time.Duration
 	Interval     time.Duration
-	Log          *zap.Logger
 	Now          func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
 type Scanner struct {
 	cfg      Config
+	log      *zap.Logger
 	rules    reconcile.Rules
 	sink     *deliver.Sink // nil with DryRun
 	reported inventory.State
@@ -94,28 +94,29 @@ type Scanner struct {
 }
 
 // New loads the last state and, unless DryRun, takes over the two files:
-// lines the last run recorded but did not append are queued.
-func New(cfg Config) *Scanner {
+// lines the last run recorded but did not append are queued. The journal
+// lines go to log (nil: nowhere).
+func New(cfg Config, log *zap.Logger) *Scanner {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Log == nil {
-		cfg.Log = zap.NewNop()
+	if log == nil {
+		log = zap.NewNop()
 	}
 	s := &Scanner{
-		cfg: cfg,
+		cfg: cfg, log: log,
 		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
 			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.ConfirmAfter, Interval: cfg.Interval, Policy: cfg.Policy},
 		failing: map[string]string{},
 	}
 	if cfg.GPU != nil {
-		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.ConfirmAfter, cfg.Log)
+		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.ConfirmAfter, log)
 	}
 	if cfg.DryRun {
-		s.reported = deliver.Load(cfg.StatePath, cfg.Log)
+		s.reported = deliver.Load(cfg.StatePath, log)
 	} else {
 		s.sink, s.reported = deliver.Open(deliver.Config{StatePath: cfg.StatePath, EventsPath: cfg.EventsPath, StateGroup: cfg.StateGroup,
-			Key: cfg.SealKey, KeyCreated: cfg.SealKeyCreated}, cfg.Log)
+			Key: cfg.SealKey, KeyCreated: cfg.SealKeyCreated}, log)
 	}
 	return s
 }
@@ -145,13 +146,14 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.noteHealth("gpu", facts.GPUErr)
 	s.noteHealth("proc", facts.ProcErr)
 	for _, w := range res.Warnings {
-		s.cfg.Log.Warn(w.Message, w.Fields...)
+		msg, fields := warningLine(w)
+		s.log.Warn(msg, fields...)
 	}
 	s.reported = res.State
 
 	sum := summarize(res)
 	if !s.cfg.DryRun {
-		out := s.sink.Deliver(res.State, s.encode(res.Transitions, facts.Now))
+		out := s.sink.Deliver(res.State, s.encode(res.Transitions, res.State, facts.Now))
 		sum.PendingEvents, sum.DroppedEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.Dropped, out.StateErr, out.AppendErr
 	}
 	sum.Duration = time.Since(start)
@@ -160,7 +162,7 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 
 // encode turns transitions into event lines, logging each one: the
 // journal gets one line per transition.
-func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
+func (s *Scanner) encode(ts []reconcile.Transition, st inventory.State, now time.Time) [][]byte {
 	lines := make([][]byte, 0, len(ts))
 	for _, t := range ts {
 		at := now
@@ -171,13 +173,14 @@ func (s *Scanner) encode(ts []reconcile.Transition, now time.Time) [][]byte {
 			Timestamp: inventory.NewTime(at), EventType: t.EventType, User: t.User, Source: event.Source,
 		}, t.Details)
 		if err != nil { // cannot happen with our own types; say so loudly
-			s.cfg.Log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))
+			s.log.Error("event not encodable", zap.String("event_type", t.EventType), zap.Error(err))
 			continue
 		}
 		if res.Truncated {
-			s.cfg.Log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
+			s.log.Warn("event too large; details truncated", zap.String("event_type", t.EventType), zap.Int("original_size", res.OriginalSize))
 		}
-		s.cfg.Log.Info(t.Message, append(t.Fields, zap.String("event_type", t.EventType))...)
+		msg, fields := transitionLine(t, st)
+		s.log.Info(msg, append(fields, zap.String("event_type", t.EventType))...)
 		lines = append(lines, line)
 	}
 	return lines
@@ -190,11 +193,11 @@ func (s *Scanner) noteHealth(name string, err error) {
 	last, failing := s.failing[name]
 	switch {
 	case err != nil && !failing:
-		s.cfg.Log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
+		s.log.Warn(name+" source failed; keeping last known state", zap.String("source", name), zap.Error(err))
 	case err != nil && last != err.Error():
-		s.cfg.Log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
+		s.log.Debug(name+" source still failing", zap.String("source", name), zap.Error(err))
 	case err == nil && failing:
-		s.cfg.Log.Info(name+" source recovered", zap.String("source", name))
+		s.log.Info(name+" source recovered", zap.String("source", name))
 		delete(s.failing, name)
 	}
 	if err != nil {

@@ -42,7 +42,7 @@ func BenchmarkEventCycle(b *testing.B) {
 					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}, Rev: uint64(i + 1)})
 			}
 			files := testutil.NewFiles(b)
-			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src, DryRun: os.Getenv("DRY") != ""})
+			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src, DryRun: os.Getenv("DRY") != ""}, nil)
 			ctx := context.Background()
 			s.Scan(ctx, true)
 			b.ResetTimer()

@@ -169,9 +169,9 @@ func newGoldenRig(t *testing.T) *goldenRig {
 		Activity:      activity.New(g.procRoot, g.cgroupRoot),
 		IdleThreshold: 5, IdleAfter: time.Minute, ConfirmAfter: 15 * time.Second, Interval: time.Minute,
 		Policy: policy.FromFlags(policy.Thresholds{GPUPercent: 5, CPUPercent: 2, NetBytes: 1 << 20, Window: 2, Grace: time.Minute}),
-		Log:    log,
-		Now:    func() time.Time { return g.now },
-	})
+
+		Now: func() time.Time { return g.now },
+	}, log)
 	return g
 }
 

@@ -17,13 +17,13 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/userdb"
-	"github.com/ds01/ds01-detectord/internal/workloads"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
@@ -90,9 +90,9 @@ func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
 	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
 	r.det = New(Config{
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
-		Docker: src, GPU: gpu.New(guard), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Docker: src, GPU: gpu.New(guard, nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
-	})
+	}, nil)
 
 	// Cycle 1: the container's process is attributed at once; the host
 	// process is pending.
@@ -175,7 +175,7 @@ func TestOnceWithoutGPUWritesContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := newRig(t, d)
-	r.det.cfg.GPU = gpu.New(nvml.New(nvml.WithLibraryPath(filepath.Join(r.Dir, "no-libnvidia-ml.so.1"))))
+	r.det.cfg.GPU = gpu.New(nvml.New(nvml.WithLibraryPath(filepath.Join(r.Dir, "no-libnvidia-ml.so.1"))), nil)
 	r.cycle()
 	st := r.State()
 	if len(st.Containers) != 1 || st.Sources.GPU.OK || st.Sources.GPU.Error == "" || !st.Sources.Docker.OK {
@@ -221,9 +221,9 @@ func TestForgedScopeIsNotCreditedToTheContainer(t *testing.T) {
 	r := newRig(t, d)
 	r.det = New(Config{
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
-		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		ConfirmAfter: time.Nanosecond,
-	})
+	}, nil)
 	r.cycle()
 	r.cycle()
 	st := r.State()
@@ -276,8 +276,8 @@ func TestCgroupParentUnderAnotherContainer(t *testing.T) {
 	r := newRig(t, d)
 	r.det = New(Config{
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
-		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-	})
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+	}, nil)
 	r.cycle()
 	st := r.State()
 	a, m := st.Containers[alice[:12]], st.Containers[mallory[:12]]
@@ -325,8 +325,8 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 	files := testutil.NewFiles(t)
 	now := time.Now()
 	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
-		GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-		Now: func() time.Time { return now }})
+		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Now: func() time.Time { return now }}, nil)
 	ctx := context.Background()
 	s.Scan(ctx, true)
 	now = now.Add(30 * time.Second)
@@ -349,7 +349,7 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 	if !discovered {
 		t.Error("no host_gpu_process_discovered")
 	}
-	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: files.EventsPath, State: files.State()})
+	doc, err := report.Build(report.Input{EventsFile: files.EventsPath, State: files.State()})
 	if err != nil || len(doc.Rows) != 1 || doc.Rows[0].Key != testUser || doc.Rows[0].HeldSeconds != 30 {
 		t.Errorf("report: %+v %v", doc.Rows, err)
 	}
@@ -383,9 +383,9 @@ func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
 	now := time.Now()
 	r.det = New(Config{
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
-		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
+		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Now: func() time.Time { return now },
-	})
+	}, nil)
 	step := func() {
 		r.cycle()
 		now = now.Add(30 * time.Second)
@@ -426,7 +426,7 @@ func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
 	if changed != 1 {
 		t.Errorf("%d owner_changed lines, want 1", changed)
 	}
-	doc, err := workloads.BuildReport(workloads.ReportInput{EventsFile: r.EventsPath, State: r.State()})
+	doc, err := report.Build(report.Input{EventsFile: r.EventsPath, State: r.State()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,9 +38,9 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	newScanner := func() *Scanner {
 		return New(Config{
 			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []facts.Container{ctr}},
-			GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+			GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
 			IdleThreshold: 5, IdleAfter: time.Minute, Now: func() time.Time { return now },
-		})
+		}, nil)
 	}
 	s := newScanner()
 	// busy (container 90 %, host 30 %), idle (container has no sample: 0),

@@ -52,7 +52,7 @@ func (r *rig) newScanner() *Scanner {
 		StatePath: r.StatePath, EventsPath: r.EventsPath,
 		Docker: r.src, Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Activity: activity.New("/proc", ""),
-	})
+	}, nil)
 }
 
 func (r *rig) cycle() summary.Summary {

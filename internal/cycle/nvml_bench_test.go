@@ -47,12 +47,12 @@ func BenchmarkNVMLCycle(b *testing.B) {
 	for i, util := range []bool{false, true} {
 		name := map[bool]string{false: "without-utilization", true: "with-utilization"}[util]
 		b.Run(name, func(b *testing.B) {
-			src := gpu.New(gputest.NewGuard(b, srv, &ok))
+			src := gpu.New(gputest.NewGuard(b, srv, &ok), nil)
 			src.NoUtilization = !util
 			files := testutil.NewFiles(b)
 			now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src,
-				Proc: proc.New(root), Now: func() time.Time { now = now.Add(30 * time.Second); return now }})
+				Proc: proc.New(root), Now: func() time.Time { now = now.Add(30 * time.Second); return now }}, nil)
 			ctx := context.Background()
 			s.Scan(ctx, true)
 			s.Scan(ctx, true) // host processes confirmed

@@ -56,8 +56,8 @@ func BenchmarkGPUSampler(b *testing.B) {
 	files := testutil.NewFiles(b)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	var clock atomic.Int64
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok)),
-		Proc: proc.New(root), Now: func() time.Time { return now.Add(time.Duration(clock.Load())) }})
+	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
+		Proc: proc.New(root), Now: func() time.Time { return now.Add(time.Duration(clock.Load())) }}, nil)
 	ctx := context.Background()
 	s.Scan(ctx, true)
 	smp := s.Sampler()
@@ -102,8 +102,8 @@ func BenchmarkGPUDetectLatency(b *testing.B) {
 	gputest.Device(srv, 0).GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return *listed0.Load(), nvml.SUCCESS }
 	ok := nvml.SUCCESS
 	files := testutil.NewFiles(b)
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok)),
-		Proc: proc.New(root), Interval: 30 * time.Second})
+	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
+		Proc: proc.New(root), Interval: 30 * time.Second}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changed, trigger := loop.Debounce(100*time.Millisecond, 800*time.Millisecond)

@@ -45,9 +45,9 @@ func TestSamplerAttributesAtFirstSighting(t *testing.T) {
 	user := strconv.Itoa(os.Getuid())
 	s := New(Config{
 		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
-		GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New("/proc"), Now: now,
+		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Now: now,
 		Interval: 30 * time.Second,
-	})
+	}, nil)
 	smp := s.Sampler()
 	ctx := context.Background()
 	s.Scan(ctx, true) // t0: a is first seen

@@ -31,7 +31,7 @@ func BenchmarkSteadyCycleOwnCost(b *testing.B) {
 		list = append(list, c)
 	}
 	files := testutil.NewFiles(b)
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: list}, Proc: proc.New(b.TempDir())})
+	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: list}, Proc: proc.New(b.TempDir())}, nil)
 	ctx := context.Background()
 	if sum := s.Scan(ctx, true); sum.Containers != 1000 || !strings.HasPrefix(sum.StatusLine(), "1000 containers") {
 		b.Fatal(sum.StatusLine())

@@ -38,7 +38,7 @@ func TestSwitchOverFromReferenceStateEmitsNothing(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	s := New(Config{
 		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
-		GPU: gpu.New(gputest.NewGuard(t, srv, &ok)), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
 		Users: func(_ context.Context, uid uint32) (string, bool) {
 			if uid == 1001 {
 				return "bob", true
@@ -46,7 +46,7 @@ func TestSwitchOverFromReferenceStateEmitsNothing(t *testing.T) {
 			return "", false
 		},
 		Now: func() time.Time { return now },
-	})
+	}, nil)
 	sum := s.Scan(context.Background(), true)
 	if sum.Events != 0 || len(sum.EventCounts) != 0 {
 		t.Errorf("first cycle on the reference's state: %d events %v, want none", sum.Events, sum.EventCounts)

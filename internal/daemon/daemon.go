@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/cycle"
+	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
@@ -115,8 +116,7 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if cfg.NVMLLibrary != "" {
 		opts = append(opts, nvml.WithLibraryPath(cfg.NVMLLibrary))
 	}
-	gpus := gpu.New(nvml.New(opts...))
-	gpus.Log = log
+	gpus := gpu.New(nvml.New(opts...), log)
 	d := &Daemon{cfg: cfg, log: log, docker: dk, gpus: gpus, lock: lock}
 	pol := d.loadPolicy(nil)
 	if cfg.PolicyFile != "" && pol.Source() != "flags" {
@@ -126,10 +126,10 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
 		SealKey: key, SealKeyCreated: keyCreated,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
-		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets, Log: log,
+		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets,
 		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,
 		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot), Policy: pol,
-	})
+	}, log)
 	d.scanner = sc
 	return d, nil
 }
@@ -211,7 +211,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if len(d.cfg.WebListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: webLogger(d.log)})
+		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: logging.WebLogger(d.log)})
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
 				strings.Join(d.cfg.WebListenAddresses, ", "), err)

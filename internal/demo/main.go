@@ -26,8 +26,9 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/testbin"
+	"github.com/ds01/ds01-detectord/internal/view"
 	"github.com/ds01/ds01-detectord/internal/workload"
-	"github.com/ds01/ds01-detectord/internal/workloads"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 func main() {
@@ -194,12 +195,12 @@ func (d *demo) run(ctx context.Context, stubSrc string, within time.Duration, no
 // seen: a container with a GPU process, an idle GPU holder (past
 // --gpu-idle-after) and the confirmed host process are in the state file.
 func seen(state string) bool {
-	st, err := workloads.Load(state)
+	st, err := inventory.Read(state)
 	if err != nil {
 		return false
 	}
 	gpu, idle := false, false
-	for _, w := range workloads.Rows(st, time.Now()) {
+	for _, w := range view.Rows(st, time.Now()) {
 		if w.Kind == workload.KindContainer && len(w.GPUsInUse) > 0 {
 			gpu = true
 			if w.Idle {

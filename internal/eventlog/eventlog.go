@@ -5,10 +5,10 @@
 package eventlog
 
 import (
-	"bytes"
+	"context"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/pkg/event"
 )
 
 // Mode is the event log's permission when this daemon creates it:
@@ -120,36 +121,26 @@ func reserve(f *os.File, n int) error {
 }
 
 // Missing returns the lines (without newlines) that the end of the log does
-// not hold as whole lines, in their order. It reads only as much of the end
-// of the file as the lines could take up, plus a margin for other writers.
+// not hold, in their order. It reads only as much of the end of the file
+// as the lines could take up, plus a margin for other writers.
 func (l Log) Missing(lines []string) ([]string, error) {
 	if len(lines) == 0 {
 		return nil, nil
 	}
-	f, err := safefile.Open(l.Path, os.O_RDONLY, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return lines, nil
-	}
-	if err != nil {
-		return lines, err
-	}
-	defer f.Close()
 	want := int64(1 << 20)
 	for _, line := range lines {
 		want += int64(len(line)) + 1
 	}
-	st, err := f.Stat()
-	if err != nil {
-		return lines, err
-	}
-	off := max(0, st.Size()-want)
-	buf := make([]byte, st.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
-		return lines, err
-	}
 	have := map[string]bool{}
-	for _, b := range bytes.Split(buf, []byte{'\n'}) {
-		have[string(b)] = true
+	for e, err := range (event.Reader{Path: l.Path, Tail: want}).Events(context.Background()) {
+		var lineErr *event.LineError
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return lines, nil
+		case err != nil && !errors.As(err, &lineErr):
+			return lines, err
+		}
+		have[string(e.Raw)] = true // events or not: the lines are compared as bytes
 	}
 	var out []string
 	for _, line := range lines {
@@ -165,25 +156,10 @@ func (l Log) Missing(lines []string) ([]string, error) {
 // read from the last MiB. ok is false when there is none (a new log, or
 // one that logrotate just emptied: the chain then starts afresh).
 func (l Log) LastSealed(key *seal.Key) (h seal.Head, ok bool) {
-	f, err := safefile.Open(l.Path, os.O_RDONLY, 0)
-	if err != nil {
-		return seal.Head{}, false
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return seal.Head{}, false
-	}
-	off := max(0, st.Size()-1<<20)
-	buf := make([]byte, st.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
-		return seal.Head{}, false
-	}
-	lines := bytes.Split(buf, []byte{'\n'})
-	for i := len(lines) - 1; i >= 0; i-- {
-		if c := key.CheckLine(lines[i]); c.Valid {
-			return seal.Head{Seq: c.Seq, MAC: c.MAC}, true
+	for e := range (event.Reader{Path: l.Path, Tail: 1 << 20}).Events(context.Background()) {
+		if c := key.CheckLine(e.Raw); c.Valid {
+			h, ok = seal.Head{Seq: c.Seq, MAC: c.MAC}, true
 		}
 	}
-	return seal.Head{}, false
+	return h, ok
 }

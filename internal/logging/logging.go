@@ -1,5 +1,6 @@
 // Package logging builds the daemon's zap logger: human-readable console
-// lines on a terminal or in tests, native journald entries under systemd.
+// lines on a terminal or in tests, native journald entries under systemd;
+// and the slog bridge (slog.go) for libraries that log through log/slog.
 package logging
 
 import (

@@ -4,10 +4,14 @@
 // last cycle and the time, and returns the new state and the transitions
 // between the two.
 //
-// Everything here is a pure function: no I/O, no clock, no goroutines. The
-// cycle package gathers the facts before and delivers the result after.
-// Classification, attribution of GPU processes, the two-cycle rule for host
-// processes, ephemeral containers and the replay checkpoint all live here.
+// Everything here is a pure function: no I/O, no clock, no goroutines, no
+// logger: the transitions and warnings are data. The cycle package gathers
+// the facts (internal/facts) before and delivers the result and writes the
+// journal lines after. This package builds the containers (classification,
+// owners, ephemeral containers, the replay checkpoint) and runs the steps
+// in order; its subpackages do one job each: attribution (where each GPU
+// process belongs), gputime (GPU-seconds, host process confirmation, short
+// processes) and idle (the activity idle verdict).
 package reconcile
 
 import (
@@ -18,8 +22,12 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
+	"github.com/ds01/ds01-detectord/internal/reconcile/gputime"
+	"github.com/ds01/ds01-detectord/internal/reconcile/idle"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -55,6 +63,28 @@ func (r Rules) policy() *policy.Policy {
 
 var flagsPolicy = policy.FromFlags(policy.Defaults)
 
+// attributionRules are the rules attribution follows.
+func (r Rules) attributionRules() attribution.Rules {
+	return attribution.Rules{Excluded: r.Excluded, KeepSecrets: r.KeepSecrets}
+}
+
+// gpuRules are the rules GPU-time accounting follows, defaults filled in.
+func (r Rules) gpuRules() gputime.Rules {
+	return gputime.Rules{Attribution: r.attributionRules(), IdleThreshold: r.IdleThreshold, IdleAfter: r.IdleAfter, MaxGap: r.MaxGap,
+		ConfirmAfter: r.ConfirmAfter, Interval: r.Interval}.WithDefaults()
+}
+
+// DefaultExcluded are the system GPU processes left out by name
+// (attribution.DefaultExcluded).
+var DefaultExcluded = attribution.DefaultExcluded
+
+// DefaultConfirmAfter is how long a host GPU process is seen before it is
+// confirmed, unless Rules say otherwise.
+const DefaultConfirmAfter = gputime.DefaultConfirmAfter
+
+// UserGPUSeconds are one user's GPU-seconds of one cycle.
+type UserGPUSeconds = gputime.UserGPUSeconds
+
 // Result is the outcome of one reconcile.
 type Result struct {
 	State       inventory.State
@@ -76,6 +106,7 @@ type Result struct {
 // facts. prev is not modified.
 func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 	now := f.Now
+	gr := rules.gpuRules()
 	next := inventory.Empty()
 	next.Sources = prev.Sources
 	next.DockerEventsSince = prev.DockerEventsSince
@@ -119,7 +150,7 @@ func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 		next.OtherGPUProcesses = prev.OtherGPUProcesses
 		next.GPUs = prev.GPUs
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, nil, integrated{}, rules)
+		ts, res.UserGPUSeconds = gputime.Account(prev, &next, active, f, nil, gputime.Integrated{}, gr)
 		res.Transitions = append(res.Transitions, ts...)
 	} else {
 		for _, k := range active {
@@ -128,29 +159,29 @@ func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 			next.Containers[k] = c
 		}
 		var seen map[string]inventory.HostProcess
-		var hostUses map[string][]use
+		var hostProcs map[string][]facts.GPUProcess
 		var withGPU []string
-		seen, hostUses, next.OtherGPUProcesses, withGPU, res.Excluded = attribute(f, next.Containers, rules)
-		processOwners(f, next.Containers, withGPU)
+		seen, hostProcs, next.OtherGPUProcesses, withGPU, res.Excluded = attribution.Attribute(f, next.Containers, gr.Attribution)
+		attribution.ProcessOwners(f, next.Containers, withGPU)
 		// Entries the Python scanner wrote (no start time) join the
 		// running processes they describe: a switch-over emits nothing.
 		prev.HostProcesses, prev.PendingProcesses = adoptLegacy(prev.HostProcesses, prev.PendingProcesses, seen, f, rules.KeepSecrets)
 		samples, legacy := f.Samples, f.Samples == nil
 		if legacy {
-			samples = legacySamples(prev, f)
+			samples = gputime.LegacySamples(prev, f)
 		}
-		in := integrate(samples, legacy, f, next.Containers, rules)
+		in := gputime.Integrate(samples, legacy, f, next.Containers, gr)
 		var hostEvents []Transition
 		var short []inventory.HostProcess
-		next.HostProcesses, next.PendingProcesses, hostEvents, short = applyTransientRule(seen, prev.HostProcesses, prev.PendingProcesses, now, in, rules.confirmAfter())
+		next.HostProcesses, next.PendingProcesses, hostEvents, short = gputime.ConfirmHosts(seen, prev.HostProcesses, prev.PendingProcesses, now, in, gr.ConfirmAfter)
 		res.Transitions = append(res.Transitions, hostEvents...)
-		unattributed, owned := accountingOnly(samples, f, rules)
+		unattributed, owned := gputime.AccountingOnly(samples, f, gr)
 		short = append(short, owned...)
-		next.ShortProcesses = addShort(next.ShortProcesses, short, now)
-		next.GPUs = gpusFrom(f.GPUDevices, prev.GPUs, unattributed)
+		next.ShortProcesses = gputime.AddShort(next.ShortProcesses, short, now)
+		next.GPUs = gputime.GPUsFrom(f.GPUDevices, prev.GPUs, unattributed)
 		res.AccountingOnly = owned
 		var ts []Transition
-		ts, res.UserGPUSeconds = accountGPUUse(prev, &next, active, f, hostUses, in, rules)
+		ts, res.UserGPUSeconds = gputime.Account(prev, &next, active, f, hostProcs, in, gr)
 		for _, p := range owned {
 			d := res.UserGPUSeconds[p.User]
 			d.Held += p.GPUHeldSeconds
@@ -160,16 +191,16 @@ func Reconcile(prev inventory.State, f facts.Scan, rules Rules) Result {
 		res.Warnings = append(res.Warnings, gpuWithoutAccess(prev.Containers, next.Containers, active)...)
 		res.Warnings = append(res.Warnings, claimedContainers(prev, seen)...)
 	}
-	res.Transitions = append(res.Transitions, idleStep(prev, &next, active, f, rules)...)
+	res.Transitions = append(res.Transitions, idle.Step(prev, &next, active, f, rules.policy())...)
 	if f.GPUErr == nil {
-		hostCPU(prev, &next, f)
+		idle.HostCPU(prev, &next, f)
 	}
 	if next.OtherGPUProcesses == nil {
 		next.OtherGPUProcesses = []inventory.GPUProcess{}
 	}
 	res.Warnings = append(res.Warnings, userConflicts(prev.Containers, next.Containers, active)...)
 	var flushed []Transition
-	next.ShortProcesses, flushed = flushShort(next.ShortProcesses, now, rules.interval())
+	next.ShortProcesses, flushed = gputime.FlushShort(next.ShortProcesses, now, gr.Interval)
 	res.Transitions = append(res.Transitions, flushed...)
 	res.State = next
 	return res
@@ -251,8 +282,8 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 		}
 	}
 	for _, t := range ts {
-		if id := t.exitedContainer; id != "" {
-			out[id] = inventory.NewTime(now)
+		if d, ok := t.Details.(event.ContainerExitedDetails); ok {
+			out[d.ContainerID] = inventory.NewTime(now)
 		}
 	}
 	if len(out) == 0 {

@@ -351,7 +351,7 @@ func TestGPUWithoutAccessWarnsOnce(t *testing.T) {
 		res := Reconcile(st, s.facts(t0.Add(time.Duration(i)*time.Second)), Rules{})
 		n := 0
 		for _, w := range res.Warnings {
-			if strings.Contains(w.Message, "does not grant") {
+			if w.Kind == WarnGPUWithoutAccess {
 				n++
 			}
 		}

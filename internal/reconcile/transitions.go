@@ -2,39 +2,39 @@ package reconcile
 
 import (
 	"slices"
-	"strconv"
-	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
-	"github.com/ds01/ds01-detectord/internal/textcut"
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Transition is one change to report: an event for the log and a line for
-// the journal.
-type Transition struct {
-	EventType string
-	User      string // the envelope's user
-	Details   any    // one of pkg/event's *Details types
-	// Message is the journal line. Only safe text goes into it (IDs,
-	// Docker names, PIDs); user-controlled strings travel in Fields, whose
-	// encoder escapes them.
-	Message string
-	Fields  []zap.Field
-	// At is when it happened, when that is known better than the scan's
-	// time (a container replayed from Docker's event history); zero: now.
-	At time.Time
+// Transition is one change to report, as data (internal/reconcile/transition).
+type Transition = transition.Transition
 
-	exitedContainer string // 12-char ID, for a container_exited
-}
+// Kinds of warnings.
+const (
+	// WarnGPUWithoutAccess: a container uses a GPU its configuration does
+	// not grant (ContainerID, Name, User).
+	WarnGPUWithoutAccess = "gpu_without_access"
+	// WarnClaimedContainer: a GPU process's cgroup names a container it
+	// does not run in (Pid, UID, User, ClaimedContainer).
+	WarnClaimedContainer = "claimed_container"
+	// WarnUserConflict: a container's owner signals disagree
+	// (ContainerID, Name, User, UserSource, UserSignals).
+	WarnUserConflict = "user_conflict"
+)
 
-// Warning is a condition worth one journal line when it starts.
+// Warning is a condition worth one journal line when it starts, as data:
+// its kind and the values that kind names.
 type Warning struct {
-	Message string
-	Fields  []zap.Field
+	Kind                    string
+	ContainerID, Name, User string
+	Pid                     int
+	UID                     uint32
+	ClaimedContainer        string
+	UserSource              string
+	UserSignals             []string // source=user
 }
 
 // diffContainers lists the transitions from old to cur, in the order the
@@ -61,24 +61,21 @@ func diffContainers(old, cur map[string]inventory.Container, candidates []string
 	for _, k := range changed {
 		c := cur[k]
 		o, seen := old[k]
-		fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)}
 		switch {
 		case !seen:
 			out = append(out, Transition{
-				EventType: event.ContainerDiscovered, User: c.User, Message: "container discovered: " + c.ID + " " + c.Name,
+				EventType: event.ContainerDiscovered, User: c.User,
 				Details: event.ContainerDiscoveredDetails{
 					ContainerID: c.ID, Name: c.Name, Origin: c.Origin, HasGPU: c.HasGPU, Image: c.Image,
 					Status: c.Status, GPUAccess: c.GPUAccess, UserSource: c.UserSource,
 				},
-				Fields: append(fields, zap.String("origin", c.Origin), zap.Bool("has_gpu", c.HasGPU), zap.String("status", c.Status)),
 			})
 		case o.Status != c.Status:
 			out = append(out, Transition{
-				EventType: event.ContainerStatusChanged, User: c.User, Message: "container " + c.ID + " " + c.Name + ": " + o.Status + " -> " + c.Status,
+				EventType: event.ContainerStatusChanged, User: c.User,
 				Details: event.ContainerStatusChangedDetails{
 					ContainerID: c.ID, Name: c.Name, OldStatus: o.Status, NewStatus: c.Status,
 				},
-				Fields: append(fields, zap.String("old_status", o.Status), zap.String("new_status", c.Status)),
 			})
 		}
 	}
@@ -89,32 +86,13 @@ func diffContainers(old, cur map[string]inventory.Container, candidates []string
 	for _, k := range gone {
 		o := old[k]
 		out = append(out, Transition{
-			EventType: event.ContainerExited, User: o.User, Message: "container removed: " + o.ID + " " + o.Name,
+			EventType: event.ContainerExited, User: o.User,
 			Details: event.ContainerExitedDetails{ContainerID: o.ID, Name: o.Name, Origin: o.Origin, GPUSeconds: event.GPUSeconds{
 				GPUAllocatedSeconds: o.GPUAllocatedSeconds, GPUHeldSeconds: o.GPUHeldSeconds, GPUBusySeconds: o.GPUBusySeconds}, GPUUUIDs: heldGPUs(o),
 				ByOwner: o.OwnerSeconds},
-			Fields:          []zap.Field{zap.String("container_id", o.ID), zap.String("name", o.Name), UserField(o.User)},
-			exitedContainer: o.ID,
 		})
 	}
 	return out
-}
-
-func hostDiscovered(p inventory.HostProcess) Transition {
-	return Transition{
-		EventType: event.HostProcessDiscovered, User: p.User, Message: "host GPU process discovered: pid " + strconv.Itoa(p.Pid),
-		Details: event.HostProcessDiscoveredDetails{Pid: p.Pid, Cmdline: p.Cmdline, GPUMemoryMB: p.GPUMemoryMB, GPUUUID: p.GPUUUID, StartTime: p.StartTime},
-		Fields:  []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("gpu_uuid", p.GPUUUID), zap.String("cmdline", p.Cmdline)},
-	}
-}
-
-func hostExited(p inventory.HostProcess) Transition {
-	return Transition{
-		EventType: event.HostProcessExited, User: p.User, Message: "host GPU process exited: pid " + strconv.Itoa(p.Pid),
-		Details: event.HostProcessExitedDetails{Pid: p.Pid, Cmdline: p.Cmdline, StartTime: p.StartTime, GPUSeconds: event.GPUSeconds{
-			GPUAllocatedSeconds: p.GPUAllocatedSeconds, GPUHeldSeconds: p.GPUHeldSeconds, GPUBusySeconds: p.GPUBusySeconds}, GPUUUIDs: []string{p.GPUUUID}},
-		Fields: []zap.Field{zap.Int("pid", p.Pid), UserField(p.User), zap.String("cmdline", p.Cmdline)},
-	}
 }
 
 // gpuWithoutAccess warns once when a container starts using a GPU its
@@ -123,10 +101,7 @@ func gpuWithoutAccess(prev, cur map[string]inventory.Container, active []string)
 	var out []Warning
 	for _, k := range sortedWhere(active, func(k string) bool { return cur[k].GPUWithoutAccess && !prev[k].GPUWithoutAccess }) {
 		c := cur[k]
-		out = append(out, Warning{
-			Message: "container uses a GPU its configuration does not grant",
-			Fields:  []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User)},
-		})
+		out = append(out, Warning{Kind: WarnGPUWithoutAccess, ContainerID: c.ID, Name: c.Name, User: c.User})
 	}
 	return out
 }
@@ -146,10 +121,7 @@ func claimedContainers(prev inventory.State, seen map[string]inventory.HostProce
 		if old, ok := prev.HostProcesses[k]; ok && old.StartTime == p.StartTime && old.ClaimedContainer == p.ClaimedContainer {
 			continue
 		}
-		out = append(out, Warning{
-			Message: "GPU process's cgroup names a container it does not run in; counted as a host process of its user",
-			Fields:  []zap.Field{zap.Int("pid", p.Pid), zap.Uint32("uid", p.UID), UserField(p.User), zap.String("claimed_container_id", p.ClaimedContainer)},
-		})
+		out = append(out, Warning{Kind: WarnClaimedContainer, Pid: p.Pid, UID: p.UID, User: p.User, ClaimedContainer: p.ClaimedContainer})
 	}
 	return out
 }
@@ -160,14 +132,8 @@ func userConflicts(prev, cur map[string]inventory.Container, active []string) []
 	var out []Warning
 	for _, k := range sortedWhere(active, func(k string) bool { return cur[k].UserConflict && !prev[k].UserConflict }) {
 		c := cur[k]
-		signals := make([]string, 0, len(c.UserSignals))
-		for _, s := range c.UserSignals {
-			signals = append(signals, s.Source+"="+s.User)
-		}
-		out = append(out, Warning{
-			Message: "container's owner signals disagree: " + c.ID + " " + c.Name,
-			Fields:  []zap.Field{zap.String("container_id", c.ID), UserField(c.User), zap.String("user_source", c.UserSource), zap.Strings("user_signals", signals)},
-		})
+		out = append(out, Warning{Kind: WarnUserConflict, ContainerID: c.ID, Name: c.Name, User: c.User,
+			UserSource: c.UserSource, UserSignals: signalList(c.UserSignals)})
 	}
 	return out
 }
@@ -184,19 +150,6 @@ func heldGPUs(c inventory.Container) []string {
 	return out
 }
 
-// MaxLogValue caps user-controlled strings in log fields (a label can hold
-// a megabyte).
-const MaxLogValue = 256
-
-// UserField is the user as a log field, cut to MaxLogValue bytes on a rune
-// boundary. The field's encoder escapes control characters.
-func UserField(u string) zap.Field {
-	if len(u) > MaxLogValue {
-		u = textcut.Bytes(u, MaxLogValue) + textcut.Marker
-	}
-	return zap.String("user", u)
-}
-
 // ownerChanges logs one detection.owner_changed per live container whose
 // owner changed since the last scan (docker rename from one owner's name
 // to another's, a label update). The GPU-seconds before it stay the old
@@ -208,16 +161,10 @@ func ownerChanges(prev, cur map[string]inventory.Container, active []string) []T
 		return ok && ownerChanged(o.User, cur[k].User)
 	}) {
 		o, c := prev[k], cur[k]
-		signals := make([]string, 0, len(c.UserSignals))
-		for _, s := range c.UserSignals {
-			signals = append(signals, s.Source+"="+s.User)
-		}
 		out = append(out, Transition{
-			EventType: event.OwnerChanged, User: c.User, Message: "container owner changed: " + c.ID + " " + c.Name,
+			EventType: event.OwnerChanged, User: c.User,
 			Details: event.OwnerChangedDetails{ContainerID: c.ID, Name: c.Name, OldUser: o.User, NewUser: c.User,
-				OldUserSource: o.UserSource, NewUserSource: c.UserSource, UserSignals: signals},
-			Fields: []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), zap.String("old_user", o.User), UserField(c.User),
-				zap.String("user_source", c.UserSource), zap.Strings("user_signals", signals)},
+				OldUserSource: o.UserSource, NewUserSource: c.UserSource, UserSignals: signalList(c.UserSignals)},
 		})
 	}
 	return out
@@ -228,4 +175,13 @@ func ownerChanges(prev, cur map[string]inventory.Container, active []string) []T
 // or no longer known (Docker's facts incomplete) is no change of hands.
 func ownerChanged(old, cur string) bool {
 	return old != cur && old != classify.Unknown && cur != classify.Unknown && old != "" && cur != ""
+}
+
+// signalList is a container's owner signals as source=user.
+func signalList(signals []inventory.UserSignal) []string {
+	out := make([]string, 0, len(signals))
+	for _, s := range signals {
+		out = append(out, s.Source+"="+s.User)
+	}
+	return out
 }

@@ -37,15 +37,10 @@ const (
 // <path>.corrupt-<UTC timestamp> and an empty state is returned together with
 // an error that says so; the caller logs it and carries on.
 func Load(path string) (inventory.State, error) {
-	f, err := safefile.Open(path, os.O_RDONLY, 0)
+	b, err := inventory.ReadBytes(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return inventory.Empty(), nil
 	}
-	if err != nil {
-		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
-	}
-	b, err := safefile.ReadAll(f, path, inventory.MaxFileBytes)
-	f.Close()
 	if err != nil {
 		return inventory.Empty(), fmt.Errorf("read state file: %w", err)
 	}
@@ -82,15 +77,10 @@ func LoadSealed(path string, key *seal.Key) (st inventory.State, sealErr, err er
 		st, err = Load(path)
 		return st, nil, err
 	}
-	f, err := safefile.Open(path, os.O_RDONLY, 0)
+	b, err := inventory.ReadBytes(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return inventory.Empty(), nil, nil
 	}
-	if err != nil {
-		return inventory.Empty(), nil, fmt.Errorf("read state file: %w", err)
-	}
-	b, err := safefile.ReadAll(f, path, inventory.MaxFileBytes)
-	f.Close()
 	if err != nil {
 		return inventory.Empty(), nil, fmt.Errorf("read state file: %w", err)
 	}

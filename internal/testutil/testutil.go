@@ -5,7 +5,10 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -56,11 +59,28 @@ func (f *Files) State() inventory.State {
 // line.
 func (f *Files) Events() []event.Envelope {
 	f.t.Helper()
-	all, err := event.ReadLog(f.EventsPath)
-	if err != nil {
-		f.t.Fatal(err)
+	return ReadLog(f.t, f.EventsPath)
+}
+
+// ReadLog reads a whole event log with event.Reader, failing the test on a
+// line that is not an event and on a partial last line. A missing log is
+// an empty one.
+func ReadLog(t testing.TB, path string) []event.Envelope {
+	t.Helper()
+	var out []event.Envelope
+	for e, err := range (event.Reader{Path: path}).Events(context.Background()) {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Pos.Partial {
+			t.Fatalf("%s ends in a partial line: %q", path, e.Raw)
+		}
+		out = append(out, e)
 	}
-	return all
+	return out
 }
 
 // NewEvents returns the event lines appended since the last call.

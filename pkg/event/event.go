@@ -1,7 +1,8 @@
 // Package event is the public API of the shared event log,
 // /var/log/ds01/events.jsonl: the envelope, the event types and their
-// details, the one encoder every line of this daemon goes through (Encode)
-// and the one decoder for reading lines back (Decode, ReadLog).
+// details, the one encoder every line of this daemon goes through (Encode),
+// the one decoder for reading lines back (Decode), and the one reader of
+// the log and its archives (Reader).
 //
 // The file contract (docs/COMPAT.md has it whole):
 //   - One JSON object per line, appended; each line is one write(2) of at
@@ -13,16 +14,13 @@
 //   - An event too large for a line has its details replaced by
 //     {"truncated":true,"original_size":N}.
 //   - logrotate renames or truncates the file; archives are
-//     events.jsonl-YYYYMMDD.gz.
+//     events.jsonl-YYYYMMDD[.gz] or events.jsonl.N[.gz] (ArchiveNames).
 package event
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"time"
 	"unicode/utf8"
 
@@ -89,6 +87,11 @@ type Envelope struct {
 	User          string          `json:"user,omitempty"`
 	Source        string          `json:"source,omitempty"`
 	Details       json.RawMessage `json:"details,omitempty"`
+
+	// Raw and Pos are set by Reader: the line as read (without its
+	// newline) and where. Never written.
+	Raw []byte   `json:"-"`
+	Pos Position `json:"-"`
 }
 
 // ContainerDiscoveredDetails are the details of ContainerDiscovered. The
@@ -286,33 +289,4 @@ func Decode(line []byte) (Envelope, error) {
 		e.Details = nil
 	}
 	return e, nil
-}
-
-// ReadLog reads a whole event log file. A missing file is an empty log. It
-// fails on a line that does not parse, and on a last line without its
-// newline (a partial write).
-func ReadLog(path string) ([]Envelope, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		tail := b[max(0, len(b)-80):]
-		return nil, fmt.Errorf("%s ends in a partial line: %q", path, tail)
-	}
-	var out []Envelope
-	for i, line := range bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n")) {
-		if len(b) == 0 {
-			break
-		}
-		e, err := Decode(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", path, i+1, err)
-		}
-		out = append(out, e)
-	}
-	return out, nil
 }

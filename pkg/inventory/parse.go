@@ -4,10 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"syscall"
+
+	"github.com/ds01/ds01-detectord/internal/safefile"
 )
 
 // MaxFileBytes caps how much of a state file Read (and the daemon) accepts. A real state
@@ -62,30 +62,31 @@ func Parse(b []byte) (State, error) {
 	return st, nil
 }
 
-// Read reads and parses the state file at path without changing it. A
-// missing file is an empty state and no error; a file larger than
-// MaxFileBytes, or one that does not parse, is an error.
+// ReadBytes returns the bytes of the state file at path: the one way this
+// module reads the file. Read parses them; the daemon and ds01-workloads
+// check their seal first. It never follows a symlink at path and never
+// blocks: anything but a regular file (a FIFO planted there, a directory)
+// is refused at once with an error that says what was found, and so is a
+// file larger than MaxFileBytes. A missing file is an error wrapping
+// fs.ErrNotExist.
+func ReadBytes(path string) ([]byte, error) {
+	f, err := safefile.Open(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return safefile.ReadAll(f, path, MaxFileBytes)
+}
+
+// Read reads and parses the state file at path (ReadBytes, Parse) without
+// changing it. A missing file is an empty state and no error.
 func Read(path string) (State, error) {
-	// O_NONBLOCK: a FIFO planted at the path must not hang the reader.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	b, err := ReadBytes(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Empty(), nil
 	}
 	if err != nil {
 		return State{}, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return State{}, err
-	} else if !fi.Mode().IsRegular() {
-		return State{}, fmt.Errorf("%s is not a regular file (%v)", path, fi.Mode().Type())
-	}
-	b, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
-	if err != nil {
-		return State{}, err
-	}
-	if len(b) > MaxFileBytes {
-		return State{}, fmt.Errorf("%s is larger than %d bytes: not a state file", path, MaxFileBytes)
 	}
 	return Parse(b)
 }

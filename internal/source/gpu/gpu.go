@@ -93,14 +93,18 @@ type Source struct {
 	NoUtilization bool
 	Warnings      []string // symbols found missing at the last Init
 
-	// Log, when set, gets a warning naming the symbols a driver lacks,
-	// once per Init.
-	Log *zap.Logger
+	// log gets a warning naming the symbols a driver lacks, once per
+	// Init, and one line per GPU whose accounting mode is off.
+	log *zap.Logger
 }
 
-// New wraps lib. Init happens on the first call.
-func New(lib nvml.Interface) *Source {
-	return &Source{lib: lib, lastSample: map[string]uint64{}, listed: map[string]map[int]bool{}, reported: map[string]map[string]bool{},
+// New wraps lib, logging to log (nil: nowhere). Init happens on the first
+// call.
+func New(lib nvml.Interface, log *zap.Logger) *Source {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Source{lib: lib, log: log, lastSample: map[string]uint64{}, listed: map[string]map[int]bool{}, reported: map[string]map[string]bool{},
 		acctOffLogged: map[string]bool{}}
 }
 
@@ -232,8 +236,8 @@ func (s *Source) init() error {
 			s.Warnings = append(s.Warnings, sym)
 		}
 	}
-	if len(s.Warnings) > 0 && s.Log != nil {
-		s.Log.Warn("the NVIDIA driver lacks some NVML calls; scanning without them",
+	if len(s.Warnings) > 0 {
+		s.log.Warn("the NVIDIA driver lacks some NVML calls; scanning without them",
 			zap.Strings("missing", s.Warnings), zap.Bool("graphics_processes", s.graphics), zap.Bool("mig", s.mig))
 	}
 	return nil
@@ -372,9 +376,9 @@ func (s *Source) accounting(dev nvml.Device, d *Device, listedNow []int) ([]Unat
 		return nil, nil // unknown
 	}
 	if !*d.Accounting {
-		if !s.acctOffLogged[d.UUID] && s.Log != nil {
+		if !s.acctOffLogged[d.UUID] {
 			s.acctOffLogged[d.UUID] = true
-			s.Log.Info("NVML accounting mode is off on this GPU: processes that start and end between two samples are not seen; turn it on with 'nvidia-smi -pm 1' (persistence mode) and 'nvidia-smi -am 1'",
+			s.log.Info("NVML accounting mode is off on this GPU: processes that start and end between two samples are not seen; turn it on with 'nvidia-smi -pm 1' (persistence mode) and 'nvidia-smi -am 1'",
 				zap.Int("gpu", d.Index), zap.String("gpu_uuid", d.UUID))
 		}
 		delete(s.listed, d.UUID)

@@ -51,7 +51,7 @@ func TestProcessesFullAndMIG(t *testing.T) {
 	// GPU 7: absurd memory value.
 	gputest.SetProcs(s, 7, []nvml.ProcessInfo{{Pid: 700, UsedGpuMemory: 1 << 62}, {Pid: 0, UsedGpuMemory: 5}}, nil)
 
-	src := New(s)
+	src := New(s, nil)
 	ps, err := src.Processes(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func guarded(t *testing.T, initRet *nvml.Return) *gputest.Guard {
 func TestInitFailureNeverCallsFurther(t *testing.T) {
 	ret := nvml.ERROR_LIBRARY_NOT_FOUND
 	g := guarded(t, &ret)
-	src := New(g)
+	src := New(g, nil)
 	for i := 0; i < 3; i++ {
 		_, err := src.Processes(context.Background())
 		var ne *Error
@@ -104,7 +104,7 @@ func TestLifecycleErrorThenRecovery(t *testing.T) {
 	for _, bad := range []nvml.Return{nvml.ERROR_GPU_IS_LOST, nvml.ERROR_DRIVER_NOT_LOADED, nvml.ERROR_LIB_RM_VERSION_MISMATCH, nvml.ERROR_UNINITIALIZED} {
 		ok := nvml.SUCCESS
 		g := guarded(t, &ok)
-		src := New(g)
+		src := New(g, nil)
 		g.FailCount = bad
 		if _, err := src.Processes(context.Background()); err == nil {
 			t.Fatalf("%v: no error", bad)
@@ -123,7 +123,7 @@ func TestLifecycleErrorThenRecovery(t *testing.T) {
 	// A non-lifecycle error fails the cycle but keeps the handle.
 	ok := nvml.SUCCESS
 	g := guarded(t, &ok)
-	src := New(g)
+	src := New(g, nil)
 	g.FailCount = nvml.ERROR_UNKNOWN
 	if _, err := src.Processes(context.Background()); err == nil || g.Shutdowns != 0 {
 		t.Fatalf("unknown error: err %v, shutdowns %d", err, g.Shutdowns)
@@ -141,7 +141,7 @@ func TestBlockedCallIsAbandoned(t *testing.T) {
 		}
 		return []nvml.ProcessInfo{gputest.Proc(42, 1)}, nvml.SUCCESS
 	}
-	src := New(s)
+	src := New(s, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := src.Processes(ctx); err == nil || !errors.Is(err, context.DeadlineExceeded) {
@@ -182,7 +182,7 @@ func TestMissingSymbols(t *testing.T) {
 		}
 		return nil
 	}
-	src := New(s)
+	src := New(s, nil)
 	ps, err := src.Processes(context.Background())
 	if err != nil || len(ps) != 1 {
 		t.Fatalf("%v %+v", err, ps)
@@ -193,7 +193,7 @@ func TestMissingSymbols(t *testing.T) {
 
 	// Without the compute list there is nothing to read: a clear error.
 	s.LookupSymbolFunc = func(sym string) error { return errors.New("undefined symbol: " + sym) }
-	src = New(s)
+	src = New(s, nil)
 	if _, err := src.Processes(context.Background()); err == nil || !strings.Contains(err.Error(), symCompute) {
 		t.Fatalf("err = %v", err)
 	}
@@ -202,18 +202,18 @@ func TestMissingSymbols(t *testing.T) {
 func TestAbsurdValues(t *testing.T) {
 	s := gputest.H100()
 	gputest.SetProcs(s, 0, []nvml.ProcessInfo{{Pid: 4294967295, UsedGpuMemory: 1}, {Pid: 5, UsedGpuMemory: 1 << 55}}, nil)
-	ps, err := New(s).Processes(context.Background())
+	ps, err := New(s, nil).Processes(context.Background())
 	if err != nil || len(ps) != 1 || ps[0].Pid != 5 || ps[0].MemoryMiB != nil {
 		t.Fatalf("absurd pid and memory: %v %+v", err, ps)
 	}
 	s.DeviceGetCountFunc = func() (int, nvml.Return) { return 1 << 20, nvml.SUCCESS }
-	if _, err := New(s).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd device count") {
+	if _, err := New(s, nil).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd device count") {
 		t.Fatalf("absurd count: %v", err)
 	}
 	s = gputest.H100()
 	gputest.SetMIG(s, 1)
 	gputest.Device(s, 1).GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return -3, nvml.SUCCESS }
-	if _, err := New(s).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd MIG") {
+	if _, err := New(s, nil).Processes(context.Background()); err == nil || !strings.Contains(err.Error(), "absurd MIG") {
 		t.Fatalf("absurd MIG count: %v", err)
 	}
 }
@@ -225,7 +225,7 @@ func TestAbsurdValues(t *testing.T) {
 func TestProcessUtilization(t *testing.T) {
 	srv := gputest.H100()
 	ok := nvml.SUCCESS
-	src := New(gputest.NewGuard(t, srv, &ok))
+	src := New(gputest.NewGuard(t, srv, &ok), nil)
 	gputest.SetProcs(srv, 0, []nvml.ProcessInfo{gputest.Proc(10, 100), gputest.Proc(11, 100)}, nil)
 	gputest.SetProcs(srv, 1, []nvml.ProcessInfo{gputest.Proc(20, 100)}, nil)
 	gputest.SetProcs(srv, 2, []nvml.ProcessInfo{gputest.Proc(30, 100)}, nil)

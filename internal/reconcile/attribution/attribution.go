@@ -1,13 +1,15 @@
-package reconcile
+// Package attribution decides where each GPU process belongs: in the
+// Docker container it runs in (checked against the container's init
+// process), another runtime's container, a system process left out by
+// name, or a host process of its real UID.
+package attribution
 
 import (
 	"errors"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/facts"
@@ -28,7 +30,16 @@ var DefaultExcluded = []string{"nvidia-persistenced", "nv-hostengine", "dcgm", "
 // left out by name.
 const FirstUserUID = 1000
 
-// attribute sorts the GPU processes NVML reported into containers (added
+// Rules are the site's settings attribution follows.
+type Rules struct {
+	// Excluded are the system process names left out of host processes.
+	Excluded []string
+	// KeepSecrets turns off the masking of secret-looking arguments in
+	// recorded command lines.
+	KeepSecrets bool
+}
+
+// Attribute sorts the GPU processes NVML reported into containers (added
 // to containers' gpu_processes), other runtimes and host processes, and
 // counts the system processes left out by name.
 //
@@ -39,35 +50,39 @@ const FirstUserUID = 1000
 // be read, it runs in the init's PID namespace. A process whose cgroup
 // names a container it does not run in, or one that a healthy Docker does
 // not list, is a host process of its real UID, with claimed_container set.
-func attribute(f facts.Scan, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]use, []inventory.GPUProcess, []string, int) {
+//
+// It returns the host processes by PID, the GPU processes of each (one per
+// GPU it is on), the other runtimes' processes, the keys of the containers
+// given a GPU process, and the count left out by name.
+func Attribute(f facts.Scan, containers map[string]inventory.Container, rules Rules) (map[string]inventory.HostProcess, map[string][]facts.GPUProcess, []inventory.GPUProcess, []string, int) {
 	host := map[string]inventory.HostProcess{}
 	withGPU := map[string]bool{} // containers given a GPU process
-	hostUses := map[string][]use{}
+	hostUses := map[string][]facts.GPUProcess{}
 	other := []inventory.GPUProcess{}
 	excludedCount := 0
 	for _, p := range f.GPU {
 		pf, ok := f.Procs[p.Pid]
-		pl := place(p, pf, ok, f, containers, rules)
-		gp := pl.gp
+		pl := Place(p, pf, ok, f, containers, rules)
+		gp := pl.GP
 		switch {
-		case pl.container != "":
-			c := containers[pl.container]
+		case pl.Container != "":
+			c := containers[pl.Container]
 			c.GPUProcesses = append(c.GPUProcesses, gp)
 			containers[c.ID] = c
 			withGPU[c.ID] = true
-		case pl.other:
+		case pl.Other:
 			other = append(other, gp)
-		case pl.excluded:
+		case pl.Excluded:
 			excludedCount++
-		case pl.host != nil:
+		case pl.Host != nil:
 			key := strconv.Itoa(p.Pid)
-			hostUses[key] = append(hostUses[key], use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
+			hostUses[key] = append(hostUses[key], p)
 			if hp, ok := host[key]; ok { // same process on another GPU
 				hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
 				host[key] = hp
 				continue
 			}
-			host[key] = *pl.host
+			host[key] = *pl.Host
 		}
 	}
 	keys := make([]string, 0, len(withGPU))
@@ -89,26 +104,26 @@ func attribute(f facts.Scan, containers map[string]inventory.Container, rules Ru
 	return host, hostUses, other, keys, excludedCount
 }
 
-// placement is where one GPU process belongs.
-type placement struct {
-	gp        inventory.GPUProcess
-	container string                 // the 12-char key of the Docker container it runs in
-	other     bool                   // another runtime's container, or /proc unreadable
-	excluded  bool                   // a system process left out by name
-	host      *inventory.HostProcess // a host process (nil: none of these; gone)
+// Placement is where one GPU process belongs.
+type Placement struct {
+	GP        inventory.GPUProcess
+	Container string                 // the 12-char key of the Docker container it runs in
+	Other     bool                   // another runtime's container, or /proc unreadable
+	Excluded  bool                   // a system process left out by name
+	Host      *inventory.HostProcess // a host process (nil: none of these; gone)
 }
 
-// place attributes one GPU process (pf: its /proc facts, ok: gathered).
+// Place attributes one GPU process (pf: its /proc facts, ok: gathered).
 // The scan's own list and every sample of the GPU sampler go through it,
 // so a second of GPU time is charged where the process is listed.
-func place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) placement {
-	gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: migInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
+func Place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) Placement {
+	gp := inventory.GPUProcess{Pid: p.Pid, GPUIndex: p.GPUIndex, GPUUUID: p.GPUUUID, MIG: MIGInfo(p.MIG), GPUMemoryMB: p.MemoryMiB, SMUtilPercent: p.SMUtil}
 	if !ok {
 		pf.CgroupErr = errNotGathered
 	}
 	if pf.CgroupErr != nil {
 		gp.Runtime, gp.Error = proc.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
-		return placement{gp: gp, other: true}
+		return Placement{GP: gp, Other: true}
 	}
 	ref := pf.Cgroup
 	claimed, claimedRuntime := "", ""
@@ -135,7 +150,7 @@ func place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers 
 					uid := pf.UID
 					gp.UID = &uid
 				}
-				return placement{gp: gp, container: c.ID}
+				return Placement{GP: gp, Container: c.ID}
 			}
 			claimed = workload.ShortID(ref.ID) // names a container it does not run in
 		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
@@ -163,17 +178,17 @@ func place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers 
 			uid := pf.UID
 			gp.UID = &uid
 		}
-		return placement{gp: gp, other: true}
+		return Placement{GP: gp, Other: true}
 	}
 	if pf.UIDErr == nil && pf.UID < FirstUserUID && claimed == "" && excluded(pf.Argv, rules.Excluded) {
-		return placement{gp: gp, excluded: true}
+		return Placement{GP: gp, Excluded: true}
 	}
 	if pf.StartErr != nil {
-		return placement{gp: gp} // gone between the two reads
+		return Placement{GP: gp} // gone between the two reads
 	}
-	return placement{gp: gp, host: &inventory.HostProcess{
+	return Placement{GP: gp, Host: &inventory.HostProcess{
 		Pid: p.Pid, User: user, Cmdline: cmdline, GPUMemoryMB: p.MemoryMiB, GPUUUID: p.GPUUUID,
-		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: migInfo(p.MIG),
+		UID: pf.UID, StartTime: pf.StartTime, GPUIndex: p.GPUIndex, MIG: MIGInfo(p.MIG),
 		ClaimedContainer: claimed, Runtime: claimedRuntime, CmdlineError: cmdlineError(cmdline, pf.ArgvErr),
 	}}
 }
@@ -203,9 +218,9 @@ func inContainer(pf facts.Proc, init facts.Init) string {
 	return "cgroup+pidns"
 }
 
-// processOwners flags a container whose GPU processes run as a non-root
+// ProcessOwners flags a container whose GPU processes run as a non-root
 // UID other than its user.
-func processOwners(f facts.Scan, containers map[string]inventory.Container, withGPU []string) {
+func ProcessOwners(f facts.Scan, containers map[string]inventory.Container, withGPU []string) {
 	for _, k := range withGPU {
 		c := containers[k]
 		for _, gp := range c.GPUProcesses {
@@ -224,7 +239,8 @@ func (e gatherErr) Error() string { return string(e) }
 
 const errNotGathered = gatherErr("no /proc facts were gathered")
 
-func migInfo(m *facts.MIG) *inventory.MIGInfo {
+// MIGInfo is the state's form of a MIG device.
+func MIGInfo(m *facts.MIG) *inventory.MIGInfo {
 	if m == nil {
 		return nil
 	}
@@ -283,116 +299,6 @@ func outsideDevices(p facts.GPUProcess, devices []string) bool {
 		}
 	}
 	return true
-}
-
-// applyTransientRule confirms a host process once it has been seen for
-// confirmAfter: the time between its first and its latest sighting by the
-// GPU sampler (or by the scans, without one), never a count of scans.
-// Identity is (pid, start time): a reused PID is a new process.
-// detected_at is the first sighting. It returns the confirmed and pending
-// maps, the transitions, and the processes that ended before they were
-// confirmed (their counters complete), which the caller charges to their
-// owners in aggregate. in holds the samples' sightings and credits: a
-// process that ends between two scans gets the credit of its last samples
-// in its exit event.
-func applyTransientRule(seen, oldConfirmed, oldPending map[string]inventory.HostProcess, now time.Time, in integrated, confirmAfter time.Duration) (confirmed, pending map[string]inventory.HostProcess, ts []Transition, short []inventory.HostProcess) {
-	confirmed, pending = map[string]inventory.HostProcess{}, map[string]inventory.HostProcess{}
-	at := in.last
-	if at.IsZero() {
-		at = now
-	}
-	for _, k := range sortedKeys(seen) {
-		p := seen[k]
-		if old, ok := oldConfirmed[k]; ok && old.StartTime == p.StartTime {
-			p.DetectedAt, p.FirstSeen = old.DetectedAt, old.FirstSeen
-			confirmed[k] = p
-			continue
-		}
-		first := at
-		if h := in.hosts[hostKey(p.Pid, p.StartTime)]; h != nil {
-			first = h.first
-		}
-		legacy := false
-		if old, ok := oldPending[k]; ok && old.StartTime == p.StartTime {
-			if old.FirstSeen != nil && old.FirstSeen.Before(first) {
-				first = old.FirstSeen.Time
-			}
-			// The Python scanner's pending entry (no first sighting
-			// recorded): seen at its last scan, and confirmed on this
-			// second sighting, as its rule had it.
-			legacy = old.FirstSeen == nil
-		}
-		p.FirstSeen = inventory.TimePtr(first)
-		if legacy || at.Sub(first) >= confirmAfter {
-			p.DetectedAt = p.FirstSeen
-			confirmed[k] = p
-			ts = append(ts, hostDiscovered(p))
-			continue
-		}
-		p.DetectedAt = nil
-		pending[k] = p
-	}
-	gone := func(k string, start uint64) bool {
-		cur, ok := seen[k]
-		return !ok || cur.StartTime != start
-	}
-	for _, k := range sortedKeys(oldConfirmed) {
-		old := oldConfirmed[k]
-		if !gone(k, old.StartTime) {
-			continue
-		}
-		if h := in.hosts[hostKey(old.Pid, old.StartTime)]; h != nil {
-			old.GPUHeldSeconds += h.held
-			old.GPUBusySeconds += h.busy
-			old.GPUAllocatedSeconds += h.held
-			h.charged, h.ended = true, true
-		}
-		ts = append(ts, hostExited(old))
-	}
-	// Processes that ended unconfirmed: those pending at the last scan, and
-	// those the sampler saw only between two scans.
-	ended := map[string]inventory.HostProcess{}
-	for k, old := range oldPending {
-		if gone(k, old.StartTime) {
-			ended[hostKey(old.Pid, old.StartTime)] = old
-		}
-	}
-	for hk, h := range in.hosts {
-		if h.charged {
-			continue
-		}
-		k := strconv.Itoa(h.hp.Pid)
-		if _, done := oldConfirmed[k]; done && oldConfirmed[k].StartTime == h.hp.StartTime {
-			continue
-		}
-		if !gone(k, h.hp.StartTime) {
-			continue
-		}
-		p, ok := ended[hk]
-		if !ok {
-			p = h.hp
-			p.FirstSeen = inventory.TimePtr(h.first)
-		}
-		p.GPUHeldSeconds += h.held
-		p.GPUBusySeconds += h.busy
-		p.GPUAllocatedSeconds += h.held
-		if !slices.Contains(h.gpus, p.GPUUUID) {
-			p.GPUUUID = h.gpus[0]
-		}
-		ended[hk] = p
-		if p.FirstSeen != nil && h.last.Sub(p.FirstSeen.Time) >= confirmAfter {
-			// Long enough to confirm, but it lived between two scans:
-			// reported whole, like a container created and removed
-			// between scans.
-			p.DetectedAt = p.FirstSeen
-			ts = append(ts, hostDiscovered(p), hostExited(p))
-			delete(ended, hk)
-		}
-	}
-	for _, hk := range sortedKeys(ended) {
-		short = append(short, ended[hk])
-	}
-	return confirmed, pending, ts, short
 }
 
 // cmdlineError says why a command line is empty, in a few words.

@@ -1,17 +1,17 @@
-// Package workloads is the admin's view of the state file: it turns the
-// inventory into rows, filters them, and renders tables, groups and JSON
-// for the ds01-workloads command.
-package workloads
+// Package view is the admin's view of the state file for ds01-workloads:
+// it turns the inventory into rows, filters and sorts them, and renders
+// tables, the per-GPU view, the summary and --json.
+package view
 
 import (
 	"fmt"
-	"os"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -71,38 +71,6 @@ type Workload struct {
 	gpuUtil map[string]*int   // by GPU index label: summed utilisation, nil when unknown
 }
 
-// Load reads a state file for display. Unlike the daemon, it never moves a
-// corrupt file aside: it only reports it.
-func Load(path string) (inventory.State, error) { return LoadVerified(path, nil) }
-
-// LoadVerified is Load that, with a key, checks the state file's seal
-// first: an error wrapping seal.ErrUnsealed or seal.ErrBadSeal when it
-// fails.
-func LoadVerified(path string, key *seal.Key) (inventory.State, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return inventory.State{}, fmt.Errorf("state file %s does not exist: is the detector installed and running? Check 'systemctl status ds01-detectord'", path)
-		}
-		return inventory.State{}, fmt.Errorf("cannot read state file %s: %v (check its permissions; the detector writes it 0644)", path, err)
-	}
-	if len(strings.TrimSpace(string(b))) == 0 {
-		return inventory.State{}, fmt.Errorf("state file %s is empty: check 'systemctl status ds01-detectord' and the disk it lives on", path)
-	}
-	if key != nil {
-		plain, err := key.OpenState(b)
-		if err != nil {
-			return inventory.State{}, err
-		}
-		b = plain
-	}
-	st, err := inventory.Parse(b)
-	if err != nil {
-		return inventory.State{}, fmt.Errorf("state file %s is corrupt: %v (check 'journalctl -u ds01-detectord'; the detector rewrites it each cycle)", path, err)
-	}
-	return st, nil
-}
-
 // addUse records memory and utilisation held on one GPU.
 func (w *Workload) addUse(gpu string, mem *int64, util *int) {
 	old, seen := w.gpuMem[gpu]
@@ -118,6 +86,10 @@ func (w *Workload) addUse(gpu string, mem *int64, util *int) {
 	workload.AddUtil(w.gpuUtil, gpu, util)
 }
 
+// Running reports whether w runs: a running container, or a confirmed
+// process.
+func (w Workload) Running() bool { return w.running }
+
 // OnGPU reports whether w has processes on GPU index idx (any of its MIG
 // instances included).
 func (w Workload) OnGPU(idx int) bool {
@@ -129,14 +101,7 @@ func (w Workload) OnGPU(idx int) bool {
 	return false
 }
 
-func sortedLabels(m map[string]*int64) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedLabels(m map[string]*int64) []string { return slices.Sorted(maps.Keys(m)) }
 
 func gpuLabel(idx int, mig *inventory.MIGInfo) string {
 	if mig == nil {
@@ -334,62 +299,6 @@ func processRows(m map[string]inventory.HostProcess, status string, now time.Tim
 		}
 		w.AgeSeconds, w.DetectedAt = age(now, seen)
 		out = append(out, w)
-	}
-	return out
-}
-
-// Filter selects workloads. All set fields must hold (AND), for containers
-// and processes alike.
-type Filter struct {
-	User    string
-	Type    string // an origin, host-process or other-runtime
-	GPUOnly bool
-	All     bool // include stopped containers and pending processes
-	// Idle: only containers idle by the site's rule (the daemon's verdict:
-	// GPU when held, CPU, network); IdleFor: idle so for at least this
-	// long; OverDeadline: past their idle_deadline.
-	Idle         bool
-	IdleFor      time.Duration
-	OverDeadline bool
-	GPU          *int // only workloads with processes on this GPU index
-}
-
-// Match reports whether w passes f.
-func (f Filter) Match(w Workload) bool {
-	if f.User != "" && w.User != f.User {
-		return false
-	}
-	if f.Type != "" && w.Type != f.Type {
-		return false
-	}
-	if f.GPUOnly && !(w.HasGPU || w.GPUMemoryMB != nil) {
-		return false
-	}
-	if !f.All && !w.running {
-		return false
-	}
-	if (f.Idle || f.IdleFor > 0) && w.IdleFor == nil {
-		return false
-	}
-	if f.IdleFor > 0 && time.Duration(*w.IdleFor)*time.Second < f.IdleFor {
-		return false
-	}
-	if f.OverDeadline && !w.overDeadline {
-		return false
-	}
-	if f.GPU != nil && !w.OnGPU(*f.GPU) {
-		return false
-	}
-	return true
-}
-
-// Apply returns the workloads that pass f.
-func (f Filter) Apply(ws []Workload) []Workload {
-	out := []Workload{}
-	for _, w := range ws {
-		if f.Match(w) {
-			out = append(out, w)
-		}
 	}
 	return out
 }

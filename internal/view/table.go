@@ -1,73 +1,14 @@
-package workloads
+package view
 
 import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
-	"time"
-	"unicode"
 	"unicode/utf8"
 
-	"github.com/ds01/ds01-detectord/internal/asciijson"
-	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
-	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
-
-// Style decides colours, and the width tables must fit in (0: any).
-type Style struct {
-	Color bool
-	Width int // the terminal's columns; tables shrink to fit, NAME and IMAGE first
-}
-
-const (
-	green  = "\x1b[0;32m"
-	yellow = "\x1b[1;33m"
-	red    = "\x1b[0;31m"
-	bold   = "\x1b[1m"
-	dim    = "\x1b[2m"
-	reset  = "\x1b[0m"
-)
-
-func (s Style) paint(code, text string) string {
-	if !s.Color || text == "" {
-		return text
-	}
-	return code + text + reset
-}
-
-func typeColor(t string) string {
-	switch t {
-	case inventory.OriginManaged:
-		return green
-	case inventory.OriginDevcontainer, inventory.OriginCompose:
-		return yellow
-	}
-	return red
-}
-
-// clean makes a cell printable on one line: anything that is not a
-// graphic character is shown escaped. That covers C0 and C1 controls (a
-// user name with a newline or an escape sequence), Unicode format
-// characters (category Cf: bidi overrides such as U+202E, zero-width
-// joiners), line and paragraph separators, and invalid UTF-8.
-func clean(s string) string {
-	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsGraphic(r) || r == utf8.RuneError }) < 0 {
-		return s
-	}
-	q := strconv.QuoteToGraphic(s)
-	return q[1 : len(q)-1]
-}
-
-func cut(s string, n int) string {
-	s = clean(s)
-	if n <= 0 || utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	return textcut.Runes(s, n-1) + "…"
-}
 
 // Stats are live figures for a running container (--stats).
 type Stats struct{ CPU, Mem string }
@@ -77,13 +18,6 @@ type column struct {
 	max   int // cut cells to this many runes; 0: no limit
 	value func(Workload) string
 	color func(Workload) string
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func columns(o Options, withUser bool) []column {
@@ -124,7 +58,7 @@ func columns(o Options, withUser bool) []column {
 				if w.MemoryBytes == nil {
 					return "-"
 				}
-				return humanBytes(uint64(max(*w.MemoryBytes, 0)))
+				return HumanBytes(uint64(max(*w.MemoryBytes, 0)))
 			}},
 			column{title: "IDLE-RULE", value: func(w Workload) string {
 				if w.IdleFor == nil {
@@ -172,7 +106,7 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 	for r, w := range ws {
 		cells[r] = make([]string, len(cols))
 		for i, c := range cols {
-			v := cut(c.value(w), c.max)
+			v := Cut(c.value(w), c.max)
 			cells[r][i] = v
 			if n := utf8.RuneCountInString(v); n > width[i] {
 				width[i] = n
@@ -184,7 +118,7 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 		gap = shrink(cols, width, st.Width-utf8.RuneCountInString(indent))
 		for r := range cells {
 			for i := range cols {
-				cells[r][i] = cut(cells[r][i], width[i])
+				cells[r][i] = Cut(cells[r][i], width[i])
 			}
 		}
 	}
@@ -198,7 +132,7 @@ func Table(out io.Writer, ws []Workload, cols []column, st Style, indent string)
 	for i, c := range cols {
 		title := c.title
 		if st.Width > 0 {
-			title = cut(title, width[i])
+			title = Cut(title, width[i])
 		}
 		hdr.WriteString(pad(title, i))
 	}
@@ -267,7 +201,7 @@ func Fit(s string, width int) string {
 	if width <= 0 {
 		return s
 	}
-	return cut(s, width)
+	return Cut(s, width)
 }
 
 // Options for Render.
@@ -314,134 +248,9 @@ func Render(out io.Writer, ws []Workload, o Options) {
 			name = `""`
 		}
 		fmt.Fprintln(out)
-		fmt.Fprintln(out, o.Style.paint(bold, fmt.Sprintf("%s (%s, %s)", cut(name, 40), Plural(len(g), "workload"), Plural(gpus, "GPU"))))
+		fmt.Fprintln(out, o.Style.paint(bold, fmt.Sprintf("%s (%s, %s)", Cut(name, 40), Plural(len(g), "workload"), Plural(gpus, "GPU"))))
 		Table(out, g, cols, o.Style, "  ")
 	}
-}
-
-// Summary is the line under the table, and the warnings that go with it.
-type Summary struct {
-	Containers    int `json:"containers"`
-	GPUContainers int `json:"gpu_containers"`
-	HostProcesses int `json:"host_gpu_processes"`
-	Pending       int `json:"pending_processes"`
-	Other         int `json:"other_runtime_gpu_processes"`
-	// LastScanAgeSeconds is null when the file has no last_scan.
-	LastScanAgeSeconds *int64   `json:"last_scan_age_seconds"`
-	Stale              bool     `json:"stale"`
-	Warnings           []string `json:"warnings"`
-}
-
-// Summarize counts the whole (unfiltered) inventory and checks its health.
-// The state is stale when last_scan is older than staleAfter.
-func Summarize(st inventory.State, now time.Time, staleAfter time.Duration) Summary {
-	s := Summary{Containers: len(st.Containers), HostProcesses: len(st.HostProcesses), Pending: len(st.PendingProcesses), Other: len(st.OtherGPUProcesses), Warnings: []string{}}
-	for _, c := range st.Containers {
-		if c.HasGPU {
-			s.GPUContainers++
-		}
-	}
-	s.LastScanAgeSeconds, _ = age(now, st.LastScan)
-	switch {
-	case st.LastScan == nil:
-		s.Stale = true
-		s.Warnings = append(s.Warnings, "the state file has no last_scan: the detector may never have completed a scan. Check 'systemctl status ds01-detectord'.")
-	case now.Sub(st.LastScan.Time) > staleAfter:
-		s.Stale = true
-		s.Warnings = append(s.Warnings, fmt.Sprintf("the last scan was %s ago: the detector may not be running. Check 'systemctl status ds01-detectord'.", FormatAge(s.LastScanAgeSeconds)))
-	}
-	for _, src := range []struct {
-		name string
-		h    inventory.SourceHealth
-	}{{"Docker", st.Sources.Docker}, {"GPU", st.Sources.GPU}, {"/proc", st.Sources.Proc}} {
-		if st.SchemaVersion >= 2 && !src.h.OK && src.h.Error != "" {
-			since := "never succeeded"
-			if src.h.LastOK != nil {
-				since = "last ok " + FormatAge(ageOf(now, src.h.LastOK)) + " ago"
-			}
-			s.Warnings = append(s.Warnings, fmt.Sprintf("%s source failing (%s): %s", src.name, since, clean(src.h.Error)))
-		}
-	}
-	return s
-}
-
-func ageOf(now time.Time, t *inventory.Time) *int64 { a, _ := age(now, t); return a }
-
-// Plural is "1 container", "2 containers".
-func Plural(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	switch {
-	case strings.HasSuffix(noun, "ss"):
-		return strconv.Itoa(n) + " " + noun + "es"
-	}
-	return strconv.Itoa(n) + " " + noun + "s"
-}
-
-// WriteSummary prints the summary line, and its warnings to warn.
-func WriteSummary(out, warn io.Writer, s Summary, lastScan *inventory.Time, st Style) {
-	ls := "unknown"
-	if lastScan != nil {
-		ls = lastScan.String() + " (" + FormatAge(s.LastScanAgeSeconds) + " ago)"
-	}
-	line := fmt.Sprintf("%s (%d with GPU), %s", Plural(s.Containers, "container"), s.GPUContainers, Plural(s.HostProcesses, "host GPU process"))
-	if s.Pending > 0 {
-		line += fmt.Sprintf(" (+%d pending)", s.Pending)
-	}
-	if s.Other > 0 {
-		line += fmt.Sprintf(", %d in other runtimes", s.Other)
-	}
-	fmt.Fprintln(out)
-	for _, l := range wrap(line+" — last scan: "+ls, st.Width) {
-		fmt.Fprintln(out, st.paint(dim, l))
-	}
-	for _, w := range s.Warnings {
-		for _, l := range wrap("WARNING: "+w, st.Width) {
-			fmt.Fprintln(warn, st.paint(yellow, l))
-		}
-	}
-}
-
-// JSONDoc is the --json output: the Python scanner's keys (last_scan, and the
-// filtered containers and host_processes maps) plus the filtered rows and
-// the summary.
-type JSONDoc struct {
-	LastScan      *inventory.Time                  `json:"last_scan"`
-	Containers    map[string]inventory.Container   `json:"containers"`
-	HostProcesses map[string]inventory.HostProcess `json:"host_processes"`
-	Workloads     []Workload                       `json:"workloads"`
-	Summary       Summary                          `json:"summary"`
-}
-
-// JSON writes the filtered inventory.
-func JSON(out io.Writer, st inventory.State, ws []Workload, sum Summary) error {
-	doc := JSONDoc{LastScan: st.LastScan, Containers: map[string]inventory.Container{}, HostProcesses: map[string]inventory.HostProcess{}, Workloads: ws, Summary: sum}
-	for _, w := range ws {
-		switch w.Kind {
-		case workload.KindContainer:
-			doc.Containers[w.ID] = st.Containers[w.ID]
-		case workload.KindHostProcess:
-			k := strconv.Itoa(w.Pid)
-			if p, ok := st.HostProcesses[k]; ok && w.Status == "active" {
-				doc.HostProcesses[k] = p
-			}
-		}
-	}
-	b, err := asciijson.Marshal(doc, "  ")
-	if err != nil {
-		return err
-	}
-	_, err = out.Write(append(b, '\n'))
-	return err
-}
-
-// cpuCell is a CPU percent (100 = one core), "-" when unknown.
-func cpuCell(v *float64) string {
-	if v == nil {
-		return "-"
-	}
-	return strconv.FormatFloat(*v, 'f', 1, 64)
 }
 
 // wrap breaks s at spaces into lines of at most width columns (0: one
@@ -459,9 +268,9 @@ func wrap(s string, width int) []string {
 		case utf8.RuneCountInString(line)+1+utf8.RuneCountInString(w) <= width:
 			line += " " + w
 		default:
-			lines = append(lines, cut(line, width))
+			lines = append(lines, Cut(line, width))
 			line = w
 		}
 	}
-	return append(lines, cut(line, width))
+	return append(lines, Cut(line, width))
 }

@@ -1,4 +1,4 @@
-package daemon
+package logging
 
 import (
 	"context"
@@ -10,14 +10,14 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// webLogger is the *slog.Logger the exporter-toolkit logs to, written
+// WebLogger is the *slog.Logger the exporter-toolkit logs to, written
 // through the daemon's zap logger. The toolkit's info lines ("Listening
 // on", "TLS is enabled") repeat the daemon's own start line, so they are
 // debug here; the HTTP server's errors (failed TLS handshakes, one per
 // scanner or misconfigured client) reach it at debug level too. What stays
 // visible at info, a web configuration that became unreadable after the
 // start, is logged at most once a minute per message.
-func webLogger(log *zap.Logger) *slog.Logger {
+func WebLogger(log *zap.Logger) *slog.Logger {
 	sampled := log.Named("web").WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Minute, 1, 0)
 	}))

@@ -1,14 +1,16 @@
-package reconcile
+// Package idle gives the idle verdict of running containers from their
+// CPU, network and GPU activity (detection.idle, detection.active), and
+// the CPU percent of host GPU processes.
+package idle
 
 import (
 	"math"
 	"sort"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -31,15 +33,14 @@ import (
 // container restarts. A container that stops leaves it without an event:
 // its status change says it.
 
-// idleStep updates the activity and the verdict of the active containers.
-func idleStep(prev inventory.State, next *inventory.State, active []string, f facts.Scan, rules Rules) []Transition {
+// Step updates the activity and the verdict of the active containers.
+func Step(prev inventory.State, next *inventory.State, active []string, f facts.Scan, pol *policy.Policy) []transition.Transition {
 	if f.DockerErr != nil {
 		return nil // the last known containers, as they were
 	}
-	pol := rules.policy()
 	type keyed struct {
 		key string
-		t   Transition
+		t   transition.Transition
 	}
 	var changed []keyed
 	for _, k := range active {
@@ -72,7 +73,7 @@ func idleStep(prev inventory.State, next *inventory.State, active []string, f fa
 		next.Containers[k] = c
 	}
 	sort.Slice(changed, func(i, j int) bool { return changed[i].key < changed[j].key })
-	out := make([]Transition, 0, len(changed))
+	out := make([]transition.Transition, 0, len(changed))
 	for _, c := range changed {
 		out = append(out, c.t)
 	}
@@ -116,7 +117,7 @@ func readActivity(c *inventory.Container, old inventory.Container, s facts.Activ
 // verdict takes the idle verdict of a running container and returns its
 // transition, if any. read is false when its activity could not be read
 // this scan (unknown: the verdict stays as it was).
-func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, now time.Time, read bool) (Transition, bool) {
+func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, now time.Time, read bool) (transition.Transition, bool) {
 	rec := a.Record
 	c.IdlePolicy = &rec
 	sig := &inventory.IdleSignals{
@@ -138,14 +139,14 @@ func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, 
 	inGrace := c.StartedAt == nil || now.Sub(c.StartedAt.Time) < a.Grace
 	unknown := !read || sig.CPU.Value == nil || (sig.GPU != nil && sig.GPU.Value == nil)
 	quiet := sig.CPU.Idle && (sig.GPU == nil || sig.GPU.Idle) && (sig.Network.Value == nil || sig.Network.Idle)
-	var t Transition
+	var t transition.Transition
 	emit := false
 	switch {
 	case inGrace:
 		c.IdleScans = 0
 		if wasIdle { // restarted
 			c.IdleSince = nil
-			t, emit = idleTransition(event.Active, "container active again: ", c, old.IdleSince), true
+			t, emit = idleTransition(event.Active, c, old.IdleSince), true
 		}
 	case unknown:
 		// Nothing is known this scan: the verdict stays as it was.
@@ -154,13 +155,13 @@ func verdict(c *inventory.Container, old inventory.Container, a policy.Applied, 
 		if !wasIdle && c.IdleScans >= a.Window {
 			c.IdleSince = inventory.TimePtr(now)
 			c.IdleDeadline = deadline(c.IdleSince, a.Timeout)
-			t, emit = idleTransition(event.Idle, "container idle: ", c, c.IdleSince), true
+			t, emit = idleTransition(event.Idle, c, c.IdleSince), true
 		}
 	default:
 		c.IdleScans = 0
 		if wasIdle {
 			c.IdleSince = nil
-			t, emit = idleTransition(event.Active, "container active again: ", c, old.IdleSince), true
+			t, emit = idleTransition(event.Active, c, old.IdleSince), true
 		}
 	}
 	// The deadline follows the policy in force (a reload changes it).
@@ -187,23 +188,11 @@ func toFloat(v *int64) *float64 {
 	return &f
 }
 
-func idleTransition(typ, msg string, c *inventory.Container, since *inventory.Time) Transition {
-	fields := []zap.Field{zap.String("container_id", c.ID), zap.String("name", c.Name), UserField(c.User),
-		zap.String("group", c.IdlePolicy.Group)}
-	if s := c.IdleSignals; s != nil {
-		fields = append(fields, zap.Float64p("cpu_percent", s.CPU.Value), zap.Float64p("net_bytes_per_interval", s.Network.Value))
-		if s.GPU != nil {
-			fields = append(fields, zap.Float64p("gpu_percent", s.GPU.Value))
-		}
-	}
-	if c.IdleDeadline != nil {
-		fields = append(fields, zap.Time("idle_deadline", c.IdleDeadline.Time))
-	}
-	return Transition{
-		EventType: typ, User: c.User, Message: msg + c.ID + " " + c.Name,
+func idleTransition(typ string, c *inventory.Container, since *inventory.Time) transition.Transition {
+	return transition.Transition{
+		EventType: typ, User: c.User,
 		Details: event.IdleDetails{ContainerID: c.ID, Name: c.Name, Origin: c.Origin, IdleSince: since,
 			IdleDeadline: c.IdleDeadline, Signals: c.IdleSignals, Policy: c.IdlePolicy},
-		Fields: fields,
 	}
 }
 
@@ -211,9 +200,9 @@ func idleTransition(typ, msg string, c *inventory.Container, since *inventory.Ti
 // builds for.
 const clockTicks = 100
 
-// hostCPU gives each host GPU process its CPU percent over the interval
+// HostCPU gives each host GPU process its CPU percent over the interval
 // since the last reading of the same process (PID and start time).
-func hostCPU(prev inventory.State, next *inventory.State, f facts.Scan) {
+func HostCPU(prev inventory.State, next *inventory.State, f facts.Scan) {
 	for _, m := range []map[string]inventory.HostProcess{next.HostProcesses, next.PendingProcesses} {
 		for k, p := range m {
 			old, ok := prev.HostProcesses[k]

@@ -1,4 +1,4 @@
-package daemon
+package logging
 
 import (
 	"errors"
@@ -15,7 +15,7 @@ import (
 // repeats every scrape is logged once a minute.
 func TestWebLogger(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
-	l := webLogger(zap.New(core))
+	l := WebLogger(zap.New(core))
 	l.Info("Listening on", "address", "127.0.0.1:19400")
 	l.With("component", "web").WithGroup("tls").Warn("odd", "n", 3, slog.Group("g", "b", true))
 	for range 5 {
@@ -36,7 +36,7 @@ func TestWebLogger(t *testing.T) {
 	}
 	// Debug is dropped when the daemon logs at info.
 	core, logs = observer.New(zapcore.InfoLevel)
-	l = webLogger(zap.New(core))
+	l = WebLogger(zap.New(core))
 	if l.Enabled(t.Context(), slog.LevelInfo) {
 		t.Error("toolkit info enabled at the daemon's info level")
 	}

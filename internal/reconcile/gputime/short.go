@@ -1,12 +1,10 @@
-package reconcile
+package gputime
 
 import (
 	"slices"
-	"strconv"
 	"time"
 
-	"go.uber.org/zap"
-
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -18,9 +16,12 @@ import (
 // detection.short_gpu_processes line once the oldest of them is --interval
 // old: at most one line per user per --interval.
 
-// addShort adds ended unconfirmed processes to their users' aggregates. m
+// maxUUIDs caps the GPUs one user's aggregate lists.
+const maxUUIDs = 64
+
+// AddShort adds ended unconfirmed processes to their users' aggregates. m
 // belongs to the previous state: it is copied before it changes.
-func addShort(m map[string]inventory.ShortProcesses, short []inventory.HostProcess, now time.Time) map[string]inventory.ShortProcesses {
+func AddShort(m map[string]inventory.ShortProcesses, short []inventory.HostProcess, now time.Time) map[string]inventory.ShortProcesses {
 	if len(short) == 0 {
 		return m
 	}
@@ -42,7 +43,7 @@ func addShort(m map[string]inventory.ShortProcesses, short []inventory.HostProce
 		a.GPUAllocatedSeconds += p.GPUAllocatedSeconds
 		a.GPUHeldSeconds += p.GPUHeldSeconds
 		a.GPUBusySeconds += p.GPUBusySeconds
-		if p.GPUUUID != "" && !slices.Contains(a.GPUUUIDs, p.GPUUUID) && len(a.GPUUUIDs) < maxListLen {
+		if p.GPUUUID != "" && !slices.Contains(a.GPUUUIDs, p.GPUUUID) && len(a.GPUUUIDs) < maxUUIDs {
 			a.GPUUUIDs = append(a.GPUUUIDs, p.GPUUUID)
 			slices.Sort(a.GPUUUIDs)
 		}
@@ -51,9 +52,9 @@ func addShort(m map[string]inventory.ShortProcesses, short []inventory.HostProce
 	return out
 }
 
-// flushShort reports the aggregates whose oldest process is interval old,
+// FlushShort reports the aggregates whose oldest process is interval old,
 // and keeps the others.
-func flushShort(m map[string]inventory.ShortProcesses, now time.Time, interval time.Duration) (map[string]inventory.ShortProcesses, []Transition) {
+func FlushShort(m map[string]inventory.ShortProcesses, now time.Time, interval time.Duration) (map[string]inventory.ShortProcesses, []transition.Transition) {
 	var due []string
 	for u, a := range m {
 		if now.Sub(a.Since.Time) >= interval {
@@ -68,7 +69,7 @@ func flushShort(m map[string]inventory.ShortProcesses, now time.Time, interval t
 	for u, a := range m {
 		out[u] = a
 	}
-	var ts []Transition
+	var ts []transition.Transition
 	for _, u := range due {
 		a := out[u]
 		delete(out, u)
@@ -77,13 +78,10 @@ func flushShort(m map[string]inventory.ShortProcesses, now time.Time, interval t
 			uuids = []string{}
 		}
 		since := a.Since
-		ts = append(ts, Transition{
+		ts = append(ts, transition.Transition{
 			EventType: event.ShortProcesses, User: u,
-			Message: "short-lived host GPU processes: " + strconv.Itoa(a.Count),
 			Details: event.ShortProcessesDetails{Count: a.Count, Since: &since, Until: inventory.TimePtr(now), GPUUUIDs: uuids,
 				GPUSeconds: event.GPUSeconds{GPUAllocatedSeconds: a.GPUAllocatedSeconds, GPUHeldSeconds: a.GPUHeldSeconds, GPUBusySeconds: a.GPUBusySeconds}},
-			Fields: []zap.Field{UserField(u), zap.Int("count", a.Count), zap.Float64("gpu_held_seconds", a.GPUHeldSeconds),
-				zap.Float64("gpu_busy_seconds", a.GPUBusySeconds), zap.Strings("gpu_uuids", uuids)},
 		})
 	}
 	if len(out) == 0 {

@@ -1,12 +1,15 @@
-package workloads
+package report
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -33,15 +36,11 @@ func Verify(key *seal.Key, eventsPath, statePath string, out io.Writer) bool {
 	// The state file.
 	var head *seal.Head
 	var pending [][]byte
-	if f, err := openRegular(statePath); err != nil {
+	if b, err := inventory.ReadBytes(statePath); err != nil {
 		fail("%s: %v", statePath, err)
 	} else {
-		b, err := io.ReadAll(io.LimitReader(f, inventory.MaxFileBytes+1))
-		f.Close()
 		plain, serr := key.OpenState(b)
 		switch {
-		case err != nil:
-			fail("%s: %v", statePath, err)
 		case errors.Is(serr, seal.ErrUnsealed):
 			fail("%s: not sealed: not written by a sealing ds01-detectord (or written by someone else)", statePath)
 		case serr != nil:
@@ -62,37 +61,55 @@ func Verify(key *seal.Key, eventsPath, statePath string, out io.Writer) bool {
 		}
 	}
 
-	// The event log and its archives, oldest first, as one chain.
-	files, err := logFiles(eventsPath)
-	if err != nil {
-		fail("%v", err)
-		return false
+	// The event log and its archives, oldest first, as one chain: a line
+	// per file, for an empty one too.
+	files, err := event.ArchiveNames(eventsPath)
+	if _, lerr := os.Lstat(eventsPath); lerr == nil {
+		files = append(files, eventsPath)
 	}
 	chain := seal.NewChain(key)
-	for _, f := range files {
-		lines, good := 0, 0
-		err := readLines(f, func(msg string) { fail("%s", msg) }, func(n int, line []byte) {
-			if len(bytes.TrimSpace(line)) == 0 {
-				return
+	summed, lines, good := 0, 0, 0
+	failed := map[string]bool{}
+	sumUpTo := func(file string) { // the summary of each file before file
+		for ; summed < len(files) && files[summed] != file; summed++ {
+			if !failed[files[summed]] {
+				fmt.Fprintf(out, "     %s: %d lines, %d sealed and in order\n", files[summed], lines, good)
 			}
-			lines++
-			status, missing := chain.Next(line)
-			switch status {
-			case seal.OK:
-				good++
-			case seal.Gap:
-				good++
-				fail("%s:%d: %d sealed lines missing before this one (deleted or moved)", f, n, missing)
-			default:
-				fail("%s:%d: %s", f, n, status)
+			lines, good = 0, 0
+		}
+	}
+	for e, rerr := range (event.Reader{Path: eventsPath, Archives: true}).Events(context.Background()) {
+		f, n := e.Pos.File, e.Pos.Line
+		sumUpTo(f)
+		var notEvent *event.LineError
+		switch {
+		case errors.Is(rerr, event.ErrLineTooLong), len(bytes.TrimSpace(e.Raw)) == 0 && errors.As(rerr, &notEvent):
+			continue
+		case errors.Is(rerr, event.ErrNotRegular):
+			fail("%s: skipped", rerr)
+			continue
+		case rerr != nil && !errors.As(rerr, &notEvent):
+			fail("%v", rerr)
+			failed[f] = true
+			if len(files) == 0 {
+				return false
 			}
-		})
-		if err != nil {
-			fail("%s: %v", f, err)
 			continue
 		}
-		fmt.Fprintf(out, "     %s: %d lines, %d sealed and in order\n", f, lines, good)
+		lines++
+		status, missing := chain.Next(e.Raw)
+		switch status {
+		case seal.OK:
+			good++
+		case seal.Gap:
+			good++
+			fail("%s:%d: %d sealed lines missing before this one (deleted or moved)", f, n, missing)
+		default:
+			fail("%s:%d: %s", f, n, status)
+		}
 	}
+	_ = err
+	sumUpTo("")
 	if head != nil {
 		if err := chain.CheckEnd(*head, pending); err != nil {
 			fail("%s: %v", eventsPath, err)

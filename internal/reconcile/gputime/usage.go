@@ -1,13 +1,14 @@
-package reconcile
+package gputime
 
 import (
+	"maps"
+	"slices"
 	"sort"
-	"strconv"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
+	"github.com/ds01/ds01-detectord/internal/reconcile/transition"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
@@ -18,6 +19,23 @@ import (
 // holds memory on, the sum of their SM utilisation (capped at 100), or
 // unknown. From that come its utilisation, its idle state and its GPU-second
 // counters.
+
+// Rules are the site's settings GPU-time accounting follows. Zero values
+// take the defaults.
+type Rules struct {
+	// Attribution places the samples' processes.
+	Attribution attribution.Rules
+	// IdleThreshold (percent SM) and IdleAfter define a GPU held idle;
+	// MaxGap caps the time one cycle's counters account for.
+	IdleThreshold int
+	IdleAfter     time.Duration
+	MaxGap        time.Duration
+	// ConfirmAfter is how long a host GPU process must have been seen
+	// before it is confirmed; Interval the least time between two
+	// aggregate lines of one user's short processes.
+	ConfirmAfter time.Duration
+	Interval     time.Duration
+}
 
 // Defaults of the idle rules.
 const (
@@ -94,23 +112,20 @@ type gpuState struct {
 	IdleSince             *inventory.Time
 	Idle                  bool
 	Allocated, Held, Busy float64
-	// describe gives the journal's subject and fields; called only for a
-	// transition.
-	describe             func() (string, []zap.Field)
-	containerID          string
-	pid                  int
-	user                 string
-	heldDelta, busyDelta float64
-	allocatedDelta       float64
-	transitions          []Transition
-	usage                usage
-	threshold            int
-	idleAfter            time.Duration
-	dt                   float64
-	now                  time.Time
-	grant                int
-	running              bool
-	known                bool // the GPU source answered this cycle
+	containerID           string
+	pid                   int
+	user                  string
+	heldDelta, busyDelta  float64
+	allocatedDelta        float64
+	transitions           []transition.Transition
+	usage                 usage
+	threshold             int
+	idleAfter             time.Duration
+	dt                    float64
+	now                   time.Time
+	grant                 int
+	running               bool
+	known                 bool // the GPU source answered this cycle
 	// credit is what the samples credit it this cycle; host processes
 	// (hostHeld) are allocated what they held.
 	credit   credit
@@ -147,14 +162,14 @@ func (g *gpuState) step() {
 		}
 		if !g.Idle && g.now.Sub(g.IdleSince.Time) >= g.idleAfter {
 			g.Idle = true
-			g.transitions = append(g.transitions, g.idleTransition(event.GPUIdle, "GPU held idle: "))
+			g.transitions = append(g.transitions, g.idleTransition(event.GPUIdle))
 		}
 	default:
 		idleSince := g.IdleSince
 		g.IdleSince = nil
 		if g.Idle {
 			g.Idle = false
-			t := g.idleTransition(event.GPUActive, "GPU active again: ")
+			t := g.idleTransition(event.GPUActive)
 			t.Details = withIdleSince(t.Details, idleSince)
 			g.transitions = append(g.transitions, t)
 		}
@@ -169,31 +184,29 @@ func withIdleSince(d any, since *inventory.Time) any {
 	return d
 }
 
-func (g *gpuState) idleTransition(typ, msg string) Transition {
-	subject, fields := g.describe()
-	return Transition{
-		EventType: typ, User: g.user, Message: msg + subject,
+func (g *gpuState) idleTransition(typ string) transition.Transition {
+	return transition.Transition{
+		EventType: typ, User: g.user,
 		Details: event.GPUIdleDetails{
 			ContainerID: g.containerID, Pid: g.pid, GPUUUIDs: g.usage.gpus(), IdleSince: g.IdleSince,
 			GPUMemoryMB: g.usage.mem, ThresholdPercent: g.threshold,
 		},
-		Fields: append(fields, zap.Strings("gpu_uuids", g.usage.gpus()), zap.Int("threshold_percent", g.threshold)),
 	}
 }
 
 // UserGPUSeconds are one user's GPU-seconds of one cycle.
 type UserGPUSeconds struct{ Held, Busy float64 }
 
-// accountGPUUse updates every workload's utilisation, idle state and
+// Account updates every workload's utilisation, idle state and
 // counters, and returns the transitions and the per-user deltas.
-func accountGPUUse(prev inventory.State, next *inventory.State, active []string, f facts.Scan, hostUses map[string][]use, in integrated, rules Rules) ([]Transition, map[string]UserGPUSeconds) {
+func Account(prev inventory.State, next *inventory.State, active []string, f facts.Scan, hostProcs map[string][]facts.GPUProcess, in Integrated, rules Rules) ([]transition.Transition, map[string]UserGPUSeconds) {
 	dt := 0.0
 	if prev.LastScan != nil {
 		gap := f.Now.Sub(prev.LastScan.Time)
 		dt = min(max(gap, 0), rules.maxGap()).Seconds()
 	}
 
-	var ts []Transition
+	var ts []transition.Transition
 	deltas := map[string]UserGPUSeconds{}
 	add := func(g *gpuState) {
 		ts = append(ts, g.transitions...)
@@ -214,7 +227,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 	// the few that change state need an order (sorted below).
 	type keyed struct {
 		key string
-		ts  []Transition
+		ts  []transition.Transition
 	}
 	var changed []keyed
 	for _, k := range containers {
@@ -237,8 +250,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 			Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 			Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 			containerID: c.ID, user: c.User,
-			describe: describeContainer(c.ID, c.Name, c.User),
-			usage:    summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+			usage: summarizeUse(uses), threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 			grant: c.GrantedGPUs(next.GPUs), running: c.Status == "running", known: f.GPUErr == nil, credit: cr,
 		}
 		g.step()
@@ -271,7 +283,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 					old = inventory.HostProcess{}
 				}
 			}
-			u := summarizeUse(hostUses[k])
+			u := summarizeUse(usesOf(hostProcs[k]))
 			var cr credit
 			if h := in.hosts[hostKey(p.Pid, p.StartTime)]; h != nil && !h.charged {
 				cr, h.charged = h.credit, true
@@ -280,8 +292,7 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 				Util: old.GPUUtilizationPercent, IdleSince: old.GPUIdleSince, Idle: old.GPUIdle,
 				Allocated: old.GPUAllocatedSeconds, Held: old.GPUHeldSeconds, Busy: old.GPUBusySeconds,
 				pid: p.Pid, user: p.User,
-				describe: describeProcess(p.Pid, p.User),
-				usage:    u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
+				usage: u, threshold: rules.threshold(), idleAfter: rules.idleAfter(), dt: dt, now: f.Now,
 				grant: len(u.perGPU), running: true, known: true, credit: cr, hostHeld: true,
 			}
 			g.step()
@@ -302,21 +313,9 @@ func accountGPUUse(prev inventory.State, next *inventory.State, active []string,
 	return ts, deltas
 }
 
-func describeContainer(id, name, user string) func() (string, []zap.Field) {
-	return func() (string, []zap.Field) {
-		return "container " + id + " " + name, []zap.Field{zap.String("container_id", id), zap.String("name", name), UserField(user)}
-	}
-}
-
-func describeProcess(pid int, user string) func() (string, []zap.Field) {
-	return func() (string, []zap.Field) {
-		return "pid " + strconv.Itoa(pid), []zap.Field{zap.Int("pid", pid), UserField(user)}
-	}
-}
-
-// gpusFrom turns the GPU source's devices into the state's gpus map,
+// GPUsFrom turns the GPU source's devices into the state's gpus map,
 // carrying each GPU's unattributed seconds over and adding this cycle's.
-func gpusFrom(devs []facts.GPUDevice, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
+func GPUsFrom(devs []facts.GPUDevice, prev map[string]inventory.GPU, unattributed map[string]float64) map[string]inventory.GPU {
 	out := make(map[string]inventory.GPU, len(devs))
 	for _, d := range devs {
 		out[d.UUID] = inventory.GPU{
@@ -355,6 +354,13 @@ const (
 	DefaultInterval     = 30 * time.Second
 )
 
+// WithDefaults is r with its zero values replaced by the defaults.
+func (r Rules) WithDefaults() Rules {
+	r.IdleThreshold, r.IdleAfter, r.MaxGap = r.threshold(), r.idleAfter(), r.maxGap()
+	r.ConfirmAfter, r.Interval = r.confirmAfter(), r.interval()
+	return r
+}
+
 func (r Rules) confirmAfter() time.Duration {
 	if r.ConfirmAfter <= 0 {
 		return DefaultConfirmAfter
@@ -386,3 +392,25 @@ func chargeOwner(shares []inventory.OwnerSeconds, user string, alloc, held, busy
 	out[i].GPUBusySeconds += busy
 	return out
 }
+
+// usesOf is what a host process's GPU processes use.
+func usesOf(ps []facts.GPUProcess) []use {
+	var out []use
+	for _, p := range ps {
+		out = append(out, use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
+	}
+	return out
+}
+
+func addMem(a, b *int64) *int64 {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	v := *a + *b
+	return &v
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

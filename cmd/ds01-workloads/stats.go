@@ -1,4 +1,4 @@
-package workloads
+package main
 
 import (
 	"context"
@@ -9,21 +9,22 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
+	"github.com/ds01/ds01-detectord/internal/view"
 	"github.com/ds01/ds01-detectord/internal/workload"
 )
 
 // LiveStats asks Docker for CPU% and memory of the running containers among
 // ws, all at once (concurrently, under one deadline), rather than one
 // command per row. A container whose stats fail shows "-".
-func LiveStats(ctx context.Context, cli *client.Client, ws []Workload, timeout time.Duration) map[string]Stats {
+func LiveStats(ctx context.Context, cli *client.Client, ws []view.Workload, timeout time.Duration) map[string]view.Stats {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out := map[string]Stats{}
+	out := map[string]view.Stats{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	for _, w := range ws {
-		if w.Kind != workload.KindContainer || !w.running {
+		if w.Kind != workload.KindContainer || !w.Running() {
 			continue
 		}
 		wg.Add(1)
@@ -41,7 +42,7 @@ func LiveStats(ctx context.Context, cli *client.Client, ws []Workload, timeout t
 				return
 			}
 			mu.Lock()
-			out[id] = Stats{CPU: cpuPercent(s), Mem: humanBytes(memUsage(s))}
+			out[id] = view.Stats{CPU: cpuPercent(s), Mem: view.HumanBytes(memUsage(s))}
 			mu.Unlock()
 		}(w.ID)
 	}
@@ -72,17 +73,4 @@ func memUsage(s container.StatsResponse) uint64 {
 		}
 	}
 	return u
-}
-
-func humanBytes(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%dB", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }

@@ -1,17 +1,15 @@
-package workloads
+// Package report is what ds01-workloads reads from the event log (with
+// event.Reader): the GPU-time accounting of "report", the listing of
+// "events" (and --follow), and the seal check of "verify".
+package report
 
 import (
-	"bufio"
-	"compress/gzip"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,13 +17,14 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/asciijson"
 	"github.com/ds01/ds01-detectord/internal/seal"
+	"github.com/ds01/ds01-detectord/internal/view"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // ReportRow is one group of the GPU-time report.
-type ReportRow struct {
+type Row struct {
 	Key              string   `json:"key"`
 	Workloads        int      `json:"workloads"`
 	AllocatedSeconds float64  `json:"gpu_allocated_seconds"`
@@ -35,17 +34,17 @@ type ReportRow struct {
 }
 
 // ReportDoc is report --json.
-type ReportDoc struct {
+type Doc struct {
 	Since  *inventory.Time `json:"since"`
 	Until  *inventory.Time `json:"until"`
 	By     string          `json:"by"`
-	Rows   []ReportRow     `json:"rows"`
-	Totals ReportRow       `json:"totals"`
+	Rows   []Row           `json:"rows"`
+	Totals Row             `json:"totals"`
 	Now    time.Time       `json:"-"` // when it was made: the end of an open period
 }
 
 // ReportInput says what to count.
-type ReportInput struct {
+type Input struct {
 	Since, Until time.Time // Until zero: now
 	By           string    // user, origin or gpu
 	EventsFile   string    // its rotated archives (ArchiveNames) are read too
@@ -75,11 +74,7 @@ type workloadTime struct {
 // falls in the period, from the event log and its archives, plus the
 // counters so far of the workloads still running at the last scan when the
 // last scan falls in the period. Each workload counts once.
-func BuildReport(in ReportInput) (ReportDoc, error) {
-	files, err := logFiles(in.EventsFile)
-	if err != nil {
-		return ReportDoc{}, err
-	}
+func Build(in Input) (Doc, error) {
 	warn := in.Warn
 	if warn == nil {
 		warn = func(string) {}
@@ -90,71 +85,74 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 		chain = seal.NewChain(in.Key)
 	}
 	unverified, firstAt := 0, ""
-	for _, f := range files {
-		if err := readLines(f, warn, func(n int, line []byte) {
-			e, err := event.Decode(line)
-			if err != nil {
-				return
-			}
-			if chain != nil {
-				status, missing := chain.Next(line)
-				if status == seal.Gap {
-					warn(fmt.Sprintf("%s:%d: %d sealed lines missing before this one (deleted or moved)", f, n, missing))
-				}
-				if !status.Counts() {
-					if unverified == 0 {
-						firstAt = fmt.Sprintf("%s:%d (%s)", f, n, status)
-					}
-					unverified++
-					if !in.IncludeUnverified {
-						return
-					}
-				}
-			}
-			t := e.Timestamp.Time
-			if (!in.Since.IsZero() && t.Before(in.Since)) || (!in.Until.IsZero() && t.After(in.Until)) {
-				return
-			}
-			var d struct {
-				ContainerID string   `json:"container_id"`
-				Pid         int      `json:"pid"`
-				StartTime   uint64   `json:"start_time"`
-				Origin      string   `json:"origin"`
-				GPUUUIDs    []string `json:"gpu_uuids"`
-				Count       int      `json:"count"`
-				event.GPUSeconds
-				ByOwner []inventory.OwnerSeconds `json:"gpu_seconds_by_owner"`
-			}
-			switch e.EventType {
-			case event.ContainerExited, event.HostProcessExited, event.ShortProcesses:
-			default:
-				return
-			}
-			if json.Unmarshal(e.Details, &d) != nil {
-				return
-			}
-			if e.EventType == event.ShortProcesses { // one line per user and period
-				seen["s:"+userOr(e.User)+"@"+e.Timestamp.Time.String()] = workloadTime{user: userOr(e.User), origin: workload.KindHostProcess, gpus: d.GPUUUIDs,
-					allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds, count: max(d.Count, 1)}
-				return
-			}
-			key, origin := "c:"+d.ContainerID, d.Origin
-			if e.EventType == event.HostProcessExited {
-				key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), workload.KindHostProcess
-			}
-			if len(d.ByOwner) > 0 { // each owner's seconds are theirs
-				for _, o := range d.ByOwner {
-					seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: origin, gpus: d.GPUUUIDs,
-						allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
-				}
-				seen[key] = workloadTime{} // counted: the running entry is not added again
-				return
-			}
-			seen[key] = workloadTime{user: userOr(e.User), origin: origin, gpus: d.GPUUUIDs,
-				allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds}
-		}); err != nil {
-			return ReportDoc{}, err
+	for e, err := range (event.Reader{Path: in.EventsFile, Archives: true}).Events(context.Background()) {
+		var notEvent *event.LineError
+		switch {
+		case errors.As(err, &notEvent):
+			continue
+		case errors.Is(err, event.ErrNotRegular):
+			warn(err.Error() + ": skipped")
+			continue
+		case err != nil:
+			return Doc{}, err
 		}
+		line, f, n := e.Raw, e.Pos.File, e.Pos.Line
+		if chain != nil {
+			status, missing := chain.Next(line)
+			if status == seal.Gap {
+				warn(fmt.Sprintf("%s:%d: %d sealed lines missing before this one (deleted or moved)", f, n, missing))
+			}
+			if !status.Counts() {
+				if unverified == 0 {
+					firstAt = fmt.Sprintf("%s:%d (%s)", f, n, status)
+				}
+				unverified++
+				if !in.IncludeUnverified {
+					continue
+				}
+			}
+		}
+		t := e.Timestamp.Time
+		if (!in.Since.IsZero() && t.Before(in.Since)) || (!in.Until.IsZero() && t.After(in.Until)) {
+			continue
+		}
+		var d struct {
+			ContainerID string   `json:"container_id"`
+			Pid         int      `json:"pid"`
+			StartTime   uint64   `json:"start_time"`
+			Origin      string   `json:"origin"`
+			GPUUUIDs    []string `json:"gpu_uuids"`
+			Count       int      `json:"count"`
+			event.GPUSeconds
+			ByOwner []inventory.OwnerSeconds `json:"gpu_seconds_by_owner"`
+		}
+		switch e.EventType {
+		case event.ContainerExited, event.HostProcessExited, event.ShortProcesses:
+		default:
+			continue
+		}
+		if json.Unmarshal(e.Details, &d) != nil {
+			continue
+		}
+		if e.EventType == event.ShortProcesses { // one line per user and period
+			seen["s:"+userOr(e.User)+"@"+e.Timestamp.Time.String()] = workloadTime{user: userOr(e.User), origin: workload.KindHostProcess, gpus: d.GPUUUIDs,
+				allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds, count: max(d.Count, 1)}
+			continue
+		}
+		key, origin := "c:"+d.ContainerID, d.Origin
+		if e.EventType == event.HostProcessExited {
+			key, origin = "p:"+strconv.Itoa(d.Pid)+"@"+strconv.FormatUint(d.StartTime, 10), workload.KindHostProcess
+		}
+		if len(d.ByOwner) > 0 { // each owner's seconds are theirs
+			for _, o := range d.ByOwner {
+				seen[key+"@"+o.User] = workloadTime{user: userOr(o.User), origin: origin, gpus: d.GPUUUIDs,
+					allocated: o.GPUAllocatedSeconds, held: o.GPUHeldSeconds, busy: o.GPUBusySeconds}
+			}
+			seen[key] = workloadTime{} // counted: the running entry is not added again
+			continue
+		}
+		seen[key] = workloadTime{user: userOr(e.User), origin: origin, gpus: d.GPUUUIDs,
+			allocated: d.GPUAllocatedSeconds, held: d.GPUHeldSeconds, busy: d.GPUBusySeconds}
 	}
 	if h, ok := seal.ParseHead(in.State.SealHead); ok && chain != nil && in.StateSealed {
 		var pending [][]byte
@@ -206,11 +204,11 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 				allocated: a.GPUAllocatedSeconds, held: a.GPUHeldSeconds, busy: a.GPUBusySeconds, count: max(a.Count, 1)}
 		}
 	}
-	groups := map[string]*ReportRow{}
+	groups := map[string]*Row{}
 	add := func(key string, share float64, w workloadTime) {
 		r, ok := groups[key]
 		if !ok {
-			r = &ReportRow{Key: key}
+			r = &Row{Key: key}
 			groups[key] = r
 		}
 		r.Workloads += max(w.count, 1)
@@ -237,7 +235,7 @@ func BuildReport(in ReportInput) (ReportDoc, error) {
 			add(w.user, 1, w)
 		}
 	}
-	doc := ReportDoc{By: in.By, Rows: []ReportRow{}, Totals: ReportRow{Key: "TOTAL"}}
+	doc := Doc{By: in.By, Rows: []Row{}, Totals: Row{Key: "TOTAL"}}
 	if doc.By == "" {
 		doc.By = "user"
 	}
@@ -299,111 +297,6 @@ func efficiency(busy, held float64) *float64 {
 	return &e
 }
 
-// Archive names logrotate gives an event log: with dateext (the
-// default date format) and without, compressed or not. Other files beside
-// the log are not read: the directory is writable by the docker group.
-var (
-	dateArchive = regexp.MustCompile(`^-([0-9]{8})(\.gz)?$`)
-	numArchive  = regexp.MustCompile(`^\.([0-9]{1,6})(\.gz)?$`)
-)
-
-// ArchiveNames returns the rotated archives of the event log at path that
-// are named as logrotate names them (events.jsonl-YYYYMMDD[.gz],
-// events.jsonl.N[.gz]), oldest first: the numbered ones from the highest
-// number, then the dated ones by date.
-func ArchiveNames(path string) ([]string, error) {
-	entries, err := os.ReadDir(filepath.Dir(path))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	base := filepath.Base(path)
-	type archive struct {
-		name string
-		num  int
-	}
-	var dated, numbered []archive
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), base)
-		if !ok {
-			continue
-		}
-		if m := dateArchive.FindStringSubmatch(rest); m != nil {
-			dated = append(dated, archive{e.Name(), 0})
-		} else if m := numArchive.FindStringSubmatch(rest); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			numbered = append(numbered, archive{e.Name(), n})
-		}
-	}
-	sort.Slice(numbered, func(i, j int) bool { return numbered[i].num > numbered[j].num })
-	sort.Slice(dated, func(i, j int) bool { return dated[i].name < dated[j].name })
-	var out []string
-	for _, a := range append(numbered, dated...) {
-		out = append(out, filepath.Join(filepath.Dir(path), a.name))
-	}
-	return out, nil
-}
-
-// logFiles is the event log and its rotated archives, oldest first.
-func logFiles(path string) ([]string, error) {
-	out, err := ArchiveNames(path)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Lstat(path); err == nil {
-		out = append(out, path)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no event log at %s (nor archives %s-YYYYMMDD[.gz] or %s.N[.gz])", path, path, path)
-	}
-	return out, nil
-}
-
-// readLines calls fn with each line of a log or a .gz archive and its
-// number (from 1); lines longer than MaxLineBytes are skipped. A file that
-// is not a regular one (a FIFO, a directory, a symlink) is skipped with a
-// warning: anyone in the docker group can put one there.
-func readLines(path string, warn func(string), fn func(int, []byte)) error {
-	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		warn(fmt.Sprintf("%s is not a regular file (%s): skipped", path, fi.Mode().Type()))
-		return nil
-	}
-	f, err := openRegular(path)
-	if err != nil {
-		var notRegular *notRegularError
-		if errors.As(err, &notRegular) {
-			warn(err.Error() + ": skipped")
-			return nil
-		}
-		return err
-	}
-	defer f.Close()
-	var r io.Reader = f
-	if strings.HasSuffix(path, ".gz") {
-		gz, err := gzip.NewReader(f)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		defer gz.Close()
-		r = gz
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	n := 0
-	for {
-		if !sc.Scan() {
-			if err := sc.Err(); err == bufio.ErrTooLong {
-				n++
-				sc = bufio.NewScanner(r) // skip the long line's rest with the next scanner
-				sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-				continue
-			}
-			return sc.Err()
-		}
-		n++
-		fn(n, sc.Bytes())
-	}
-}
-
 func hours(s float64) string { return fmt.Sprintf("%.2fh", s/3600) }
 
 func effCell(e *float64) string {
@@ -414,7 +307,7 @@ func effCell(e *float64) string {
 }
 
 // WriteReport prints the report as a table, JSON or CSV.
-func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error {
+func Write(out io.Writer, doc Doc, format string, style view.Style) error {
 	switch format {
 	case "json":
 		b, err := asciijson.Marshal(doc, "  ")
@@ -437,7 +330,7 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 		w.Flush()
 		return w.Error()
 	}
-	fmt.Fprintln(out, style.paint(dim, "Period: "+doc.Period()))
+	fmt.Fprintln(out, style.Dim("Period: "+doc.Period()))
 	if len(doc.Rows) == 0 {
 		fmt.Fprintln(out, "No GPU time in this period")
 		return nil
@@ -445,7 +338,7 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 	title := strings.ToUpper(doc.By)
 	lines := [][]string{{title, "WORKLOADS", "ALLOCATED", "HELD", "BUSY", "EFFICIENCY"}}
 	for _, r := range append(doc.Rows, doc.Totals) {
-		lines = append(lines, []string{cut(r.Key, 32), strconv.Itoa(r.Workloads), hours(r.AllocatedSeconds), hours(r.HeldSeconds), hours(r.BusySeconds), effCell(r.Efficiency)})
+		lines = append(lines, []string{view.Cut(r.Key, 32), strconv.Itoa(r.Workloads), hours(r.AllocatedSeconds), hours(r.HeldSeconds), hours(r.BusySeconds), effCell(r.Efficiency)})
 	}
 	width := make([]int, len(lines[0]))
 	for _, l := range lines {
@@ -464,16 +357,16 @@ func WriteReport(out io.Writer, doc ReportDoc, format string, style Style) error
 		}
 		text := strings.TrimRight(b.String(), " ")
 		if n == 0 || n == len(lines)-1 {
-			text = style.paint(bold, text)
+			text = style.Bold(text)
 		}
 		fmt.Fprintln(out, text)
 	}
-	fmt.Fprintln(out, style.paint(dim, "GPU-hours: allocated = granted by the configuration, held = GPUs with the workload's processes, busy = at or above the idle threshold"))
+	fmt.Fprintln(out, style.Dim("GPU-hours: allocated = granted by the configuration, held = GPUs with the workload's processes, busy = at or above the idle threshold"))
 	return nil
 }
 
 // Period says which time the report covers, in UTC.
-func (d ReportDoc) Period() string {
+func (d Doc) Period() string {
 	const layout = "2006-01-02 15:04 MST"
 	from := "the start of the log"
 	if d.Since != nil {

@@ -1,4 +1,8 @@
-package reconcile
+// Package gputime accounts GPU time: it integrates the GPU sampler's
+// samples into the seconds each workload held and kept busy a GPU, keeps
+// the GPU counters and the held-idle verdict, confirms host processes
+// and sums up the short ones by user.
+package gputime
 
 import (
 	"slices"
@@ -6,13 +10,14 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/reconcile/attribution"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // GPU time from samples. The GPU sampler (internal/cycle) lists every
 // GPU's processes on its own clock (--gpu-interval), much faster than the
 // scans; a scan hands reconcile the samples taken since the last one. Held
-// and busy seconds are integrated over those samples:
+// and busy seconds are Integrated over those samples:
 //
 //   - the interval between two consecutive samples is credited to a
 //     process seen in both (its busy share by the later sample's SM
@@ -47,23 +52,23 @@ func hostKey(pid int, start uint64) string {
 	return strconv.Itoa(pid) + "@" + strconv.FormatUint(start, 10)
 }
 
-// integrated is what the samples gave: credits by container key and by host
+// Integrated is what the samples gave: credits by container key and by host
 // process (hostKey), and the host processes seen.
-type integrated struct {
+type Integrated struct {
 	containers map[string]credit
 	hosts      map[string]*sighting
 	// last is the time of the newest sample; zero without samples.
 	last time.Time
 }
 
-// integrate credits the samples' intervals to the workloads listed in them.
+// Integrate credits the samples' intervals to the workloads listed in them.
 // containers are this cycle's (attribution as of now: a process is
 // credited to the container it runs in).
 //
-// With legacy set, samples are legacySamples: the first stands for the
+// With legacy set, samples are LegacySamples: the first stands for the
 // last scan and gives credit, not sightings.
-func integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) integrated {
-	out := integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
+func Integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map[string]inventory.Container, rules Rules) Integrated {
+	out := Integrated{containers: map[string]credit{}, hosts: map[string]*sighting{}}
 	if len(samples) == 0 {
 		return out
 	}
@@ -98,12 +103,12 @@ func integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map
 			}
 			id := proc{p.Pid, pf.StartTime, p.GPUUUID}
 			seen[id] = true
-			pl := place(p, pf, ok, f, containers, rules)
+			pl := attribution.Place(p, pf, ok, f, containers, rules.Attribution)
 			key := ""
 			switch {
-			case pl.container != "":
-				key = "c:" + pl.container
-			case pl.host != nil:
+			case pl.Container != "":
+				key = "c:" + pl.Container
+			case pl.Host != nil:
 				hk := hostKey(p.Pid, pf.StartTime)
 				key = "h:" + hk
 				if legacy && j == 0 {
@@ -111,7 +116,7 @@ func integrate(samples []facts.Sample, legacy bool, f facts.Scan, containers map
 				}
 				h := out.hosts[hk]
 				if h == nil {
-					h = &sighting{hp: *pl.host, first: s.At}
+					h = &sighting{hp: *pl.Host, first: s.At}
 					out.hosts[hk] = h
 				}
 				h.last = s.At
@@ -168,11 +173,11 @@ func cutPrefix(s, p string) (string, bool) {
 	return s, false
 }
 
-// legacySamples stands in for a sampler when the facts carry none (a
+// LegacySamples stands in for a sampler when the facts carry none (a
 // caller that lists GPUs only at scans): the scan's list, taken as seen at
 // the last scan too. Every process listed is then credited the interval
 // since the last scan, as before the sampler existed.
-func legacySamples(prev inventory.State, f facts.Scan) []facts.Sample {
+func LegacySamples(prev inventory.State, f facts.Scan) []facts.Sample {
 	if f.GPUErr != nil {
 		return nil
 	}
@@ -190,11 +195,11 @@ func legacySamples(prev inventory.State, f facts.Scan) []facts.Sample {
 	return []facts.Sample{{At: prev.LastScan.Time, Procs: f.GPU, Facts: pfs}, cur}
 }
 
-// accountingOnly splits the processes only accounting mode saw: the active
+// AccountingOnly splits the processes only accounting mode saw: the active
 // seconds of those /proc no longer has go to their GPU's
 // unattributed_seconds (by UUID); those it still has are their owners',
 // returned as ended short processes.
-func accountingOnly(samples []facts.Sample, f facts.Scan, rules Rules) (map[string]float64, []inventory.HostProcess) {
+func AccountingOnly(samples []facts.Sample, f facts.Scan, rules Rules) (map[string]float64, []inventory.HostProcess) {
 	var byGPU map[string]float64
 	var owned []inventory.HostProcess
 	for _, s := range samples {
@@ -204,9 +209,9 @@ func accountingOnly(samples []facts.Sample, f facts.Scan, rules Rules) (map[stri
 				pf = s.UnattributedFacts[i]
 			}
 			if pf != nil {
-				pl := place(facts.GPUProcess{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules)
-				if pl.host != nil {
-					p := *pl.host
+				pl := attribution.Place(facts.GPUProcess{Pid: u.Pid, GPUIndex: u.GPUIndex, GPUUUID: u.GPUUUID, MIGIndex: -1}, *pf, true, f, nil, rules.Attribution)
+				if pl.Host != nil {
+					p := *pl.Host
 					p.FirstSeen = inventory.TimePtr(s.At)
 					p.GPUAllocatedSeconds, p.GPUHeldSeconds = u.ActiveSeconds, u.ActiveSeconds
 					owned = append(owned, p)
