@@ -16,9 +16,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -29,12 +31,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/daemon"
 	"github.com/ds01/ds01-detectord/internal/logging"
-	"github.com/ds01/ds01-detectord/internal/metrics"
-	"github.com/ds01/ds01-detectord/internal/policy"
-	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/statefile"
-	"github.com/ds01/ds01-detectord/pkg/event"
-	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // version is set by the Makefile with -ldflags, as are
@@ -48,30 +45,15 @@ func init() {
 	}
 }
 
+// config is what the command line sets: the daemon's configuration, which
+// the flags bind to field by field, and what only main reads.
 type config struct {
-	stateFile, eventsFile, dockerHost, procRoot string
-	nvmlLibrary                                 string
-	excludeProcesses                            []string
-	logLevel, logFormat                         string
-	interval, scanTimeout, dockerTimeout        time.Duration
-	debounce, debounceMax                       time.Duration
-	webListen                                   []string
-	metricsListen                               string
-	webConfigFile                               string
-	webMaxConns                                 int
-	sealKey                                     string
-	idleThreshold                               int
-	idleAfter                                   time.Duration
-	gpuInterval, gpuConfirmAfter                time.Duration
-	keepSecrets                                 bool
-	policyFile, cgroupRoot                      string
-	idleCPU                                     float64
-	idleNet                                     string
-	idleWindow                                  int
-	idleGrace                                   time.Duration
-	idle                                        policy.Thresholds
-	stateGroup                                  string
-	once, dryRun, showVersion                   bool
+	d                   daemon.Config
+	excluded            []string // --exclude-process: added to reconcile.DefaultExcluded
+	logLevel, logFormat string
+	metricsListen       string
+	idleNet             string
+	once, showVersion   bool
 }
 
 const help = `Scans the containers and GPU processes of this host, rewrites the state file
@@ -90,42 +72,44 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 	app := kingpin.New("ds01-detectord", help)
 	app.HelpFlag.Short('h').Help("show this help on standard output (every flag is also in man 8 ds01-detectord)")
 	seen := func(name string) *bool { b := new(bool); set[name] = b; return b }
-	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(inventory.DefaultPath).PlaceHolder("FILE").StringVar(&c.stateFile)
-	app.Flag("events-file", "JSONL event log to append transitions to").Default(event.DefaultPath).PlaceHolder("FILE").StringVar(&c.eventsFile)
-	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock); the daemon must see every container: point it at the Engine, not at a filtering proxy").PlaceHolder("ADDRESS").StringVar(&c.dockerHost)
-	app.Flag("docker-timeout", "deadline of one Docker API call").Default("10s").DurationVar(&c.dockerTimeout)
-	app.Flag("nvml-library", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)").PlaceHolder("FILE").StringVar(&c.nvmlLibrary)
-	app.Flag("exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable").PlaceHolder("NAME").StringsVar(&c.excludeProcesses)
-	app.Flag("proc-root", "procfs root (tests point it at fixture trees)").Default("/proc").PlaceHolder("DIR").StringVar(&c.procRoot)
+	def := daemon.Defaults()
+	d := &c.d
+	app.Flag("state-file", "state file (workload inventory) to rewrite each cycle").Default(def.Files.StatePath).PlaceHolder("FILE").StringVar(&d.Files.StatePath)
+	app.Flag("events-file", "JSONL event log to append transitions to").Default(def.Files.EventsPath).PlaceHolder("FILE").StringVar(&d.Files.EventsPath)
+	app.Flag("docker-host", "Docker Engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock); the daemon must see every container: point it at the Engine, not at a filtering proxy").PlaceHolder("ADDRESS").StringVar(&d.DockerHost)
+	app.Flag("docker-timeout", "deadline of one Docker API call").Default(duration(def.DockerTimeout)).DurationVar(&d.DockerTimeout)
+	app.Flag("nvml-library", "path of libnvidia-ml (default: the system's libnvidia-ml.so.1)").PlaceHolder("FILE").StringVar(&d.NVMLLibrary)
+	app.Flag("exclude-process", "process name (argv[0] basename) to leave out of host GPU processes, in addition to the Python scanner's system list; hides only processes of system accounts (UID < 1000); repeatable").PlaceHolder("NAME").StringsVar(&c.excluded)
+	app.Flag("proc-root", "procfs root (tests point it at fixture trees)").Default(def.ProcRoot).PlaceHolder("DIR").StringVar(&d.ProcRoot)
 	app.Flag("log-level", "debug, info, warn or error").Default("info").EnumVar(&c.logLevel, "debug", "info", "warn", "error")
 	app.Flag("log-format", "auto (journal under systemd, else console), console, json or journal").Default(logging.FormatAuto).EnumVar(&c.logFormat, logging.FormatAuto, "console", "json", "journal")
-	app.Flag("interval", "time between reconciliation scans").Default("30s").DurationVar(&c.interval)
-	app.Flag("scan-timeout", "deadline of one scan").Default("25s").DurationVar(&c.scanTimeout)
-	app.Flag("event-debounce", "wait this long after a Docker event for more before rescanning").Default("100ms").DurationVar(&c.debounce)
-	app.Flag("event-debounce-max", "under continuous Docker events the wait doubles up to this: at most one state write per window").Default("800ms").DurationVar(&c.debounceMax)
-	app.Flag("gpu-idle-threshold", "percent SM utilisation below which a workload holding GPU memory counts as idle").Default("5").IntVar(&c.idleThreshold)
-	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default("30m").DurationVar(&c.idleAfter)
-	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default("1s").DurationVar(&c.gpuInterval)
-	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default("5s").DurationVar(&c.gpuConfirmAfter)
-	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (docs/ARCHITECTURE.md, \"Idle by the site's rule\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&c.policyFile)
-	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default("2").Float64Var(&c.idleCPU)
-	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default("1MiB").StringVar(&c.idleNet)
-	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default("3").IntVar(&c.idleWindow)
-	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default("30m").DurationVar(&c.idleGrace)
-	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default("/sys/fs/cgroup").PlaceHolder("DIR").StringVar(&c.cgroupRoot)
-	app.Flag("keep-secrets", "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked").BoolVar(&c.keepSecrets)
-	app.Flag("state-group", "make the state file 0640 and owned by this group, instead of world-readable 0644").PlaceHolder("GROUP").StringVar(&c.stateGroup)
+	app.Flag("interval", "time between reconciliation scans").Default(duration(def.Interval)).DurationVar(&d.Interval)
+	app.Flag("scan-timeout", "deadline of one scan").Default(duration(def.ScanTimeout)).DurationVar(&d.ScanTimeout)
+	app.Flag("event-debounce", "wait this long after a Docker event for more before rescanning").Default(duration(def.Debounce)).DurationVar(&d.Debounce)
+	app.Flag("event-debounce-max", "under continuous Docker events the wait doubles up to this: at most one state write per window").Default(duration(def.DebounceMax)).DurationVar(&d.DebounceMax)
+	app.Flag("gpu-idle-threshold", "percent SM utilisation below which a workload holding GPU memory counts as idle").Default(strconv.Itoa(def.Rules.IdleThreshold)).IntVar(&d.Rules.IdleThreshold)
+	app.Flag("gpu-idle-after", "how long below --gpu-idle-threshold on every GPU it holds makes a workload idle (detection.gpu_idle)").Default(duration(def.Rules.IdleAfter)).DurationVar(&d.Rules.IdleAfter)
+	app.Flag("gpu-interval", "time between two samples of every GPU's processes and utilisation (GPU time is integrated over them), independent of --interval").Default(duration(def.GPUInterval)).DurationVar(&d.GPUInterval)
+	app.Flag("gpu-confirm-after", "a host GPU process seen this long is confirmed (detection.host_gpu_process_discovered); shorter ones are logged per user in aggregate").Default(duration(def.Rules.ConfirmAfter)).DurationVar(&d.Rules.ConfirmAfter)
+	app.Flag("policy", "the site's resource-limits.yaml: idle thresholds, window, grace and timeouts by group and container type (docs/ARCHITECTURE.md, \"Idle by the site's rule\"); read again on SIGHUP; without it the --idle-* flags apply, with no timeout").PlaceHolder("FILE").StringVar(&d.PolicyFile)
+	app.Flag("idle-cpu-threshold", "without --policy: CPU percent (100 = one core) under which a workload counts as idle").Default(strconv.FormatFloat(def.Idle.CPUPercent, 'g', -1, 64)).Float64Var(&d.Idle.CPUPercent)
+	app.Flag("idle-net-threshold", "without --policy: network bytes per scan interval under which a workload counts as idle (1MiB, 500KiB, 1048576)").Default(units.BytesSize(def.Idle.NetBytes)).StringVar(&c.idleNet)
+	app.Flag("idle-window", "without --policy: consecutive idle reconciliation scans before the idle verdict").Default(strconv.Itoa(def.Idle.Window)).IntVar(&d.Idle.Window)
+	app.Flag("idle-grace", "without --policy: no idle verdict this long after a container starts").Default(duration(def.Idle.Grace)).DurationVar(&d.Idle.Grace)
+	app.Flag("cgroup-root", "cgroup file system root (tests point it at fixture trees)").Default(def.CgroupRoot).PlaceHolder("DIR").StringVar(&d.CgroupRoot)
+	app.Flag("keep-secrets", "record command lines as they are; by default values of secret-looking arguments (--token=…, --password …, *_KEY=…) are masked").BoolVar(&d.Rules.KeepSecrets)
+	app.Flag("state-group", "make the state file 0640 and owned by this group, instead of world-readable 0644").PlaceHolder("GROUP").StringVar(&d.Files.StateGroup)
 	app.Flag("once", "run one cycle, write state and events, and exit").BoolVar(&c.once)
-	app.Flag("dry-run", "with --once: print the inventory JSON to stdout and write nothing").BoolVar(&c.dryRun)
+	app.Flag("dry-run", "with --once: print the inventory JSON to stdout and write nothing").BoolVar(&d.DryRun)
 	app.Flag("version", "print the version and exit").BoolVar(&c.showVersion)
-	web := kingpinflag.AddFlags(app, metrics.DefaultListenAddress)
+	web := kingpinflag.AddFlags(app, def.Web.ListenAddresses[0])
 	app.GetFlag("web.listen-address").IsSetByUser(seen("web.listen-address")).Help("serve Prometheus /metrics (and a landing page at /) on this address; repeatable; \"\" turns the endpoint off")
 	app.GetFlag("web.config.file").PlaceHolder("FILE").Help("exporter-toolkit web configuration file for the metrics endpoint: TLS and basic auth (docs/METRICS.md)")
 	if f := app.GetFlag("web.systemd-socket"); f != nil {
 		f.Hidden().IsSetByUser(seen("web.systemd-socket"))
 	}
-	app.Flag("seal-key", "secret key that seals the event lines and the state file (HMAC chain; ds01-workloads verify checks them), created on first start in a directory only root can enter; \"\" seals nothing").Default(seal.DefaultKeyPath).PlaceHolder("FILE").StringVar(&c.sealKey)
-	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(metrics.DefaultMaxConnections)).IntVar(&c.webMaxConns)
+	app.Flag("seal-key", "secret key that seals the event lines and the state file (HMAC chain; ds01-workloads verify checks them), created on first start in a directory only root can enter; \"\" seals nothing").Default(def.SealKey).PlaceHolder("FILE").StringVar(&d.SealKey)
+	app.Flag("web.max-connections", "most connections the metrics endpoint serves at once, over all its addresses; more are closed as soon as they are accepted (lowered to keep descriptors for the daemon's own files)").Default(strconv.Itoa(def.Web.MaxConnections)).IntVar(&d.Web.MaxConnections)
 	app.Flag("metrics-listen", "the older name of --web.listen-address").Hidden().IsSetByUser(seen("metrics-listen")).StringVar(&c.metricsListen)
 	app.Flag("help-man-options", "print the man page's OPTIONS (make man) and exit").Hidden().PreAction(func(*kingpin.ParseContext) error {
 		manOptions(app, stdout)
@@ -137,11 +121,23 @@ func newApp(c *config, set map[string]*bool, stdout io.Writer) *kingpin.Applicat
 		}
 	}
 	app.Action(func(*kingpin.ParseContext) error {
-		c.webListen = slices.DeleteFunc(slices.Clone(*web.WebListenAddresses), func(s string) bool { return s == "" })
-		c.webConfigFile = *web.WebConfigFile
+		d.Web.ListenAddresses = slices.DeleteFunc(slices.Clone(*web.WebListenAddresses), func(s string) bool { return s == "" })
+		d.Web.ConfigFile = *web.WebConfigFile
 		return nil
 	})
 	return app
+}
+
+// duration is a flag's default as one writes it: 30m, not 30m0s.
+func duration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // named is a flag's value whose errors name the flag and say what it wants.
@@ -217,7 +213,7 @@ var errHelp = errors.New("help shown")
 // value gives two lines on stderr (the error, where to get help) and an
 // error.
 func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
-	var c config
+	c := config{d: daemon.Defaults()}
 	set := map[string]*bool{}
 	app := newApp(&c, set, stdout)
 	helped := false
@@ -235,52 +231,54 @@ func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 	if *set["web.systemd-socket"] {
 		return c, usageErr(stderr, "--web.systemd-socket: the unit is not socket-activated; give --web.listen-address")
 	}
+	d := &c.d
 	if *set["metrics-listen"] {
 		alias := []string{}
 		if c.metricsListen != "" {
 			alias = []string{c.metricsListen}
 		}
-		if *set["web.listen-address"] && !slices.Equal(alias, c.webListen) && !(len(alias) == 0 && len(c.webListen) == 0) {
+		if *set["web.listen-address"] && !slices.Equal(alias, d.Web.ListenAddresses) && !(len(alias) == 0 && len(d.Web.ListenAddresses) == 0) {
 			return c, usageErr(stderr, "--metrics-listen is another name for --web.listen-address: give one of them, or the same address to both")
 		}
-		c.webListen = alias
+		d.Web.ListenAddresses = alias
 	}
-	if len(c.webListen) == 0 {
-		c.webListen = nil
+	if len(d.Web.ListenAddresses) == 0 {
+		d.Web.ListenAddresses = nil
 	}
 	switch {
-	case c.dryRun && !c.once:
+	case d.DryRun && !c.once:
 		return c, usageErr(stderr, "--dry-run needs --once")
-	case c.interval <= 0:
+	case d.Interval <= 0:
 		return c, usageErr(stderr, "--interval must be positive")
-	case c.scanTimeout <= 0:
+	case d.ScanTimeout <= 0:
 		return c, usageErr(stderr, "--scan-timeout must be positive")
-	case c.debounce < 0:
+	case d.Debounce < 0:
 		return c, usageErr(stderr, "--event-debounce must not be negative")
-	case c.debounceMax < c.debounce:
+	case d.DebounceMax < d.Debounce:
 		return c, usageErr(stderr, "--event-debounce-max must not be below --event-debounce")
-	case c.dockerTimeout <= 0:
+	case d.DockerTimeout <= 0:
 		return c, usageErr(stderr, "--docker-timeout must be positive")
-	case c.webMaxConns < 1:
+	case d.Web.MaxConnections < 1:
 		return c, usageErr(stderr, "--web.max-connections must be at least 1")
-	case c.idleThreshold < 1 || c.idleThreshold > 100:
+	case d.Rules.IdleThreshold < 1 || d.Rules.IdleThreshold > 100:
 		return c, usageErr(stderr, "--gpu-idle-threshold must be between 1 and 100")
-	case c.idleAfter <= 0:
+	case d.Rules.IdleAfter <= 0:
 		return c, usageErr(stderr, "--gpu-idle-after must be positive")
-	case c.gpuInterval < 10*time.Millisecond:
+	case d.GPUInterval < 10*time.Millisecond:
 		return c, usageErr(stderr, "--gpu-interval must be at least 10ms")
-	case c.gpuConfirmAfter <= 0:
+	case d.Rules.ConfirmAfter <= 0:
 		return c, usageErr(stderr, "--gpu-confirm-after must be positive")
-	case c.idleCPU < 0 || c.idleWindow < 1 || c.idleGrace < 0:
+	case d.Idle.CPUPercent < 0 || d.Idle.Window < 1 || d.Idle.Grace < 0:
 		return c, usageErr(stderr, "--idle-cpu-threshold and --idle-grace must not be negative, --idle-window at least 1")
-	case c.stateFile == "" || c.eventsFile == "":
+	case d.Files.StatePath == "" || d.Files.EventsPath == "":
 		return c, usageErr(stderr, "--state-file and --events-file must not be empty")
 	}
 	net, err := units.RAMInBytes(c.idleNet)
 	if err != nil || net < 0 {
 		return c, usageErr(stderr, fmt.Sprintf("--idle-net-threshold %q: want bytes, as 1MiB or 1048576", c.idleNet))
 	}
-	c.idle = policy.Thresholds{GPUPercent: float64(c.idleThreshold), CPUPercent: c.idleCPU, NetBytes: float64(net), Window: c.idleWindow, Grace: c.idleGrace}
+	d.Idle.GPUPercent, d.Idle.NetBytes = float64(d.Rules.IdleThreshold), float64(net)
+	d.Rules.Excluded = append(slices.Clone(d.Rules.Excluded), c.excluded...)
 	return c, nil
 }
 
@@ -313,6 +311,29 @@ func usageErr(stderr io.Writer, msg string) error {
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+// rescans is fed by SIGHUP until ctx ends. HUPs that come faster than the
+// loop takes them coalesce into one rescan.
+func rescans(ctx context.Context) <-chan struct{} {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-hup:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	c, err := parseFlags(args, stdout, stderr)
 	if errors.Is(err, errHelp) {
@@ -332,16 +353,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer log.Sync()
 
-	d, err := daemon.New(daemon.Config{
-		StateFile: c.stateFile, EventsFile: c.eventsFile, StateGroup: c.stateGroup,
-		DockerHost: c.dockerHost, DockerTimeout: c.dockerTimeout, ProcRoot: c.procRoot, NVMLLibrary: c.nvmlLibrary,
-		ExcludeProcesses: c.excludeProcesses, KeepSecrets: c.keepSecrets,
-		Interval: c.interval, ScanTimeout: c.scanTimeout, Debounce: c.debounce, DebounceMax: c.debounceMax,
-		WebListenAddresses: c.webListen, WebConfigFile: c.webConfigFile, WebMaxConnections: c.webMaxConns, SealKey: c.sealKey,
-		DryRun: c.dryRun, Version: version, IdleThreshold: c.idleThreshold, IdleAfter: c.idleAfter,
-		GPUInterval: c.gpuInterval, GPUConfirmAfter: c.gpuConfirmAfter,
-		PolicyFile: c.policyFile, Idle: c.idle, CgroupRoot: c.cgroupRoot,
-	}, log)
+	c.d.Version = version
+	d, err := daemon.New(c.d, log)
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
 		return 1
@@ -350,7 +363,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	if c.once {
 		sum := d.Once(context.Background())
-		if c.dryRun {
+		if c.d.DryRun {
 			b, err := statefile.Encode(sum.State)
 			if err != nil {
 				log.Error("encode inventory", zap.Error(err))
@@ -367,9 +380,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	log.Info("ds01-detectord starting", zap.String("version", version), zap.String("revision", promversion.GetRevision()),
 		zap.String("build_date", promversion.BuildDate),
-		zap.String("state_file", c.stateFile), zap.String("events_file", c.eventsFile),
-		zap.Duration("interval", c.interval), zap.Duration("scan_timeout", c.scanTimeout))
-	if err := d.Run(context.Background()); err != nil {
+		zap.String("state_file", c.d.Files.StatePath), zap.String("events_file", c.d.Files.EventsPath),
+		zap.Duration("interval", c.d.Interval), zap.Duration("scan_timeout", c.d.ScanTimeout))
+	// SIGTERM and SIGINT end the context: the loop stops after the cycle
+	// under way. SIGHUP asks for a rescan.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := d.Run(ctx, rescans(ctx)); err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
 	}

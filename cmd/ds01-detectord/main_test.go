@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/daemon"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -66,11 +69,25 @@ func TestSingleDashSpellings(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v: %s", err, errb.String())
 	}
-	if cfg.interval != 5*time.Second || cfg.stateFile != "/x/s.json" || !cfg.once || !slices.Equal(cfg.webListen, []string{"127.0.0.1:9"}) || !slices.Equal(cfg.excludeProcesses, []string{"a", "b"}) {
+	d := cfg.d
+	if d.Interval != 5*time.Second || d.Files.StatePath != "/x/s.json" || !cfg.once || !slices.Equal(d.Web.ListenAddresses, []string{"127.0.0.1:9"}) ||
+		!slices.Equal(d.Rules.Excluded, append(slices.Clone(reconcile.DefaultExcluded), "a", "b")) {
 		t.Errorf("parsed %+v", cfg)
 	}
-	if cfg.eventsFile != "/var/log/ds01/events.jsonl" || cfg.scanTimeout != 25*time.Second || cfg.idleThreshold != 5 {
+	if d.Files.EventsPath != "/var/log/ds01/events.jsonl" || d.ScanTimeout != 25*time.Second || d.Rules.IdleThreshold != 5 {
 		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+// The flags' defaults are daemon.Defaults, where every default is set.
+func TestFlagDefaultsAreTheDaemonDefaults(t *testing.T) {
+	var errb bytes.Buffer
+	cfg, err := parseFlags(nil, &errb, &errb)
+	if err != nil {
+		t.Fatalf("%v: %s", err, errb.String())
+	}
+	if want := daemon.Defaults(); !reflect.DeepEqual(cfg.d, want) {
+		t.Errorf("no flags:\n%+v\nDefaults:\n%+v", cfg.d, want)
 	}
 }
 
@@ -113,8 +130,8 @@ func TestListenFlags(t *testing.T) {
 			t.Errorf("%q: %v", c.args, err)
 			continue
 		}
-		if !slices.Equal(cfg.webListen, c.want) {
-			t.Errorf("%q: listen on %q, want %q", c.args, cfg.webListen, c.want)
+		if !slices.Equal(cfg.d.Web.ListenAddresses, c.want) {
+			t.Errorf("%q: listen on %q, want %q", c.args, cfg.d.Web.ListenAddresses, c.want)
 		}
 	}
 	for _, args := range [][]string{

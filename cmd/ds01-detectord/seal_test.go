@@ -79,8 +79,15 @@ func TestSealedRecords(t *testing.T) {
 		s, err := inventory.Read(f.StatePath)
 		return err == nil && len(s.UnloggedEvents) == 0
 	})
+	// main's signals: SIGHUP rescans; SIGTERM stops after the cycle, and
+	// says so.
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testutil.Eventually(t, 10*time.Second, "a rescan", func() bool { return strings.Contains(p.log(), "rescan requested (SIGHUP)") })
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	<-p.done
+	if l := p.log(); !strings.Contains(l, "\tstopping") || !strings.Contains(l, `"signal": "terminated"`) || p.cmd.ProcessState.ExitCode() != 0 {
+		t.Errorf("SIGTERM: exit %d, log:\n%s", p.cmd.ProcessState.ExitCode(), l)
+	}
 	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key: %v %v", fi, err)
 	}

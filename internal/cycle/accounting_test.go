@@ -8,6 +8,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -28,7 +29,7 @@ func TestAccountingModeOnTheMock(t *testing.T) {
 	files := testutil.NewFiles(t)
 	log, lines := testutil.Logger()
 	src := gpu.New(gputest.NewGuard(t, srv, &ok), log)
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src, Proc: proc.New("/proc")}, log)
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: src, Proc: proc.New("/proc")}, log)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ { // reported once, not at every sample
 		s.Sampler().Sample(ctx)

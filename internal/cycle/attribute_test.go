@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
@@ -23,6 +24,15 @@ import (
 type listed facts.Snapshot
 
 func (l listed) List(context.Context, bool) (facts.Snapshot, error) { return facts.Snapshot(l), nil }
+
+// ptrs is a list as the Docker source's snapshots hold it.
+func ptrs(list []facts.Container) []*facts.Container {
+	out := make([]*facts.Container, len(list))
+	for i := range list {
+		out[i] = &list[i]
+	}
+	return out
+}
 
 type gpuList []facts.GPUProcess
 
@@ -40,17 +50,18 @@ func procsFor(pids ...int) gpuList {
 func fixtureScanner(t *testing.T, keep bool, containers []facts.Container, procs gpuList) (*Scanner, *testutil.Files) {
 	files := testutil.NewFiles(t)
 	return New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath,
-		Docker: listed{Containers: containers}, GPU: procs,
-		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")), KeepSecrets: keep,
-		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
+		Files:  deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath},
+		Docker: listed{Containers: ptrs(containers)}, GPU: procs,
+		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+		// confirmed at the second scan's sample
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, KeepSecrets: keep, ConfirmAfter: time.Nanosecond},
 	}, nil), files
 }
 
 func TestAttributionOverFixtures(t *testing.T) {
 	dockerA := strings.Repeat("a", 64)
 	ctr := facts.Container{ID: dockerA, Name: "a", Status: "running", Pid: 1033, Labels: map[string]string{},
-		DeviceRequests: []docker.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
+		DeviceRequests: []facts.DeviceRequest{{DeviceIDs: []string{"1"}, Capabilities: [][]string{{"gpu"}}}}}
 	// 1002: in docker container aaaa…; 1007: podman; 1020: host with
 	// secrets; 1021: vanished between reads; 1022: hostile command line;
 	// 1023: root's nvidia-smi; 1030: a user's scope named after aaaa…;
@@ -118,9 +129,10 @@ func TestSecretsStayOutOfTheJournal(t *testing.T) {
 	files := testutil.NewFiles(t)
 	log, lines := testutil.Logger()
 	s := New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: procsFor(1020),
-		Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
-		Now:  ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second), ConfirmAfter: time.Nanosecond,
+		Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: procsFor(1020),
+		Proc:  proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
+		Now:   ticking(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Second),
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond},
 	}, log)
 	s.Scan(context.Background(), true)
 	if sum := s.Scan(context.Background(), true); sum.Events != 1 {

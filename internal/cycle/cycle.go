@@ -21,7 +21,6 @@ import (
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
 	"github.com/ds01/ds01-detectord/internal/reconcile"
-	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -44,40 +43,23 @@ type GPUs interface {
 
 // Config is the cycle's wiring.
 type Config struct {
-	StatePath  string
-	EventsPath string
-	StateGroup string // when set, the state file is 0640 root:StateGroup
-	// SealKey, when set, seals the event lines and the state file; with
-	// SealKeyCreated the state file predates sealing (deliver.Config).
-	SealKey        *seal.Key
-	SealKeyCreated bool
-	DryRun         bool // write nothing; Scan returns the state for printing
-	Docker         Containers
-	GPU            GPUs // nil: no GPU source
-	Proc           proc.FS
+	// Files are the state file and the event log (deliver.Config: their
+	// paths, the state file's group, the sealing key).
+	Files  deliver.Config
+	DryRun bool // write nothing; Scan returns the state for printing
+	// Rules are reconcile's, as they are; SetPolicy replaces their Policy.
+	// The sampler confirms host GPU processes after their ConfirmAfter.
+	Rules  reconcile.Rules
+	Docker Containers
+	GPU    GPUs // nil: no GPU source
+	Proc   proc.FS
 	// Users resolves UIDs to names (NSS) within the scan's deadline; nil
 	// leaves UIDs as numbers.
 	Users func(ctx context.Context, uid uint32) (string, bool)
-	// ExtraExcluded adds process names to reconcile.DefaultExcluded.
-	ExtraExcluded []string
-	// KeepSecrets turns off the masking of secret-looking arguments in
-	// recorded command lines.
-	KeepSecrets bool
-	// IdleThreshold and IdleAfter define an idle GPU workload (zero: the
-	// defaults, 5 % and 30 minutes).
-	IdleThreshold int
-	IdleAfter     time.Duration
 	// Activity reads the running containers' cgroups and network
 	// namespaces at each reconciliation scan; nil: not read.
 	Activity *activity.Reader
-	// Policy is the idle verdict's rule (nil: policy.Defaults); SetPolicy
-	// replaces it.
-	Policy *policy.Policy
-	// ConfirmAfter is --gpu-confirm-after, Interval --interval (see
-	// reconcile.Rules); zero: the defaults.
-	ConfirmAfter time.Duration
-	Interval     time.Duration
-	Now          func() time.Time
+	Now      func() time.Time
 }
 
 // Scanner carries the reported state from one scan to the next.
@@ -103,20 +85,14 @@ func New(cfg Config, log *zap.Logger) *Scanner {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Scanner{
-		cfg: cfg, log: log,
-		rules: reconcile.Rules{Excluded: append(append([]string{}, reconcile.DefaultExcluded...), cfg.ExtraExcluded...), KeepSecrets: cfg.KeepSecrets,
-			IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.ConfirmAfter, Interval: cfg.Interval, Policy: cfg.Policy},
-		failing: map[string]string{},
-	}
+	s := &Scanner{cfg: cfg, log: log, rules: cfg.Rules, failing: map[string]string{}}
 	if cfg.GPU != nil {
-		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.ConfirmAfter, log)
+		s.sampler = NewSampler(cfg.GPU, cfg.Proc, cfg.Now, cfg.Rules.ConfirmAfter, log)
 	}
 	if cfg.DryRun {
-		s.reported = deliver.Load(cfg.StatePath, log)
+		s.reported = deliver.Load(cfg.Files.StatePath, log)
 	} else {
-		s.sink, s.reported = deliver.Open(deliver.Config{StatePath: cfg.StatePath, EventsPath: cfg.EventsPath, StateGroup: cfg.StateGroup,
-			Key: cfg.SealKey, KeyCreated: cfg.SealKeyCreated}, log)
+		s.sink, s.reported = deliver.Open(cfg.Files, log)
 	}
 	return s
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
@@ -17,17 +18,18 @@ import (
 // inventory of idle containers plus one that changes every call, the way
 // the Docker source reports an event-triggered scan (no list call).
 type churning struct {
-	idle []facts.Container
+	idle []*facts.Container
 	n    int
 }
 
 func (c *churning) List(context.Context, bool) (facts.Snapshot, error) {
 	c.n++
-	out := make([]facts.Container, len(c.idle), len(c.idle)+1)
+	out := make([]*facts.Container, len(c.idle), len(c.idle)+1)
 	copy(out, c.idle)
-	out = append(out, facts.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
-		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}, Rev: uint64(1<<32 + c.n)})
-	return facts.Snapshot{Containers: out, Incremental: true, Checkpoint: time.Now()}, nil
+	churn := &facts.Container{ID: fmt.Sprintf("%012x%052d", c.n, 0), Name: "churn-" + strconv.Itoa(c.n), Image: "img", Status: "running", Pid: 0,
+		Created: time.Unix(int64(c.n), 0), Labels: map[string]string{}}
+	out = append(out, churn)
+	return facts.Snapshot{Containers: out, Incremental: true, Changed: map[string]bool{churn.ID: true}, Checkpoint: time.Now()}, nil
 }
 
 // BenchmarkEventCycle is the daemon's side of one event-triggered scan
@@ -38,11 +40,11 @@ func BenchmarkEventCycle(b *testing.B) {
 		b.Run(strconv.Itoa(idle), func(b *testing.B) {
 			src := &churning{}
 			for i := 0; i < idle; i++ {
-				src.idle = append(src.idle, facts.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
-					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}, Rev: uint64(i + 1)})
+				src.idle = append(src.idle, &facts.Container{ID: fmt.Sprintf("%012x%052d", 1<<40+i, 0), Name: fmt.Sprintf("idle-%04d", i), Image: "img",
+					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
 			}
 			files := testutil.NewFiles(b)
-			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: src, DryRun: os.Getenv("DRY") != ""}, nil)
+			s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: src, DryRun: os.Getenv("DRY") != ""}, nil)
 			ctx := context.Background()
 			s.Scan(ctx, true)
 			b.ResetTimer()

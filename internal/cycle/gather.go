@@ -87,7 +87,7 @@ func procErr(f facts.Scan) error {
 // once per container and PID, and forgets the containers no longer listed.
 // A read that fails for a reason other than the process being gone keeps
 // what was known and is returned as the /proc source's error.
-func (s *Scanner) initUIDs(list []facts.Container) (map[string]uint32, error) {
+func (s *Scanner) initUIDs(list []*facts.Container) (map[string]uint32, error) {
 	var failed error
 	out := map[string]uint32{} // running containers only: not sized by the list
 	seen := make(map[string]initProc, len(s.inits))
@@ -203,11 +203,14 @@ func (s *Scanner) userNames(ctx context.Context, f facts.Scan) map[uint32]string
 			}
 		}
 	}
-	for _, list := range [][]facts.Container{f.Docker.Containers, f.Docker.Ephemeral} {
-		for _, c := range list {
-			if uid, ok := classify.NameUID(c.Name); ok {
-				lookup(uid)
-			}
+	for _, c := range f.Docker.Containers {
+		if uid, ok := classify.NameUID(c.Name); ok {
+			lookup(uid)
+		}
+	}
+	for _, c := range f.Docker.Ephemeral {
+		if uid, ok := classify.NameUID(c.Name); ok {
+			lookup(uid)
 		}
 	}
 	return names

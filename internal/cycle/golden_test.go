@@ -16,11 +16,12 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 )
@@ -162,14 +163,12 @@ func newGoldenRig(t *testing.T) *goldenRig {
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(&g.journal), zapcore.DebugLevel))
 	users := map[uint32]string{0: "root", 1000: "alice", 1001: "bob", 1002: "carol"}
 	g.scanner = New(Config{
-		StatePath: g.statePath, EventsPath: g.eventsPath,
-		SealKey: seal.NewKey(bytes.Repeat([]byte{0x5a}, 32)), SealKeyCreated: true,
+		Files:  deliver.Config{StatePath: g.statePath, EventsPath: g.eventsPath, Key: seal.NewKey(bytes.Repeat([]byte{0x5a}, 32)), KeyCreated: true},
 		Docker: g.docker, GPU: g.gpus, Proc: proc.New(g.procRoot),
-		Users:         func(_ context.Context, uid uint32) (string, bool) { n, ok := users[uid]; return n, ok },
-		Activity:      activity.New(g.procRoot, g.cgroupRoot),
-		IdleThreshold: 5, IdleAfter: time.Minute, ConfirmAfter: 15 * time.Second, Interval: time.Minute,
-		Policy: policy.FromFlags(policy.Thresholds{GPUPercent: 5, CPUPercent: 2, NetBytes: 1 << 20, Window: 2, Grace: time.Minute}),
-
+		Users:    func(_ context.Context, uid uint32) (string, bool) { n, ok := users[uid]; return n, ok },
+		Activity: activity.New(g.procRoot, g.cgroupRoot),
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: 5, IdleAfter: time.Minute, ConfirmAfter: 15 * time.Second, Interval: time.Minute,
+			Policy: policy.FromFlags(policy.Thresholds{GPUPercent: 5, CPUPercent: 2, NetBytes: 1 << 20, Window: 2, Grace: time.Minute})},
 		Now: func() time.Time { return g.now },
 	}, log)
 	return g
@@ -266,23 +265,22 @@ func (g *goldenRig) scan(s int, full bool) {
 func (g *goldenRig) run() {
 	A, B, C, D, E, F := goldenID('a'), goldenID('b'), goldenID('c'), goldenID('d'), goldenID('e'), goldenID('f')
 	hour := at(-3600)
-	gpuAll := []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+	gpuAll := []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
 
 	managed := facts.Container{ID: A, Name: "alice-train", Image: "ds01/pytorch:2.4", Status: "running", Pid: 2001, Created: hour, StartedAt: hour,
 		Labels: map[string]string{"ds01.managed": "true", "ds01.user": "alice", "ds01.gpu.allocated": "0"},
 		Env:    []string{"NVIDIA_VISIBLE_DEVICES=0"}, Runtime: "nvidia", RuntimePath: "/usr/bin/nvidia-container-runtime",
-		Mounts: []docker.Mount{{Type: "bind", Source: "/home/alice/data"}},
-		Rev:    1}
+		Mounts: []facts.Mount{{Type: "bind", Source: "/home/alice/data"}}}
 	compose := facts.Container{ID: B, Name: "proj-trainer-1", Image: "proj-trainer", Status: "running", Pid: 2002, Created: hour, StartedAt: hour,
 		Labels:  map[string]string{"com.docker.compose.project": "proj", "com.docker.compose.project.working_dir": "/home/bob/proj", "com.docker.compose.service": "trainer"},
-		Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll, Rev: 2}
+		Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll}
 	devc := facts.Container{ID: C, Name: "vsc-ws-1a2b3c", Image: "vsc-ws-1a2b3c-uid", Status: "running", Pid: 2003, Created: hour, StartedAt: hour,
 		Labels:  map[string]string{"devcontainer.local_folder": "/home/carol/ws", "devcontainer.config_file": "/home/carol/ws/.devcontainer/devcontainer.json"},
-		Runtime: "runc", RuntimePath: "runc", Rev: 3}
+		Runtime: "runc", RuntimePath: "runc"}
 	raw := facts.Container{ID: D, Name: "job._.1001", Image: "ubuntu:24.04", Status: "running", Pid: 2004, Created: hour, StartedAt: hour,
-		Labels: map[string]string{}, Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}, Runtime: "nvidia", RuntimePath: "/usr/bin/nvidia-container-runtime", Rev: 4}
+		Labels: map[string]string{}, Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}, Runtime: "nvidia", RuntimePath: "/usr/bin/nvidia-container-runtime"}
 	shared := facts.Container{ID: E, Name: "shared-box", Image: "ubuntu:24.04", Status: "running", Pid: 2005, Created: hour, StartedAt: hour,
-		Labels: map[string]string{"ds01.user": "alice"}, Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll, Rev: 5}
+		Labels: map[string]string{"ds01.user": "alice"}, Runtime: "runc", RuntimePath: "runc", DeviceRequests: gpuAll}
 
 	// Container init processes and their GPU processes.
 	g.process(2001, scope(A), 0, 100, startTicks(-3600), "/sbin/docker-init", "--", "bash")
@@ -321,7 +319,7 @@ func (g *goldenRig) run() {
 	h2 := gp(3002, 1, 500, intp(90))
 	h4 := gp(3004, 2, 700, nil) // utilisation unknown
 	snap := func(s int, list ...facts.Container) facts.Snapshot {
-		return facts.Snapshot{Containers: list, Checkpoint: at(s - 2), ListStart: at(s - 1)}
+		return facts.Snapshot{Containers: ptrs(list), Checkpoint: at(s - 2), ListStart: at(s - 1)}
 	}
 	// Activity: the devcontainer stays near-idle until scan 6; the others
 	// work.
@@ -361,7 +359,6 @@ func (g *goldenRig) run() {
 	// process no list did. The compose container's GPU is held idle.
 	cpu(3)
 	shared.Labels = map[string]string{"ds01.user": "bob"}
-	shared.Rev = 6
 	g.docker.snap = snap(90, managed, compose, devc, raw, shared)
 	g.process(3002, "/user.slice/user-1001.slice/session-7.scope", 1001, 20, startTicks(65), "python3", "probe.py")
 	g.gpus.rep = gpu.Report{Processes: procs(0, h1, h2, h4), Devices: devices(20010, 30500, 12700)}
@@ -375,9 +372,9 @@ func (g *goldenRig) run() {
 
 	// Scan 4 (105 s): Docker's events say the raw container exited; an
 	// event-triggered scan inspects it alone.
-	raw.Status, raw.Pid, raw.FinishedAt, raw.ExitCode, raw.Rev = "exited", 0, at(100), 1, 7
+	raw.Status, raw.Pid, raw.FinishedAt, raw.ExitCode = "exited", 0, at(100), 1
 	s4 := snap(105, managed, compose, devc, raw, shared)
-	s4.Incremental = true
+	s4.Incremental, s4.Changed = true, map[string]bool{D: true}
 	g.docker.snap = s4
 	g.exit(2004)
 	g.sample(100)

@@ -16,7 +16,9 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
@@ -89,9 +91,9 @@ func TestGPUProcessesJoinTheRealWorld(t *testing.T) {
 	defer src.Close()
 	r := &rig{Files: testutil.NewFiles(t), t: t, src: src}
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: src, GPU: gpu.New(guard, nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-		ConfirmAfter: time.Nanosecond, // confirmed at the second scan's sample
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond}, // confirmed at the second scan's sample
 	}, nil)
 
 	// Cycle 1: the container's process is attributed at once; the host
@@ -220,9 +222,9 @@ func TestForgedScopeIsNotCreditedToTheContainer(t *testing.T) {
 	ok := nvml.SUCCESS
 	r := newRig(t, d)
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
-		ConfirmAfter: time.Nanosecond,
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, ConfirmAfter: time.Nanosecond},
 	}, nil)
 	r.cycle()
 	r.cycle()
@@ -275,7 +277,7 @@ func TestCgroupParentUnderAnotherContainer(t *testing.T) {
 	ok := nvml.SUCCESS
 	r := newRig(t, d)
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 	}, nil)
 	r.cycle()
@@ -324,7 +326,7 @@ func TestUserTreeScopeNamedLikePodmanIsTheUsers(t *testing.T) {
 	ok := nvml.SUCCESS
 	files := testutil.NewFiles(t)
 	now := time.Now()
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{},
 		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Now: func() time.Time { return now }}, nil)
 	ctx := context.Background()
@@ -382,7 +384,7 @@ func TestRenameKeepsTimeWithTheFirstOwner(t *testing.T) {
 	r := newRig(t, d)
 	now := time.Now()
 	r.det = New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Now: func() time.Time { return now },
 	}, nil)

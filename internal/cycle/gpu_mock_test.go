@@ -9,7 +9,9 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -37,9 +39,9 @@ func TestUtilizationThroughTheMock(t *testing.T) {
 	ts := uint64(1)
 	newScanner := func() *Scanner {
 		return New(Config{
-			StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: []facts.Container{ctr}},
+			Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{Containers: []*facts.Container{&ctr}},
 			GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
-			IdleThreshold: 5, IdleAfter: time.Minute, Now: func() time.Time { return now },
+			Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: 5, IdleAfter: time.Minute}, Now: func() time.Time { return now },
 		}, nil)
 	}
 	s := newScanner()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -49,7 +50,7 @@ func newRig(t testing.TB, d *dockertest.Daemon) *rig {
 
 func (r *rig) newScanner() *Scanner {
 	return New(Config{
-		StatePath: r.StatePath, EventsPath: r.EventsPath,
+		Files:  deliver.Config{StatePath: r.StatePath, EventsPath: r.EventsPath},
 		Docker: r.src, Proc: proc.New("/proc"), Users: userdb.New(time.Minute).Lookup,
 		Activity: activity.New("/proc", ""),
 	}, nil)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -51,7 +52,7 @@ func BenchmarkNVMLCycle(b *testing.B) {
 			src.NoUtilization = !util
 			files := testutil.NewFiles(b)
 			now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-			s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: src,
+			s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: src,
 				Proc: proc.New(root), Now: func() time.Time { now = now.Add(30 * time.Second); return now }}, nil)
 			ctx := context.Background()
 			s.Scan(ctx, true)

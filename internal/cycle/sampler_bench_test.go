@@ -14,7 +14,9 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/loop"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -56,7 +58,7 @@ func BenchmarkGPUSampler(b *testing.B) {
 	files := testutil.NewFiles(b)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	var clock atomic.Int64
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
 		Proc: proc.New(root), Now: func() time.Time { return now.Add(time.Duration(clock.Load())) }}, nil)
 	ctx := context.Background()
 	s.Scan(ctx, true)
@@ -102,8 +104,8 @@ func BenchmarkGPUDetectLatency(b *testing.B) {
 	gputest.Device(srv, 0).GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return *listed0.Load(), nvml.SUCCESS }
 	ok := nvml.SUCCESS
 	files := testutil.NewFiles(b)
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
-		Proc: proc.New(root), Interval: 30 * time.Second}, nil)
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{}, GPU: gpu.New(gputest.NewGuard(b, srv, &ok), nil),
+		Proc: proc.New(root), Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, Interval: 30 * time.Second}}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changed, trigger := loop.Debounce(100*time.Millisecond, 800*time.Millisecond)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -44,9 +46,9 @@ func TestSamplerAttributesAtFirstSighting(t *testing.T) {
 	now := func() time.Time { return t0.Add(time.Duration(clock.Load()) * 100 * time.Millisecond) }
 	user := strconv.Itoa(os.Getuid())
 	s := New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
+		Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{},
 		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New("/proc"), Now: now,
-		Interval: 30 * time.Second,
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, Interval: 30 * time.Second},
 	}, nil)
 	smp := s.Sampler()
 	ctx := context.Background()

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
-	"github.com/ds01/ds01-detectord/internal/source/docker"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
@@ -23,7 +23,7 @@ func BenchmarkSteadyCycleOwnCost(b *testing.B) {
 		c := facts.Container{ID: id, Name: fmt.Sprintf("bench-%04d", i), Image: "ds01/pytorch:latest", Status: "exited",
 			Created: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Labels: map[string]string{"ds01.managed": "true", "ds01.user": fmt.Sprintf("user%02d", i%40)}}
 		if i%4 == 0 {
-			c.DeviceRequests = []docker.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
+			c.DeviceRequests = []facts.DeviceRequest{{Count: -1, Capabilities: [][]string{{"gpu"}}}}
 		}
 		if i < 300 {
 			c.Status, c.StartedAt = "running", time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
@@ -31,7 +31,7 @@ func BenchmarkSteadyCycleOwnCost(b *testing.B) {
 		list = append(list, c)
 	}
 	files := testutil.NewFiles(b)
-	s := New(Config{StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{Containers: list}, Proc: proc.New(b.TempDir())}, nil)
+	s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{Containers: ptrs(list)}, Proc: proc.New(b.TempDir())}, nil)
 	ctx := context.Background()
 	if sum := s.Scan(ctx, true); sum.Containers != 1000 || !strings.HasPrefix(sum.StatusLine(), "1000 containers") {
 		b.Fatal(sum.StatusLine())

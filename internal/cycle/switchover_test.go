@@ -9,6 +9,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/source/gpu"
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
 	"github.com/ds01/ds01-detectord/internal/source/proc"
@@ -37,7 +38,7 @@ func TestSwitchOverFromReferenceStateEmitsNothing(t *testing.T) {
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	s := New(Config{
-		StatePath: files.StatePath, EventsPath: files.EventsPath, Docker: listed{},
+		Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: listed{},
 		GPU: gpu.New(gputest.NewGuard(t, srv, &ok), nil), Proc: proc.New(filepath.Join("..", "source", "proc", "testdata", "proc")),
 		Users: func(_ context.Context, uid uint32) (string, bool) {
 			if uid == 1001 {

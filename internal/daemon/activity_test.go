@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -129,16 +128,16 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 	policyPath := sitePolicy(t)
 	log, logged := testutil.Logger()
 	files := testutil.NewFiles(t)
-	dm, err := New(Config{
-		StateFile: files.StatePath, EventsFile: files.EventsPath, DockerHost: p.Host, DockerTimeout: 3 * time.Second,
-		Interval: time.Second, ScanTimeout: 5 * time.Second, Debounce: 50 * time.Millisecond, PolicyFile: policyPath,
-	}, log)
+	cfg := testConfig(files, p.Host, time.Second)
+	cfg.PolicyFile = policyPath
+	dm, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { dm.Run(runCtx); close(done) }()
+	hup := make(chan struct{}, 1) // main feeds it from SIGHUP
+	go func() { dm.Run(runCtx, hup); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; dm.Close() })
 
 	get := func(id string) inventory.Container { return files.State().Containers[id[:12]] }
@@ -224,15 +223,15 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 		t.Errorf("events of the sleeping container: %v, want one idle then one active", seq)
 	}
 
-	// A policy edit and SIGHUP: researchers' CPU threshold 200 % makes the
-	// spinning container idle.
+	// A policy edit and a rescan request (SIGHUP): researchers' CPU
+	// threshold 200 % makes the spinning container idle.
 	b, _ := os.ReadFile(policyPath)
 	edited := strings.Replace(string(b), "cpu_idle_threshold: 3.0", "cpu_idle_threshold: 200", 2)
 	if edited == string(b) {
 		t.Fatal("no researcher threshold to edit")
 	}
 	os.WriteFile(policyPath, []byte(edited), 0o644)
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	hup <- struct{}{}
 	testutil.Eventually(t, 20*time.Second, "the new threshold applied and the spinning container idle", func() bool {
 		s := get(spin)
 		return s.IdleSignals != nil && s.IdleSignals.CPU.Threshold == 200 && s.IdleSince != nil
@@ -243,7 +242,7 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 	}
 	// A broken file: the last good policy stays, with one error.
 	os.WriteFile(policyPath, []byte("groups: [\n"), 0o644)
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	hup <- struct{}{}
 	testutil.Eventually(t, 10*time.Second, "the error logged", func() bool { return strings.Contains(logged(), "keeping the last good policy") })
 	scans := strings.Count(logged(), "scan complete")
 	testutil.Eventually(t, 10*time.Second, "two more scans", func() bool { return strings.Count(logged(), "scan complete") >= scans+2 })

@@ -15,10 +15,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/cycle"
-	"github.com/ds01/ds01-detectord/internal/logging"
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
+	"github.com/ds01/ds01-detectord/internal/reconcile"
+	"github.com/ds01/ds01-detectord/internal/reconcile/gputime"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/source/activity"
 	"github.com/ds01/ds01-detectord/internal/source/docker"
@@ -27,41 +29,66 @@ import (
 	"github.com/ds01/ds01-detectord/internal/statefile"
 	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/internal/userdb"
+	"github.com/ds01/ds01-detectord/pkg/event"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
-// Config is everything the command line sets.
+// Config is the daemon's whole configuration. main binds each flag to one
+// field, and the parts go on as they are to the packages that use them:
+// Files to the deliver step, Rules to reconcile, the durations to the
+// loop. Every default is in Defaults, and nowhere else.
 type Config struct {
-	StateFile, EventsFile string
-	StateGroup            string
+	// Files are the state file, the event log and the state file's group;
+	// New adds the sealing key.
+	Files deliver.Config
 	// SealKey is the sealing key's path (internal/seal), created on first
 	// start; "" seals nothing.
-	SealKey            string
-	DockerHost         string        // "" : $DOCKER_HOST, else the default socket
-	DockerTimeout      time.Duration // one Docker API call
-	ProcRoot           string        // "" : /proc
-	NVMLLibrary        string        // "" : the system's libnvidia-ml.so.1
-	ExcludeProcesses   []string
-	KeepSecrets        bool
-	Interval           time.Duration // reconciliation scans
-	ScanTimeout        time.Duration // one scan
-	Debounce           time.Duration // wait after a Docker event before scanning
-	DebounceMax        time.Duration // how far that wait grows under continuous churn
-	WebListenAddresses []string      // the metrics endpoint's addresses; none: no endpoint
-	WebConfigFile      string        // exporter-toolkit web configuration (TLS, basic auth); "": plain HTTP
-	WebMaxConnections  int           // connections the endpoint serves at once; 0: the default
-	DryRun             bool          // Once only: write nothing
-	Version            string
-	IdleThreshold      int           // percent SM; 0: the default
-	IdleAfter          time.Duration // 0: the default
-	CgroupRoot         string        // "" : /sys/fs/cgroup
-	GPUInterval        time.Duration // time between GPU samples; 0: 1 s
-	GPUConfirmAfter    time.Duration // 0: the default (5 s)
-	// PolicyFile is the site's resource-limits.yaml ("": none, the
-	// thresholds below apply); it is read again on SIGHUP.
+	SealKey       string
+	DockerHost    string        // "" : $DOCKER_HOST, else the default socket
+	DockerTimeout time.Duration // one Docker API call
+	ProcRoot      string
+	CgroupRoot    string
+	NVMLLibrary   string // "" : the system's libnvidia-ml.so.1
+	// Rules are reconcile's: the excluded process names (with
+	// reconcile.DefaultExcluded), secrets, the GPU idle rule and the
+	// confirmation delay. New sets their Interval and Policy.
+	Rules       reconcile.Rules
+	Interval    time.Duration // reconciliation scans
+	ScanTimeout time.Duration // one scan
+	Debounce    time.Duration // wait after a Docker event before scanning
+	DebounceMax time.Duration // how far that wait grows under continuous churn
+	GPUInterval time.Duration // time between GPU samples
+	// Web is the metrics endpoint (no ListenAddresses: none); Run sets
+	// its Log.
+	Web     metrics.Web
+	DryRun  bool // Once only: write nothing
+	Version string
+	// PolicyFile is the site's resource-limits.yaml ("": none, Idle
+	// applies); it is read again on a rescan request (SIGHUP).
 	PolicyFile string
-	// Idle holds the idle verdict's thresholds without a policy file
-	// (zero: policy.Defaults).
+	// Idle holds the idle verdict's thresholds without a policy file.
 	Idle policy.Thresholds
+}
+
+// Defaults is the configuration of a daemon given no flag: main's flags
+// take their defaults from it.
+func Defaults() Config {
+	return Config{
+		Files:         deliver.Config{StatePath: inventory.DefaultPath, EventsPath: event.DefaultPath},
+		SealKey:       seal.DefaultKeyPath,
+		DockerTimeout: 10 * time.Second,
+		ProcRoot:      "/proc",
+		CgroupRoot:    "/sys/fs/cgroup",
+		Rules: reconcile.Rules{Excluded: reconcile.DefaultExcluded, IdleThreshold: gputime.DefaultIdleThreshold,
+			IdleAfter: gputime.DefaultIdleAfter, ConfirmAfter: reconcile.DefaultConfirmAfter},
+		Interval:    gputime.DefaultInterval,
+		ScanTimeout: 25 * time.Second,
+		Debounce:    100 * time.Millisecond,
+		DebounceMax: 800 * time.Millisecond,
+		GPUInterval: time.Second,
+		Web:         metrics.Web{ListenAddresses: []string{metrics.DefaultListenAddress}, MaxConnections: metrics.DefaultMaxConnections},
+		Idle:        policy.Defaults,
+	}
 }
 
 // Daemon is one wired daemon. Close releases it.
@@ -87,23 +114,21 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	var lock *statefile.Lock
 	if !cfg.DryRun {
 		var err error
-		if lock, err = statefile.TakeLock(cfg.StateFile); err != nil {
+		if lock, err = statefile.TakeLock(cfg.Files.StatePath); err != nil {
 			return nil, err
 		}
-		if err := statefile.CheckSchema(cfg.StateFile); err != nil {
+		if err := statefile.CheckSchema(cfg.Files.StatePath); err != nil {
 			lock.Release()
 			return nil, err
 		}
 	}
-	var key *seal.Key
-	keyCreated := false
 	if cfg.SealKey != "" && !cfg.DryRun {
 		var err error
-		if key, keyCreated, err = seal.LoadOrCreateKey(cfg.SealKey); err != nil {
+		if cfg.Files.Key, cfg.Files.KeyCreated, err = seal.LoadOrCreateKey(cfg.SealKey); err != nil {
 			lock.Release()
 			return nil, fmt.Errorf("sealing key: %w", err)
 		}
-		if keyCreated {
+		if cfg.Files.KeyCreated {
 			log.Info("sealing key created", zap.String("path", cfg.SealKey))
 		}
 	}
@@ -122,15 +147,13 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 	if cfg.PolicyFile != "" && pol.Source() != "flags" {
 		d.policy = pol
 	}
-	sc := cycle.New(cycle.Config{
-		StatePath: cfg.StateFile, EventsPath: cfg.EventsFile, StateGroup: cfg.StateGroup, DryRun: cfg.DryRun,
-		SealKey: key, SealKeyCreated: keyCreated,
+	rules := cfg.Rules
+	rules.Interval, rules.Policy = cfg.Interval, pol
+	d.scanner = cycle.New(cycle.Config{
+		Files: cfg.Files, DryRun: cfg.DryRun, Rules: rules,
 		Docker: dk, GPU: gpus, Proc: proc.New(cfg.ProcRoot), Users: userdb.New(5 * time.Minute).Lookup,
-		ExtraExcluded: cfg.ExcludeProcesses, KeepSecrets: cfg.KeepSecrets,
-		IdleThreshold: cfg.IdleThreshold, IdleAfter: cfg.IdleAfter, ConfirmAfter: cfg.GPUConfirmAfter, Interval: cfg.Interval,
-		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot), Policy: pol,
+		Activity: activity.New(cfg.ProcRoot, cfg.CgroupRoot),
 	}, log)
-	d.scanner = sc
 	return d, nil
 }
 
@@ -138,9 +161,6 @@ func New(cfg Config, log *zap.Logger) (*Daemon, error) {
 // returns last (the last good policy), or, at start, the flags' rule.
 func (d *Daemon) loadPolicy(last *policy.Policy) *policy.Policy {
 	th := d.cfg.Idle
-	if th == (policy.Thresholds{}) {
-		th = policy.Defaults
-	}
 	if d.cfg.PolicyFile == "" {
 		return policy.FromFlags(th)
 	}
@@ -161,7 +181,7 @@ func (d *Daemon) loadPolicy(last *policy.Policy) *policy.Policy {
 	return p
 }
 
-// reload reads the policy file again (SIGHUP).
+// reload reads the policy file again (a rescan request: SIGHUP).
 func (d *Daemon) reload() {
 	if d.cfg.PolicyFile == "" {
 		return
@@ -201,20 +221,21 @@ func (l lean) Scan(ctx context.Context, full bool) summary.Summary {
 	return sum
 }
 
-// Run serves until ctx ends or SIGTERM/SIGINT: the metrics endpoint when
-// configured, Docker's event stream (which triggers debounced scans), and
-// the service loop with its reconciliation ticker. A metrics address that
-// cannot be bound, or a web configuration that does not load, is an error
-// before anything starts.
-func (d *Daemon) Run(ctx context.Context) error {
+// Run serves until ctx ends (main: SIGTERM or SIGINT): the metrics
+// endpoint when configured, Docker's event stream (which triggers
+// debounced scans), and the service loop with its reconciliation ticker.
+// Each value on rescan (main: SIGHUP) reloads the policy file and asks for
+// a full scan. A metrics address that cannot be bound, or a web
+// configuration that does not load, is an error before anything starts.
+func (d *Daemon) Run(ctx context.Context, rescan <-chan struct{}) error {
 	var onCycle func(summary.Summary)
-	if len(d.cfg.WebListenAddresses) > 0 {
+	if web := d.cfg.Web; len(web.ListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		lns, err := m.Listen(metrics.Web{ListenAddresses: d.cfg.WebListenAddresses, ConfigFile: d.cfg.WebConfigFile, MaxConnections: d.cfg.WebMaxConnections, Log: logging.WebLogger(d.log)})
+		lns, err := m.Listen(web, d.log)
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
-				strings.Join(d.cfg.WebListenAddresses, ", "), err)
+				strings.Join(web.ListenAddresses, ", "), err)
 		}
 		defer func() {
 			for _, ln := range lns {
@@ -222,8 +243,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 		d.log.Info("serving Prometheus metrics", zap.String("address", metrics.Addresses(lns)), zap.String("path", "/metrics"),
-			zap.Bool("web_config", d.cfg.WebConfigFile != ""))
-		if exposed := metrics.Exposed(lns); len(exposed) > 0 && d.cfg.WebConfigFile == "" {
+			zap.Bool("web_config", web.ConfigFile != ""))
+		if exposed := metrics.Exposed(lns); len(exposed) > 0 && web.ConfigFile == "" {
 			d.log.Warn("the metrics endpoint is reachable from other hosts or containers without TLS or authentication, and its labels name users, containers and images; give --web.config.file, or listen on 127.0.0.1",
 				zap.Strings("exposed_addresses", exposed))
 		}
@@ -245,10 +266,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// processes asks for a scan the way a Docker event does.
 	if smp := d.scanner.Sampler(); smp != nil {
 		every := d.cfg.GPUInterval
-		if every <= 0 {
-			every = time.Second
-		}
 		go smp.Run(ctx, every, min(d.cfg.ScanTimeout, 5*every+time.Second), changed)
 	}
-	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout, Trigger: trigger, OnCycle: onCycle, OnHUP: d.reload})
+	return loop.Run(ctx, lean{d.scanner}, d.log, loop.Options{Interval: d.cfg.Interval, ScanTimeout: d.cfg.ScanTimeout,
+		Trigger: trigger, Rescan: rescan, OnCycle: onCycle, OnRescan: d.reload})
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/testbin"
 	"github.com/ds01/ds01-detectord/internal/testutil"
@@ -42,21 +43,29 @@ func (r *rig) waitScans(t *testing.T, n int) {
 	})
 }
 
+// testConfig is the defaults with the test's own files and dockerd, no
+// metrics endpoint and no sealing key (the host's is not the test's).
+func testConfig(files *testutil.Files, host string, interval time.Duration) Config {
+	cfg := Defaults()
+	cfg.Files = deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}
+	cfg.SealKey, cfg.Web.ListenAddresses = "", nil
+	cfg.DockerHost, cfg.DockerTimeout = host, 3*time.Second
+	cfg.Interval, cfg.ScanTimeout, cfg.Debounce = interval, 5*time.Second, 50*time.Millisecond
+	return cfg
+}
+
 // runDaemon runs the daemon in the test process until the test ends.
 func runDaemon(t *testing.T, host string, interval time.Duration) *rig {
 	files := testutil.NewFiles(t)
 	log, logged := testutil.Logger()
-	d, err := New(Config{
-		StateFile: files.StatePath, EventsFile: files.EventsPath, DockerHost: host, DockerTimeout: 3 * time.Second,
-		Interval: interval, ScanTimeout: 5 * time.Second, Debounce: 50 * time.Millisecond,
-	}, log)
+	d, err := New(testConfig(files, host, interval), log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		if err := d.Run(ctx); err != nil {
+		if err := d.Run(ctx, nil); err != nil {
 			t.Errorf("run: %v", err)
 		}
 		close(done)

@@ -31,10 +31,6 @@ type Container struct {
 	DeviceRequests []DeviceRequest
 	Mounts         []Mount
 
-	// Rev is this source's revision of these facts: every inspect gives a
-	// new one, and a container reported from the cache keeps its own. 0
-	// when unknown (a container known only from the event stream).
-	Rev uint64
 	// Gone is, for an ephemeral container (Snapshot.Ephemeral), the time
 	// of its destroy event; its Status is the last the events told.
 	Gone time.Time
@@ -54,11 +50,11 @@ type Mount struct {
 	Source string
 }
 
-// Snapshot is one list of the daemon's containers.
+// Snapshot is one list of the daemon's containers. It is immutable, and
+// so is every container it points to: the Docker source shares them with
+// its own store and with later snapshots.
 type Snapshot struct {
-	// Containers may be the source's own inventory: read-only, and valid
-	// until the next List call.
-	Containers []Container
+	Containers []*Container
 	// Ephemeral are containers created and destroyed between two scans,
 	// known only from the event stream. The caller reports them as
 	// discovered and exited unless it already knew them.
@@ -71,7 +67,9 @@ type Snapshot struct {
 	// ListStart is when the list call began.
 	ListStart time.Time
 	// Incremental: no list call was made; only the containers events named
-	// were inspected again (List with full false). A Rev seen before then
-	// means facts unchanged since.
+	// were inspected again (List with full false). Changed holds their
+	// IDs: every other container is the very one the previous snapshot
+	// reported, with the same facts.
 	Incremental bool
+	Changed     map[string]bool
 }

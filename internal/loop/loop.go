@@ -1,15 +1,14 @@
 // Package loop is the long-running loop: a scan at start, then one per
-// interval, never two at once, a rescan on SIGHUP, sd_notify readiness,
-// status and watchdog pings, and a clean stop on SIGTERM or SIGINT.
+// interval, never two at once, a rescan when asked (SIGHUP), sd_notify
+// readiness, status and watchdog pings, and a clean stop when its context
+// ends (SIGTERM or SIGINT: main's signal.NotifyContext).
 package loop
 
 import (
 	"context"
-	"os"
-	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -32,11 +31,14 @@ type Options struct {
 	// Trigger, when set, asks for a scan soon (Docker events). Sends must not
 	// block: use a channel with a buffer of one and a non-blocking send.
 	Trigger <-chan struct{}
+	// Rescan, when set, asks for a full scan (main feeds it from SIGHUP),
+	// with the same rule for sends: requests during a scan coalesce.
+	Rescan <-chan struct{}
 	// OnCycle, when set, sees every finished cycle.
 	OnCycle func(summary.Summary)
-	// OnHUP, when set, runs on SIGHUP before the rescan it asks for (the
+	// OnRescan, when set, runs on a Rescan request before the scan (the
 	// daemon reloads its policy file there).
-	OnHUP func()
+	OnRescan func()
 	// Ticks replaces the interval ticker (tests).
 	Ticks <-chan time.Time
 	// StuckGrace is how long past its deadline a scan may run before the
@@ -48,15 +50,9 @@ type Options struct {
 	Elapsed func() time.Duration
 }
 
-// Run loops until ctx ends or SIGTERM/SIGINT arrives, and returns nil then.
+// Run loops until ctx ends, and returns nil then. A scan under way when
+// it ends has its API calls cut short, and is let finish its write.
 func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
-	sigs := make(chan os.Signal, 1)
-	hup := make(chan os.Signal, 1) // buffer 1: HUPs during a scan coalesce
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	defer signal.Stop(hup)
-
 	if opt.Elapsed == nil {
 		began := time.Now() // carries the monotonic reading
 		opt.Elapsed = func() time.Duration { return time.Since(began) }
@@ -90,13 +86,9 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 		stopping := false
 		select {
 		case sum = <-done:
-		case s := <-sigs:
-			// Abort the scan's API calls; the write it may be in finishes.
-			log.Info("stopping after the current cycle", zap.String("signal", s.String()))
-			stopping = true
-			cancel()
-			sum = <-done
 		case <-ctx.Done():
+			// Abort the scan's API calls; the write it may be in finishes.
+			log.Info("stopping after the current cycle", why(ctx))
 			stopping = true
 			cancel()
 			sum = <-done
@@ -126,22 +118,30 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 		full = true
 		select {
 		case <-ticks:
-		case <-hup:
+		case <-opt.Rescan:
 			log.Info("rescan requested (SIGHUP)")
-			if opt.OnHUP != nil {
-				opt.OnHUP()
+			if opt.OnRescan != nil {
+				opt.OnRescan()
 			}
 		case <-opt.Trigger:
 			full = false
-		case s := <-sigs:
-			log.Info("stopping", zap.String("signal", s.String()))
-			daemon.SdNotify(false, daemon.SdNotifyStopping)
-			return nil
 		case <-ctx.Done():
+			log.Info("stopping", why(ctx))
 			daemon.SdNotify(false, daemon.SdNotifyStopping)
 			return nil
 		}
 	}
+}
+
+// why is the journal's field for the end of ctx: the signal that ended it
+// (signal.NotifyContext's cause, "terminated signal received"), or the
+// cause as it is.
+func why(ctx context.Context) zap.Field {
+	cause := context.Cause(ctx).Error()
+	if sig, ok := strings.CutSuffix(cause, " signal received"); ok {
+		return zap.String("signal", sig)
+	}
+	return zap.String("cause", cause)
 }
 
 // report logs the one summary line of a cycle.

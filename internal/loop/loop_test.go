@@ -3,6 +3,7 @@ package loop
 import (
 	"context"
 	"os"
+	"os/signal"
 	"reflect"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
 	"github.com/ds01/ds01-detectord/internal/testutil"
@@ -159,27 +161,37 @@ func TestTicksDuringAScanAreDropped(t *testing.T) {
 	}
 }
 
-func TestHUPsCoalesce(t *testing.T) {
+// rescan asks for a rescan the way main does on SIGHUP: a buffer of one
+// and a send that never blocks.
+func rescan(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func TestRescansCoalesce(t *testing.T) {
 	notify(t, 0)
 	s := newScanner()
 	hold := make(chan struct{})
 	s.setHold(hold, false)
-	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+	hup := make(chan struct{}, 1)
+	reloads := 0
+	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time), Rescan: hup, OnRescan: func() { reloads++ }})
 	waitStart(t, s)
 	for i := 0; i < 10; i++ {
-		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		rescan(hup)
 	}
-	time.Sleep(100 * time.Millisecond) // let the signals land
 	s.setHold(nil, false)
 	close(hold)
 	waitStart(t, s) // exactly one follow-up scan
-	noStart(t, s, "ten HUPs during one scan")
-	// A HUP while idle rescans at once.
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	noStart(t, s, "ten rescans asked during one scan")
+	// A rescan asked while idle comes at once.
+	rescan(hup)
 	waitStart(t, s)
 	stop()
-	if s.cycles.Load() != 3 || s.maxRun != 1 {
-		t.Fatalf("cycles %d, max concurrent %d", s.cycles.Load(), s.maxRun)
+	if s.cycles.Load() != 3 || s.maxRun != 1 || reloads != 2 {
+		t.Fatalf("cycles %d, max concurrent %d, %d reloads", s.cycles.Load(), s.maxRun, reloads)
 	}
 }
 
@@ -203,13 +215,14 @@ func TestScanDeadline(t *testing.T) {
 func TestNotifyReadyStatusStopping(t *testing.T) {
 	msgs := notify(t, 0)
 	s := newScanner()
-	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+	hup := make(chan struct{}, 1)
+	stop := run(t, s, Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time), Rescan: hup})
 	waitStart(t, s)
 	first := <-msgs
 	if !strings.Contains(first, "READY=1") || !strings.Contains(first, "STATUS=3 containers (0 with GPU)") {
 		t.Fatalf("first message %q", first)
 	}
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	rescan(hup)
 	waitStart(t, s)
 	if m := <-msgs; strings.Contains(m, "READY=1") || !strings.HasPrefix(m, "STATUS=") {
 		t.Fatalf("second message %q", m)
@@ -222,14 +235,19 @@ func TestNotifyReadyStatusStopping(t *testing.T) {
 	}
 }
 
+// SIGTERM, through main's signal.NotifyContext, ends the loop's context
+// in the middle of a cycle: the loop stops after it, saying why.
 func TestSIGTERMWaitsForTheCycle(t *testing.T) {
-	notify(t, 0)
+	msgs := notify(t, 0)
 	s := newScanner()
 	hold := make(chan struct{})
 	s.setHold(hold, true) // a scan that finishes its write whatever the context says
 	done := make(chan error, 1)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	core, logs := observer.New(zap.InfoLevel)
 	go func() {
-		done <- Run(context.Background(), s, zap.NewNop(), Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
+		done <- Run(ctx, s, zap.New(core), Options{ScanTimeout: time.Minute, Ticks: make(chan time.Time)})
 	}()
 	waitStart(t, s)
 	syscall.Kill(os.Getpid(), syscall.SIGTERM)
@@ -249,6 +267,16 @@ func TestSIGTERMWaitsForTheCycle(t *testing.T) {
 	}
 	if err := <-s.ctxErrs; err != context.Canceled {
 		t.Errorf("the cycle's context was not cancelled: %v", err)
+	}
+	if m := <-msgs; !strings.Contains(m, "READY=1") {
+		t.Errorf("first message %q", m)
+	}
+	if m := <-msgs; m != "STOPPING=1" {
+		t.Errorf("last message %q", m)
+	}
+	l := logs.FilterMessage("stopping after the current cycle").All()
+	if len(l) != 1 || l[0].ContextMap()["signal"] != "terminated" {
+		t.Errorf("stop lines %+v", logs.All())
 	}
 }
 

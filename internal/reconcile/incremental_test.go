@@ -12,14 +12,13 @@ import (
 )
 
 // An event-triggered cycle reuses the classification of stopped
-// containers whose facts have the same revision: the state must be the
+// containers the snapshot does not name as changed: the state must be the
 // one a full cycle derives from the same facts, and a container whose
-// facts changed (a new revision) must be classified again.
+// facts changed must be classified again.
 func TestIncrementalCycleMatchesFull(t *testing.T) {
 	list := []facts.Container{}
 	for i := 1; i <= 6; i++ {
 		c := ctr(i, []string{"exited", "created", "running"}[i%3])
-		c.Rev = uint64(i)
 		if i == 4 {
 			c.Labels = map[string]string{"ds01.user": "alice", "devcontainer.local_folder": "/home/bob/x"} // a conflict
 		}
@@ -28,15 +27,14 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 	s := step{containers: list}
 	prev := Reconcile(inventory.Empty(), s.facts(t0), Rules{}).State
 
-	// The events named container 1 (relabelled: a new revision); the rest
-	// come from the cache with their old revisions.
+	// The events named container 1 (relabelled); the rest are the last
+	// snapshot's.
 	next := append([]facts.Container{}, list...)
 	next[0].Labels = map[string]string{"ds01.user": "carol"}
-	next[0].Rev = 100
 	s = step{containers: next}
 	now := t0.Add(time.Second)
 	incr := s.facts(now)
-	incr.Docker.Incremental = true
+	incr.Docker.Incremental, incr.Docker.Changed = true, map[string]bool{next[0].ID: true}
 	got := Reconcile(prev, incr, Rules{}).State
 	want := Reconcile(prev, s.facts(now), Rules{}).State
 	gb, _ := json.Marshal(got)
@@ -45,7 +43,7 @@ func TestIncrementalCycleMatchesFull(t *testing.T) {
 		t.Fatalf("incremental cycle differs from a full one:\n%s\n---\n%s", gb, wb)
 	}
 	if u := got.Containers[c1].User; u != "carol" {
-		t.Errorf("container with a new revision kept its old classification: user %q", u)
+		t.Errorf("a changed container kept its old classification: user %q", u)
 	}
 	for k, c := range got.Containers {
 		if w := want.Containers[k]; !statefile.Equal(&c, &w) {
@@ -65,12 +63,7 @@ func TestIncrementalCyclesThroughGPUFailure(t *testing.T) {
 			if i == 3 && !stopped {
 				status = "running"
 			}
-			c := ctr(i, status)
-			c.Rev = uint64(i)
-			if i == 3 && stopped {
-				c.Rev = 30 // stopping is an event: a new inspect
-			}
-			out = append(out, c)
+			out = append(out, ctr(i, status))
 		}
 		return out
 	}
@@ -84,11 +77,15 @@ func TestIncrementalCyclesThroughGPUFailure(t *testing.T) {
 		{containers: list(true)}, // NVML is back
 		{containers: list(true)},
 	}
+	stopsAt := 3 // stopping is an event: a new inspect
 	prev := inventory.Empty()
 	for i, s := range steps {
 		now := t0.Add(time.Duration(i) * 30 * time.Second)
 		incr := s.facts(now)
-		incr.Docker.Incremental = i > 0
+		incr.Docker.Incremental, incr.Docker.Changed = i > 0, map[string]bool{}
+		if i == stopsAt {
+			incr.Docker.Changed[id(3)] = true
+		}
 		got := Reconcile(prev, incr, Rules{})
 		want := Reconcile(prev, s.facts(now), Rules{})
 		gb, _ := json.Marshal(got.State)

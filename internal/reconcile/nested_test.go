@@ -33,7 +33,7 @@ func TestInnermostListedContainerWins(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := facts.Scan{Now: t0, Users: map[uint32]string{1001: "bob"}, Inits: tc.inits}
-			f.Docker = facts.Snapshot{Containers: tc.list}
+			f.Docker = facts.Snapshot{Containers: ptrs(tc.list)}
 			f.GPU = []facts.GPUProcess{{Pid: 77, GPUUUID: "GPU-0", MIGIndex: -1, MemoryMiB: mib(1)}}
 			f.Procs = map[int]facts.Proc{77: {Cgroup: cg(inner), UID: 1001, StartTime: 5, PidNS: tc.procNS}}
 			st := Reconcile(inventory.Empty(), f, Rules{}).State

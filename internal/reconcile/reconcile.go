@@ -235,7 +235,11 @@ func checkpoint(prev *inventory.Time, snap facts.Snapshot) *inventory.Time {
 // transitions, unless it was already known or already reported (a replay).
 func ephemeral(prev, next inventory.State, f facts.Scan) []Transition {
 	var out []Transition
-	eph, _ := buildContainers(f.Docker.Ephemeral, nil, f, f.Now)
+	list := make([]*facts.Container, len(f.Docker.Ephemeral))
+	for i := range f.Docker.Ephemeral {
+		list[i] = &f.Docker.Ephemeral[i]
+	}
+	eph, _ := buildContainers(list, nil, f, f.Now)
 	for _, k := range sortedKeys(eph) {
 		if _, known := prev.Containers[k]; known {
 			continue
@@ -296,15 +300,15 @@ func recentlyExited(prev, next inventory.State, ts []Transition, now time.Time) 
 // known keeps its detected_at. It also returns the keys of the containers
 // the GPU and usage steps must visit: all but the settled ones (see
 // settled), which it takes over as they were.
-func buildContainers(list []facts.Container, prev map[string]inventory.Container, f facts.Scan, now time.Time) (map[string]inventory.Container, []string) {
+func buildContainers(list []*facts.Container, prev map[string]inventory.Container, f facts.Scan, now time.Time) (map[string]inventory.Container, []string) {
 	out := make(map[string]inventory.Container, len(list))
 	var active []string
 	resolve := resolver(f)
 	for _, c := range list {
 		key := workload.ShortID(c.ID)
-		if old, ok := prev[key]; ok && f.Docker.Incremental && c.Rev != 0 && old.SourceRev == c.Rev && c.Pid == 0 {
-			// A stopped container the events did not name (its facts have
-			// the same revision): its classification is the last cycle's.
+		if old, ok := prev[key]; ok && f.Docker.Incremental && !f.Docker.Changed[c.ID] && c.Pid == 0 {
+			// A stopped container the events did not name (the very facts
+			// the last cycle had): its classification is the last cycle's.
 			// Among thousands of idle containers, a cycle then classifies
 			// the few that changed. The GPU and usage steps overwrite the
 			// rest of the entry, and need not visit it at all when it is
@@ -318,7 +322,7 @@ func buildContainers(list []facts.Container, prev map[string]inventory.Container
 			continue
 		}
 		active = append(active, key)
-		in := classifyInput(c)
+		in := classifyInput(*c)
 		if uid, ok := f.InitUIDs[c.ID]; ok && c.Pid > 0 {
 			in.InitUID = &uid
 		}
@@ -338,7 +342,7 @@ func buildContainers(list []facts.Container, prev map[string]inventory.Container
 			Status: textcut.Value(c.Status), Image: textcut.Value(c.Image), DetectedAt: inventory.NewTime(now),
 			FullID: c.ID, UserSource: src, GPUAccess: access, Pid: c.Pid,
 			UserSignals: signals, UserConflict: classify.Conflict(signals),
-			GPUProcesses: []inventory.GPUProcess{}, SourceRev: c.Rev,
+			GPUProcesses: []inventory.GPUProcess{},
 		}
 		if !c.Created.IsZero() {
 			e.CreatedAt = inventory.TimePtr(c.Created)

@@ -59,9 +59,18 @@ type step struct {
 	check func(t *testing.T, st inventory.State)
 }
 
+// ptrs is a list as the Docker source's snapshots hold it.
+func ptrs(list []facts.Container) []*facts.Container {
+	out := make([]*facts.Container, len(list))
+	for i := range list {
+		out[i] = &list[i]
+	}
+	return out
+}
+
 func (s step) facts(now time.Time) facts.Scan {
 	f := facts.Scan{Now: now, DockerErr: s.dockerErr, GPUErr: s.gpuErr, Users: map[uint32]string{1001: "bob"}}
-	f.Docker = facts.Snapshot{Containers: s.containers, Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
+	f.Docker = facts.Snapshot{Containers: ptrs(s.containers), Ephemeral: s.ephemeral, Checkpoint: s.checkpoint, ListStart: s.listStart}
 	f.Procs = map[int]facts.Proc{}
 	f.Inits = map[string]facts.Init{}
 	for _, c := range s.containers {

@@ -2,9 +2,8 @@ package statefile
 
 import "github.com/ds01/ds01-detectord/pkg/inventory"
 
-// Equal reports whether two containers would be written the same (and
-// have the same SourceRev, which is not written). It is a plain
-// field-by-field comparison, much cheaper than reflect.DeepEqual:
+// Equal reports whether two containers would be written the same. It is
+// a plain field-by-field comparison, much cheaper than reflect.DeepEqual:
 // the state file's encoder uses it every cycle to reuse the encoding of
 // each container that did not change. A test checks that it looks at
 // every field. Both are pointers: a container is several hundred bytes,
@@ -14,7 +13,7 @@ func Equal(c, o *inventory.Container) bool {
 		c.Status != o.Status || c.Image != o.Image || !c.DetectedAt.Equal(o.DetectedAt.Time) ||
 		c.FullID != o.FullID || c.UserSource != o.UserSource || c.UserConflict != o.UserConflict || c.Pid != o.Pid ||
 		c.GPUWithoutAccess != o.GPUWithoutAccess || c.GPUIdle != o.GPUIdle ||
-		c.GPUAllocatedSeconds != o.GPUAllocatedSeconds || c.SourceRev != o.SourceRev || c.GPUHeldSeconds != o.GPUHeldSeconds || c.GPUBusySeconds != o.GPUBusySeconds {
+		c.GPUAllocatedSeconds != o.GPUAllocatedSeconds || c.GPUHeldSeconds != o.GPUHeldSeconds || c.GPUBusySeconds != o.GPUBusySeconds {
 		return false
 	}
 	if !eqStrings(c.GPUDevices, o.GPUDevices) || !eqStrings(c.GPUAccess, o.GPUAccess) ||

@@ -215,12 +215,6 @@ type Container struct {
 	// ActivityAt is when the activity was read (Unix nanoseconds, on the
 	// reader's clock); in memory only: the next reading's rates start here.
 	ActivityAt int64 `json:"-"`
-
-	// SourceRev is the Docker source's revision of the facts this entry was
-	// built from (docker.Container.Rev); in memory only, never written. An
-	// event-triggered cycle reuses the classification of a stopped
-	// container whose facts have the same revision.
-	SourceRev uint64 `json:"-"`
 }
 
 // IdleSignals are the signals of the idle verdict at the last scan. GPU

@@ -46,7 +46,7 @@ func Step(prev inventory.State, next *inventory.State, active []string, f facts.
 	for _, k := range active {
 		c := next.Containers[k]
 		if c.Status != "running" || c.Pid <= 0 {
-			continue // built afresh (its revision changed when it stopped): no activity
+			continue // built afresh (stopping is an event, so it was inspected again): no activity
 		}
 		old, had := prev.Containers[k]
 		if !had || old.Pid != c.Pid {

@@ -31,41 +31,18 @@ type (
 	Snapshot      = facts.Snapshot
 )
 
-// Source reads containers from one Docker Engine.
+// Source reads containers from one Docker Engine. Its inventory is a
+// store that one goroutine owns (store.go); Close ends it.
 type Source struct {
 	cli         *client.Client
 	requests    *countingTransport
 	callTimeout time.Duration
 	workers     int
-
-	mu          sync.Mutex
-	runtimes    map[string]string // name → binary path
-	defaultRT   string
-	runtimesAt  time.Time
 	runtimesTTL time.Duration
 
-	// The inspect cache: a container's labels and GPU configuration do not
-	// change during its life, so a container is inspected again only when
-	// it is new, its state changed, or an event named it. The cache is used
-	// only while the event stream is connected (trusted), since only the
-	// stream tells about changes the list cannot show (a restart between two
-	// scans, an update).
-	// The containers themselves are in view, one slice that an event scan
-	// updates in place and hands out as its snapshot, instead of copying
-	// thousands of containers; cache says where each one is. Both change
-	// only through put and drop, so they always hold the same containers.
-	cache   map[string]cachedContainer
-	view    []Container
-	dirty   map[string]bool // IDs named by events since the last list
-	trusted bool
-	// primed: a full list has completed since the stream (re)connected, so
-	// the cache plus the events since hold every container: an
-	// event-triggered scan may then inspect only what the events named.
-	primed  bool
-	gen     uint64            // counts cache resets: a list primes only the cache it began with
-	rev     uint64            // the last Container.Rev given
-	births  map[string]*birth // containers the stream saw created (see Ephemeral)
-	handled time.Time         // time of the last event handled
+	reqs chan func(*store)
+	stop chan struct{}
+	once sync.Once
 
 	// afterList, when set, runs between the list call and the inspects.
 	// Tests use it to remove a container mid-scan.
@@ -105,12 +82,6 @@ func (s *Source) Requests() map[string]uint64 {
 	return out
 }
 
-type cachedContainer struct {
-	pos   int    // in view
-	state string // list summary State when inspected
-	name  string
-}
-
 // reorderMargin is how far back the checkpoint is held for events Docker
 // publishes out of order.
 const reorderMargin = time.Second
@@ -144,12 +115,17 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	// Bodies bounded as they stream in (bound.go), and requests counted.
 	counter := &countingTransport{next: boundTransport{next: hc.Transport}, n: map[string]uint64{}}
 	hc.Transport = counter
-	return &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
-		cache: map[string]cachedContainer{}, dirty: map[string]bool{}, births: map[string]*birth{}}, nil
+	s := &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
+		reqs: make(chan func(*store)), stop: make(chan struct{})}
+	go run(newStore(), s.reqs, s.stop)
+	return s, nil
 }
 
-// Close releases the client.
-func (s *Source) Close() error { return s.cli.Close() }
+// Close ends the store's goroutine and releases the client.
+func (s *Source) Close() error {
+	s.once.Do(func() { close(s.stop) })
+	return s.cli.Close()
+}
 
 func (s *Source) call(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.callTimeout)
@@ -158,13 +134,20 @@ func (s *Source) call(ctx context.Context) (context.Context, context.CancelFunc)
 // runtimeInfo returns the daemon's runtimes and default runtime, asking the
 // daemon at most once per runtimesTTL.
 func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	var rts map[string]string
+	var defRT string
 	// While the stream is connected the runtimes cannot change (that takes
 	// a dockerd restart, which breaks the stream); otherwise ask again after
 	// runtimesTTL.
-	if s.runtimes != nil && (s.trusted || time.Since(s.runtimesAt) < s.runtimesTTL) {
-		return s.runtimes, s.defaultRT, nil
+	if !s.do(func(st *store) {
+		if st.runtimes != nil && (st.trusted || time.Since(st.runtimesAt) < s.runtimesTTL) {
+			rts, defRT = st.runtimes, st.defaultRT
+		}
+	}) {
+		return nil, "", errClosed
+	}
+	if rts != nil {
+		return rts, defRT, nil
 	}
 	cctx, cancel := s.call(ctx)
 	defer cancel()
@@ -172,11 +155,11 @@ func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, er
 	if err != nil {
 		return nil, "", fmt.Errorf("docker info: %w", err)
 	}
-	rts := map[string]string{}
+	rts = map[string]string{}
 	for name, rt := range info.Runtimes {
 		rts[name] = rt.Path
 	}
-	s.runtimes, s.defaultRT, s.runtimesAt = rts, info.DefaultRuntime, time.Now()
+	s.do(func(st *store) { st.runtimes, st.defaultRT, st.runtimesAt = rts, info.DefaultRuntime, time.Now() })
 	return rts, info.DefaultRuntime, nil
 }
 
@@ -187,19 +170,28 @@ func (s *Source) runtimeInfo(ctx context.Context) (map[string]string, string, er
 // With full false, and while the event stream is connected and a full list
 // has completed since it connected, List makes no list call: it inspects
 // only the containers Docker's events named since the last call, drops
-// those that are gone, and reports the rest from its cache. Its cost then
-// follows the events, not the number of containers. Otherwise it lists.
+// those that are gone, and reports the rest as the last snapshot did. Its
+// cost then follows the events, not the number of containers. Otherwise
+// it lists.
 func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	rts, defRT, err := s.runtimeInfo(ctx)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	s.mu.Lock()
-	dirty, trusted, primed, gen := s.dirty, s.trusted, s.primed, s.gen
-	s.dirty = map[string]bool{}
-	s.mu.Unlock()
-	if !full && trusted && primed {
-		return s.changes(ctx, dirty, rts, defRT)
+	var b batch
+	if !s.do(func(st *store) { b = st.begin() }) {
+		return Snapshot{}, errClosed
+	}
+	if !full && b.trusted && b.primed {
+		snap, ok, err := s.changes(ctx, b, rts, defRT)
+		if ok || err != nil {
+			return snap, err
+		}
+		// The stream reconnected meanwhile: list. The events' IDs were
+		// given back, and are taken again.
+		if !s.do(func(st *store) { b = st.begin() }) {
+			return Snapshot{}, errClosed
+		}
 	}
 
 	listStart := time.Now()
@@ -207,32 +199,33 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	sums, err := s.cli.ContainerList(lctx, container.ListOptions{All: true})
 	cancel()
 	if err != nil {
-		s.markDirty(dirty) // not consumed: keep them for the next try
-		s.dropRuntimes()
+		s.do(func(st *store) {
+			st.undo(b) // not consumed: keep them for the next try
+			st.runtimes = nil
+		})
 		return Snapshot{}, fmt.Errorf("docker list: %w", err)
 	}
 	if s.afterList != nil {
 		s.afterList()
 	}
 
-	out := make([]*Container, len(sums))
+	list := make([]listed, len(sums))
+	for i, sum := range sums {
+		list[i].state = sum.State
+		if len(sum.Names) > 0 {
+			list[i].name = strings.TrimPrefix(sum.Names[0], "/")
+		}
+	}
+	s.do(func(st *store) {
+		for i, sum := range sums {
+			list[i].c = st.cached(b, sum.ID, list[i].state, list[i].name)
+		}
+	})
 	errs := make([]error, len(sums))
 	sem := make(chan struct{}, s.workers)
 	var wg sync.WaitGroup
 	for i, sum := range sums {
-		name := ""
-		if len(sum.Names) > 0 {
-			name = strings.TrimPrefix(sum.Names[0], "/")
-		}
-		s.mu.Lock()
-		cc, hit := s.cache[sum.ID]
-		var c Container
-		if hit {
-			c = s.view[cc.pos]
-		}
-		s.mu.Unlock()
-		if trusted && hit && !dirty[sum.ID] && cc.state == sum.State && cc.name == name {
-			out[i] = &c
+		if list[i].c != nil {
 			continue
 		}
 		wg.Add(1)
@@ -247,166 +240,66 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 			case err != nil:
 				errs[i] = err
 			default:
-				out[i] = &c
-				s.mu.Lock()
-				s.put(c, sum.State, name)
-				s.mu.Unlock()
+				list[i].c = c
 			}
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		s.markDirty(dirty)
+		s.do(func(st *store) { st.undo(b) })
 		return Snapshot{}, err
 	}
-	snap := Snapshot{Containers: make([]Container, 0, len(out))}
-	listed := make(map[string]bool, len(out))
-	for _, c := range out {
-		if c != nil {
-			snap.Containers = append(snap.Containers, *c)
-			listed[c.ID] = true
-		}
+	var snap Snapshot
+	if !s.do(func(st *store) { snap = st.commitList(b, list, listStart) }) {
+		return Snapshot{}, errClosed
 	}
-	s.mu.Lock()
-	for id := range s.cache {
-		if !listed[id] {
-			s.drop(id)
-		}
-	}
-	// The view in the list's order: the snapshot is the inventory.
-	s.view = snap.Containers
-	for i, c := range s.view {
-		cc := s.cache[c.ID]
-		cc.pos = i
-		s.cache[c.ID] = cc
-	}
-	if trusted && s.trusted && gen == s.gen {
-		s.primed = true
-	}
-	s.finish(&snap, listStart)
-	s.mu.Unlock()
 	return snap, nil
 }
 
 // changes is List for an event-triggered scan: it inspects the containers
-// the events named, and reports everything else from the cache.
-func (s *Source) changes(ctx context.Context, dirty map[string]bool, rts map[string]string, defRT string) (Snapshot, error) {
+// the events named, and reports everything else as the last snapshot did.
+// It returns false, having given the IDs back, when the store was reset
+// (the stream reconnected) since the scan began: the caller lists.
+func (s *Source) changes(ctx context.Context, b batch, rts map[string]string, defRT string) (Snapshot, bool, error) {
 	start := time.Now()
-	for id := range dirty {
+	got := make(map[string]*Container, len(b.dirty))
+	for id := range b.dirty {
 		c, err := s.inspect(ctx, id, rts, defRT)
 		switch {
 		case cerrdefs.IsNotFound(err):
-			s.mu.Lock()
-			s.drop(id) // removed
-			s.mu.Unlock()
+			got[id] = nil // removed
 		case err != nil:
-			s.markDirty(dirty) // try them again with the next scan
-			return Snapshot{}, err
+			s.do(func(st *store) { st.undo(b) }) // try them again with the next scan
+			return Snapshot{}, false, err
 		default:
-			s.mu.Lock()
-			s.put(c, c.Status, c.Name)
-			s.mu.Unlock()
+			got[id] = c
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	snap := Snapshot{Containers: s.view}
-	s.finish(&snap, start)
-	snap.Incremental = true
-	return snap, nil
-}
-
-// put records an inspected container, with the list's state and name for
-// it. Call it with s.mu held.
-func (s *Source) put(c Container, state, name string) {
-	if cc, ok := s.cache[c.ID]; ok {
-		s.view[cc.pos] = c
-		s.cache[c.ID] = cachedContainer{pos: cc.pos, state: state, name: name}
-		return
-	}
-	s.cache[c.ID] = cachedContainer{pos: len(s.view), state: state, name: name}
-	s.view = append(s.view, c)
-}
-
-// drop forgets a removed container: the last one of the view takes its
-// place. Call it with s.mu held.
-func (s *Source) drop(id string) {
-	cc, ok := s.cache[id]
-	if !ok {
-		return
-	}
-	delete(s.cache, id)
-	last := len(s.view) - 1
-	if cc.pos != last {
-		moved := s.view[last]
-		s.view[cc.pos] = moved
-		m := s.cache[moved.ID]
-		m.pos = cc.pos
-		s.cache[moved.ID] = m
-	}
-	s.view[last] = Container{}
-	s.view = s.view[:last]
-}
-
-// finish sets the snapshot's checkpoint and ephemeral containers from the
-// event stream's record. The cache then holds exactly the snapshot's
-// containers. Call it with s.mu held.
-func (s *Source) finish(snap *Snapshot, listStart time.Time) {
-	snap.ListStart = listStart
-	if !s.handled.IsZero() {
-		// Docker may publish events slightly out of order: hold the
-		// checkpoint back so a late one is replayed rather than skipped.
-		snap.Checkpoint = s.handled.Add(-reorderMargin)
-	}
-	for id, b := range s.births {
-		_, listed := s.cache[id]
-		switch {
-		case listed:
-			delete(s.births, id) // the scan saw it; the normal diff takes over
-		case b.destroyed:
-			c := b.c
-			c.Gone = b.gone
-			snap.Ephemeral = append(snap.Ephemeral, c)
-			delete(s.births, id)
-		case b.at.Before(listStart.Add(-time.Minute)):
-			delete(s.births, id) // never listed, never destroyed: stale
-		case !b.event.IsZero() && !b.event.After(snap.Checkpoint):
-			// Not reflected yet: a restart must replay its creation.
-			snap.Checkpoint = b.event.Add(-time.Nanosecond)
+	var snap Snapshot
+	ok := false
+	if !s.do(func(st *store) {
+		if snap, ok = st.commitChanges(b, got, start); !ok {
+			st.undo(b)
 		}
+	}) {
+		return Snapshot{}, false, errClosed
 	}
+	return snap, ok, nil
 }
 
-func (s *Source) inspect(ctx context.Context, id string, rts map[string]string, defRT string) (Container, error) {
+// inspect returns a new container: what the store holds is never changed.
+func (s *Source) inspect(ctx context.Context, id string, rts map[string]string, defRT string) (*Container, error) {
 	ictx, cancel := s.call(ctx)
 	defer cancel()
 	js, err := s.cli.ContainerInspect(ictx, id)
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
-			return Container{}, err
+			return nil, err
 		}
-		return Container{}, fmt.Errorf("docker inspect %.12s: %w", id, err)
+		return nil, fmt.Errorf("docker inspect %.12s: %w", id, err)
 	}
 	c := fromInspect(js, rts, defRT)
-	s.mu.Lock()
-	s.rev++
-	c.Rev = s.rev
-	s.mu.Unlock()
-	return c, nil
-}
-
-func (s *Source) markDirty(ids map[string]bool) {
-	s.mu.Lock()
-	for id := range ids {
-		s.dirty[id] = true
-	}
-	s.mu.Unlock()
-}
-
-func (s *Source) dropRuntimes() {
-	s.mu.Lock()
-	s.runtimes = nil
-	s.mu.Unlock()
+	return &c, nil
 }
 
 // gpuEnv keeps the NVIDIA_* variables of a container's environment: all

@@ -52,7 +52,7 @@ func TestListSkipsContainerRemovedMidScan(t *testing.T) {
 	// A stalled daemon: every call has a deadline, and the list fails
 	// rather than hang or come back empty.
 	s.afterList = nil
-	s.runtimes = nil // force the info call too
+	s.do(func(st *store) { st.runtimes = nil }) // force the info call too
 	syscall.Kill(d.Pid(), syscall.SIGSTOP)
 	defer syscall.Kill(d.Pid(), syscall.SIGCONT)
 	s.callTimeout = 500 * time.Millisecond

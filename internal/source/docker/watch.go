@@ -62,7 +62,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 		sctx, cancel := context.WithCancel(ctx)
 		replayedUpTo := since // events at or before it were handled already
 		msgs, errs := s.cli.Events(sctx, events.ListOptions{Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), Filters: f})
-		s.resetCache(true)
+		s.do(func(st *store) { st.reset(true) })
 		if down {
 			log.Info("docker event stream reconnected")
 			down = false
@@ -82,10 +82,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 						since = t
 					}
 				}
-				s.handle(ctx, m)
-				s.mu.Lock()
-				s.handled = since
-				s.mu.Unlock()
+				s.handle(ctx, m, since)
 				changed()
 			case err := <-errs:
 				if ctx.Err() == nil {
@@ -96,7 +93,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 			}
 		}
 		cancel()
-		s.resetCache(false)
+		s.do(func(st *store) { st.reset(false) })
 		sleep(ctx, backoff)
 	}
 }
@@ -116,62 +113,64 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// resetCache empties the inspect cache (and the runtimes) and says whether
-// the cache may be used from now on.
-func (s *Source) resetCache(trusted bool) {
-	s.mu.Lock()
-	s.cache = map[string]cachedContainer{}
-	s.view = nil
-	s.runtimes = nil
-	s.trusted = trusted
-	s.primed = false
-	s.gen++
-	s.mu.Unlock()
+// handle records one event: the container it names is inspected again by
+// the next scan. A create event inspects the container at once, so that
+// one destroyed before the next scan is still reported. The checkpoint
+// moves to at once that is recorded.
+func (s *Source) handle(ctx context.Context, m events.Message, at time.Time) {
+	id := m.Actor.ID
+	create := id != "" && m.Action == events.ActionCreate
+	var b *birth
+	if create {
+		b = &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano)}
+		if rts, defRT, err := s.runtimeInfo(ctx); err == nil {
+			if c, err := s.inspect(ctx, id, rts, defRT); err == nil {
+				b.c = *c
+			}
+		}
+	}
+	s.do(func(st *store) {
+		if id != "" {
+			st.event(m, b)
+		}
+		st.handled = at
+	})
 }
 
-func (s *Source) handle(ctx context.Context, m events.Message) {
+// event marks the container an event names for the next scan, and keeps
+// the last status of one the stream saw created; b is the birth a create
+// event records.
+func (st *store) event(m events.Message, b *birth) {
 	id := m.Actor.ID
-	if id == "" {
+	st.dirty[id] = true
+	if b != nil {
+		if old, ok := st.births[id]; ok && old.destroyed {
+			b.destroyed = true
+		}
+		st.births[id] = b
 		return
 	}
-	s.mu.Lock()
-	s.dirty[id] = true
-	if b, ok := s.births[id]; ok { // its last status, for a replay
-		at := time.Unix(0, m.TimeNano)
-		switch m.Action {
-		case events.ActionDestroy:
-			b.destroyed, b.gone = true, at
-		case events.ActionStart, events.ActionUnPause:
-			b.c.Status = "running"
-			if m.Action == events.ActionStart {
-				b.c.StartedAt = at
-			}
-		case events.ActionDie:
-			b.c.Status, b.c.Pid, b.c.FinishedAt = "exited", 0, at
-			if code, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
-				b.c.ExitCode = code
-			}
-		case events.ActionPause:
-			b.c.Status = "paused"
-		}
-	}
-	s.mu.Unlock()
-	if m.Action != events.ActionCreate {
+	b, ok := st.births[id]
+	if !ok {
 		return
 	}
-	b := &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano)}
-	rts, defRT, err := s.runtimeInfo(ctx)
-	if err == nil {
-		if c, err := s.inspect(ctx, id, rts, defRT); err == nil {
-			b.c = c
+	at := time.Unix(0, m.TimeNano)
+	switch m.Action {
+	case events.ActionDestroy:
+		b.destroyed, b.gone = true, at
+	case events.ActionStart, events.ActionUnPause:
+		b.c.Status = "running"
+		if m.Action == events.ActionStart {
+			b.c.StartedAt = at
 		}
+	case events.ActionDie:
+		b.c.Status, b.c.Pid, b.c.FinishedAt = "exited", 0, at
+		if code, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
+			b.c.ExitCode = code
+		}
+	case events.ActionPause:
+		b.c.Status = "paused"
 	}
-	s.mu.Lock()
-	if old, ok := s.births[id]; ok && old.destroyed {
-		b.destroyed = true
-	}
-	s.births[id] = b
-	s.mu.Unlock()
 }
 
 // fromEvent builds what an event tells about a container (its name, image
