@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -89,18 +90,18 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Poll(20*time.Second, func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if strings.Contains(string(b), "ds01_detector_last_scan_timestamp_seconds ") {
-				body = string(b)
-				break
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "ds01_detector_last_scan_timestamp_seconds ") {
+			body = string(b)
+		}
+		return body != ""
+	})
 	if body == "" {
 		t.Fatalf("no metrics with a scan; log:\n%s", p.log())
 	}

@@ -84,7 +84,7 @@ func realisticEndpoint(t *testing.T) string {
 		return map[string]uint64{"GET /containers/json": 12, "GET /containers/{id}/json": 6}
 	}
 	m.Observe(realisticSummary(t))
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
