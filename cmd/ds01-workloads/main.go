@@ -34,9 +34,23 @@ type env struct {
 	ctx            context.Context
 }
 
+// exitGrace is how long a signal waits for the command to end on its own
+// (watch restores the screen) before it ends the process.
+const exitGrace = 200 * time.Millisecond
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// SIGINT or SIGTERM ends ds01-workloads at once, whatever it is
+		// doing: the context stops watch and --follow, and what does not
+		// end within exitGrace (a slow read, a Docker call) ends here.
+		sig := <-sigs
+		cancel()
+		time.Sleep(exitGrace)
+		os.Exit(128 + int(sig.(syscall.Signal)))
+	}()
 	_, err := unix.IoctlGetTermios(int(os.Stdout.Fd()), unix.TCGETS)
 	width := 0
 	if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil {

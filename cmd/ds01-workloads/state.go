@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"strings"
 
+	"github.com/ds01/ds01-detectord/internal/safefile"
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -23,6 +24,9 @@ func loadVerified(path string, key *seal.Key) (inventory.State, error) {
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return inventory.State{}, fmt.Errorf("state file %s does not exist: is the detector installed and running? Check 'systemctl status ds01-detectord'", path)
+		}
+		if errors.Is(err, safefile.ErrNotRegular) { // a FIFO, a symlink: planted, not the detector's
+			return inventory.State{}, fmt.Errorf("cannot read state file %s: %v", path, err)
 		}
 		return inventory.State{}, fmt.Errorf("cannot read state file %s: %v (check its permissions; the detector writes it 0644)", path, err)
 	}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/cycle"
 	"github.com/ds01/ds01-detectord/internal/deliver"
-	"github.com/ds01/ds01-detectord/internal/logging"
 	"github.com/ds01/ds01-detectord/internal/loop"
 	"github.com/ds01/ds01-detectord/internal/metrics"
 	"github.com/ds01/ds01-detectord/internal/policy"
@@ -233,8 +232,7 @@ func (d *Daemon) Run(ctx context.Context, rescan <-chan struct{}) error {
 	if web := d.cfg.Web; len(web.ListenAddresses) > 0 {
 		m := metrics.New(d.cfg.Version)
 		m.APIRequests = d.docker.Requests
-		web.Log = logging.WebLogger(d.log)
-		lns, err := m.Listen(web)
+		lns, err := m.Listen(web, d.log)
 		if err != nil {
 			return fmt.Errorf("cannot serve metrics on %s (address taken, not an address this host has, or a bad --web.config.file?): %w",
 				strings.Join(web.ListenAddresses, ", "), err)

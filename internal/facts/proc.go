@@ -1,6 +1,32 @@
 package facts
 
-import "time"
+import (
+	"strings"
+	"time"
+
+	"github.com/ds01/ds01-detectord/internal/textcut"
+)
+
+// Container runtimes a cgroup path can name (ContainerRef.Runtime).
+const (
+	RuntimeDocker     = "docker"
+	RuntimePodman     = "podman"
+	RuntimeContainerd = "containerd"
+	RuntimeCRIO       = "cri-o"
+	// RuntimeUnknown marks a bare 64-hex cgroup directory outside /docker:
+	// a container of some runtime (docker with a cgroupfs --cgroup-parent,
+	// for one). The caller decides by looking the ID up in Docker.
+	RuntimeUnknown = "unknown"
+)
+
+// MaxCmdline caps the command lines the detector records, in bytes.
+const MaxCmdline = 1024
+
+// Cmdline is a command line as the detector records it: the arguments
+// joined with spaces, cut at MaxCmdline bytes on a rune boundary.
+func Cmdline(argv []string) string {
+	return textcut.Bytes(strings.Join(argv, " "), MaxCmdline)
+}
 
 // ContainerRef is the container a process lives in, read from its cgroup.
 type ContainerRef struct {

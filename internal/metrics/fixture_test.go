@@ -3,7 +3,6 @@ package metrics
 import (
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,7 +84,7 @@ func realisticEndpoint(t *testing.T) string {
 		return map[string]uint64{"GET /containers/json": 12, "GET /containers/{id}/json": 6}
 	}
 	m.Observe(realisticSummary(t))
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +104,7 @@ func realisticEndpoint(t *testing.T) string {
 // fullState is ds01-workloads' full.json fixture: every kind of workload.
 func fullState(t *testing.T) inventory.State {
 	t.Helper()
-	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
+	b, err := inventory.ReadBytes("../../cmd/ds01-workloads/testdata/full.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func request(addr string) (net.Conn, bool, error) {
 // freed by a client is given to the next.
 func TestConnectionCap(t *testing.T) {
 	m := New("test")
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", "127.0.0.1:0"}, MaxConnections: 4})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", "127.0.0.1:0"}, MaxConnections: 4}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestConnectionCap(t *testing.T) {
 func TestIdleConnectionsAreClosed(t *testing.T) {
 	m := New("test")
 	m.IdleTimeout = 300 * time.Millisecond
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, MaxConnections: 1})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, MaxConnections: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -184,7 +184,7 @@ func TestIdenticalSeriesAreAggregated(t *testing.T) {
 func TestSlowClientsAreCutOff(t *testing.T) {
 	m := New("test")
 	m.ReadHeaderTimeout = 300 * time.Millisecond
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, MaxConnections: 256})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, MaxConnections: 256}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

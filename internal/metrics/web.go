@@ -3,7 +3,6 @@ package metrics
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
+	"go.uber.org/zap"
+
+	"github.com/ds01/ds01-detectord/internal/logging"
 )
 
 // DefaultPort is the endpoint's port unless --web.listen-address says
@@ -34,10 +36,6 @@ type Web struct {
 	// It is lowered to leave ReserveFiles descriptors free
 	// (FitConnections).
 	MaxConnections int
-	// Log receives the toolkit's messages; nil discards them. The HTTP
-	// server's own errors (TLS handshakes that fail, clients that go away)
-	// go to it at debug level, so that they do not fill the journal.
-	Log *slog.Logger
 }
 
 // Listen checks the web configuration, opens every address at once, so
@@ -45,11 +43,16 @@ type Web struct {
 // /metrics and a landing page at / on them in the background, through the
 // exporter-toolkit (TLS and basic auth from the web configuration). Closing
 // the listeners stops the serving.
-func (m *Metrics) Listen(w Web) ([]net.Listener, error) {
-	log := w.Log
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+//
+// The toolkit's messages go to log (nil: nowhere) through the slog bridge
+// (logging.WebLogger): the HTTP server's own errors (TLS handshakes that
+// fail, clients that go away) at debug level, so that they do not fill the
+// journal.
+func (m *Metrics) Listen(w Web, zlog *zap.Logger) ([]net.Listener, error) {
+	if zlog == nil {
+		zlog = zap.NewNop()
 	}
+	log := logging.WebLogger(zlog)
 	if w.ConfigFile != "" {
 		if err := web.Validate(w.ConfigFile); err != nil {
 			return nil, fmt.Errorf("web configuration %s: %w", w.ConfigFile, err)

@@ -9,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -20,9 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -97,8 +99,8 @@ func TestTLSAndBasicAuth(t *testing.T) {
 	m := New("test")
 	m.Observe(summary.Summary{State: inventory.Empty()})
 	var logs logBuffer
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: conf,
-		Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&logs), zapcore.DebugLevel))
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: conf}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,9 +146,9 @@ func TestTLSAndBasicAuth(t *testing.T) {
 	if _, _, err = get(plain, "https://"+addr+"/metrics", "prometheus", "s3cret"); err == nil {
 		t.Error("an untrusted certificate was accepted")
 	}
-	time.Sleep(100 * time.Millisecond)
+	testutil.Poll(5*time.Second, func() bool { return strings.Contains(logs.String(), "handshake") })
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
-		if strings.Contains(line, "handshake") && !strings.Contains(line, "level=DEBUG") {
+		if strings.Contains(line, "handshake") && !strings.Contains(line, `"level":"debug"`) {
 			t.Errorf("handshake error logged above debug: %s", line)
 		}
 	}
@@ -173,7 +175,7 @@ func TestBadWebConfigFailsAtListen(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		lns, err := New("test").Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: path})
+		lns, err := New("test").Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: path}, nil)
 		if err == nil {
 			lns[0].Close()
 			t.Errorf("%s: accepted", name)
@@ -185,7 +187,7 @@ func TestBadWebConfigFailsAtListen(t *testing.T) {
 
 // The landing page at / links to /metrics; other paths are not found.
 func TestLandingPage(t *testing.T) {
-	lns, err := New("v9.9.9").Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}})
+	lns, err := New("v9.9.9").Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +218,7 @@ func TestLandingPage(t *testing.T) {
 // whole Listen and leaves none open.
 func TestListenAddresses(t *testing.T) {
 	m := New("test")
-	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", "127.0.0.1:0"}})
+	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", "127.0.0.1:0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +234,7 @@ func TestListenAddresses(t *testing.T) {
 		t.Errorf("loopback listeners reported exposed: %v", ex)
 	}
 	taken := lns[0].Addr().String()
-	if _, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", taken}}); err == nil || !strings.Contains(err.Error(), taken) {
+	if _, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0", taken}}, nil); err == nil || !strings.Contains(err.Error(), taken) {
 		t.Errorf("taken address: %v", err)
 	}
 	for _, ln := range lns {

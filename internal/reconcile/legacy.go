@@ -6,7 +6,6 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/redact"
-	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -54,7 +53,7 @@ func adoptIn(old, seen map[string]inventory.HostProcess, f facts.Scan, keepSecre
 			}
 		}
 		if !keepSecrets { // the reference recorded argv as it was
-			o.Cmdline = proc.JoinCmdline(redact.Args([]string{o.Cmdline}))
+			o.Cmdline = facts.Cmdline(redact.Args([]string{o.Cmdline}))
 		}
 		out[k] = o
 	}
@@ -77,5 +76,5 @@ func sameLegacyProcess(old, cur inventory.HostProcess, argv []string) bool {
 		return true
 	}
 	// The reference did not cap its command lines: compare capped.
-	return len(argv) > 0 && proc.JoinCmdline([]string{old.Cmdline}) == proc.JoinCmdline(argv)
+	return len(argv) > 0 && facts.Cmdline([]string{old.Cmdline}) == facts.Cmdline(argv)
 }

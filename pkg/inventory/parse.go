@@ -75,6 +75,9 @@ func ReadBytes(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > MaxFileBytes { // refused unread
+		return nil, fmt.Errorf("%s is larger than %d bytes: refusing to read it", path, MaxFileBytes)
+	}
 	return safefile.ReadAll(f, path, MaxFileBytes)
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/facts"
 	"github.com/ds01/ds01-detectord/internal/redact"
-	"github.com/ds01/ds01-detectord/internal/source/proc"
 	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -122,7 +121,7 @@ func Place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers 
 		pf.CgroupErr = errNotGathered
 	}
 	if pf.CgroupErr != nil {
-		gp.Runtime, gp.Error = proc.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
+		gp.Runtime, gp.Error = facts.RuntimeUnknown, "cannot read /proc/"+strconv.Itoa(p.Pid)+": "+errText(pf.CgroupErr)
 		return Placement{GP: gp, Other: true}
 	}
 	ref := pf.Cgroup
@@ -153,7 +152,7 @@ func Place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers 
 				return Placement{GP: gp, Container: c.ID}
 			}
 			claimed = workload.ShortID(ref.ID) // names a container it does not run in
-		case ref.Runtime == proc.RuntimeDocker && f.DockerErr == nil:
+		case ref.Runtime == facts.RuntimeDocker && f.DockerErr == nil:
 			claimed = workload.ShortID(ref.ID) // a Docker container Docker does not list
 		case ref.UserTree:
 			// In a user's delegated tree any name can be had: the
@@ -167,7 +166,7 @@ func Place(p facts.GPUProcess, pf facts.Proc, ok bool, f facts.Scan, containers 
 	if !rules.KeepSecrets {
 		argv = redact.Args(argv)
 	}
-	cmdline := proc.JoinCmdline(argv)
+	cmdline := facts.Cmdline(argv)
 	user := classify.Unknown
 	if pf.UIDErr == nil {
 		user = f.UserName(pf.UID)

@@ -10,20 +10,15 @@ import (
 	"strings"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
-
-	"github.com/ds01/ds01-detectord/internal/textcut"
 )
 
-// Container runtimes a cgroup path can name.
+// Container runtimes a cgroup path can name (internal/facts).
 const (
-	RuntimeDocker     = "docker"
-	RuntimePodman     = "podman"
-	RuntimeContainerd = "containerd"
-	RuntimeCRIO       = "cri-o"
-	// RuntimeUnknown marks a bare 64-hex cgroup directory outside /docker:
-	// a container of some runtime (docker with a cgroupfs --cgroup-parent,
-	// for one). The caller decides by looking the ID up in Docker.
-	RuntimeUnknown = "unknown"
+	RuntimeDocker     = facts.RuntimeDocker
+	RuntimePodman     = facts.RuntimePodman
+	RuntimeContainerd = facts.RuntimeContainerd
+	RuntimeCRIO       = facts.RuntimeCRIO
+	RuntimeUnknown    = facts.RuntimeUnknown
 )
 
 // ContainerRef is the container a process lives in, read from its cgroup
@@ -162,8 +157,9 @@ func truncate(b []byte) []byte {
 	return b
 }
 
-// MaxCmdline caps the command lines the detector records, in bytes.
-const MaxCmdline = 1024
+// MaxCmdline caps the command lines the detector records, in bytes
+// (internal/facts).
+const MaxCmdline = facts.MaxCmdline
 
 // Argv reads /proc/<pid>/cmdline as arguments, each with invalid UTF-8
 // replaced by U+FFFD. It reads at most 4×MaxCmdline bytes. A kernel thread
@@ -197,7 +193,5 @@ func SplitCmdline(b []byte) []string {
 }
 
 // JoinCmdline joins arguments with spaces and caps the result at
-// MaxCmdline bytes, on a rune boundary.
-func JoinCmdline(argv []string) string {
-	return textcut.Bytes(strings.Join(argv, " "), MaxCmdline)
-}
+// MaxCmdline bytes, on a rune boundary (facts.Cmdline).
+func JoinCmdline(argv []string) string { return facts.Cmdline(argv) }
