@@ -259,7 +259,7 @@ func TestBadMetricsAddressFailsAtStartup(t *testing.T) {
 
 func readState(t *testing.T, path string) inventory.State {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	b, err := inventory.ReadBytes(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -62,12 +63,8 @@ func TestOnce(t *testing.T) {
 			t.Fatalf("once #%d exit %d: %s", i, rc, errb.String())
 		}
 	}
-	b, err := os.ReadFile(events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], `"detection.container_discovered"`) {
-		t.Errorf("events after two runs: %q", b)
+	if evs := testutil.ReadLog(t, events); len(evs) != 1 || evs[0].EventType != event.ContainerDiscovered {
+		t.Errorf("events after two runs: %+v", evs)
 	}
 	if _, err := os.Stat(state); err != nil {
 		t.Error(err)
