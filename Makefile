@@ -15,6 +15,10 @@ BINARIES := ds01-detectord ds01-workloads
 RUNDIR   ?= $(CURDIR)/run
 TEST_PKGS ?= ./...
 FUZZTIME ?= 30s
+# The build tools (nfpm, go-md2man, staticcheck) are pinned in a module of
+# their own, tools/go.mod: $(call TOOL,name) is the path of the tool's
+# binary, built by the go command into its cache.
+TOOL = "$$($(GO) -C tools tool -n $(1))"
 # go-nvml's cgo preamble warns about every deprecated NVML call; silence it.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
@@ -71,13 +75,15 @@ test-unit: cc
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 5m $(TEST_PKGS)
 
 # Every test: unit, integration against private dockerd instances (build
-# tag integration), and the end-to-end run under a real systemd (build tag
-# e2e).
+# tag integration), the end-to-end run under a real systemd (build tag
+# e2e), and the Grafana dashboard's PromQL (tools/dashboard: the PromQL
+# parser stays out of the product's go.mod).
 # One package at a time (-p 1): several tests watch their daemon's timing
 # (kill -9 windows of 20-420 ms, a connection flood), and two packages'
 # dockerds and daemons side by side on 2 cores failed them now and then.
 test: cc test-deps
 	CGO_ENABLED=1 $(GO) test -p 1 -race -count=1 -timeout 30m -tags integration,e2e $(TEST_PKGS)
+	$(GO) -C tools test -count=1 ./...
 
 # Only the end-to-end test: boots a Debian tree (debootstrapped once into
 # /var/cache/ds01-e2e) in systemd-nspawn, installs the build into it and
@@ -108,11 +114,12 @@ run: build
 		--state-file $(RUNDIR)/workload-inventory.json \
 		--events-file $(RUNDIR)/events.jsonl
 
-# gofmt, go vet and staticcheck (pinned as a Go tool in go.mod).
+# gofmt, go vet and staticcheck (pinned in tools/go.mod).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags integration,e2e ./...
-	$(GO) tool staticcheck -tags integration,e2e ./...
+	$(GO) -C tools vet ./...
+	$(call TOOL,staticcheck) -tags integration,e2e ./...
 
 # Benchmarks against private dockerd instances: the 200-container scan cycle,
 # the NVML cycle with and without utilisation (go-nvml mock, 8 GPUs x 50
@@ -186,7 +193,7 @@ fuzz-corpus:
 	done
 
 # The Debian package, into $(DIST): ds01-detectord_<version>-<release>_<arch>.deb
-# with nfpm (a Go tool in go.mod) and packaging/nfpm.yaml. The binaries are
+# with nfpm (pinned in tools/go.mod) and packaging/nfpm.yaml. The binaries are
 # built here with VERSION (`make deb VERSION=1.2.3`); packaging/deb-version.sh
 # turns it, or the default git describe, into a Debian version. The man pages
 # come from docs/man with the OPTIONS the binaries print (packaging/man.sh), the completions from ds01-workloads itself,
@@ -222,7 +229,7 @@ deb: cc
 	mkdir -p '$(DIST)'; \
 	DEB_VERSION="$$debver" DEB_RELEASE='$(DEB_RELEASE)' DEB_ARCH="$$($(GO) env GOARCH)" DEB_STAGE="$$stage" \
 	DEB_LIBC="$$libc" DEB_MAINTAINER='$(DEB_MAINTAINER)' SOURCE_DATE_EPOCH="$$epoch" \
-		$(GO) tool nfpm package -f packaging/nfpm.yaml -p deb -t '$(DIST)/'; \
+		$(call TOOL,nfpm) package -f packaging/nfpm.yaml -p deb -t '$(DIST)/'; \
 	rm -rf "$$stage"
 
 clean:

@@ -145,27 +145,27 @@ func TestConnectionFloodDoesNotBlindTheDaemon(t *testing.T) {
 	// Within 10 s of the attack's end: each try may take what is left of
 	// them (a loaded machine can be slow to answer), and a refused one is
 	// tried again.
-	ok := false
 	var lastErr error
-	for left := 10*time.Second - time.Since(ended); !ok && left > 0; left = 10*time.Second - time.Since(ended) {
+	ok := testutil.Poll(10*time.Second-time.Since(ended), func() bool {
+		left := 10*time.Second - time.Since(ended)
+		if left <= 0 {
+			return false
+		}
 		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
 		req.SetBasicAuth("prom", "s3cret")
 		resp, err := (&http.Client{Timeout: left}).Do(req)
-		if err == nil {
-			ok = resp.StatusCode == 200
-			lastErr = fmt.Errorf("status %d", resp.StatusCode)
-			resp.Body.Close()
-		} else {
+		if err != nil {
 			lastErr = err
+			return false
 		}
-		if !ok {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+		resp.Body.Close()
+		lastErr = fmt.Errorf("status %d", resp.StatusCode)
+		return resp.StatusCode == 200
+	})
 	if !ok {
 		t.Errorf("no successful scrape within 10 s of the attack ending: %v", lastErr)
 		p.cmd.Process.Signal(syscall.SIGQUIT) // the goroutines, for the log
-		time.Sleep(time.Second)
+		<-p.done
 		if l := p.log(); len(l) > 20000 {
 			t.Log(l[len(l)-20000:])
 		}

@@ -37,6 +37,29 @@ type proc struct {
 
 func (p *proc) log() string { p.mu.Lock(); defer p.mu.Unlock(); return p.stderr.String() }
 
+// lockedBuffer is a process's output, read while it is written.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// waitScans waits until the daemon has logged n more completed cycles
+// ("scan complete", one line each) than it had when called.
+func (p *proc) waitScans(t *testing.T, n int) {
+	t.Helper()
+	from := countLines(p.log(), "scan complete")
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d more completed scans", n), func() bool {
+		return countLines(p.log(), "scan complete") >= from+n
+	})
+}
+
 // startDaemon runs the binary in the foreground with args.
 func startDaemon(t *testing.T, args ...string) *proc {
 	t.Helper()
@@ -166,12 +189,8 @@ func TestNoListenerWhenTurnedOff(t *testing.T) {
 	for i, off := range []string{"--web.listen-address=", "--metrics-listen="} {
 		p := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, fmt.Sprint(i, "s.json")),
 			"--events-file", filepath.Join(dir, fmt.Sprint(i, "e.jsonl")), "--interval", "1h", off)
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(p.log(), "scan complete") {
-			if time.Now().After(deadline) {
-				t.Fatalf("no cycle:\n%s", p.log())
-			}
-			time.Sleep(50 * time.Millisecond)
+		if !testutil.Poll(10*time.Second, func() bool { return strings.Contains(p.log(), "scan complete") }) {
+			t.Fatalf("no cycle:\n%s", p.log())
 		}
 		if l := listeningTCP(p.cmd.Process.Pid); len(l) != 0 {
 			t.Fatalf("listening on %v with %s", l, off)
@@ -182,12 +201,10 @@ func TestNoListenerWhenTurnedOff(t *testing.T) {
 	addr := freeAddr(t)
 	q := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, "s2.json"),
 		"--events-file", filepath.Join(dir, "e2.jsonl"), "--interval", "1h", "--web.listen-address", addr)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(listeningTCP(q.cmd.Process.Pid)) == 0 || !strings.Contains(q.log(), "scan complete") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no listener with --web.listen-address:\n%s", q.log())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool {
+		return len(listeningTCP(q.cmd.Process.Pid)) > 0 && strings.Contains(q.log(), "scan complete")
+	}) {
+		t.Fatalf("no listener with --web.listen-address:\n%s", q.log())
 	}
 	if strings.Contains(q.log(), "reachable from other hosts") {
 		t.Errorf("warning for a loopback address:\n%s", q.log())
@@ -200,12 +217,8 @@ func TestExposedEndpointWarnsOnce(t *testing.T) {
 	dir := t.TempDir()
 	p := startDaemon(t, "--docker-host", "unix://"+filepath.Join(dir, "none.sock"), "--state-file", filepath.Join(dir, "s.json"),
 		"--events-file", filepath.Join(dir, "e.jsonl"), "--interval", "100ms", "--web.listen-address", ":0")
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(p.log(), "scan complete") < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no cycles:\n%s", p.log())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool { return strings.Count(p.log(), "scan complete") >= 3 }) {
+		t.Fatalf("no cycles:\n%s", p.log())
 	}
 	if n := strings.Count(p.log(), "reachable from other hosts"); n != 1 || !strings.Contains(p.log(), `"exposed_addresses": ["`) {
 		t.Errorf("%d warnings:\n%s", n, p.log())
@@ -246,7 +259,7 @@ func TestBadMetricsAddressFailsAtStartup(t *testing.T) {
 
 func readState(t *testing.T, path string) inventory.State {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	b, err := inventory.ReadBytes(path)
 	if err != nil {
 		t.Fatal(err)
 	}

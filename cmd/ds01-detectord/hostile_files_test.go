@@ -86,7 +86,7 @@ func TestPlantedFilesAtStateAndEventsPaths(t *testing.T) {
 					}
 				}
 				t.Logf("READY after %v", time.Since(start))
-				time.Sleep(1500 * time.Millisecond) // several more cycles
+				p.waitScans(t, 3) // several more cycles
 				if kb := rssKB(p.cmd.Process.Pid); kb <= 0 || kb > 100*1024 {
 					t.Errorf("RSS %d kB", kb)
 				}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -61,12 +63,8 @@ func TestOnce(t *testing.T) {
 			t.Fatalf("once #%d exit %d: %s", i, rc, errb.String())
 		}
 	}
-	b, err := os.ReadFile(events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], `"detection.container_discovered"`) {
-		t.Errorf("events after two runs: %q", b)
+	if evs := testutil.ReadLog(t, events); len(evs) != 1 || evs[0].EventType != event.ContainerDiscovered {
+		t.Errorf("events after two runs: %+v", evs)
 	}
 	if _, err := os.Stat(state); err != nil {
 		t.Error(err)
@@ -89,18 +87,18 @@ func TestMetricsEndpointAgainstTheStateFile(t *testing.T) {
 
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Poll(20*time.Second, func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if strings.Contains(string(b), "ds01_detector_last_scan_timestamp_seconds ") {
-				body = string(b)
-				break
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "ds01_detector_last_scan_timestamp_seconds ") {
+			body = string(b)
+		}
+		return body != ""
+	})
 	if body == "" {
 		t.Fatalf("no metrics with a scan; log:\n%s", p.log())
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -100,10 +98,9 @@ func TestOnceWithoutDockerStillWrites(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("exit %d", rc)
 	}
-	b, _ := os.ReadFile(state)
-	var st inventory.State
-	if err := json.Unmarshal(b, &st); err != nil || st.Sources.Docker.OK || st.Sources.Docker.Error == "" {
-		t.Fatalf("state %s, err %v", b, err)
+	st, err := inventory.Read(state)
+	if err != nil || st.Sources.Docker.OK || st.Sources.Docker.Error == "" {
+		t.Fatalf("state %+v, err %v", st, err)
 	}
 }
 

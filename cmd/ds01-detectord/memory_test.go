@@ -56,14 +56,7 @@ func TestHugeDockerContentUnderMemoryMax(t *testing.T) {
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		for i := 0; i < 50; i++ {
-			if os.Remove(cg) == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	})
+	t.Cleanup(func() { testutil.Poll(5*time.Second, func() bool { return os.Remove(cg) == nil }) })
 	if err := os.WriteFile(filepath.Join(cg, "memory.limit_in_bytes"), []byte("268435456"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +64,7 @@ func TestHugeDockerContentUnderMemoryMax(t *testing.T) {
 	p := startDaemonUnder(t, nil, []string{"sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg},
 		f.args("--docker-host", d.Host, "--interval", "1s")...)
 	testutil.Eventually(t, 60*time.Second, "the 30 containers in the state", func() bool { return len(f.State().Containers) == 30 })
-	time.Sleep(5 * time.Second) // a few more cycles, and the event stream
+	p.waitScans(t, 5) // a few more cycles, and the event stream
 	select {
 	case <-p.done:
 		t.Fatalf("the daemon died: %v\n%s", p.cmd.ProcessState, p.log())

@@ -112,7 +112,7 @@ func TestUtilizationEndToEnd(t *testing.T) {
 	if v, ok := metric(t, addr, `ds01_user_gpu_held_seconds_total`); !ok || v < held-1 {
 		t.Errorf("ds01_user_gpu_held_seconds_total = %v, want about %v", v, held)
 	}
-	time.Sleep(600 * time.Millisecond)
+	p.waitScans(t, 3) // nothing repeats
 	if count(event.GPUIdle) != 1 || count(event.GPUActive) != 1 {
 		t.Errorf("gpu_idle %d, gpu_active %d: want one each", count(event.GPUIdle), count(event.GPUActive))
 	}

@@ -71,7 +71,7 @@ func TestSealedRecords(t *testing.T) {
 		return n
 	}
 	testutil.Eventually(t, 20*time.Second, "discovered", func() bool { return count(event.HostProcessDiscovered) == 1 })
-	time.Sleep(time.Second) // some GPU time
+	p.waitScans(t, 3) // some GPU time
 	os.WriteFile(ctl, nil, 0o644)
 	testutil.Eventually(t, 20*time.Second, "exited", func() bool { return count(event.HostProcessExited) == 1 })
 	// A state written after the append, which no longer carries the line.
@@ -179,7 +179,7 @@ func TestSealedRecords(t *testing.T) {
 		s, err := inventory.Read(f.StatePath)
 		return err == nil && s.SealHead != ""
 	})
-	time.Sleep(time.Second)
+	p.waitScans(t, 3)
 	for _, e := range f.Events()[before:] {
 		if e.User == "alice" || strings.Contains(string(e.Details), "360000") {
 			t.Errorf("an event from the forged state: %s %s", e.EventType, e.Details)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/report"
 	"github.com/ds01/ds01-detectord/internal/testbin"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/view"
 )
 
@@ -674,10 +675,7 @@ func TestFollowReadsInChunks(t *testing.T) {
 	huge := `{"timestamp":"2026-02-04T10:00:00Z","event_type":"detection.container_exited","user":"mallory","details":{"x":"` + strings.Repeat("A", 3<<20) + `"}}` + "\n"
 	f.WriteString(huge + `{"timestamp":"2026-02-04T10:01:00Z","event_type":"detection.container_exited","user":"carol"}` + "\n")
 	f.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "carol") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool { return strings.Contains(out.String(), "carol") })
 	cancel()
 	<-done
 	if s := out.String(); !strings.Contains(s, "carol") || strings.Contains(s, "mallory") {

@@ -85,15 +85,11 @@ func churn(b *testing.B, idle int) churnResult {
 	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
 	// Ready: the first scan has written the state, and the stream's first
 	// (full) scan has primed the inventory.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if st, err := os.ReadFile(state); err == nil && strings.Count(string(st), `"full_id"`) == idle {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("the daemon never listed %d containers", idle)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testutil.Poll(2*time.Minute, func() bool {
+		st, err := os.ReadFile(state)
+		return err == nil && strings.Count(string(st), `"full_id"`) == idle
+	}) {
+		b.Fatalf("the daemon never listed %d containers", idle)
 	}
 	time.Sleep(3 * time.Second)
 

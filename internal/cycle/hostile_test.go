@@ -3,13 +3,13 @@
 package cycle
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/internal/textcut"
 	"github.com/ds01/ds01-detectord/pkg/event"
 )
@@ -54,21 +54,13 @@ func TestHugeAndHostileLabels(t *testing.T) {
 	if st.Containers[evilID[:12]].Origin != "devcontainer" {
 		t.Errorf("origin %q", st.Containers[evilID[:12]].Origin)
 	}
-	evs, err := os.ReadFile(r.EventsPath)
-	if err != nil {
-		t.Fatal(err)
+	evs := testutil.ReadLog(t, r.EventsPath)
+	if len(evs) != 2 {
+		t.Fatalf("%d event lines", len(evs))
 	}
-	lines := bytes.Split(bytes.TrimSuffix(evs, []byte("\n")), []byte("\n"))
-	if len(lines) != 2 {
-		t.Fatalf("%d event lines", len(lines))
-	}
-	for _, l := range lines {
-		if len(l) > event.MaxLineBytes {
-			t.Errorf("event line of %d bytes", len(l))
-		}
-		e, err := event.Decode(l)
-		if err != nil {
-			t.Fatal(err)
+	for _, e := range evs {
+		if len(e.Raw) > event.MaxLineBytes {
+			t.Errorf("event line of %d bytes", len(e.Raw))
 		}
 		switch {
 		case strings.Contains(string(e.Details), bigID[:12]):

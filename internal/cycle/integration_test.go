@@ -308,14 +308,12 @@ func TestInventoryAgainstRealDocker(t *testing.T) {
 
 func waitStatus(t *testing.T, d *dockertest.Daemon, id, status string) {
 	t.Helper()
-	for i := 0; i < 100; i++ {
+	if !testutil.Poll(10*time.Second, func() bool {
 		js, err := d.Client.ContainerInspect(context.Background(), id)
-		if err == nil && js.State.Status == status {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+		return err == nil && js.State.Status == status
+	}) {
+		t.Fatalf("%s never reached %s", id, status)
 	}
-	t.Fatalf("%s never reached %s", id, status)
 }
 
 func TestDefaultRuntimeNvidia(t *testing.T) {

@@ -141,8 +141,8 @@ func BenchmarkGPUDetectLatency(b *testing.B) {
 			}
 			lat = append(lat, time.Since(start))
 			listed0.Store(&[]nvml.ProcessInfo{})
-			for inState(pid) {
-				time.Sleep(20 * time.Millisecond)
+			if !testutil.Poll(10*time.Second, func() bool { return !inState(pid) }) {
+				b.Fatalf("pid %d still in the state 10 s after NVML stopped listing it", pid)
 			}
 			time.Sleep(time.Duration(137*i%1000) * time.Millisecond) // spread over the sampler's phase
 		}

@@ -194,13 +194,12 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 	var seen int64
 	for try := 0; try < 3 && seen < 5<<20; try++ {
 		send(t, addr, 5<<20+64<<10)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) && seen < 5<<20 {
+		testutil.Poll(5*time.Second, func() bool {
 			if n := get(sleep).NetBytesPerInterval; n != nil && *n > seen {
 				seen = *n
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return seen >= 5<<20
+		})
 	}
 	t.Logf("net_bytes_per_interval after 5 MiB: %d", seen)
 	if seen < 5<<20 {
@@ -245,7 +244,8 @@ func TestActivityAndIdleVerdict(t *testing.T) {
 	os.WriteFile(policyPath, []byte("groups: [\n"), 0o644)
 	hup <- struct{}{}
 	testutil.Eventually(t, 10*time.Second, "the error logged", func() bool { return strings.Contains(logged(), "keeping the last good policy") })
-	time.Sleep(2500 * time.Millisecond) // two more scans
+	scans := strings.Count(logged(), "scan complete")
+	testutil.Eventually(t, 10*time.Second, "two more scans", func() bool { return strings.Count(logged(), "scan complete") >= scans+2 })
 	if n := strings.Count(logged(), "keeping the last good policy"); n != 1 {
 		t.Errorf("%d errors for one broken reload", n)
 	}

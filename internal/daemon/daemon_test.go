@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"go.uber.org/zap"
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/dockertest"
@@ -28,6 +27,22 @@ func TestMain(m *testing.M) { testbin.Main(m) }
 // These tests run the real daemon, wired by New as main wires it (the
 // loop, the scanner and Docker's event stream), against a private dockerd.
 
+// rig is a daemon's files and its log.
+type rig struct {
+	*testutil.Files
+	log func() string
+}
+
+// waitScans waits until the daemon has logged n more completed cycles
+// ("scan complete", one line each) than it had when called.
+func (r *rig) waitScans(t *testing.T, n int) {
+	t.Helper()
+	from := strings.Count(r.log(), "scan complete")
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d more completed scans", n), func() bool {
+		return strings.Count(r.log(), "scan complete") >= from+n
+	})
+}
+
 // testConfig is the defaults with the test's own files and dockerd, no
 // metrics endpoint and no sealing key (the host's is not the test's).
 func testConfig(files *testutil.Files, host string, interval time.Duration) Config {
@@ -40,9 +55,10 @@ func testConfig(files *testutil.Files, host string, interval time.Duration) Conf
 }
 
 // runDaemon runs the daemon in the test process until the test ends.
-func runDaemon(t *testing.T, host string, interval time.Duration) *testutil.Files {
+func runDaemon(t *testing.T, host string, interval time.Duration) *rig {
 	files := testutil.NewFiles(t)
-	d, err := New(testConfig(files, host, interval), zap.NewNop())
+	log, logged := testutil.Logger()
+	d, err := New(testConfig(files, host, interval), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,10 +71,10 @@ func runDaemon(t *testing.T, host string, interval time.Duration) *testutil.File
 		close(done)
 	}()
 	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return files
+	return &rig{files, logged}
 }
 
-func stateHas(f *testutil.Files, id string) bool {
+func stateHas(f *rig, id string) bool {
 	b, _ := os.ReadFile(f.StatePath)
 	return strings.Contains(string(b), `"`+id[:12]+`"`)
 }
@@ -79,7 +95,9 @@ func TestRelistFindsContainerCreatedWhileStreamWasDown(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "container via the event stream", func() bool { return stateHas(files, first) })
 
 	p.Cut()
-	time.Sleep(500 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, "the stream's break noticed", func() bool {
+		return strings.Contains(files.log(), "docker event stream broke") || strings.Contains(files.log(), "docker event stream down")
+	})
 	hidden, err := d.Create(ctx, dockertest.Spec{Name: "while-down"})
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +130,7 @@ func TestDockerdKilledAndRestartedWhileRunning(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "all three in the state", func() bool {
 		return stateHas(files, ids["runs"]) && stateHas(files, ids["created"]) && stateHas(files, ids["always"])
 	})
-	time.Sleep(1500 * time.Millisecond)
+	r.waitScans(t, 2)
 	before := map[string]string{}
 	for k, c := range r.State().Containers {
 		before[k] = c.Status
@@ -121,7 +139,7 @@ func TestDockerdKilledAndRestartedWhileRunning(t *testing.T) {
 
 	d.Kill()
 	testutil.Eventually(t, 10*time.Second, "docker source marked failed", func() bool { return !r.State().Sources.Docker.OK })
-	time.Sleep(2 * time.Second) // a few failing cycles
+	r.waitScans(t, 2) // a few failing cycles
 	if evs := r.NewEvents(); len(evs) != 0 {
 		t.Fatalf("events while dockerd was down: %+v", evs)
 	}
@@ -129,7 +147,12 @@ func TestDockerdKilledAndRestartedWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 15*time.Second, "docker source back", func() bool { return r.State().Sources.Docker.OK })
-	time.Sleep(3 * time.Second) // let restart policies settle and the loop catch up
+	// The restart policy brings "always" back; then the loop catches up.
+	testutil.Eventually(t, 15*time.Second, "the always-restarting container running again", func() bool {
+		js, err := d.Client.ContainerInspect(ctx, ids["always"])
+		return err == nil && js.State.Running
+	})
+	r.waitScans(t, 3)
 
 	// The truth, from Docker itself.
 	var want []string
@@ -258,7 +281,7 @@ func TestChurnAcrossADockerdRestart(t *testing.T) {
 		}
 		return true
 	})
-	time.Sleep(2 * time.Second) // a few more cycles: nothing may repeat
+	r.waitScans(t, 2) // a few more cycles: nothing may repeat
 	disc, exit := count()
 	for _, id := range ids {
 		if disc[id[:12]] != 1 || exit[id[:12]] != 1 {

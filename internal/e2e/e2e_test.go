@@ -153,18 +153,16 @@ func boot(t *testing.T, root, dockerSock string) *machine {
 	}
 	testutil.Eventually(t, 30*time.Second, "nspawn leader", findLeader)
 	var state string
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) { // the bus comes up a moment after PID 1
+	if !testutil.Poll(60*time.Second, func() bool { // the bus comes up a moment after PID 1
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/user", m.leader)); err != nil {
 			findLeader()
 		}
 		out, _ := m.in("systemctl", "is-system-running", "--wait")
-		if state = strings.TrimSpace(out); state == "running" || state == "degraded" {
-			return m
-		}
-		time.Sleep(200 * time.Millisecond)
+		state = strings.TrimSpace(out)
+		return state == "running" || state == "degraded"
+	}) {
+		t.Fatalf("container did not boot: %q\n%s", state, out.String())
 	}
-	t.Fatalf("container did not boot: %q\n%s", state, out.String())
 	return m
 }
 

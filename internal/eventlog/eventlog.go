@@ -132,7 +132,7 @@ func (l Log) Missing(lines []string) ([]string, error) {
 		want += int64(len(line)) + 1
 	}
 	have := map[string]bool{}
-	for e, err := range (event.Reader{Path: l.Path, Tail: want}).Events(context.Background()) {
+	for e, err := range (event.Reader{Path: l.Path, Tail: want, Undecoded: true}).Events(context.Background()) {
 		var lineErr *event.LineError
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -156,7 +156,7 @@ func (l Log) Missing(lines []string) ([]string, error) {
 // read from the last MiB. ok is false when there is none (a new log, or
 // one that logrotate just emptied: the chain then starts afresh).
 func (l Log) LastSealed(key *seal.Key) (h seal.Head, ok bool) {
-	for e := range (event.Reader{Path: l.Path, Tail: 1 << 20}).Events(context.Background()) {
+	for e := range (event.Reader{Path: l.Path, Tail: 1 << 20, Undecoded: true}).Events(context.Background()) {
 		if c := key.CheckLine(e.Raw); c.Valid {
 			h, ok = seal.Head{Seq: c.Seq, MAC: c.MAC}, true
 		}

@@ -3,7 +3,6 @@ package metrics
 import (
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,7 +104,7 @@ func realisticEndpoint(t *testing.T) string {
 // fullState is ds01-workloads' full.json fixture: every kind of workload.
 func fullState(t *testing.T) inventory.State {
 	t.Helper()
-	b, err := os.ReadFile("../../cmd/ds01-workloads/testdata/full.json")
+	b, err := inventory.ReadBytes("../../cmd/ds01-workloads/testdata/full.json")
 	if err != nil {
 		t.Fatal(err)
 	}

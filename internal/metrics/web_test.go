@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ds01/ds01-detectord/internal/summary"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
@@ -145,7 +146,7 @@ func TestTLSAndBasicAuth(t *testing.T) {
 	if _, _, err = get(plain, "https://"+addr+"/metrics", "prometheus", "s3cret"); err == nil {
 		t.Error("an untrusted certificate was accepted")
 	}
-	time.Sleep(100 * time.Millisecond)
+	testutil.Poll(5*time.Second, func() bool { return strings.Contains(logs.String(), "handshake") })
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		if strings.Contains(line, "handshake") && !strings.Contains(line, `"level":"debug"`) {
 			t.Errorf("handshake error logged above debug: %s", line)

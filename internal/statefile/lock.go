@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -113,15 +112,14 @@ func stat(f *os.File) (*syscall.Stat_t, bool) {
 // reports every workload as new. A missing or unreadable file, or one
 // that does not parse, passes: Load deals with those.
 func CheckSchema(path string) error {
-	f, err := safefile.Open(path, os.O_RDONLY, 0)
-	if errors.Is(err, fs.ErrNotExist) || err != nil {
+	b, err := inventory.ReadBytes(path)
+	if err != nil {
 		return nil
 	}
-	defer f.Close()
 	var head struct {
 		SchemaVersion *int `json:"schema_version"`
 	}
-	if json.NewDecoder(f).Decode(&head) != nil || head.SchemaVersion == nil {
+	if json.Unmarshal(b, &head) != nil || head.SchemaVersion == nil {
 		return nil
 	}
 	if *head.SchemaVersion > inventory.SchemaVersion {

@@ -9,8 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -99,17 +102,42 @@ func Details(t testing.TB, e event.Envelope) map[string]any {
 	return m
 }
 
+// FaultRand is the source of a test's random fault points (where in a
+// cycle a kill lands). Its seed is DS01_FAULT_SEED when set, to replay a
+// failure, and otherwise new each run; the test logs it either way.
+func FaultRand(t testing.TB) *rand.Rand {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("DS01_FAULT_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("DS01_FAULT_SEED=%q: %v", s, err)
+		}
+		seed = n
+	}
+	t.Logf("random fault points from seed %d (replay: DS01_FAULT_SEED=%d go test -run '^%s$')", seed, seed, t.Name())
+	return rand.New(rand.NewPCG(seed, seed))
+}
+
 // Eventually polls cond every 50 ms and fails the test when it does not
 // hold within limit.
 func Eventually(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Poll(limit, cond) {
+		t.Fatalf("%s: not within %v", what, limit)
+	}
+}
+
+// Poll polls cond every 50 ms until it holds (true) or limit has passed
+// (false), for a test that says more than Eventually when it fails.
+func Poll(limit time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(limit)
 	for {
 		if cond() {
-			return
+			return true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, limit)
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

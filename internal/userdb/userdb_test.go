@@ -6,6 +6,7 @@ import (
 	"os/user"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -43,31 +44,35 @@ func TestCacheIsBoundedLRU(t *testing.T) {
 	}
 }
 
+// In a synctest bubble: the scans' deadlines pass on the bubble's clock,
+// and synctest.Wait returns once the late answer has been stored.
 func TestHungLookupIsBoundedByTheContext(t *testing.T) {
-	d := New(time.Hour)
-	release := make(chan struct{})
-	var calls atomic.Int32
-	d.lookup = func(string) (*user.User, error) {
-		calls.Add(1)
-		<-release
-		return nil, errors.New("no such user")
-	}
-	for i := 0; i < 5; i++ { // five scans while NSS hangs: one lookup in flight
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		if _, ok := d.Lookup(ctx, 42); ok {
-			t.Fatal("an answer from a hung lookup")
+	synctest.Test(t, func(t *testing.T) {
+		d := New(time.Hour)
+		release := make(chan struct{})
+		var calls atomic.Int32
+		d.lookup = func(string) (*user.User, error) {
+			calls.Add(1)
+			<-release
+			return nil, errors.New("no such user")
 		}
-		cancel()
-	}
-	if calls.Load() != 1 {
-		t.Errorf("%d lookups in flight for one UID, want 1", calls.Load())
-	}
-	close(release)
-	deadline := time.Now().Add(5 * time.Second)
-	for d.Len() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if _, ok := d.Lookup(context.Background(), 42); ok || calls.Load() != 1 {
-		t.Errorf("the late answer was not cached: ok=%v calls=%d", ok, calls.Load())
-	}
+		for i := 0; i < 5; i++ { // five scans while NSS hangs: one lookup in flight
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			if _, ok := d.Lookup(ctx, 42); ok {
+				t.Fatal("an answer from a hung lookup")
+			}
+			cancel()
+		}
+		if calls.Load() != 1 {
+			t.Errorf("%d lookups in flight for one UID, want 1", calls.Load())
+		}
+		close(release)
+		synctest.Wait()
+		if d.Len() != 1 {
+			t.Errorf("%d entries after the late answer, want 1", d.Len())
+		}
+		if _, ok := d.Lookup(context.Background(), 42); ok || calls.Load() != 1 {
+			t.Errorf("the late answer was not cached: ok=%v calls=%d", ok, calls.Load())
+		}
+	})
 }

@@ -146,7 +146,12 @@ type FormatRow struct {
 // escape sequences, bidi overrides): names, users and images come from
 // users, and the template's output goes to an admin's terminal.
 func FormatRowOf(w Workload) FormatRow {
-	r := formatRowOf(w)
+	r := FormatRow{
+		ID: w.ID, FullID: w.FullID, Type: w.Type, User: w.User, Name: w.Name, Status: w.StatusText, Age: FormatAge(w.AgeSeconds),
+		GPUs: strings.Join(w.GPUsInUse, ","), Granted: w.Granted, GPUMemory: Mem(w.GPUMemoryMB), GPUMemoryMB: w.GPUMemoryMB,
+		Util: pctCell(w.UtilPercent), Idle: idleCell(w), IdleSeconds: w.IdleSeconds, Image: w.Image, UserSource: w.UserSource,
+		UserConflict: w.UserConflict, HeldSeconds: w.HeldSecs, BusySeconds: w.BusySecs, AllocatedSeconds: w.AllocatedSecs,
+	}
 	v := reflect.ValueOf(&r).Elem()
 	for i := 0; i < v.NumField(); i++ {
 		if f := v.Field(i); f.Kind() == reflect.String {
@@ -154,13 +159,4 @@ func FormatRowOf(w Workload) FormatRow {
 		}
 	}
 	return r
-}
-
-func formatRowOf(w Workload) FormatRow {
-	return FormatRow{
-		ID: w.ID, FullID: w.FullID, Type: w.Type, User: w.User, Name: w.Name, Status: w.StatusText, Age: FormatAge(w.AgeSeconds),
-		GPUs: strings.Join(w.GPUsInUse, ","), Granted: w.Granted, GPUMemory: Mem(w.GPUMemoryMB), GPUMemoryMB: w.GPUMemoryMB,
-		Util: pctCell(w.UtilPercent), Idle: idleCell(w), IdleSeconds: w.IdleSeconds, Image: w.Image, UserSource: w.UserSource,
-		UserConflict: w.UserConflict, HeldSeconds: w.HeldSecs, BusySeconds: w.BusySecs, AllocatedSeconds: w.AllocatedSecs,
-	}
 }

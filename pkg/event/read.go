@@ -79,6 +79,11 @@ type Reader struct {
 	// refused log is waited for.
 	Follow bool
 	Poll   time.Duration
+	// Undecoded: yield each line's Raw and Pos only, not decoded, and no
+	// error for a line that is not an event (the daemon's start-up
+	// recovery compares bytes, and decoding would cost it more than the
+	// read).
+	Undecoded bool
 }
 
 // Events yields every line of the log, in order, as an Envelope (Decode)
@@ -172,6 +177,7 @@ func (r Reader) readArchive(ctx context.Context, path string, yield func(Envelop
 		in = gz
 	}
 	s := newScanner(path, in, 0)
+	s.undecoded = r.Undecoded
 	for {
 		e, err, ok := s.next(false)
 		if !ok {
@@ -212,7 +218,7 @@ func (r Reader) readLog(ctx context.Context, yield func(Envelope, error) bool) {
 					start = 0
 				}
 				s = newScanner(r.Path, f, start)
-				offset = start
+				s.undecoded = r.Undecoded
 			case r.Follow:
 			case errors.Is(err, fs.ErrNotExist) && r.Archives:
 				return
@@ -225,6 +231,7 @@ func (r Reader) readLog(ctx context.Context, yield func(Envelope, error) bool) {
 			if fi, err := f.Stat(); r.Follow && err == nil && fi.Size() < s.off { // copytruncate
 				f.Seek(0, io.SeekStart)
 				s = newScanner(r.Path, f, 0)
+				s.undecoded = r.Undecoded
 			}
 			for {
 				e, err, ok := s.next(r.Follow)
@@ -307,6 +314,8 @@ type scanner struct {
 	off  int64  // bytes read
 	line int    // lines yielded
 	err  error  // a read error that ended the file
+
+	undecoded bool // Reader.Undecoded
 }
 
 func newScanner(path string, r io.Reader, off int64) *scanner {
@@ -356,6 +365,9 @@ func (s *scanner) emit(partial bool) (Envelope, error) {
 		return Envelope{Pos: pos}, &LineError{pos, ErrLineTooLong}
 	}
 	raw = bytes.TrimSuffix(bytes.TrimSuffix(raw, []byte("\n")), []byte("\r"))
+	if s.undecoded {
+		return Envelope{Raw: raw, Pos: pos}, nil
+	}
 	e, err := Decode(raw)
 	if err != nil {
 		return Envelope{Raw: raw, Pos: pos}, &LineError{pos, err}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 // BenchmarkRead300 reads 300 real v1 cgroups (cpuacct, memory, blkio),
@@ -32,9 +34,7 @@ func BenchmarkRead300(b *testing.B) {
 			c.Wait()
 		}
 		for _, dir := range dirs {
-			for k := 0; k < 50 && syscall.Rmdir(dir) == syscall.EBUSY; k++ {
-				time.Sleep(20 * time.Millisecond)
-			}
+			testutil.Poll(time.Second, func() bool { return syscall.Rmdir(dir) != syscall.EBUSY })
 		}
 	})
 	for i := 0; i < n; i++ {
@@ -56,7 +56,16 @@ func BenchmarkRead300(b *testing.B) {
 		}
 		cs = append(cs, Container{ID: strconv.Itoa(i), Pid: cmd.Process.Pid})
 	}
-	time.Sleep(200 * time.Millisecond) // unshare has exec'd sleep
+	if !testutil.Poll(10*time.Second, func() bool { // unshare has exec'd sleep in its namespace
+		for _, c := range cs {
+			if comm, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Pid) + "/comm"); string(comm) != "sleep\n" {
+				return false
+			}
+		}
+		return true
+	}) {
+		b.Fatal("unshare did not exec sleep within 10 s")
+	}
 	r := New("", "")
 	if got := r.Read(cs, time.Now); len(got) != n || got["0"].RxBytes == nil || got["0"].MemoryBytes == nil {
 		b.Fatalf("%d samples, first %+v", len(got), got["0"])

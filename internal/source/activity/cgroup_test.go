@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 // The real cgroup v1 hierarchy of this machine, and the real v2 one at
@@ -33,9 +35,7 @@ func TestRealCgroups(t *testing.T) {
 			t.Skipf("cannot make a cgroup here: %v", err)
 		}
 		t.Cleanup(func() {
-			for i := 0; i < 50 && syscall.Rmdir(dir) == syscall.EBUSY; i++ {
-				time.Sleep(20 * time.Millisecond)
-			}
+			testutil.Poll(time.Second, func() bool { return syscall.Rmdir(dir) != syscall.EBUSY })
 		})
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/ds01/ds01-detectord/internal/source/gpu/gputest"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 func mem(v int64) *int64 { return &v }
@@ -153,12 +154,10 @@ func TestBlockedCallIsAbandoned(t *testing.T) {
 	close(release)
 	var ps []Process
 	var err error
-	for i := 0; i < 100; i++ { // the stuck call returns in its own time
-		if ps, err = src.Processes(context.Background()); !errors.Is(err, ErrBusy) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(time.Second, func() bool { // the stuck call returns in its own time
+		ps, err = src.Processes(context.Background())
+		return !errors.Is(err, ErrBusy)
+	})
 	if err != nil || len(ps) != 1 || ps[0].Pid != 42 {
 		t.Fatalf("after release: %v %+v", err, ps)
 	}

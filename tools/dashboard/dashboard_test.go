@@ -1,4 +1,10 @@
-package metrics
+// Package dashboard checks the Grafana dashboard (docs/grafana) and the
+// PromQL examples of docs/METRICS.md against the metrics the endpoint
+// exposes (internal/metrics/testdata/exposed-labels.txt, which a test of
+// internal/metrics keeps current). It lives in the tools module so that
+// the PromQL parser (github.com/prometheus/prometheus) stays out of the
+// product's go.mod; make test runs it.
+package dashboard
 
 import (
 	"encoding/json"
@@ -8,13 +14,40 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	promlabels "github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
-const dashboardPath = "../../docs/grafana/ds01-fleet.json"
+const (
+	dashboardPath = "../../docs/grafana/ds01-fleet.json"
+	metricsDoc    = "../../docs/METRICS.md"
+	labelsPath    = "../../internal/metrics/testdata/exposed-labels.txt"
+)
+
+// exposedLabels maps each metric name the endpoint exposes to the label
+// names its series carry (histograms also answer for _bucket, _sum and
+// _count; Prometheus adds instance and job to every series).
+func exposedLabels(t *testing.T) map[string]map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile(labelsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		ls := map[string]bool{}
+		for _, l := range f[1:] {
+			ls[l] = true
+		}
+		out[f[0]] = ls
+	}
+	if len(out) < 20 { // the file has lost its lines
+		t.Fatalf("%s lists %d metrics", labelsPath, len(out))
+	}
+	return out
+}
 
 // grafanaVars stands in for Grafana's variables: durations for the
 // interval ones, a regular expression that matches anything for the
@@ -29,36 +62,6 @@ var grafanaVars = strings.NewReplacer(
 	"${busy}", "0.05", "$busy", "0.05",
 	"${datasource}", "prometheus", "$datasource", "prometheus",
 )
-
-// exposedLabels maps each metric name of the realistic scrape to the label
-// names its series carry; histograms also answer for _bucket, _sum and
-// _count. Prometheus adds instance and job to every series.
-func exposedLabels(t *testing.T) map[string]map[string]bool {
-	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(realisticEndpoint(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]map[string]bool{}
-	for name, f := range fams {
-		ls := map[string]bool{"instance": true, "job": true, "__name__": true}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				ls[l.GetName()] = true
-			}
-		}
-		out[name] = ls
-		if f.GetType().String() == "HISTOGRAM" {
-			bucket := map[string]bool{"le": true}
-			for l := range ls {
-				bucket[l] = true
-			}
-			out[name+"_bucket"], out[name+"_sum"], out[name+"_count"] = bucket, ls, ls
-		}
-	}
-	return out
-}
 
 // panelExprs walks the dashboard's panels (rows may nest them) and returns
 // every target's expression, by panel title.
@@ -282,7 +285,7 @@ func (c *checker) check(title, raw string) {
 // The PromQL examples of docs/METRICS.md parse and use the endpoint's
 // metrics and labels.
 func TestDocumentedQueries(t *testing.T) {
-	b, err := os.ReadFile("../../docs/METRICS.md")
+	b, err := os.ReadFile(metricsDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
