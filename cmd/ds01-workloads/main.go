@@ -252,7 +252,7 @@ func show(m listMode, tmpl *template.Template, e env, out io.Writer) int {
 			if err := tmpl.Execute(&b, view.FormatRowOf(w)); err != nil {
 				// The row's type keeps the name it had when scripts
 				// first saw this message.
-				fmt.Fprintln(e.stderr, "ds01-workloads: --format:", strings.ReplaceAll(err.Error(), "type view.FormatRow", "type workloads.FormatRow"))
+				fmt.Fprintln(e.stderr, "ds01-workloads: --format:", err)
 				return 2
 			}
 			fmt.Fprintln(out, b.String())
