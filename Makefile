@@ -132,6 +132,7 @@ bench: cc test-deps
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkScanCycle -benchtime 20x -timeout 30m ./internal/cycle/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkNVMLCycle -benchtime 100x -timeout 10m ./internal/cycle/
 	$(GO) test -tags integration -run '^$$' -bench 'BenchmarkGPUSampler|BenchmarkGPUDetectLatency' -benchtime 1x -timeout 10m ./internal/cycle/
+	$(GO) test -run '^$$' -bench BenchmarkSealCost -benchtime 50x ./internal/statefile/
 	$(GO) test -tags integration -run '^$$' -bench Benchmark1000Containers -benchtime 1x -timeout 30m ./internal/bench/
 
 # Installs the binaries, the unit (pointing at $(BINDIR)), the tmpfiles

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/view"
+	"github.com/ds01/ds01-detectord/internal/workload"
 	"github.com/ds01/ds01-detectord/pkg/event"
 	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
@@ -204,7 +205,7 @@ func newRoot(e env, rc *int) *cobra.Command {
 // complete registers the value completions of a command's flags.
 func complete(c *cobra.Command) {
 	words := map[string][]string{
-		"type":  {"ds01-managed", "devcontainer", "compose", "raw-docker", "host-process", "other-runtime"},
+		"type":  {inventory.OriginManaged, inventory.OriginDevcontainer, inventory.OriginCompose, inventory.OriginRawDocker, workload.KindHostProcess, workload.KindOtherRuntime},
 		"sort":  view.SortKeys(),
 		"color": {"auto", "always", "never"},
 		"by":    {"user", "origin", "gpu"},

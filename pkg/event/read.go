@@ -219,7 +219,6 @@ func (r Reader) readLog(ctx context.Context, yield func(Envelope, error) bool) {
 				}
 				s = newScanner(r.Path, f, start)
 				s.undecoded = r.Undecoded
-				offset = start
 			case r.Follow:
 			case errors.Is(err, fs.ErrNotExist) && r.Archives:
 				return

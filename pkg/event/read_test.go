@@ -208,3 +208,41 @@ func TestReaderFollow(t *testing.T) {
 		<-done
 	})
 }
+
+// Whatever the log holds, the reader yields its lines in order, each
+// ending where the next starts, up to the end of the file; a line is never
+// longer than MaxReadLineBytes, and its bytes are the file's.
+func FuzzReader(f *testing.F) {
+	f.Add([]byte(line("a") + "x\r\n\n" + line("b")))
+	f.Add([]byte("no newline at all"))
+	f.Add([]byte("\n\n\r\n"))
+	f.Add([]byte(strings.Repeat("z", MaxReadLineBytes+3) + "\n" + line("after")))
+	f.Fuzz(func(t *testing.T, content []byte) {
+		path := filepath.Join(t.TempDir(), "events.jsonl")
+		if err := os.WriteFile(path, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var end int64
+		n := 0
+		for e, err := range (Reader{Path: path}).Events(context.Background()) {
+			var le *LineError
+			if err != nil && !errors.As(err, &le) {
+				t.Fatal(err)
+			}
+			n++
+			if e.Pos.Line != n || e.Pos.End <= end || e.Pos.End > int64(len(content)) {
+				t.Fatalf("line %d: %+v after end %d", n, e.Pos, end)
+			}
+			if len(e.Raw) > MaxReadLineBytes || !bytes.HasPrefix(content[end:], e.Raw) {
+				t.Fatalf("line %d: raw %q not the file's bytes at %d", n, e.Raw, end)
+			}
+			if e.Pos.Partial != (e.Pos.End == int64(len(content)) && content[len(content)-1] != '\n') {
+				t.Fatalf("line %d: partial %v at end %d of %d", n, e.Pos.Partial, e.Pos.End, len(content))
+			}
+			end = e.Pos.End
+		}
+		if end != int64(len(content)) {
+			t.Fatalf("read up to %d of %d bytes", end, len(content))
+		}
+	})
+}
