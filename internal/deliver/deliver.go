@@ -165,6 +165,16 @@ func (s *Sink) recover(unlogged []string) {
 	if dropped > 0 {
 		s.log.Warn("state file carried unlogged lines that are not events; dropped", zap.Int("dropped", dropped))
 	}
+	switch cut, ended, err := (eventlog.Log{Path: s.cfg.EventsPath}).RepairTornTail(valid); {
+	case err != nil:
+		s.log.Warn("cannot check the end of the event log for a torn line", zap.String("path", s.cfg.EventsPath), zap.Error(err))
+	case cut > 0:
+		s.log.Warn("event log ended in part of a line the last run was writing when it was killed; cut it, the whole line follows",
+			zap.String("path", s.cfg.EventsPath), zap.Int("bytes", cut))
+	case ended:
+		s.log.Warn("event log ended in part of a line that is not this daemon's; ended it with a newline so that ours start on their own line",
+			zap.String("path", s.cfg.EventsPath))
+	}
 	missing, err := eventlog.Log{Path: s.cfg.EventsPath}.Missing(valid)
 	if err != nil {
 		s.log.Warn("cannot check the event log for unlogged events; appending them", zap.Error(err))

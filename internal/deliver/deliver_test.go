@@ -51,6 +51,47 @@ func TestOpenRecoversUnloggedLinesOnce(t *testing.T) {
 	}
 }
 
+// A SIGKILL can end the write(2) of a line part way (a line that crosses a
+// page of the file): the next start cuts the fragment and appends the
+// whole line once. A fragment that is not the start of one of its lines
+// is another writer's and stays.
+func TestOpenRepairsALineTornByAKill(t *testing.T) {
+	for _, c := range []struct {
+		name, log, want string
+	}{
+		{"ours", logged + "\n" + unlogged[:57], logged + "\n" + unlogged + "\n"},
+		{"ours, the log's only bytes", unlogged[:3], unlogged + "\n"},
+		{"someone else's", logged + "\n" + `{"event_type":"x`, logged + "\n" + `{"event_type":"x` + "\n" + unlogged + "\n"},
+		{"whole", logged + "\n", logged + "\n" + unlogged + "\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := testutil.NewFiles(t)
+			if err := os.WriteFile(f.EventsPath, []byte(c.log), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			st := inventory.Empty()
+			st.UnloggedEvents = []string{unlogged}
+			if err := statefile.Save(f.StatePath, st, ""); err != nil {
+				t.Fatal(err)
+			}
+			log, lines := testutil.Logger()
+			sink, loaded := Open(Config{StatePath: f.StatePath, EventsPath: f.EventsPath}, log)
+			if res := sink.Deliver(loaded, nil); res.AppendErr != nil || res.Pending != 0 {
+				t.Fatalf("deliver: %+v", res)
+			}
+			if b, _ := os.ReadFile(f.EventsPath); string(b) != c.want {
+				t.Errorf("event log:\n%s\nwant:\n%s", b, c.want)
+			}
+			if cut := strings.Contains(lines(), "when it was killed; cut it"); cut != strings.HasPrefix(c.name, "ours") {
+				t.Errorf("logged a cut: %v; journal: %s", cut, lines())
+			}
+			if ended := strings.Contains(lines(), "not this daemon's"); ended != (c.name == "someone else's") {
+				t.Errorf("logged an ended fragment: %v; journal: %s", ended, lines())
+			}
+		})
+	}
+}
+
 // Lines that cannot be appended stay in the state until they can.
 func TestUnappendedLinesTravelInTheState(t *testing.T) {
 	f := testutil.NewFiles(t)

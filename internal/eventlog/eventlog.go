@@ -5,6 +5,7 @@
 package eventlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -118,6 +120,65 @@ func reserve(f *os.File, n int) error {
 		return nil // filesystem cannot reserve; write and check the count
 	}
 	return err
+}
+
+// RepairTornTail removes a torn last line that is one of ours: a log that
+// does not end in a newline, whose last fragment is the start of one of
+// lines (the lines the last run recorded as not yet logged). A SIGKILL can
+// end a write(2) part way when the line crosses a page of the file, and
+// appending the whole line again after the fragment would glue the two
+// into one garbage line. A fragment that is not the start of one of ours
+// is someone else's: it is ended with a newline, so that it stays theirs
+// and ours start on a line of their own. It reports how many bytes it cut,
+// and whether it ended someone else's fragment.
+func (l Log) RepairTornTail(lines []string) (cut int, ended bool, err error) {
+	if len(lines) == 0 {
+		return 0, false, nil
+	}
+	f, err := safefile.Open(l.Path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return 0, false, err
+	}
+	longest := 0
+	for _, line := range lines {
+		longest = max(longest, len(line))
+	}
+	n := min(st.Size(), int64(longest)+1)
+	tail := make([]byte, n)
+	if _, err := f.ReadAt(tail, st.Size()-n); err != nil {
+		return 0, false, err
+	}
+	if tail[len(tail)-1] == '\n' {
+		return 0, false, nil
+	}
+	frag, whole := tail, n == st.Size() // whole: the fragment's start was read
+	if i := bytes.LastIndexByte(tail, '\n'); i >= 0 {
+		frag, whole = tail[i+1:], true
+	}
+	// Another writer that appended since the read has moved the end: leave it.
+	if now, err := f.Stat(); err != nil || now.Size() != st.Size() {
+		return 0, false, err
+	}
+	for _, line := range lines {
+		if whole && len(frag) < len(line) && strings.HasPrefix(line, string(frag)) {
+			if err := f.Truncate(st.Size() - int64(len(frag))); err != nil {
+				return 0, false, err
+			}
+			return len(frag), false, nil
+		}
+	}
+	if _, err := f.WriteAt([]byte{'\n'}, st.Size()); err != nil {
+		return 0, false, err
+	}
+	return 0, true, nil
 }
 
 // Missing returns the lines (without newlines) that the end of the log does
