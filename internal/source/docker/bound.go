@@ -58,7 +58,15 @@ func (t boundTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	var pass int64
 	switch {
 	case strings.HasSuffix(p, "/containers/json"):
-		pass = passList
+		if r.Context().Value(shrinkKey{}) == nil {
+			// Streamed to the client's decoder as it comes, up to passList:
+			// past it the read fails with errOverPass and List asks again
+			// with the bounds (a list is one JSON array, which the decoder
+			// holds whole, so a copy of it here would be a second one).
+			resp.Body = readCloser{&passReader{r: resp.Body, left: passList}, resp.Body}
+			return resp, nil
+		}
+		pass = 0 // asked again after errOverPass: rewritten as it streams
 	case strings.HasSuffix(p, "/json") && strings.Contains(p, "/containers/"):
 		pass = passOne
 	case strings.HasSuffix(p, "/events"):
@@ -70,6 +78,33 @@ func (t boundTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
 	return resp, nil
+}
+
+// errOverPass ends a container list read that passed passList bytes.
+var errOverPass = errors.New("container list larger than 16 MiB: reading it again within the bounds")
+
+// shrinkKey marks, in a request's context, a list to rewrite within the
+// bounds from its first byte.
+type shrinkKey struct{}
+
+// passReader reads at most left bytes from r, then fails with errOverPass.
+type passReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (p *passReader) Read(b []byte) (int, error) {
+	if p.left < 0 {
+		return 0, errOverPass
+	}
+	if int64(len(b)) > p.left+1 {
+		b = b[:p.left+1]
+	}
+	n, err := p.r.Read(b)
+	if p.left -= int64(n); p.left < 0 {
+		return n, errOverPass
+	}
+	return n, err
 }
 
 // boundBody returns body as it is when it ends within pass bytes, else

@@ -2,9 +2,12 @@ package docker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -70,5 +73,38 @@ func TestShrink(t *testing.T) {
 	}
 	if err := dec.Decode(new(any)); err != io.EOF {
 		t.Errorf("trailing: %v", err)
+	}
+}
+
+type bodyTransport string
+
+func (b bodyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}},
+		Body: io.NopCloser(strings.NewReader(string(b))), Request: r}, nil
+}
+
+// A container list within passList streams through unchanged; a larger one
+// fails with errOverPass, and asked again (shrinkKey) comes within the bounds.
+func TestListPassesOrIsAskedAgain(t *testing.T) {
+	small := `[{"Id":"a","Labels":{"ds01.user":"alice"}}]`
+	big := `[{"Id":"a","Labels":{"ds01.user":"alice","x":"` + strings.Repeat("x", passList) + `"}}]`
+	get := func(body string, ctx context.Context) ([]byte, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/v1.41/containers/json?all=1", nil)
+		resp, err := boundTransport{next: bodyTransport(body)}.RoundTrip(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		return io.ReadAll(resp.Body)
+	}
+	if b, err := get(small, context.Background()); err != nil || string(b) != small {
+		t.Errorf("small list: %q, %v", b, err)
+	}
+	if _, err := get(big, context.Background()); !errors.Is(err, errOverPass) {
+		t.Errorf("large list: %v, want errOverPass", err)
+	}
+	b, err := get(big, context.WithValue(context.Background(), shrinkKey{}, true))
+	if err != nil || len(b) > MaxString+100 || !strings.Contains(string(b), `"ds01.user":"alice"`) {
+		t.Errorf("large list asked again: %d bytes, %v", len(b), err)
 	}
 }

@@ -197,6 +197,9 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	listStart := time.Now()
 	lctx, cancel := s.call(ctx)
 	sums, err := s.cli.ContainerList(lctx, container.ListOptions{All: true})
+	if errors.Is(err, errOverPass) {
+		sums, err = s.cli.ContainerList(context.WithValue(lctx, shrinkKey{}, true), container.ListOptions{All: true})
+	}
 	cancel()
 	if err != nil {
 		s.do(func(st *store) {
