@@ -77,7 +77,7 @@ func Attribute(f facts.Scan, containers map[string]inventory.Container, rules Ru
 			key := strconv.Itoa(p.Pid)
 			hostUses[key] = append(hostUses[key], p)
 			if hp, ok := host[key]; ok { // same process on another GPU
-				hp.GPUMemoryMB = addMem(hp.GPUMemoryMB, p.MemoryMiB)
+				hp.GPUMemoryMB = AddMem(hp.GPUMemoryMB, p.MemoryMiB)
 				host[key] = hp
 				continue
 			}
@@ -90,7 +90,7 @@ func Attribute(f facts.Scan, containers map[string]inventory.Container, rules Ru
 		c := containers[k]
 		var total *int64
 		for _, gp := range c.GPUProcesses {
-			total = addMem(total, gp.GPUMemoryMB)
+			total = AddMem(total, gp.GPUMemoryMB)
 		}
 		if total == nil {
 			zero := int64(0)
@@ -256,7 +256,9 @@ func errText(err error) string {
 	return s
 }
 
-func addMem(a, b *int64) *int64 {
+// AddMem adds two memory figures, either unknown (nil): the sum of what
+// is known, nil when neither is.
+func AddMem(a, b *int64) *int64 {
 	switch {
 	case a == nil:
 		return b

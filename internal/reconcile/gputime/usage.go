@@ -67,7 +67,7 @@ func summarizeUse(uses []use) usage {
 	}
 	u.perGPU = make(map[string]*int, len(uses))
 	for _, x := range uses {
-		u.mem = addMem(u.mem, x.mem)
+		u.mem = attribution.AddMem(u.mem, x.mem)
 		workload.AddUtil(u.perGPU, x.gpu, x.sm)
 		u.unknown = u.unknown || x.sm == nil
 	}
@@ -400,17 +400,6 @@ func usesOf(ps []facts.GPUProcess) []use {
 		out = append(out, use{p.GPUUUID, p.SMUtil, p.MemoryMiB})
 	}
 	return out
-}
-
-func addMem(a, b *int64) *int64 {
-	switch {
-	case a == nil:
-		return b
-	case b == nil:
-		return a
-	}
-	v := *a + *b
-	return &v
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
