@@ -6,8 +6,10 @@ package docker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -196,9 +198,9 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 
 	listStart := time.Now()
 	lctx, cancel := s.call(ctx)
-	sums, err := s.cli.ContainerList(lctx, container.ListOptions{All: true})
+	sums, err := s.listSummaries(lctx)
 	if errors.Is(err, errOverPass) {
-		sums, err = s.cli.ContainerList(context.WithValue(lctx, shrinkKey{}, true), container.ListOptions{All: true})
+		sums, err = s.listSummaries(context.WithValue(lctx, shrinkKey{}, true))
 	}
 	cancel()
 	if err != nil {
@@ -257,6 +259,67 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 		return Snapshot{}, errClosed
 	}
 	return snap, nil
+}
+
+// summary is what List reads of a listed container. Docker's summary also
+// carries labels, mounts, ports and networks; an inspect reads those, and
+// only for containers the cache does not hold.
+type summary struct {
+	ID    string   `json:"Id"`
+	Names []string `json:"Names"`
+	State string   `json:"State"`
+}
+
+// listSummaries lists every container through the client, and decodes the
+// response itself (takeKey): one container at a time, three fields each.
+func (s *Source) listSummaries(ctx context.Context) ([]summary, error) {
+	t := &taken{}
+	full, err := s.cli.ContainerList(context.WithValue(ctx, takeKey{}, t), container.ListOptions{All: true})
+	if t.body == nil || err != nil {
+		// Not a JSON 200 (the transport took nothing): the client's answer.
+		if t.body != nil {
+			t.body.Close()
+		}
+		sums := make([]summary, len(full))
+		for i, c := range full {
+			sums[i] = summary{ID: c.ID, Names: c.Names, State: c.State}
+		}
+		return sums, err
+	}
+	defer t.body.Close()
+	return decodeSummaries(t.body)
+}
+
+// decodeSummaries reads a container list (a JSON array of objects) one
+// element at a time, keeping the fields of summary and skipping the rest.
+func decodeSummaries(r io.Reader) ([]summary, error) {
+	dec := json.NewDecoder(r)
+	if tok, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("container list: %w", err)
+	} else if tok != json.Delim('[') {
+		return nil, fmt.Errorf("container list: not a JSON array (starts with %v)", tok)
+	}
+	var sums []summary
+	for dec.More() {
+		var c summary
+		if err := dec.Decode(&c); err != nil {
+			return nil, fmt.Errorf("container list, entry %d: %w", len(sums), err)
+		}
+		if c.ID == "" {
+			return nil, fmt.Errorf("container list, entry %d: no Id", len(sums))
+		}
+		sums = append(sums, c)
+	}
+	if _, err := dec.Token(); err != nil { // the closing bracket
+		return nil, fmt.Errorf("container list: %w", err)
+	}
+	switch tok, err := dec.Token(); {
+	case err == nil:
+		return nil, fmt.Errorf("container list: data after the array (%v)", tok)
+	case err != io.EOF:
+		return nil, fmt.Errorf("container list: %w", err)
+	}
+	return sums, nil
 }
 
 // changes is List for an event-triggered scan: it inspects the containers
