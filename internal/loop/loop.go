@@ -204,12 +204,6 @@ const idle = -1
 // seen within first, and continuous churn causes at most one scan (one
 // state write) per most.
 func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
-	return debounce(first, most, time.Now, func(d time.Duration, f func()) { time.AfterFunc(d, f) })
-}
-
-// debounce is Debounce on the clock now and the timer after (tests pass
-// their own).
-func debounce(first, most time.Duration, now func() time.Time, after func(time.Duration, func())) (func(), <-chan struct{}) {
 	most = max(most, first)
 	ch := make(chan struct{}, 1)
 	var mu sync.Mutex
@@ -223,10 +217,10 @@ func debounce(first, most time.Duration, now func() time.Time, after func(time.D
 			return
 		}
 		pending = true
-		window = nextWindow(window, lastFire, now(), first, most)
-		after(window, func() {
+		window = nextWindow(window, lastFire, time.Now(), first, most)
+		time.AfterFunc(window, func() {
 			mu.Lock()
-			pending, lastFire = false, now()
+			pending, lastFire = false, time.Now()
 			mu.Unlock()
 			select {
 			case ch <- struct{}{}:

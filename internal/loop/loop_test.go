@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap"
@@ -387,60 +388,50 @@ func TestNextWindow(t *testing.T) {
 	}
 }
 
-// Changes every 2×first, for 30 of them, on a simulated clock: the window
-// grows to most instead of firing once per change (the bug this guards
-// against fired 30 times), and every change is followed by a fire.
+// Changes every 2×first, for 30 of them, on the bubble's clock with
+// Debounce's real timers: the window grows to most instead of firing once
+// per change (the bug this guards against fired 30 times), and every
+// change is followed by a fire. A change at the instant a window closes
+// comes after that fire (synctest.Wait lets the timer run first).
 func TestDebounceFollowsChurn(t *testing.T) {
-	first, most := 10*time.Millisecond, 150*time.Millisecond
-	clock := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	type timer struct {
-		due time.Time
-		f   func()
-	}
-	var timers []timer
-	var windows []time.Duration
-	changed, fired := debounce(first, most, func() time.Time { return clock },
-		func(d time.Duration, f func()) {
-			windows = append(windows, d)
-			timers = append(timers, timer{clock.Add(d), f})
-		})
-	fires := 0
-	advance := func(to time.Time) { // runs the timers due by then, in order
-		for len(timers) > 0 && !timers[0].due.After(to) {
-			tm := timers[0]
-			timers = timers[1:]
-			clock = tm.due
-			tm.f()
-			select {
-			case <-fired:
-				fires++
-			default:
+	synctest.Test(t, func(t *testing.T) {
+		first, most := 10*time.Millisecond, 150*time.Millisecond
+		changed, fired := Debounce(first, most)
+		t0 := time.Now()
+		var fires []time.Duration
+		end, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-fired:
+					fires = append(fires, time.Since(t0))
+				case <-end:
+					return
+				}
 			}
+		}()
+		for i := 0; i < 30; i++ {
+			synctest.Wait()
+			changed()
+			time.Sleep(2 * first)
 		}
-		clock = to
-	}
-	start := clock
-	for i := 0; i < 30; i++ {
-		advance(start.Add(time.Duration(i) * 2 * first))
+		time.Sleep(time.Second)
+		// After the quiet second, a change is seen within first again.
 		changed()
-	}
-	advance(clock.Add(time.Second))
-	if len(timers) != 0 {
-		t.Fatalf("%d timers left after a quiet second", len(timers))
-	}
-	// Changes at 0, 20, 40, ... 580 ms: fires at 10, 40, 80, 160, 310, 470
-	// and 630 ms, the window doubling 10, 20, 40, 80 ms, then held at
-	// 150 ms; the changes in between are folded in.
-	want := []time.Duration{10, 20, 40, 80, 150, 150, 150}
-	for i := range want {
-		want[i] *= time.Millisecond
-	}
-	if !reflect.DeepEqual(windows, want) || fires != len(want) {
-		t.Errorf("%d fires with windows %v, want %v", fires, windows, want)
-	}
-	// After the quiet second, a change is seen within first again.
-	changed()
-	if windows[len(windows)-1] != first {
-		t.Errorf("window after a pause: %v, want %v", windows[len(windows)-1], first)
-	}
+		time.Sleep(time.Second)
+		close(end)
+		<-done
+		// Changes at 0, 20, 40, ... 580 ms: fires at 10, 40, 80, 160, 310,
+		// 470 and 630 ms, the window doubling 10, 20, 40, 80 ms, then held
+		// at 150 ms; the changes in between are folded in. The change at
+		// 1600 ms fires at 1610 ms.
+		want := []time.Duration{10, 40, 80, 160, 310, 470, 630, 1610}
+		for i := range want {
+			want[i] *= time.Millisecond
+		}
+		if !reflect.DeepEqual(fires, want) {
+			t.Errorf("fires at %v, want %v", fires, want)
+		}
+	})
 }
