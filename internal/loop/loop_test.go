@@ -114,6 +114,13 @@ func noStart(t *testing.T, s *scanner, what string) {
 	}
 }
 
+// pass lets d go by on the bubble's clock, then lets the goroutines it
+// woke run until they block.
+func pass(d time.Duration) {
+	time.Sleep(d)
+	synctest.Wait()
+}
+
 // scanEnd waits for the running cycle to end and returns the context
 // error it saw.
 func scanEnd(t *testing.T, s *scanner) error {
@@ -246,7 +253,7 @@ func TestTicksDuringAScanAreDropped(t *testing.T) {
 		if at := waitStart(t, s); !at.Equal(t0) {
 			t.Fatalf("first scan %v after the start, want at once", at.Sub(t0))
 		}
-		time.Sleep(5500 * time.Millisecond) // the ticks at 1 s to 5 s fall during the scan
+		pass(5500 * time.Millisecond) // the ticks at 1 s to 5 s fall during the scan
 		s.setHold(nil, false)
 		close(hold)
 		noStart(t, s, "ticks during a scan")
@@ -291,7 +298,7 @@ func TestRescansCoalesce(t *testing.T) {
 		}
 		noStart(t, s, "ten rescans asked during one scan")
 		// A rescan asked while idle comes at once.
-		time.Sleep(time.Minute)
+		pass(time.Minute)
 		rescan(hup)
 		if at := waitStart(t, s); at.Sub(t0) != time.Minute {
 			t.Fatalf("rescan while idle started %v after the start, want at once (1m)", at.Sub(t0))
@@ -424,7 +431,7 @@ func TestWatchdogPingsOnlyWhileProgressing(t *testing.T) {
 		const step = 50 * time.Millisecond
 		var got, want []string
 		for at := step; at <= 2500*time.Millisecond; at += step {
-			time.Sleep(t0.Add(at).Sub(time.Now()))
+			pass(t0.Add(at).Sub(time.Now()))
 			p := pings(n.take())
 			w := 1
 			if at > 1100*time.Millisecond && at <= 1500*time.Millisecond {
@@ -560,7 +567,7 @@ func TestNextWindow(t *testing.T) {
 // Debounce's real timers: the window grows to most instead of firing once
 // per change (the bug this guards against fired 30 times), and every
 // change is followed by a fire. A change at the instant a window closes
-// comes after that fire (synctest.Wait lets the timer run first).
+// comes after that fire (pass lets the timer run first).
 func TestDebounceFollowsChurn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		first, most := 10*time.Millisecond, 150*time.Millisecond
@@ -580,14 +587,13 @@ func TestDebounceFollowsChurn(t *testing.T) {
 			}
 		}()
 		for i := 0; i < 30; i++ {
-			synctest.Wait()
 			changed()
-			time.Sleep(2 * first)
+			pass(2 * first)
 		}
-		time.Sleep(time.Second)
+		pass(time.Second)
 		// After the quiet second, a change is seen within first again.
 		changed()
-		time.Sleep(time.Second)
+		pass(time.Second)
 		close(end)
 		<-done
 		// Changes at 0, 20, 40, ... 580 ms: fires at 10, 40, 80, 160, 310,
