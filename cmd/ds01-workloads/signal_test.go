@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ds01/ds01-detectord/internal/testbin"
+	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
 // hang is how long a command that should end at once may take before it
@@ -142,11 +143,9 @@ func TestSignalEndsAtOnce(t *testing.T) {
 	}
 	// Once it has the log open it is in the read (and past setting up its
 	// signals).
-	for deadline := time.Now().Add(30 * time.Second); !hasOpen(cmd.Process.Pid, huge); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatal("events never opened the log")
-		}
+	if !testutil.Poll(hang, func() bool { return hasOpen(cmd.Process.Pid, huge) }) {
+		cmd.Process.Kill()
+		t.Fatal("events never opened the log")
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	rc, took := exitsWithin(t, cmd, hang, "events over a 16 GiB log")

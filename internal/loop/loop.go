@@ -39,25 +39,21 @@ type Options struct {
 	// OnRescan, when set, runs on a Rescan request before the scan (the
 	// daemon reloads its policy file there).
 	OnRescan func()
-	// Ticks replaces the interval ticker (tests).
-	Ticks <-chan time.Time
 	// StuckGrace is how long past its deadline a scan may run before the
 	// watchdog pings stop (default 1s).
 	StuckGrace time.Duration
-	// Elapsed is the monotonic clock every duration of the loop is
-	// measured with (default: time since Run began, on Go's monotonic
-	// reading). A wall-clock step, backward or forward, never changes it.
-	Elapsed func() time.Duration
 }
 
 // Run loops until ctx ends, and returns nil then. A scan under way when
 // it ends has its API calls cut short, and is let finish its write.
 func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
-	if opt.Elapsed == nil {
-		began := time.Now() // carries the monotonic reading
-		opt.Elapsed = func() time.Duration { return time.Since(began) }
-	}
-	// scanStart is the start of the running scan on the Elapsed clock,
+	// Every duration of the loop is time.Since(began): Go's monotonic
+	// reading, which a wall-clock step, backward or forward, never changes.
+	// (TestOnlyMonotonicClockReadings keeps wall-clock readings out of
+	// this file.)
+	began := time.Now()
+	elapsed := func() time.Duration { return time.Since(began) }
+	// scanStart is the start of the running scan on the elapsed clock,
 	// idle when negative.
 	var scanStart atomic.Int64
 	scanStart.Store(idle)
@@ -66,20 +62,17 @@ func Run(ctx context.Context, sc Scanner, log *zap.Logger, opt Options) error {
 	if opt.StuckGrace == 0 {
 		opt.StuckGrace = time.Second
 	}
-	go watchdog(wdCtx, &scanStart, opt.Elapsed, opt.ScanTimeout+opt.StuckGrace, log)
+	go watchdog(wdCtx, &scanStart, elapsed, opt.ScanTimeout+opt.StuckGrace, log)
 
-	ticks := opt.Ticks
-	if ticks == nil {
-		ticker := time.NewTicker(opt.Interval)
-		defer ticker.Stop()
-		ticks = ticker.C
-	}
+	ticker := time.NewTicker(opt.Interval)
+	defer ticker.Stop()
+	ticks := ticker.C
 	ready := false
 	full := true
 	for {
 		scanCtx, cancel := context.WithTimeout(ctx, opt.ScanTimeout)
 		done := make(chan summary.Summary, 1)
-		scanStart.Store(int64(opt.Elapsed()))
+		scanStart.Store(int64(elapsed()))
 		go func(full bool) { done <- sc.Scan(scanCtx, full) }(full)
 
 		var sum summary.Summary
@@ -204,12 +197,6 @@ const idle = -1
 // seen within first, and continuous churn causes at most one scan (one
 // state write) per most.
 func Debounce(first, most time.Duration) (func(), <-chan struct{}) {
-	return debounce(first, most, time.Now, func(d time.Duration, f func()) { time.AfterFunc(d, f) })
-}
-
-// debounce is Debounce on the clock now and the timer after (tests pass
-// their own).
-func debounce(first, most time.Duration, now func() time.Time, after func(time.Duration, func())) (func(), <-chan struct{}) {
 	most = max(most, first)
 	ch := make(chan struct{}, 1)
 	var mu sync.Mutex
@@ -223,10 +210,10 @@ func debounce(first, most time.Duration, now func() time.Time, after func(time.D
 			return
 		}
 		pending = true
-		window = nextWindow(window, lastFire, now(), first, most)
-		after(window, func() {
+		window = nextWindow(window, lastFire, time.Now(), first, most)
+		time.AfterFunc(window, func() {
 			mu.Lock()
-			pending, lastFire = false, now()
+			pending, lastFire = false, time.Now()
 			mu.Unlock()
 			select {
 			case ch <- struct{}{}:
