@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,9 +20,52 @@ import (
 // start, is logged at most once a minute per message.
 func WebLogger(log *zap.Logger) *slog.Logger {
 	sampled := log.Named("web").WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return zapcore.NewSamplerWithOptions(c, time.Minute, 1, 0)
+		return onceAMinute{Core: c, seen: &seenMessages{at: map[seenKey]time.Time{}}}
 	}))
 	return slog.New(&zapHandler{log: sampled})
+}
+
+// onceAMinute passes the first entry of each level and message, and drops
+// the same again within a minute. (zap's sampler would do, but holds 450 KB
+// of counters from the start, for a logger that is all but silent.)
+type onceAMinute struct {
+	zapcore.Core
+	seen *seenMessages // shared by the cores With makes
+}
+
+type seenKey struct {
+	level zapcore.Level
+	msg   string
+}
+
+type seenMessages struct {
+	mu sync.Mutex
+	at map[seenKey]time.Time
+}
+
+func (o onceAMinute) With(fs []zapcore.Field) zapcore.Core {
+	return onceAMinute{Core: o.Core.With(fs), seen: o.seen}
+}
+
+func (o onceAMinute) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if !o.Enabled(e.Level) {
+		return ce
+	}
+	k := seenKey{e.Level, e.Message}
+	o.seen.mu.Lock()
+	last, ok := o.seen.at[k]
+	pass := !ok || e.Time.Sub(last) >= time.Minute || e.Time.Before(last)
+	if pass {
+		if len(o.seen.at) >= 256 { // messages are the toolkit's few constants
+			clear(o.seen.at)
+		}
+		o.seen.at[k] = e.Time
+	}
+	o.seen.mu.Unlock()
+	if !pass {
+		return ce
+	}
+	return o.Core.Check(e, ce)
 }
 
 // zapHandler is a slog.Handler over a zap.Logger.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -45,3 +46,26 @@ func TestWebLogger(t *testing.T) {
 		t.Errorf("%+v", logs.All())
 	}
 }
+
+type stepClock struct{ now time.Time }
+
+func (c *stepClock) Now() time.Time                         { return c.now }
+func (c *stepClock) NewTicker(d time.Duration) *time.Ticker { return time.NewTicker(d) }
+
+// A repeated message comes through again once a minute has passed, at
+// each level apart.
+func TestWebLoggerOnceAMinute(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	clock := &stepClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	l := WebLogger(zap.New(core, zap.WithClock(clock)))
+	for _, step := range []time.Duration{0, 30 * time.Second, 29 * time.Second, time.Second, 59 * time.Second} {
+		clock.now = clock.now.Add(step)
+		l.Warn("config unreadable")
+		l.Error("config unreadable")
+	}
+	// At 0 and 60 s, each level: four lines.
+	if n := logs.Len(); n != 4 {
+		t.Errorf("%d lines, want 4: %+v", n, logs.AllUntimed())
+	}
+}
+

@@ -113,17 +113,19 @@ func Encode(st inventory.State) ([]byte, error) {
 // (inventory.Container.Equal), and streams the file instead of building it
 // in memory: a cycle among thousands of unchanged containers then costs
 // little more than its changes. One goroutine at a time.
+//
+// Write keeps the containers map of the state it wrote, to compare the next
+// state's with: the caller must not change that map, or the containers in
+// it, afterwards (reconcile builds each state afresh). Keeping the map the
+// caller keeps anyway, rather than a copy of each container, saves a
+// container's worth of memory per container.
 type Encoder struct {
 	// Key, when set, seals every state written (internal/seal).
 	Key  *seal.Key
-	last map[string]*encoded // pointers: a lookup copies no container
-	keys []string            // last's keys, sorted
-	iov  [][]byte            // the pieces of the last write, kept for their capacity
-}
-
-type encoded struct {
-	c inventory.Container
-	b []byte // `"<key>": {…}` indented at the containers map's depth
+	prev map[string]inventory.Container // the containers last written
+	last map[string][]byte              // `"<key>": {…}` of each of prev, indented at the map's depth
+	keys []string                       // last's keys, sorted
+	iov  [][]byte                       // the pieces of the last write, kept for their capacity
 }
 
 // containersMarker is where the containers go in the rest of the state,
@@ -134,7 +136,7 @@ var containersMarker = []byte(`"containers": {}`)
 func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 	defer func() {
 		if err != nil { // start afresh: the cache may be half updated
-			e.last, e.keys = nil, nil
+			e.prev, e.last, e.keys = nil, nil, nil
 		}
 	}()
 	containers := st.Containers
@@ -157,8 +159,8 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 		iov = append(iov, containersOpen)
 		for i, k := range e.keys {
 			c := containers[k]
-			enc := e.last[k]
-			if enc == nil || !Equal(&enc.c, &c) {
+			enc, ok := e.last[k]
+			if p, had := e.prev[k]; !ok || !had || !Equal(&p, &c) {
 				kb, err := asciijson.Marshal(k, "")
 				if err != nil {
 					return err
@@ -171,7 +173,7 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 				b := make([]byte, 0, len(kb)+2+2*len(cb))
 				b = append(append(b, kb...), ':', ' ')
 				b = asciijson.AppendIndented(b, cb, "  ", 2)
-				enc = &encoded{c: c, b: bytes.Clone(b)}
+				enc = bytes.Clone(b)
 				e.last[k] = enc
 			}
 			if i == 0 {
@@ -179,10 +181,11 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 			} else {
 				iov = append(iov, nextSep)
 			}
-			iov = append(iov, enc.b)
+			iov = append(iov, enc)
 		}
 		iov = append(iov, containersClose)
 	}
+	e.prev = containers
 	iov = append(iov, rest[at+len(containersMarker):], newline)
 	if e.Key != nil {
 		// The seal: a MAC over the file as written without it, put in as
@@ -264,7 +267,7 @@ func writev(f *os.File, bufs [][]byte) error {
 // sorts one key, not thousands.
 func (e *Encoder) sync(containers map[string]inventory.Container) {
 	if e.last == nil {
-		e.last = make(map[string]*encoded, len(containers))
+		e.last = make(map[string][]byte, len(containers))
 	}
 	var added []string
 	for k := range containers {

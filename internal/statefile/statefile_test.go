@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/user"
@@ -242,6 +243,7 @@ func TestEncoderMatchesEncode(t *testing.T) {
 	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	st.LastScan = &now
 	for step := 0; step < 7; step++ {
+		st.Containers = maps.Clone(st.Containers) // each state afresh, as reconcile gives them
 		switch step {
 		case 1:
 			for i := 0; i < 50; i++ {
@@ -284,6 +286,7 @@ func TestEncoderKeyOrderUnderChurn(t *testing.T) {
 	now := inventory.NewTime(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	rnd := rand.New(rand.NewPCG(1, 2))
 	for step := 0; step < 200; step++ {
+		st.Containers = maps.Clone(st.Containers)
 		for n := rnd.IntN(4); n > 0; n-- {
 			id := fmt.Sprintf("%012x", rnd.IntN(64))
 			if _, ok := st.Containers[id]; ok && rnd.IntN(2) == 0 {
