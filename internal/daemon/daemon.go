@@ -205,19 +205,29 @@ func (d *Daemon) Once(ctx context.Context) summary.Summary {
 	return d.scanner.Scan(ctx, true)
 }
 
-// lean hands the memory a reconciliation scan used back to the operating
-// system once the scan is over. The daemon idles between scans, and a full
-// scan decodes Docker's whole list: left to the garbage collector's pace,
-// that headroom stays resident (a few MB at 1,000 containers, more than a
-// third of the daemon's memory). Event scans, which allocate little and
-// may come several a second, are left alone.
+// lean keeps a reconciliation scan's memory from staying resident once the
+// scan is over. The daemon idles between scans, and a full scan allocates
+// the most (the list, the activity of every running container, a new
+// state): left to the garbage collector's pace, that headroom stays
+// resident (a few MB at 1,000 containers, more than a third of the
+// daemon's memory). During the scan the collector runs at GOGC=25 rather
+// than 100, so that the state it keeps lands among fewer pages, and after
+// it the free pages go back to the operating system. At 1,000 containers
+// that took the daemon at rest from 30.9-31.1 MB to 29.5-29.9 MB for about
+// 8 % more CPU per full scan (docs/PERFORMANCE.md). Event scans, which
+// allocate little and may come several a second, are left alone.
 type lean struct{ sc *cycle.Scanner }
 
+// fullScanGOGC is the garbage collector's GOGC during a full scan.
+const fullScanGOGC = 25
+
 func (l lean) Scan(ctx context.Context, full bool) summary.Summary {
-	sum := l.sc.Scan(ctx, full)
-	if full {
-		debug.FreeOSMemory()
+	if !full {
+		return l.sc.Scan(ctx, false)
 	}
+	defer debug.SetGCPercent(debug.SetGCPercent(fullScanGOGC))
+	sum := l.sc.Scan(ctx, true)
+	debug.FreeOSMemory()
 	return sum
 }
 
