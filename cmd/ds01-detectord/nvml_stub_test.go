@@ -84,7 +84,7 @@ func TestUtilizationEndToEnd(t *testing.T) {
 		v, ok := metric(t, addr, "ds01_workload_gpu_utilization_ratio")
 		return ok && v == 0.85
 	})
-	time.Sleep(time.Second) // some busy time
+	testutil.Eventually(t, 5*time.Second, "some busy time", func() bool { return f.State().Containers[short].GPUBusySeconds > 0 })
 	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -126,9 +126,8 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, p, src, _ := proxiedRig(t, d)
+	r, p, src, changes := proxiedRig(t, d)
 	r.cycle() // cold: inspects everything
-	time.Sleep(200 * time.Millisecond)
 	r.cycle()
 	p.Counts()
 	before := src.Requests()
@@ -160,7 +159,7 @@ func TestSteadyCycleMakesOneRequest(t *testing.T) {
 	if err := d.Client.ContainerStop(ctx, running, container.StopOptions{Timeout: &timeout}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	waitChange(t, changes, "stop")
 	p.Counts()
 	r.cycle()
 	if got := p.Counts(); got["GET /containers/"+running+"/json"] != 1 || got["GET /containers/json"] != 1 || len(got) != 2 {
@@ -203,8 +202,7 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitChange(t, changes, "create")
-	time.Sleep(300 * time.Millisecond) // create and start events
+	waitChange(t, changes, "create") // the start may come later: the inspect sees it running
 	if s := events(false); s.Containers != 21 {
 		t.Fatalf("after create: %d containers", s.Containers)
 	}
@@ -212,12 +210,12 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 	if err := d.Client.ContainerStop(ctx, id, container.StopOptions{Timeout: &timeout}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitChange(t, changes, "stop")
 	events(false)
 	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitChange(t, changes, "remove")
 	if s := events(false); s.Containers != 20 {
 		t.Fatalf("after remove: %d containers", s.Containers)
 	}
@@ -240,7 +238,7 @@ func TestEventScanMakesNoListCall(t *testing.T) {
 	if err := d.Client.ContainerRename(ctx, idle0, "renamed-idle"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitChange(t, changes, "rename")
 	if s := events(false); s.State.Containers[idle0[:12]].Name != "renamed-idle" || s.Containers != 20 {
 		t.Errorf("after a rename: %+v", s.State.Containers[idle0[:12]])
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/dockertest"
 	"github.com/ds01/ds01-detectord/internal/testutil"
+	"github.com/ds01/ds01-detectord/pkg/inventory"
 )
 
 // manTree is cacheTree plus man-db (for `man`) and logrotate, made once
@@ -366,7 +367,10 @@ func TestDebLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		testutil.Eventually(t, 20*time.Second, name+" discovered", func() bool { return m.hasEvent("detection.container_discovered", id[:12]) })
-		time.Sleep(5 * time.Second) // two scans: GPU-seconds allocated
+		testutil.Eventually(t, 20*time.Second, name+"'s allocated GPU-seconds", func() bool {
+			st, err := inventory.Read(m.statePath())
+			return err == nil && st.Containers[id[:12]].GPUAllocatedSeconds > 0
+		})
 		if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
 			t.Fatal(err)
 		}

@@ -68,4 +68,3 @@ func TestWebLoggerOnceAMinute(t *testing.T) {
 		t.Errorf("%d lines, want 4: %+v", n, logs.AllUntimed())
 	}
 }
-
