@@ -174,8 +174,9 @@ uninstall:
 # fuzz cache; `make fuzz-corpus` copies them into testdata/fuzz, where plain
 # `go test` replays them.
 FUZZ_TARGETS := FuzzParseCgroup:./internal/source/proc FuzzStatAndCmdline:./internal/source/proc \
-	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzUserAndLabels:./internal/classify FuzzIndentCompact:./pkg/inventory \
-	FuzzParse:./internal/policy FuzzCounters:./internal/source/activity
+	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzReader:./pkg/event FuzzUserAndLabels:./internal/classify \
+	FuzzIndentCompact:./internal/asciijson FuzzBytes:./internal/textcut FuzzParse:./internal/policy \
+	FuzzCounters:./internal/source/activity FuzzDecodeSummaries:./internal/source/docker
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

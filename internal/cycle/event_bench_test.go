@@ -1,6 +1,7 @@
 package cycle
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ds01/ds01-detectord/internal/deliver"
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/seal"
 	"github.com/ds01/ds01-detectord/internal/testutil"
 )
 
@@ -44,7 +46,11 @@ func BenchmarkEventCycle(b *testing.B) {
 					Status: "exited", Created: time.Unix(1, 0), Labels: map[string]string{"ds01.user": "user" + strconv.Itoa(i%40)}})
 			}
 			files := testutil.NewFiles(b)
-			s := New(Config{Files: deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}, Docker: src, DryRun: os.Getenv("DRY") != ""}, nil)
+			cfg := deliver.Config{StatePath: files.StatePath, EventsPath: files.EventsPath}
+			if os.Getenv("DS01_BENCH_SEAL") != "" { // sealed, as the daemon runs by default
+				cfg.Key, cfg.KeyCreated = seal.NewKey(bytes.Repeat([]byte{7}, seal.KeySize)), true
+			}
+			s := New(Config{Files: cfg, Docker: src, DryRun: os.Getenv("DRY") != ""}, nil)
 			ctx := context.Background()
 			s.Scan(ctx, true)
 			b.ResetTimer()
