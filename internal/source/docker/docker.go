@@ -6,10 +6,8 @@ package docker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -22,6 +20,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/ds01/ds01-detectord/internal/facts"
+	"github.com/ds01/ds01-detectord/internal/source/docker/bounded"
 )
 
 // The facts this source reports are internal/facts' types: the reconcile
@@ -115,7 +114,7 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	// Bodies bounded as they stream in (bound.go), and requests counted.
-	counter := &countingTransport{next: boundTransport{next: hc.Transport}, n: map[string]uint64{}}
+	counter := &countingTransport{next: bounded.Transport{Next: hc.Transport}, n: map[string]uint64{}}
 	hc.Transport = counter
 	s := &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
 		reqs: make(chan func(*store)), stop: make(chan struct{})}
@@ -199,8 +198,8 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	listStart := time.Now()
 	lctx, cancel := s.call(ctx)
 	sums, err := s.listSummaries(lctx)
-	if errors.Is(err, errOverPass) {
-		sums, err = s.listSummaries(context.WithValue(lctx, shrinkKey{}, true))
+	if errors.Is(err, bounded.ErrOverPass) {
+		sums, err = s.listSummaries(bounded.Shrink(lctx))
 	}
 	cancel()
 	if err != nil {
@@ -261,65 +260,25 @@ func (s *Source) List(ctx context.Context, full bool) (Snapshot, error) {
 	return snap, nil
 }
 
-// summary is what List reads of a listed container. Docker's summary also
-// carries labels, mounts, ports and networks; an inspect reads those, and
-// only for containers the cache does not hold.
-type summary struct {
-	ID    string   `json:"Id"`
-	Names []string `json:"Names"`
-	State string   `json:"State"`
-}
-
 // listSummaries lists every container through the client, and decodes the
-// response itself (takeKey): one container at a time, three fields each.
-func (s *Source) listSummaries(ctx context.Context) ([]summary, error) {
-	t := &taken{}
-	full, err := s.cli.ContainerList(context.WithValue(ctx, takeKey{}, t), container.ListOptions{All: true})
-	if t.body == nil || err != nil {
+// response itself (bounded.TakeList): one container at a time, three
+// fields each.
+func (s *Source) listSummaries(ctx context.Context) ([]bounded.Summary, error) {
+	ctx, t := bounded.TakeList(ctx)
+	full, err := s.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if t.Body == nil || err != nil {
 		// Not a JSON 200 (the transport took nothing): the client's answer.
-		if t.body != nil {
-			t.body.Close()
+		if t.Body != nil {
+			t.Body.Close()
 		}
-		sums := make([]summary, len(full))
+		sums := make([]bounded.Summary, len(full))
 		for i, c := range full {
-			sums[i] = summary{ID: c.ID, Names: c.Names, State: c.State}
+			sums[i] = bounded.Summary{ID: c.ID, Names: c.Names, State: c.State}
 		}
 		return sums, err
 	}
-	defer t.body.Close()
-	return decodeSummaries(t.body)
-}
-
-// decodeSummaries reads a container list (a JSON array of objects) one
-// element at a time, keeping the fields of summary and skipping the rest.
-func decodeSummaries(r io.Reader) ([]summary, error) {
-	dec := json.NewDecoder(r)
-	if tok, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("container list: %w", err)
-	} else if tok != json.Delim('[') {
-		return nil, fmt.Errorf("container list: not a JSON array (starts with %v)", tok)
-	}
-	var sums []summary
-	for dec.More() {
-		var c summary
-		if err := dec.Decode(&c); err != nil {
-			return nil, fmt.Errorf("container list, entry %d: %w", len(sums), err)
-		}
-		if c.ID == "" {
-			return nil, fmt.Errorf("container list, entry %d: no Id", len(sums))
-		}
-		sums = append(sums, c)
-	}
-	if _, err := dec.Token(); err != nil { // the closing bracket
-		return nil, fmt.Errorf("container list: %w", err)
-	}
-	switch tok, err := dec.Token(); {
-	case err == nil:
-		return nil, fmt.Errorf("container list: data after the array (%v)", tok)
-	case err != io.EOF:
-		return nil, fmt.Errorf("container list: %w", err)
-	}
-	return sums, nil
+	defer t.Body.Close()
+	return bounded.DecodeSummaries(t.Body)
 }
 
 // changes is List for an event-triggered scan: it inspects the containers

@@ -1,4 +1,4 @@
-package docker
+package bounded
 
 import (
 	"bytes"
@@ -84,13 +84,13 @@ func (b bodyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // A container list within passList streams through unchanged; a larger one
-// fails with errOverPass, and asked again (shrinkKey) comes within the bounds.
+// fails with ErrOverPass, and asked again (shrinkKey) comes within the bounds.
 func TestListPassesOrIsAskedAgain(t *testing.T) {
 	small := `[{"Id":"a","Labels":{"ds01.user":"alice"}}]`
 	big := `[{"Id":"a","Labels":{"ds01.user":"alice","x":"` + strings.Repeat("x", passList) + `"}}]`
 	get := func(body string, ctx context.Context) ([]byte, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/v1.41/containers/json?all=1", nil)
-		resp, err := boundTransport{next: bodyTransport(body)}.RoundTrip(req)
+		resp, err := Transport{Next: bodyTransport(body)}.RoundTrip(req)
 		if err != nil {
 			return nil, err
 		}
@@ -100,10 +100,10 @@ func TestListPassesOrIsAskedAgain(t *testing.T) {
 	if b, err := get(small, context.Background()); err != nil || string(b) != small {
 		t.Errorf("small list: %q, %v", b, err)
 	}
-	if _, err := get(big, context.Background()); !errors.Is(err, errOverPass) {
-		t.Errorf("large list: %v, want errOverPass", err)
+	if _, err := get(big, context.Background()); !errors.Is(err, ErrOverPass) {
+		t.Errorf("large list: %v, want ErrOverPass", err)
 	}
-	b, err := get(big, context.WithValue(context.Background(), shrinkKey{}, true))
+	b, err := get(big, Shrink(context.Background()))
 	if err != nil || len(b) > MaxString+100 || !strings.Contains(string(b), `"ds01.user":"alice"`) {
 		t.Errorf("large list asked again: %d bytes, %v", len(b), err)
 	}

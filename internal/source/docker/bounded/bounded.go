@@ -1,8 +1,13 @@
-package docker
+// Package bounded reads Docker's JSON within bounds: anyone who can start a
+// container sets its labels, environment and names, so the transport cuts
+// what users control before a decoder holds it, and the container list is
+// decoded one entry and three fields at a time.
+package bounded
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,12 +50,12 @@ func keptLabel(k string) bool {
 	return false
 }
 
-// boundTransport rewrites the JSON bodies of the calls the source decodes
-// (container list, inspect, the event stream) within the bounds above.
-type boundTransport struct{ next http.RoundTripper }
+// Transport rewrites the JSON bodies of the calls the Docker source decodes
+// (container list, inspect, the event stream) within the bounds.
+type Transport struct{ Next http.RoundTripper }
 
-func (t boundTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := t.next.RoundTrip(r)
+func (t Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.Next.RoundTrip(r)
 	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), "json") {
 		return resp, err
 	}
@@ -60,13 +65,13 @@ func (t boundTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	case strings.HasSuffix(p, "/containers/json"):
 		if r.Context().Value(shrinkKey{}) == nil {
 			// Streamed as it comes, up to passList: past it the read fails
-			// with errOverPass and List asks again with the bounds.
+			// with ErrOverPass and List asks again with the bounds.
 			resp.Body = readCloser{&passReader{r: resp.Body, left: passList}, resp.Body}
 		} else {
 			resp.Body = boundBody(resp.Body, 0) // asked again: rewritten as it streams
 		}
-		if t, ok := r.Context().Value(takeKey{}).(*taken); ok {
-			t.body = resp.Body
+		if t, ok := r.Context().Value(takeKey{}).(*Taken); ok {
+			t.Body = resp.Body
 			resp.Body = io.NopCloser(strings.NewReader("[]"))
 		}
 		resp.ContentLength = -1
@@ -85,8 +90,8 @@ func (t boundTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// errOverPass ends a container list read that passed passList bytes.
-var errOverPass = errors.New("container list larger than 16 MiB: reading it again within the bounds")
+// ErrOverPass ends a container list read that passed passList bytes.
+var ErrOverPass = errors.New("container list larger than 16 MiB: reading it again within the bounds")
 
 // shrinkKey marks, in a request's context, a list to rewrite within the
 // bounds from its first byte.
@@ -94,17 +99,28 @@ type shrinkKey struct{}
 
 // takeKey marks, in a request's context, a container list whose body the
 // transport hands to List (the *taken under the key) rather than to the
-// client, which decodes an empty list instead. List reads the three fields
-// it needs one container at a time (listSummaries), where the client would
+// client, which decodes an empty list instead. The Docker source reads the three
+// fields it needs one container at a time (DecodeSummaries), where the client would
 // buffer the whole array and decode every container's labels, mounts and
 // networks, which List never reads: at 1,000 containers that was a third
 // of a steady cycle's CPU and several MB of garbage.
 type takeKey struct{}
 
-// taken receives a container list's body (takeKey).
-type taken struct{ body io.ReadCloser }
+// Taken receives a container list's body (TakeList).
+type Taken struct{ Body io.ReadCloser }
 
-// passReader reads at most left bytes from r, then fails with errOverPass.
+// TakeList returns ctx marked for a container list whose body the
+// Transport hands to the caller, in the Taken, instead of to the client.
+func TakeList(ctx context.Context) (context.Context, *Taken) {
+	t := &Taken{}
+	return context.WithValue(ctx, takeKey{}, t), t
+}
+
+// Shrink returns ctx marked for a container list rewritten within the
+// bounds from its first byte (asked again after ErrOverPass).
+func Shrink(ctx context.Context) context.Context { return context.WithValue(ctx, shrinkKey{}, true) }
+
+// passReader reads at most left bytes from r, then fails with ErrOverPass.
 type passReader struct {
 	r    io.Reader
 	left int64
@@ -112,14 +128,14 @@ type passReader struct {
 
 func (p *passReader) Read(b []byte) (int, error) {
 	if p.left < 0 {
-		return 0, errOverPass
+		return 0, ErrOverPass
 	}
 	if int64(len(b)) > p.left+1 {
 		b = b[:p.left+1]
 	}
 	n, err := p.r.Read(b)
 	if p.left -= int64(n); p.left < 0 {
-		return n, errOverPass
+		return n, ErrOverPass
 	}
 	return n, err
 }
@@ -323,4 +339,45 @@ func endValue(bw *bufio.Writer, stack *[]frame) error {
 func writeString(bw *bufio.Writer, s string) {
 	b, _ := json.Marshal(textcut.Bytes(s, MaxString))
 	bw.Write(b)
+}
+
+// Summary is what the Docker source reads of a listed container. Docker's
+// summary also carries labels, mounts, ports and networks; an inspect reads
+// those, and only for containers the source's cache does not hold.
+type Summary struct {
+	ID    string   `json:"Id"`
+	Names []string `json:"Names"`
+	State string   `json:"State"`
+}
+
+// DecodeSummaries reads a container list (a JSON array of objects) one
+// element at a time, keeping the fields of Summary and skipping the rest.
+func DecodeSummaries(r io.Reader) ([]Summary, error) {
+	dec := json.NewDecoder(r)
+	if tok, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("container list: %w", err)
+	} else if tok != json.Delim('[') {
+		return nil, fmt.Errorf("container list: not a JSON array (starts with %v)", tok)
+	}
+	var sums []Summary
+	for dec.More() {
+		var c Summary
+		if err := dec.Decode(&c); err != nil {
+			return nil, fmt.Errorf("container list, entry %d: %w", len(sums), err)
+		}
+		if c.ID == "" {
+			return nil, fmt.Errorf("container list, entry %d: no Id", len(sums))
+		}
+		sums = append(sums, c)
+	}
+	if _, err := dec.Token(); err != nil { // the closing bracket
+		return nil, fmt.Errorf("container list: %w", err)
+	}
+	switch tok, err := dec.Token(); {
+	case err == nil:
+		return nil, fmt.Errorf("container list: data after the array (%v)", tok)
+	case err != io.EOF:
+		return nil, fmt.Errorf("container list: %w", err)
+	}
+	return sums, nil
 }

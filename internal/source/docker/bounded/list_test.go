@@ -1,7 +1,6 @@
-package docker
+package bounded
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -17,17 +16,17 @@ const listEntry = `{"Id":"4f1a","Names":["/train"],"Image":"pytorch","ImageID":"
 "NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.17.0.2","Aliases":null}}},
 "Mounts":[{"Type":"bind","Source":"/home/alice","Destination":"/w","RW":true}]}`
 
-// decodeSummaries keeps Id, Names and State of each entry and skips the
+// DecodeSummaries keeps Id, Names and State of each entry and skips the
 // rest; anything that is not one well-formed array of entries with an Id
 // is an error, not a shorter list.
 func TestDecodeSummaries(t *testing.T) {
 	two := "[" + listEntry + ",\n " + strings.Replace(listEntry, `"4f1a"`, `"9c2e"`, 1) + "]\n"
-	got, err := decodeSummaries(strings.NewReader(two))
-	want := []summary{{ID: "4f1a", Names: []string{"/train"}, State: "running"}, {ID: "9c2e", Names: []string{"/train"}, State: "running"}}
+	got, err := DecodeSummaries(strings.NewReader(two))
+	want := []Summary{{ID: "4f1a", Names: []string{"/train"}, State: "running"}, {ID: "9c2e", Names: []string{"/train"}, State: "running"}}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, %v; want %+v", got, err, want)
 	}
-	if got, err := decodeSummaries(strings.NewReader("[]")); err != nil || len(got) != 0 {
+	if got, err := DecodeSummaries(strings.NewReader("[]")); err != nil || len(got) != 0 {
 		t.Errorf("empty list: %+v, %v", got, err)
 	}
 	for name, body := range map[string]string{
@@ -40,34 +39,34 @@ func TestDecodeSummaries(t *testing.T) {
 		"no id":            `[{"Names":["/x"],"State":"running"}]`,
 		"wrong field type": `[{"Id":"4f1a","Names":"/x"}]`,
 	} {
-		if got, err := decodeSummaries(strings.NewReader(body)); err == nil {
+		if got, err := DecodeSummaries(strings.NewReader(body)); err == nil {
 			t.Errorf("%s: %+v, want an error", name, got)
 		}
 	}
 }
 
-// listSummaries takes the list's body from the transport (the client
+// TakeList takes the list's body from the transport (the client
 // decodes an empty array) and reads it through the same bounds as before.
 func TestListSummariesTakesTheBody(t *testing.T) {
 	body := "[" + listEntry + "]"
-	tr := boundTransport{next: bodyTransport(body)}
+	tr := Transport{Next: bodyTransport(body)}
 	req, _ := http.NewRequest(http.MethodGet, "http://docker/v1.41/containers/json?all=1", nil)
-	tk := &taken{}
-	resp, err := tr.RoundTrip(req.WithContext(context.WithValue(req.Context(), takeKey{}, tk)))
+	ctx, tk := TakeList(req.Context())
+	resp, err := tr.RoundTrip(req.WithContext(ctx))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var rest []json.RawMessage
-	if err := json.NewDecoder(resp.Body).Decode(&rest); err != nil || len(rest) != 0 || tk.body == nil {
-		t.Fatalf("the client got %d entries (%v); taken: %v", len(rest), err, tk.body != nil)
+	if err := json.NewDecoder(resp.Body).Decode(&rest); err != nil || len(rest) != 0 || tk.Body == nil {
+		t.Fatalf("the client got %d entries (%v); taken: %v", len(rest), err, tk.Body != nil)
 	}
-	got, err := decodeSummaries(tk.body)
+	got, err := DecodeSummaries(tk.Body)
 	if err != nil || len(got) != 1 || got[0].ID != "4f1a" {
 		t.Errorf("taken body: %+v, %v", got, err)
 	}
 }
 
-// Whatever decodeSummaries accepts, encoding/json reads the same way; and
+// Whatever DecodeSummaries accepts, encoding/json reads the same way; and
 // it accepts every array of entries with an Id that encoding/json reads.
 func FuzzDecodeSummaries(f *testing.F) {
 	f.Add([]byte("[" + listEntry + "]"))
@@ -76,8 +75,8 @@ func FuzzDecodeSummaries(f *testing.F) {
 	f.Add([]byte(`[] `))
 	f.Add([]byte(`[{"id":"a","NAMES":["/x"]}]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := decodeSummaries(strings.NewReader(string(b)))
-		var ref []summary
+		got, err := DecodeSummaries(strings.NewReader(string(b)))
+		var ref []Summary
 		refErr := json.Unmarshal(b, &ref)
 		if refErr == nil && ref != nil {
 			for _, c := range ref {
