@@ -414,7 +414,7 @@ func TestFaultKill9Across500Cycles(t *testing.T) {
 	// Settle: a last run with the event stream replays what happened after
 	// the final kill, then stops cleanly.
 	final := exec.Command(bin, f.args("--docker-host", d.Host, "--interval", "200ms", "--log-format", "console")...)
-	var fout lockedBuffer
+	var fout testutil.Buffer
 	final.Stderr = &fout
 	if err := final.Start(); err != nil {
 		t.Fatal(err)

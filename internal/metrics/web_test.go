@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,20 +66,6 @@ func selfSigned(t *testing.T, dir string) *x509.CertPool {
 	return pool
 }
 
-// logBuffer collects what the toolkit logs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // With the exporter-toolkit's web configuration (the file the README
 // shows: TLS and basic auth), the endpoint answers only over TLS and only
 // with the right credentials; without one, plain HTTP as before.
@@ -98,7 +83,7 @@ func TestTLSAndBasicAuth(t *testing.T) {
 	}
 	m := New("test")
 	m.Observe(summary.Summary{State: inventory.Empty()})
-	var logs logBuffer
+	var logs testutil.Buffer
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&logs), zapcore.DebugLevel))
 	lns, err := m.Listen(Web{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: conf}, log)
 	if err != nil {

@@ -190,3 +190,19 @@ func NotifySocket(t testing.TB) (string, <-chan string) {
 	}()
 	return path, out
 }
+
+// Buffer is a bytes.Buffer safe to write from one goroutine (a process's
+// output, a logger) while the test reads it from another.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *Buffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns what was written so far.
+func (l *Buffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
