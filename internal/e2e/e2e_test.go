@@ -253,20 +253,25 @@ func TestUnderRealSystemd(t *testing.T) {
 		t.Errorf("metrics on the default address:\n%.2000s", body)
 	}
 
-	// Reload rescans within 2 s.
+	// Reload rescans (on a 60 s interval; how long it took is logged, not
+	// asserted: a busy machine can be slower).
 	before := m.lastScan()
+	reloaded := time.Now()
 	m.must("systemctl", "reload", "ds01-detectord.service")
-	testutil.Eventually(t, 2*time.Second, "rescan after systemctl reload", func() bool { return m.lastScan() != before })
+	testutil.Eventually(t, 30*time.Second, "rescan after systemctl reload", func() bool { return m.lastScan() != before })
+	t.Logf("rescan %v after systemctl reload", time.Since(reloaded).Round(time.Millisecond))
 	if !strings.Contains(m.journal("-o", "cat"), "rescan requested (SIGHUP)") {
 		t.Error("journal does not show the rescan")
 	}
 
-	// Ten HUPs back to back: at most two scans.
-	time.Sleep(500 * time.Millisecond)
+	// Ten HUPs back to back: one scan, two at most (one running when the
+	// rest arrive, one after it), and no more once they have settled.
+	time.Sleep(500 * time.Millisecond) // the reload's summary line into the journal
 	n0 := m.scans()
 	pid := m.prop("MainPID")
 	m.must("sh", "-c", `for i in 1 2 3 4 5 6 7 8 9 10; do kill -HUP "$1"; done`, "_", pid)
-	time.Sleep(2 * time.Second)
+	testutil.Eventually(t, 30*time.Second, "a scan after 10 HUPs", func() bool { return m.scans() > n0 })
+	time.Sleep(2 * time.Second) // room for extra scans, were the HUPs not coalesced
 	if n := m.scans() - n0; n < 1 || n > 2 {
 		t.Errorf("10 HUPs gave %d scans, want 1 or 2", n)
 	}
