@@ -85,29 +85,45 @@ func TestUtilizationEndToEnd(t *testing.T) {
 		return ok && v == 0.85
 	})
 	testutil.Eventually(t, 5*time.Second, "some busy time", func() bool { return f.State().Containers[short].GPUBusySeconds > 0 })
+	var activeAt time.Time
+	for _, e := range f.Events() {
+		if e.EventType == event.GPUActive {
+			activeAt = e.Timestamp.Time
+		}
+	}
+	// Held time is integrated at samples, and gpu_active is stamped by
+	// the scan after the sample that saw the work: wait until the state
+	// has held time up to the gpu_active stamp (a sample after it), so
+	// the exit counters below have a lower bound that does not depend on
+	// when the removal lands between samples.
+	heldMin := activeAt.Sub(idleSince).Seconds()
+	var heldSeen float64
+	testutil.Eventually(t, 10*time.Second, "held time up to gpu_active", func() bool {
+		heldSeen = f.State().Containers[short].GPUHeldSeconds
+		return heldSeen >= heldMin
+	})
 	if err := d.Client.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "container_exited", func() bool { return count(event.ContainerExited) == 1 })
 	var exited map[string]any
-	var activeAt, exitAt time.Time
+	var exitAt time.Time
 	for _, e := range f.Events() {
-		switch e.EventType {
-		case event.ContainerExited:
+		if e.EventType == event.ContainerExited {
 			exited, exitAt = testutil.Details(t, e), e.Timestamp.Time
-		case event.GPUActive:
-			activeAt = e.Timestamp.Time
 		}
 	}
 	held, busy, alloc := exited["gpu_held_seconds"].(float64), exited["gpu_busy_seconds"].(float64), exited["gpu_allocated_seconds"].(float64)
 	// On the daemon's own timeline (event timestamps, not the test's
 	// clock): the process was held from idle_since until at least the
-	// gpu_active cycle and at most until the exit; it was busy only in
-	// cycles after the gpu_idle one.
-	heldMin, heldMax := activeAt.Sub(idleSince).Seconds(), exitAt.Sub(idleSince).Seconds()
+	// gpu_active cycle (the state showed that much before the removal,
+	// and counters never go back) and at most until the exit; it was
+	// busy only in cycles after the gpu_idle one.
+	heldMax := exitAt.Sub(idleSince).Seconds()
 	busyMax := exitAt.Sub(idleAt).Seconds()
-	if held < heldMin || held > heldMax+0.001 || busy <= 0 || busy > busyMax+0.001 || busy > held || alloc != 0 {
-		t.Errorf("exited counters: held %.3f (want %.3f to %.3f) busy %.3f (want up to %.3f) allocated %.3f", held, heldMin, heldMax, busy, busyMax, alloc)
+	if held < heldSeen || held > heldMax+0.001 || busy <= 0 || busy > busyMax+0.001 || busy > held || alloc != 0 {
+		t.Errorf("exited counters: held %.3f (want %.3f to %.3f; %.3f by gpu_active) busy %.3f (want up to %.3f) allocated %.3f",
+			held, heldSeen, heldMax, heldMin, busy, busyMax, alloc)
 	}
 	if v, ok := metric(t, addr, `ds01_user_gpu_held_seconds_total`); !ok || v < held-1 {
 		t.Errorf("ds01_user_gpu_held_seconds_total = %v, want about %v", v, held)
