@@ -176,7 +176,8 @@ uninstall:
 FUZZ_TARGETS := FuzzParseCgroup:./internal/source/proc FuzzStatAndCmdline:./internal/source/proc \
 	FuzzParse:./internal/statefile FuzzEncode:./pkg/event FuzzReader:./pkg/event FuzzUserAndLabels:./internal/classify \
 	FuzzIndentCompact:./internal/asciijson FuzzBytes:./internal/textcut FuzzParse:./internal/policy \
-	FuzzCounters:./internal/source/activity FuzzDecodeSummaries:./internal/source/docker/bounded
+	FuzzCounters:./internal/source/activity FuzzDecodeSummaries:./internal/source/docker/bounded \
+	FuzzStateSealer:./internal/seal
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

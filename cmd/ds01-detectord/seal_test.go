@@ -98,7 +98,7 @@ func TestSealedRecords(t *testing.T) {
 			t.Fatalf("an unsealed line from the daemon: %s", l)
 		}
 	}
-	if !bytes.Contains(sealedState, []byte(`"_seal": "v1:`)) {
+	if !bytes.Contains(sealedState, []byte(`"_seal": "v2:`)) {
 		t.Fatal("the state file is not sealed")
 	}
 	if out, errb, rc := cli(t, "verify", "--seal-key", key, "--events-file", f.EventsPath, "--state-file", f.StatePath); rc != 0 {

@@ -123,9 +123,12 @@ type Encoder struct {
 	// Key, when set, seals every state written (internal/seal).
 	Key  *seal.Key
 	prev map[string]inventory.Container // the containers last written
-	last map[string][]byte              // `"<key>": {…}` of each of prev, indented at the map's depth
-	keys []string                       // last's keys, sorted
-	iov  [][]byte                       // the pieces of the last write, kept for their capacity
+	// last holds, for each of prev, "\n    " + `"<key>": {…}` (indented at
+	// the map's depth) + ",": its part of the file as it is written when
+	// another container follows it, with its hash for the seal.
+	last map[string]*seal.Segment
+	keys []string // last's keys, sorted
+	iov  [][]byte // the pieces of the last write, kept for their capacity
 }
 
 // containersMarker is where the containers go in the rest of the state,
@@ -151,15 +154,24 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 	}
 	e.sync(containers)
 	// The file is a list of pieces, most of them cached encodings: written
-	// with writev, they are copied once, by the kernel.
+	// with writev, they are copied once, by the kernel. The seal takes the
+	// cached hash of each container but the last (seal.Segment).
+	var sealer *seal.StateSealer
+	if e.Key != nil {
+		sealer = e.Key.NewStateSealer()
+	}
 	iov := append(e.iov[:0], rest[:at])
 	if len(e.keys) == 0 {
 		iov = append(iov, containersMarker)
 	} else {
 		iov = append(iov, containersOpen)
+		if sealer != nil {
+			sealer.Write(rest[:at])
+			sealer.Write(containersOpen)
+		}
 		for i, k := range e.keys {
 			c := containers[k]
-			enc, ok := e.last[k]
+			g, ok := e.last[k]
 			if p, had := e.prev[k]; !ok || !had || !Equal(&p, &c) {
 				kb, err := asciijson.Marshal(k, "")
 				if err != nil {
@@ -170,35 +182,47 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 					return err
 				}
 				// A right-sized copy: the cache must not pin encoding buffers.
-				b := make([]byte, 0, len(kb)+2+2*len(cb))
-				b = append(append(b, kb...), ':', ' ')
-				b = asciijson.AppendIndented(b, cb, "  ", 2)
-				enc = bytes.Clone(b)
-				e.last[k] = enc
+				b := make([]byte, 0, len(entrySep)+len(kb)+2+2*len(cb)+1)
+				b = append(append(append(b, entrySep...), kb...), ':', ' ')
+				b = append(asciijson.AppendIndented(b, cb, "  ", 2), ',')
+				seg := seal.NewSegment(bytes.Clone(b))
+				g = &seg
+				e.last[k] = g
 			}
-			if i == 0 {
-				iov = append(iov, firstSep)
-			} else {
-				iov = append(iov, nextSep)
+			b := g.Bytes()
+			if i < len(e.keys)-1 {
+				iov = append(iov, b)
+				if sealer != nil {
+					sealer.WriteSegment(g)
+				}
+				continue
 			}
-			iov = append(iov, enc)
+			iov = append(iov, b[:len(b)-1]) // the last one: no comma
+			if sealer != nil {
+				sealer.Write(b[:len(b)-1])
+			}
 		}
 		iov = append(iov, containersClose)
+		if sealer != nil {
+			sealer.Write(containersClose)
+		}
 	}
 	e.prev = containers
 	iov = append(iov, rest[at+len(containersMarker):], newline)
-	if e.Key != nil {
+	if sealer != nil {
 		// The seal: a MAC over the file as written without it, put in as
 		// its last member.
-		s := e.Key.NewStateSealer()
-		for _, b := range iov {
-			s.Write(b)
+		if len(e.keys) == 0 {
+			sealer.Write(rest[:at])
+			sealer.Write(containersMarker)
 		}
+		sealer.Write(rest[at+len(containersMarker):])
+		sealer.Write(newline)
 		tail := iov[len(iov)-2]
 		if !bytes.HasSuffix(tail, closingBrace) {
 			return errors.New("encode state: the state does not end in a closing brace")
 		}
-		iov = append(iov[:len(iov)-2], tail[:len(tail)-len(closingBrace)], s.Member(), closingBrace, newline)
+		iov = append(iov[:len(iov)-2], tail[:len(tail)-len(closingBrace)], sealer.Member(), closingBrace, newline)
 	}
 	e.iov = iov[:0]
 	defer clear(iov) // the pieces must not pin old encodings
@@ -215,8 +239,7 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 var (
 	containersOpen  = []byte(`"containers": {`)
 	containersClose = []byte("\n  }")
-	firstSep        = []byte("\n    ")
-	nextSep         = []byte(",\n    ")
+	entrySep        = []byte("\n    ")
 	newline         = []byte("\n")
 	closingBrace    = []byte("\n}")
 )
@@ -267,7 +290,7 @@ func writev(f *os.File, bufs [][]byte) error {
 // sorts one key, not thousands.
 func (e *Encoder) sync(containers map[string]inventory.Container) {
 	if e.last == nil {
-		e.last = make(map[string][]byte, len(containers))
+		e.last = make(map[string]*seal.Segment, len(containers))
 	}
 	var added []string
 	for k := range containers {
