@@ -36,6 +36,7 @@ type churnResult struct {
 	churned     int
 	listCalls   float64
 	scans       float64 // cycles the daemon ran during the window
+	scanWall    float64 // seconds those cycles took, end to end
 	daemonCPU   float64 // seconds
 	dockerdCPU  float64 // seconds
 	latencies   []time.Duration
@@ -161,6 +162,7 @@ func churn(b *testing.B, idle int) churnResult {
 	}()
 
 	lists0, scans0 := apiRequests(b, addr)["GET /containers/json"], scrape(b, addr, "ds01_detector_scan_duration_seconds_count")
+	wall0 := scrape(b, addr, "ds01_detector_scan_duration_seconds_sum")
 	t0, dt0 := cpuTicks(cmd.Process.Pid), cpuTicks(d.Pid())
 	// One container is started every 0.2 s and removed 0.2 s after its
 	// start returned, each in its own goroutine, so the pace of changes
@@ -208,6 +210,7 @@ func churn(b *testing.B, idle int) churnResult {
 	}
 	t1, dt1 := cpuTicks(cmd.Process.Pid), cpuTicks(d.Pid())
 	lists1, scans1 := apiRequests(b, addr)["GET /containers/json"], scrape(b, addr, "ds01_detector_scan_duration_seconds_count")
+	wall1 := scrape(b, addr, "ds01_detector_scan_duration_seconds_sum")
 	time.Sleep(3 * time.Second)
 	close(stopPoll)
 	<-pollDone
@@ -215,7 +218,7 @@ func churn(b *testing.B, idle int) churnResult {
 	cmd.Wait()
 	d.Cleanup() // stop this dockerd before the next run
 
-	res := churnResult{idle: idle, churned: len(ids), listCalls: lists1 - lists0, scans: scans1 - scans0,
+	res := churnResult{idle: idle, churned: len(ids), listCalls: lists1 - lists0, scans: scans1 - scans0, scanWall: wall1 - wall0,
 		daemonCPU: float64(t1-t0) / 100, dockerdCPU: float64(dt1-dt0) / 100}
 	for id, t := range started {
 		if s, ok := seen[id]; ok {
@@ -243,8 +246,9 @@ func churn(b *testing.B, idle int) churnResult {
 			res.wrongCounts = append(res.wrongCounts, fmt.Sprintf("%s discovered %d exited %d", id[:12], disc[id[:12]], exit[id[:12]]))
 		}
 	}
-	b.Logf("churn among %d idle: %d containers, %.0f scans, %.0f list calls, daemon CPU %.2f s, dockerd CPU %.2f s, detection p95 %v, %d not exactly once",
-		idle, res.churned, res.scans, res.listCalls, res.daemonCPU, res.dockerdCPU, pct(res.latencies, 95), len(res.wrongCounts))
+	b.Logf("churn among %d idle: %d containers, %.0f scans (%.0f ms each on average), %.0f list calls, daemon CPU %.2f s, dockerd CPU %.2f s, detection p50 %v p95 %v, %d not exactly once",
+		idle, res.churned, res.scans, 1000*res.scanWall/maxf(res.scans, 1), res.listCalls, res.daemonCPU, res.dockerdCPU,
+		pct(res.latencies, 50).Round(time.Millisecond), pct(res.latencies, 95).Round(time.Millisecond), len(res.wrongCounts))
 	return res
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/docker/docker/api/types/events"
 	"net/http"
 	"os"
 	"regexp"
@@ -44,6 +45,9 @@ type Source struct {
 	reqs chan func(*store)
 	stop chan struct{}
 	once sync.Once
+	// birthInspects bounds the create events' inspects in flight (see
+	// handle).
+	birthInspects chan struct{}
 
 	// afterList, when set, runs between the list call and the inspects.
 	// Tests use it to remove a container mid-scan.
@@ -95,7 +99,16 @@ type birth struct {
 	at        time.Time // when it was recorded
 	event     time.Time // the create event's own time
 	gone      time.Time // the destroy event's own time
+	// inspecting: its inspect is in flight, and c is what the events told
+	// so far; later are the events applied to c since the create, applied
+	// again to what the inspect returns (the last maxLater of them: each
+	// sets the state outright, so the last ones decide it).
+	inspecting bool
+	later      []events.Message
 }
+
+// maxLater bounds birth.later.
+const maxLater = 8
 
 // New connects lazily to host (DOCKER_HOST and the default socket when
 // empty). callTimeout bounds every API call.
@@ -117,7 +130,7 @@ func New(host string, callTimeout time.Duration) (*Source, error) {
 	counter := &countingTransport{next: bounded.Transport{Next: hc.Transport}, n: map[string]uint64{}}
 	hc.Transport = counter
 	s := &Source{cli: cli, requests: counter, callTimeout: callTimeout, workers: 8, runtimesTTL: 5 * time.Minute,
-		reqs: make(chan func(*store)), stop: make(chan struct{})}
+		reqs: make(chan func(*store)), stop: make(chan struct{}), birthInspects: make(chan struct{}, 8)}
 	go run(newStore(), s.reqs, s.stop)
 	return s, nil
 }

@@ -253,14 +253,22 @@ func (st *store) finish(snap *Snapshot, listStart time.Time, listed func(string)
 		switch {
 		case listed(id):
 			delete(st.births, id) // the scan saw it; the normal diff takes over
+			continue
+		case b.inspecting:
+			// Destroyed or not, its inspect is still on its way: a later
+			// scan (the inspect asks for one) reports it with what the
+			// inspect found.
 		case b.destroyed:
 			c := b.c
 			c.Gone = b.gone
 			snap.Ephemeral = append(snap.Ephemeral, c)
 			delete(st.births, id)
+			continue
 		case b.at.Before(listStart.Add(-time.Minute)):
 			delete(st.births, id) // never listed, never destroyed: stale
-		case !b.event.IsZero() && !b.event.After(snap.Checkpoint):
+			continue
+		}
+		if !b.event.IsZero() && !b.event.After(snap.Checkpoint) {
 			// Not reflected yet: a restart must replay its creation.
 			snap.Checkpoint = b.event.Add(-time.Nanosecond)
 		}

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,9 +25,9 @@ var watchedActions = []events.Action{
 
 // Watch follows Docker's container events until ctx ends. Each event
 // invalidates that container's cache entry and calls changed, which should
-// schedule a (debounced) scan. A create event inspects the container at
-// once, so that one destroyed before the next scan is still reported (see
-// Snapshot.Ephemeral). When the stream breaks (a dockerd restart, say),
+// schedule a (debounced) scan. A create event also inspects the container
+// (beside the stream, see handle), so that one destroyed before the next
+// scan is still reported (see Snapshot.Ephemeral). When the stream breaks (a dockerd restart, say),
 // Watch reconnects with backoff from its last checkpoint, drops the cache,
 // and calls changed so that the next scan lists everything again.
 //
@@ -82,7 +83,7 @@ func (s *Source) Watch(ctx context.Context, from time.Time, changed func(), log 
 						since = t
 					}
 				}
-				s.handle(ctx, m, since)
+				s.handle(ctx, m, since, changed)
 				changed()
 			case err := <-errs:
 				if ctx.Err() == nil {
@@ -114,20 +115,19 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // handle records one event: the container it names is inspected again by
-// the next scan. A create event inspects the container at once, so that
-// one destroyed before the next scan is still reported. The checkpoint
-// moves to at once that is recorded.
-func (s *Source) handle(ctx context.Context, m events.Message, at time.Time) {
+// the next scan. A create event records what the event tells at once and
+// starts an inspect of the container beside the stream (inspectBirth), so
+// that one destroyed before the next scan is still reported with what
+// only an inspect tells (its GPU configuration). Beside, not in line: an
+// inspect made while dockerd starts the container waits for the start
+// (100-300 ms), and in line it held up every event after it, so under a
+// sweep's churn the stream fell seconds behind. The checkpoint moves to at
+// once the event is recorded.
+func (s *Source) handle(ctx context.Context, m events.Message, at time.Time, changed func()) {
 	id := m.Actor.ID
-	create := id != "" && m.Action == events.ActionCreate
 	var b *birth
-	if create {
-		b = &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano)}
-		if rts, defRT, err := s.runtimeInfo(ctx); err == nil {
-			if c, err := s.inspect(ctx, id, rts, defRT); err == nil {
-				b.c = *c
-			}
-		}
+	if id != "" && m.Action == events.ActionCreate {
+		b = &birth{c: fromEvent(m), at: time.Now(), event: time.Unix(0, m.TimeNano), inspecting: true}
 	}
 	s.do(func(st *store) {
 		if id != "" {
@@ -135,6 +135,31 @@ func (s *Source) handle(ctx context.Context, m events.Message, at time.Time) {
 		}
 		st.handled = at
 	})
+	if b != nil {
+		s.inspectBirth(ctx, id, b, changed)
+	}
+}
+
+// inspectBirth inspects a container the stream saw created and gives the
+// store what it found (store.inspected), then asks for a scan: a scan that
+// came first left the birth for this one when it was destroyed already.
+// At most cap(birthInspects) are in flight; past that the stream waits.
+func (s *Source) inspectBirth(ctx context.Context, id string, b *birth, changed func()) {
+	select {
+	case s.birthInspects <- struct{}{}:
+	case <-ctx.Done():
+		s.do(func(st *store) { st.inspected(b, nil) })
+		return
+	}
+	go func() {
+		defer func() { <-s.birthInspects }()
+		var c *Container
+		if rts, defRT, err := s.runtimeInfo(ctx); err == nil {
+			c, _ = s.inspect(ctx, id, rts, defRT) // gone or failing: what the events told stands
+		}
+		s.do(func(st *store) { st.inspected(b, c) })
+		changed()
+	}()
 }
 
 // event marks the container an event names for the next scan, and keeps
@@ -154,22 +179,50 @@ func (st *store) event(m events.Message, b *birth) {
 	if !ok {
 		return
 	}
+	if m.Action == events.ActionDestroy {
+		b.destroyed, b.gone = true, time.Unix(0, m.TimeNano)
+		return
+	}
+	applyEvent(&b.c, m)
+	if b.inspecting {
+		if len(b.later) == maxLater {
+			b.later = slices.Delete(b.later, 0, 1)
+		}
+		b.later = append(b.later, m)
+	}
+}
+
+// inspected takes a birth's inspect (nil: none came back): what it says,
+// with the events since the create applied again on top.
+func (st *store) inspected(b *birth, c *Container) {
+	later := b.later
+	b.inspecting, b.later = false, nil
+	if c == nil || st.births[c.ID] != b {
+		return // failed, or the birth was settled by a scan meanwhile
+	}
+	b.c = *c
+	for _, m := range later {
+		applyEvent(&b.c, m)
+	}
+}
+
+// applyEvent sets what a start, die, pause or unpause event says of a
+// container's state.
+func applyEvent(c *Container, m events.Message) {
 	at := time.Unix(0, m.TimeNano)
 	switch m.Action {
-	case events.ActionDestroy:
-		b.destroyed, b.gone = true, at
 	case events.ActionStart, events.ActionUnPause:
-		b.c.Status = "running"
+		c.Status = "running"
 		if m.Action == events.ActionStart {
-			b.c.StartedAt = at
+			c.StartedAt = at
 		}
 	case events.ActionDie:
-		b.c.Status, b.c.Pid, b.c.FinishedAt = "exited", 0, at
+		c.Status, c.Pid, c.FinishedAt = "exited", 0, at
 		if code, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
-			b.c.ExitCode = code
+			c.ExitCode = code
 		}
 	case events.ActionPause:
-		b.c.Status = "paused"
+		c.Status = "paused"
 	}
 }
 
