@@ -54,7 +54,7 @@ type Segment struct {
 
 // NewSegment hashes b for WriteSegment. b must not change afterwards.
 func NewSegment(b []byte) Segment {
-	g := Segment{b: b, whole: bytes.HasPrefix(b, cut) && bytes.Index(b[1:], cut) < 0}
+	g := Segment{b: b, whole: bytes.HasPrefix(b, cut) && !bytes.Contains(b[1:], cut)}
 	for n := 1; g.whole && n < len(cut); n++ {
 		g.whole = !bytes.HasSuffix(b, cut[:n])
 	}
