@@ -27,9 +27,10 @@ var watchedActions = []events.Action{
 // invalidates that container's cache entry and calls changed, which should
 // schedule a (debounced) scan. A create event also inspects the container
 // (beside the stream, see handle), so that one destroyed before the next
-// scan is still reported (see Snapshot.Ephemeral). When the stream breaks (a dockerd restart, say),
-// Watch reconnects with backoff from its last checkpoint, drops the cache,
-// and calls changed so that the next scan lists everything again.
+// scan is still reported (see Snapshot.Ephemeral). When the stream breaks
+// (a dockerd restart, say), Watch reconnects with backoff from its last
+// checkpoint, drops the cache, and calls changed so that the next scan
+// lists everything again.
 //
 // from is the checkpoint of the last run (the state file's
 // docker_events_since): when it is recent, the first subscription replays
