@@ -76,7 +76,6 @@ func (g Segment) Whole() bool { return g.whole }
 // in order.
 type StateSealer struct {
 	list hash.Hash // the MAC over the pieces' hashes
-	v1   hash.Hash // v1 only: the MAC over the bytes
 	seg  hash.Hash // the open piece, unless pend
 	pend *Segment  // the open piece is this segment, so far
 	buf  []byte    // plain bytes not yet cut
@@ -89,25 +88,13 @@ func (k *Key) NewStateSealer() *StateSealer {
 	return s
 }
 
-func (k *Key) newStateSealerV1() *StateSealer {
-	s := &StateSealer{v1: hmac.New(sha256.New, k.k)}
-	s.v1.Write(stateDomV1)
-	return s
-}
-
 // Write adds plain bytes.
-func (s *StateSealer) Write(b []byte) {
-	if s.v1 != nil {
-		s.v1.Write(b)
-		return
-	}
-	s.buf = append(s.buf, b...)
-}
+func (s *StateSealer) Write(b []byte) { s.buf = append(s.buf, b...) }
 
 // WriteSegment adds a segment's bytes, using its kept hash when the piece
 // it starts ends with it.
 func (s *StateSealer) WriteSegment(g *Segment) {
-	if !g.whole || s.v1 != nil {
+	if !g.whole {
 		s.Write(g.b)
 		return
 	}
@@ -163,9 +150,6 @@ func (s *StateSealer) close() {
 }
 
 func (s *StateSealer) mac() []byte {
-	if s.v1 != nil {
-		return s.v1.Sum(nil)[:macSize]
-	}
 	s.flush()
 	s.close()
 	return s.list.Sum(nil)[:macSize]
@@ -209,15 +193,15 @@ func (k *Key) OpenState(b []byte) ([]byte, error) {
 	plain := append(b[:m[0]:m[0]], stateEnd...)
 	var want [macSize]byte
 	hex.Decode(want[:], b[m[4]:m[5]])
-	var s *StateSealer
-	if b[m[2]] == '1' {
-		s = k.newStateSealerV1()
-		s.Write(plain)
+	var mac []byte
+	if b[m[2]] == '1' { // an earlier build's: an HMAC over the bytes
+		mac = k.mac(stateDomV1, plain)
 	} else {
-		s = k.NewStateSealer()
+		s := k.NewStateSealer()
 		s.buf = plain // cut in place: no second copy of a large file
+		mac = s.mac()
 	}
-	if !hmac.Equal(s.mac(), want[:]) {
+	if !hmac.Equal(mac, want[:]) {
 		return nil, ErrBadSeal
 	}
 	return plain, nil
