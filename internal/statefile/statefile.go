@@ -127,8 +127,9 @@ type Encoder struct {
 	// the map's depth) + ",": its part of the file as it is written when
 	// another container follows it, with its hash for the seal.
 	last map[string]*seal.Segment
-	keys []string // last's keys, sorted
-	iov  [][]byte // the pieces of the last write, kept for their capacity
+	keys []string        // last's keys, sorted
+	iov  [][]byte        // the pieces of the last write, kept for their capacity
+	gs   []*seal.Segment // their segments, kept for their capacity
 }
 
 // containersMarker is where the containers go in the rest of the state,
@@ -154,21 +155,16 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 	}
 	e.sync(containers)
 	// The file is a list of pieces, most of them cached encodings: written
-	// with writev, they are copied once, by the kernel. The seal takes the
-	// cached hash of each container but the last (seal.Segment).
-	var sealer *seal.StateSealer
-	if e.Key != nil {
-		sealer = e.Key.NewStateSealer()
-	}
-	iov := append(e.iov[:0], rest[:at])
+	// with writev, they are copied once, by the kernel. iov[first:] starts
+	// with the containers, gs[j] being iov[first+j]'s segment (all but the
+	// last container: it has no comma after it).
+	iov, gs := append(e.iov[:0], rest[:at]), e.gs[:0]
+	first := 0
 	if len(e.keys) == 0 {
 		iov = append(iov, containersMarker)
 	} else {
 		iov = append(iov, containersOpen)
-		if sealer != nil {
-			sealer.Write(rest[:at])
-			sealer.Write(containersOpen)
-		}
+		first = len(iov)
 		for i, k := range e.keys {
 			c := containers[k]
 			g, ok := e.last[k]
@@ -189,41 +185,35 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 				g = &seg
 				e.last[k] = g
 			}
-			b := g.Bytes()
-			if i < len(e.keys)-1 {
-				iov = append(iov, b)
-				if sealer != nil {
-					sealer.WriteSegment(g)
-				}
-				continue
-			}
-			iov = append(iov, b[:len(b)-1]) // the last one: no comma
-			if sealer != nil {
-				sealer.Write(b[:len(b)-1])
+			if b := g.Bytes(); i == len(e.keys)-1 {
+				iov = append(iov, b[:len(b)-1])
+			} else {
+				iov, gs = append(iov, b), append(gs, g)
 			}
 		}
 		iov = append(iov, containersClose)
-		if sealer != nil {
-			sealer.Write(containersClose)
-		}
 	}
 	e.prev = containers
 	iov = append(iov, rest[at+len(containersMarker):], newline)
-	if sealer != nil {
-		// The seal: a MAC over the file as written without it, put in as
-		// its last member.
-		if len(e.keys) == 0 {
-			sealer.Write(rest[:at])
-			sealer.Write(containersMarker)
+	if e.Key != nil {
+		// The seal: a MAC over the file as written without it, taking each
+		// container's kept hash (seal.Segment), put in as its last member.
+		s := e.Key.NewStateSealer()
+		for i, b := range iov {
+			if j := i - first; first > 0 && j >= 0 && j < len(gs) {
+				s.WriteSegment(gs[j])
+			} else {
+				s.Write(b)
+			}
 		}
-		sealer.Write(rest[at+len(containersMarker):])
-		sealer.Write(newline)
 		tail := iov[len(iov)-2]
 		if !bytes.HasSuffix(tail, closingBrace) {
 			return errors.New("encode state: the state does not end in a closing brace")
 		}
-		iov = append(iov[:len(iov)-2], tail[:len(tail)-len(closingBrace)], sealer.Member(), closingBrace, newline)
+		iov = append(iov[:len(iov)-2], tail[:len(tail)-len(closingBrace)], s.Member(), closingBrace, newline)
 	}
+	e.gs = gs[:0]
+	defer clear(gs)
 	e.iov = iov[:0]
 	defer clear(iov) // the pieces must not pin old encodings
 	if f, ok := w.(*os.File); ok {
