@@ -38,7 +38,9 @@ func TestBirthInspectedBesideTheStream(t *testing.T) {
 
 	// The inspect saw it created, with its GPU request: that stands, and
 	// the start and die since are applied on top.
-	st.inspected(b, &Container{ID: id, Name: "job", Status: "created", Labels: map[string]string{"ds01.user": "alice"}, DeviceRequests: []DeviceRequest{{Driver: "nvidia", Count: -1}}})
+	if !st.inspected(b, &Container{ID: id, Name: "job", Status: "created", Labels: map[string]string{"ds01.user": "alice"}, DeviceRequests: []DeviceRequest{{Driver: "nvidia", Count: -1}}}) {
+		t.Fatal("a destroyed birth's inspect did not ask for the scan that reports it")
+	}
 	snap, ok = st.commitChanges(st.begin(), nil, t0.Add(5*time.Second))
 	if !ok || len(snap.Ephemeral) != 1 {
 		t.Fatalf("ephemeral after the inspect: %+v", snap.Ephemeral)
@@ -60,7 +62,9 @@ func TestBirthInspectedBesideTheStream(t *testing.T) {
 	st.event(ev(id2, events.ActionCreate, t0, nil), b2)
 	st.put(&Container{ID: id2, Status: "created"}, "created", "")
 	st.commitChanges(st.begin(), nil, t0.Add(6*time.Second))
-	st.inspected(b2, &Container{ID: id2, Status: "running"})
+	if st.inspected(b2, &Container{ID: id2, Status: "running"}) {
+		t.Error("a settled birth's late inspect asked for a scan")
+	}
 	if _, ok := st.births[id2]; ok || b2.inspecting {
 		t.Fatalf("a listed container's late inspect: birth %v, inspecting %v", ok, b2.inspecting)
 	}
@@ -68,7 +72,9 @@ func TestBirthInspectedBesideTheStream(t *testing.T) {
 	b3 := &birth{c: fromEvent(ev(id3, events.ActionCreate, t0, map[string]string{"name": "short"})), at: t0, event: t0, inspecting: true}
 	st.event(ev(id3, events.ActionCreate, t0, nil), b3)
 	st.event(ev(id3, events.ActionDestroy, t0.Add(time.Second), nil), nil)
-	st.inspected(b3, nil)
+	if !st.inspected(b3, nil) {
+		t.Error("a destroyed birth whose inspect failed did not ask for a scan")
+	}
 	snap, _ = st.commitChanges(st.begin(), map[string]*Container{id3: nil}, t0.Add(7*time.Second))
 	if len(snap.Ephemeral) != 1 || snap.Ephemeral[0].Name != "short" {
 		t.Fatalf("a birth whose inspect failed: %+v", snap.Ephemeral)

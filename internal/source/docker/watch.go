@@ -142,9 +142,10 @@ func (s *Source) handle(ctx context.Context, m events.Message, at time.Time, cha
 }
 
 // inspectBirth inspects a container the stream saw created and gives the
-// store what it found (store.inspected), then asks for a scan: a scan that
-// came first left the birth for this one when it was destroyed already.
-// At most cap(birthInspects) are in flight; past that the stream waits.
+// store what it found (store.inspected). When the container was destroyed
+// meanwhile, a scan that came first left its birth to be reported: it
+// asks for one. At most cap(birthInspects) are in flight; past that the
+// stream waits.
 func (s *Source) inspectBirth(ctx context.Context, id string, b *birth, changed func()) {
 	select {
 	case s.birthInspects <- struct{}{}:
@@ -158,8 +159,11 @@ func (s *Source) inspectBirth(ctx context.Context, id string, b *birth, changed 
 		if rts, defRT, err := s.runtimeInfo(ctx); err == nil {
 			c, _ = s.inspect(ctx, id, rts, defRT) // gone or failing: what the events told stands
 		}
-		s.do(func(st *store) { st.inspected(b, c) })
-		changed()
+		report := false
+		s.do(func(st *store) { report = st.inspected(b, c) })
+		if report {
+			changed()
+		}
 	}()
 }
 
@@ -194,17 +198,21 @@ func (st *store) event(m events.Message, b *birth) {
 }
 
 // inspected takes a birth's inspect (nil: none came back): what it says,
-// with the events since the create applied again on top.
-func (st *store) inspected(b *birth, c *Container) {
+// with the events since the create applied again on top. It reports
+// whether the birth is now waiting for a scan to report it (destroyed).
+func (st *store) inspected(b *birth, c *Container) bool {
 	later := b.later
 	b.inspecting, b.later = false, nil
-	if c == nil || st.births[c.ID] != b {
-		return // failed, or the birth was settled by a scan meanwhile
+	if st.births[b.c.ID] != b {
+		return false // settled by a scan meanwhile
 	}
-	b.c = *c
-	for _, m := range later {
-		applyEvent(&b.c, m)
+	if c != nil { // nil: failed, what the events told stands
+		b.c = *c
+		for _, m := range later {
+			applyEvent(&b.c, m)
+		}
 	}
+	return b.destroyed
 }
 
 // applyEvent sets what a start, die, pause or unpause event says of a
