@@ -116,8 +116,10 @@ func (s *Scanner) Reported() inventory.State { return s.reported }
 // then inspects only the containers the events named, with no list call.
 func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	start := time.Now()
-	facts := s.gather(ctx, full)
+	facts, dockerTook := s.gather(ctx, full)
+	gathered := time.Now()
 	res := reconcile.Reconcile(s.reported, facts, s.rules)
+	reconciled := time.Now()
 	s.noteHealth("docker", facts.DockerErr)
 	s.noteHealth("gpu", facts.GPUErr)
 	s.noteHealth("proc", facts.ProcErr)
@@ -128,11 +130,14 @@ func (s *Scanner) Scan(ctx context.Context, full bool) summary.Summary {
 	s.reported = res.State
 
 	sum := summarize(res)
+	delivering := time.Now()
 	if !s.cfg.DryRun {
 		out := s.sink.Deliver(res.State, s.encode(res.Transitions, res.State, facts.Now))
 		sum.PendingEvents, sum.DroppedEvents, sum.StateWriteErr, sum.EventAppendErr = out.Pending, out.Dropped, out.StateErr, out.AppendErr
 	}
-	sum.Duration = time.Since(start)
+	end := time.Now()
+	sum.Duration = end.Sub(start)
+	sum.Phases = summary.Phases{Gather: gathered.Sub(start), Docker: dockerTook, Reconcile: reconciled.Sub(gathered), Deliver: end.Sub(delivering)}
 	return sum
 }
 

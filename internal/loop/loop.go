@@ -144,6 +144,8 @@ func report(log *zap.Logger, s summary.Summary, scanErr error) {
 		zap.Int("host_gpu_processes", s.HostProcesses), zap.Int("events", s.Events),
 		zap.Bool("docker_ok", s.DockerOK), zap.Bool("gpu_ok", s.GPUOK),
 		zap.Duration("duration", s.Duration),
+		zap.Duration("gather", s.Phases.Gather), zap.Duration("docker", s.Phases.Docker),
+		zap.Duration("reconcile", s.Phases.Reconcile), zap.Duration("deliver", s.Phases.Deliver),
 	}
 	if s.PendingEvents > 0 {
 		fields = append(fields, zap.Int("pending_events", s.PendingEvents))

@@ -27,10 +27,16 @@ type Summary struct {
 	GPUOK          bool
 	GPUError       string
 	Duration       time.Duration
+	Phases         Phases // where Duration went
 	State          inventory.State
 	StateWriteErr  error
 	EventAppendErr error
 }
+
+// Phases splits a cycle's wall time: Gather (the sources asked, and
+// /proc read), of which Docker is the Docker source's call; Reconcile;
+// Deliver (the state file written and the events appended).
+type Phases struct{ Gather, Docker, Reconcile, Deliver time.Duration }
 
 // GPUSeconds are GPU-seconds held and busy.
 type GPUSeconds struct{ Held, Busy float64 }
