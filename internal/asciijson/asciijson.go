@@ -31,10 +31,33 @@ func Marshal(v any, indent string) ([]byte, error) {
 	return escapeNonASCII(b), nil
 }
 
-// AppendIndented appends compact JSON indented as if it stood depth
-// levels deep in a document Marshal(v, indent) writes.
-func AppendIndented(dst, compact []byte, indent string, depth int) []byte {
-	return indentDepth(dst, compact, indent, depth)
+// Encoder encodes one value after another as Marshal does, keeping its
+// buffers between calls: the state file's writer encodes hundreds of
+// containers a cycle, and a fresh buffer for each was most of the
+// garbage a cycle made. One goroutine at a time.
+type Encoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// Append appends v's encoding to dst: compact when indent is "", else
+// indented as if it stood depth levels deep in a document that
+// Marshal(_, indent) writes.
+func (e *Encoder) Append(dst []byte, v any, indent string, depth int) ([]byte, error) {
+	if e.enc == nil {
+		e.enc = json.NewEncoder(&e.buf)
+		e.enc.SetEscapeHTML(false)
+	}
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil {
+		e.enc, e.buf = nil, bytes.Buffer{}
+		return dst, err
+	}
+	b := escapeNonASCII(bytes.TrimSuffix(e.buf.Bytes(), []byte("\n")))
+	if indent == "" {
+		return append(dst, b...), nil
+	}
+	return indentDepth(dst, b, indent, depth), nil
 }
 
 // indentCompact indents compact JSON (as encoding/json writes it: no

@@ -130,6 +130,9 @@ type Encoder struct {
 	keys []string        // last's keys, sorted
 	iov  [][]byte        // the pieces of the last write, kept for their capacity
 	gs   []*seal.Segment // their segments, kept for their capacity
+	// aj and scratch encode a changed container; both are reused.
+	aj      asciijson.Encoder
+	scratch []byte
 }
 
 // containersMarker is where the containers go in the rest of the state,
@@ -169,18 +172,17 @@ func (e *Encoder) Write(w io.Writer, st inventory.State) (err error) {
 			c := containers[k]
 			g, ok := e.last[k]
 			if p, had := e.prev[k]; !ok || !had || !Equal(&p, &c) {
-				kb, err := asciijson.Marshal(k, "")
-				if err != nil {
+				b := append(e.scratch[:0], entrySep...)
+				if b, err = e.aj.Append(b, k, "", 0); err != nil {
 					return err
 				}
-				cb, err := asciijson.Marshal(c, "")
-				if err != nil {
+				b = append(b, ':', ' ')
+				if b, err = e.aj.Append(b, c, "  ", 2); err != nil {
 					return err
 				}
-				// A right-sized copy: the cache must not pin encoding buffers.
-				b := make([]byte, 0, len(entrySep)+len(kb)+2+2*len(cb)+1)
-				b = append(append(append(b, entrySep...), kb...), ':', ' ')
-				b = append(asciijson.AppendIndented(b, cb, "  ", 2), ',')
+				b = append(b, ',')
+				e.scratch = b
+				// A right-sized copy: the cache must not pin the scratch buffer.
 				seg := seal.NewSegment(bytes.Clone(b))
 				g = &seg
 				e.last[k] = g
