@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/ds01/ds01-detectord/internal/classify"
 	"github.com/ds01/ds01-detectord/internal/facts"
@@ -26,14 +29,25 @@ type initProc struct {
 
 // gather asks each source what exists and reads the facts reconcile needs
 // about the answers: the UIDs of the containers' init processes, the /proc
-// entries of the GPU processes, and the names of every UID involved.
-func (s *Scanner) gather(ctx context.Context, full bool) facts.Scan {
+// entries of the GPU processes, and the names of every UID involved. It
+// also returns how long the Docker source took.
+func (s *Scanner) gather(ctx context.Context, full bool) (facts.Scan, time.Duration) {
 	var f facts.Scan
 	var early <-chan map[string]facts.Activity
+	startActivity, listCtx := func() {}, ctx
 	if full && s.cfg.Activity != nil {
-		early = s.readActivityEarly()
+		// The cgroup reads start when Docker answers the list (its first
+		// response byte): read while dockerd was building the list, they
+		// slowed it by about as much as they took; after, they share the
+		// cores with the list's decoding. A source that made no HTTP call
+		// starts them when it returns.
+		startActivity, early = s.readActivityEarly()
+		listCtx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotFirstResponseByte: startActivity})
 	}
-	f.Docker, f.DockerErr = s.cfg.Docker.List(ctx, full)
+	listStart := time.Now()
+	f.Docker, f.DockerErr = s.cfg.Docker.List(listCtx, full)
+	took := time.Since(listStart)
+	startActivity()
 	if f.DockerErr == nil {
 		f.InitUIDs, f.ProcErr = s.initUIDs(f.Docker.Containers)
 	}
@@ -55,7 +69,7 @@ func (s *Scanner) gather(ctx context.Context, full bool) facts.Scan {
 	}
 	f.Users = s.userNames(ctx, f)
 	f.Now = s.cfg.Now()
-	return f
+	return f, took
 }
 
 // readFailed reports whether a read of p's facts failed for a reason
@@ -216,15 +230,16 @@ func (s *Scanner) userNames(ctx context.Context, f facts.Scan) map[uint32]string
 	return names
 }
 
-// readActivityEarly starts reading the cgroups and network namespaces of
-// the containers the last reconciliation scan found running, beside the
-// Docker list: the reads cost the daemon kernel time while dockerd builds
-// the list. Only reconciliation scans read activity: the verdict counts them.
-func (s *Scanner) readActivityEarly() <-chan map[string]facts.Activity {
+// readActivityEarly returns a function that starts (once) reading the
+// cgroups and network namespaces of the containers the last
+// reconciliation scan found running, beside the rest of the scan, and the
+// channel the samples come on. Only reconciliation scans read activity:
+// the verdict counts them.
+func (s *Scanner) readActivityEarly() (start func(), samples <-chan map[string]facts.Activity) {
 	ch := make(chan map[string]facts.Activity, 1)
 	last := s.running
-	go func() { ch <- s.cfg.Activity.Read(last, s.cfg.Now) }()
-	return ch
+	var once sync.Once
+	return func() { once.Do(func() { go func() { ch <- s.cfg.Activity.Read(last, s.cfg.Now) }() }) }, ch
 }
 
 // readActivity keeps the early samples of the containers that still run
