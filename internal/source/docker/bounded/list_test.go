@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // One of Docker's list entries, with the fields List skips.
@@ -74,8 +75,23 @@ func FuzzDecodeSummaries(f *testing.F) {
 	f.Add([]byte(`[{"Id":"a","Id":"b"}]`))
 	f.Add([]byte(`[] `))
 	f.Add([]byte(`[{"id":"a","NAMES":["/x"]}]`))
+	// The entries DecodeSummaries leaves to encoding/json, and the values
+	// it checks itself while skipping them.
+	f.Add([]byte(`[{"Id":"a","ID":"b"},{"Id":"c","\u0049d":"d"},{"Id":"e","ſtate":"x"}]`))
+	f.Add([]byte(`[{"Id":"a\u0062","Names":["/\u00e9","/é"],"State":"r\n"}]`))
+	f.Add([]byte(`[{"Id":"a","Names":[null],"State":null},{"Id":"b","Names":[],"Id":null}]`))
+	f.Add([]byte(`[{"Id":"a","x":[[[[{}]]],[]],"y":-0.5e+10,"z":true,"w":false,"v":null,"u":{"k":[1,2.0,"s"]}}]`))
+	f.Add([]byte(`[{"Id":"a","x":01}]`))
+	f.Add([]byte("[{\"Id\":\"a\",\"x\":\"\x01\"}]"))
+	f.Add([]byte(`[{"Id":"a","x":"\q"}, {"Id":"b"}]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeSummaries(strings.NewReader(string(b)))
+		// Read a byte at a time through a window that starts at one byte,
+		// every entry spans reads: the same answer.
+		small, smallErr := decodeSummaries(iotest.OneByteReader(strings.NewReader(string(b))), 1)
+		if (err == nil) != (smallErr == nil) || !reflect.DeepEqual(got, small) {
+			t.Fatalf("whole: %+v, %v; a byte at a time: %+v, %v", got, err, small, smallErr)
+		}
 		var ref []Summary
 		refErr := json.Unmarshal(b, &ref)
 		if refErr == nil && ref != nil {
