@@ -49,9 +49,13 @@ func benchSize() (int, int) {
 }
 
 type result struct {
-	Containers                int     `json:"containers"`
-	SteadyCycleMs             float64 `json:"steady_cycle_ms"`
+	Containers    int     `json:"containers"`
+	SteadyCycleMs float64 `json:"steady_cycle_ms"`
+	// RawListMs is the median of the raw lists timed between the steady
+	// cycles, the steady cycle's reference; RawListBeforeMs the median of
+	// seven before the daemon started.
 	RawListMs                 float64 `json:"raw_list_ms"`
+	RawListBeforeMs           float64 `json:"raw_list_before_ms"`
 	ColdCycleMs               float64 `json:"cold_cycle_ms"`
 	APIRequestsPerSteadyCycle float64 `json:"api_requests_per_steady_cycle"`
 	DetectLatencyMsP50        float64 `json:"detect_latency_ms_p50"`
@@ -97,6 +101,7 @@ func pct(ds []time.Duration, p int) time.Duration {
 type cycleLog struct {
 	mu     sync.Mutex
 	cycles []time.Duration
+	phases [][4]time.Duration // gather, docker, reconcile, deliver
 	notify chan struct{}
 }
 
@@ -113,8 +118,13 @@ func (c *cycleLog) read(r io.Reader) {
 			continue
 		}
 		d, _ := time.ParseDuration(fmt.Sprint(m["duration"]))
+		var ph [4]time.Duration
+		for i, k := range []string{"gather", "docker", "reconcile", "deliver"} {
+			ph[i], _ = time.ParseDuration(fmt.Sprint(m[k]))
+		}
 		c.mu.Lock()
 		c.cycles = append(c.cycles, d)
+		c.phases = append(c.phases, ph)
 		c.mu.Unlock()
 		select {
 		case c.notify <- struct{}{}:
@@ -129,6 +139,21 @@ func (c *cycleLog) since(n int) []time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]time.Duration(nil), c.cycles[n:]...)
+}
+
+// phaseMedians returns the median of each phase over cycles n to n+k.
+func (c *cycleLog) phaseMedians(n, k int) [4]time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out [4]time.Duration
+	for i := range out {
+		var ds []time.Duration
+		for _, ph := range c.phases[n : n+k] {
+			ds = append(ds, ph[i])
+		}
+		out[i] = median(ds)
+	}
+	return out
 }
 
 func (c *cycleLog) waitFor(b *testing.B, n int, limit time.Duration) {
@@ -163,25 +188,40 @@ func rssMB(pid int) float64 {
 	return 0
 }
 
-// rawList times one GET /containers/json?all=1 straight on the socket.
-func rawList(b *testing.B, sock string) time.Duration {
-	cli := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+// rawLister times GET /containers/json?all=1 straight on the socket, on
+// one kept-alive connection.
+type rawLister struct{ cli *http.Client }
+
+func newRawLister(sock string) rawLister {
+	return rawLister{&http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
-	}}}
+	}}}}
+}
+
+func (r rawLister) once(b *testing.B) time.Duration {
+	start := time.Now()
+	resp, err := r.cli.Get("http://docker/v1.41/containers/json?all=1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return time.Since(start)
+}
+
+// median7 is the median of seven lists in a row.
+func (r rawLister) median7(b *testing.B) time.Duration {
 	var ds []time.Duration
 	for i := 0; i < 7; i++ {
-		start := time.Now()
-		resp, err := cli.Get("http://docker/v1.41/containers/json?all=1")
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		ds = append(ds, time.Since(start))
+		ds = append(ds, r.once(b))
 	}
 	return median(ds)
 }
+
+// interval is the daemon's --interval: room for a raw list between two
+// cycles with as much idle before it as before the daemon's next list.
+const interval = 2 * time.Second
 
 func Benchmark1000Containers(b *testing.B) {
 	if b.N > 1 {
@@ -219,7 +259,8 @@ func Benchmark1000Containers(b *testing.B) {
 
 	var res result
 	res.Containers = total
-	res.RawListMs = ms(rawList(b, filepath.Join(d.Dir, "docker.sock")))
+	raw := newRawLister(filepath.Join(d.Dir, "docker.sock"))
+	res.RawListBeforeMs = ms(raw.median7(b))
 
 	dir := b.TempDir()
 	bin := releaseDaemon(b)
@@ -231,7 +272,7 @@ func Benchmark1000Containers(b *testing.B) {
 	metricsAddr := ln.Addr().String()
 	ln.Close()
 	cmd := exec.Command(bin, "--docker-host", d.Host, "--metrics-listen", metricsAddr, "--state-file", state, "--events-file", filepath.Join(dir, "events.jsonl"),
-		"--interval", "1s", "--scan-timeout", "20s", "--log-format", "json", "--nvml-library", filepath.Join(dir, "none.so"))
+		"--interval", interval.String(), "--scan-timeout", "20s", "--log-format", "json", "--nvml-library", filepath.Join(dir, "none.so"))
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -248,7 +289,22 @@ func Benchmark1000Containers(b *testing.B) {
 	n0 := logs.count()
 	r0 := apiRequests(b, metricsAddr)
 	t0 := cpuTicks(cmd.Process.Pid)
-	logs.waitFor(b, n0+15, time.Minute)
+	// The raw list again, once between each two steady cycles, halfway,
+	// so that dockerd has been idle as long before it as before the
+	// daemon's list. Both matter: the VM's speed drifts (the raw list of
+	// the same 1,000 containers took 60 to 99 ms in runs minutes apart),
+	// and a list after about a second of idle takes longer than one right
+	// after another (60 ms back to back, 83-96 ms after 900 ms idle, on
+	// one machine in one run): the seven lists in a row before the daemon
+	// started were the wrong reference for a cycle that lists after a
+	// second of idle.
+	var between []time.Duration
+	for i := 1; i <= 15; i++ {
+		logs.waitFor(b, n0+i, time.Minute)
+		last := logs.since(n0 + i - 1)[0]
+		time.Sleep((interval - last - 80*time.Millisecond) / 2)
+		between = append(between, raw.once(b))
+	}
 	t1 := cpuTicks(cmd.Process.Pid)
 	r1 := apiRequests(b, metricsAddr)
 	steady := logs.since(n0)[:15]
@@ -262,9 +318,12 @@ func Benchmark1000Containers(b *testing.B) {
 	}
 	cycles := float64(len(steady))
 	res.SteadyCycleMs = ms(median(steady))
+	res.RawListMs = ms(median(between))
 	res.APIRequestsPerSteadyCycle = nreq / cycles
 	res.CPUMsPerSteadyCycle = float64(t1-t0) * 10 / cycles // CLK_TCK is 100
 	b.Logf("steady window: %d cycles, requests %v, %d CPU ticks", len(steady), reqs, t1-t0)
+	ph := logs.phaseMedians(n0, len(steady))
+	b.Logf("steady cycle phases (medians): gather %v (docker %v), reconcile %v, deliver %v", ph[0], ph[1], ph[2], ph[3])
 
 	// Detection latency: from the start call returning (docker run) to the
 	// container being in the state file on disk.
@@ -323,7 +382,7 @@ func Benchmark1000Containers(b *testing.B) {
 	}
 
 	fmt.Printf("\nds01-detectord benchmark, %d containers (%d running), real private dockerd\n", total, running)
-	fmt.Printf("  raw GET /containers/json?all=1   %8.1f ms (median of 7)\n", res.RawListMs)
+	fmt.Printf("  raw GET /containers/json?all=1   %8.1f ms (median of 15, one after each steady cycle; %.1f ms before the daemon started)\n", res.RawListMs, res.RawListBeforeMs)
 	fmt.Printf("  cold cycle                       %8.1f ms\n", res.ColdCycleMs)
 	fmt.Printf("  steady cycle (median of %d)      %8.1f ms  = %.2f x raw list\n", len(steady), res.SteadyCycleMs, res.SteadyCycleMs/res.RawListMs)
 	fmt.Printf("  API requests per steady cycle    %8.2f\n", res.APIRequestsPerSteadyCycle)
