@@ -17,18 +17,8 @@ import (
 // literal. Invalid UTF-8 becomes U+FFFD. The output is pure printable ASCII,
 // so it cannot carry terminal escape sequences or raw newlines.
 func Marshal(v any, indent string) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	if indent != "" {
-		// Indentation about doubles a state file; room for a newline too.
-		b = indentCompact(make([]byte, 0, 2*len(b)+1), b, indent)
-	}
-	return escapeNonASCII(b), nil
+	var e Encoder
+	return e.Append(nil, v, indent, 0)
 }
 
 // Encoder encodes one value after another as Marshal does, keeping its

@@ -218,35 +218,33 @@ func scanEntry(b []byte, s *Summary) (n int, plain bool, err error) {
 			return 0, false, err
 		}
 		key := b[ks:ke]
-		var ok bool
-		switch {
-		case !kplain:
-			plain = false // an escape or a non-ASCII byte: encoding/json decides
-		case string(key) == "Id":
-			ok, err = p.plainString(&s.ID)
-		case string(key) == "State":
-			ok, err = p.plainString(&s.State)
-		case string(key) == "Names":
-			ok, err = p.plainStrings(&s.Names)
-		default:
-			ok = !bytes.EqualFold(key, []byte("Id")) && !bytes.EqualFold(key, []byte("State")) && !bytes.EqualFold(key, []byte("Names"))
-		}
-		if err != nil {
-			return 0, false, err
-		}
-		if !ok {
-			plain = false
-		}
-		if !ok || !kplain || !isField(key) {
-			if err := p.skip(2); err != nil {
+		read := false // the value was read into s
+		if kplain {
+			switch string(key) {
+			case "Id":
+				read, err = p.plainString(&s.ID)
+			case "State":
+				read, err = p.plainString(&s.State)
+			case "Names":
+				read, err = p.plainStrings(&s.Names)
+			}
+			if err != nil {
 				return 0, false, err
 			}
 		}
+		if read {
+			continue
+		}
+		// Not read: a field whose value is not a plain one, a key that
+		// matches a field only without regard to case, or a key with an
+		// escape or a non-ASCII byte make the entry encoding/json's.
+		if !kplain || bytes.EqualFold(key, []byte("Id")) || bytes.EqualFold(key, []byte("State")) || bytes.EqualFold(key, []byte("Names")) {
+			plain = false
+		}
+		if err := p.skip(2); err != nil {
+			return 0, false, err
+		}
 	}
-}
-
-func isField(k []byte) bool {
-	return string(k) == "Id" || string(k) == "State" || string(k) == "Names"
 }
 
 // scanner is a position in one entry's bytes.
