@@ -86,7 +86,8 @@ type Container struct {
 }
 
 // Read samples each container, and forgets the cached directories of
-// containers not in the list.
+// containers not in the list. now stamps each sample; the workers call it
+// at once, so it must be safe for concurrent use (time.Now is).
 func (r *Reader) Read(list []Container, now func() time.Time) map[string]Sample {
 	seen := make(map[string]dirs, len(list))
 	out := r.sampleAll(list, now, seen)
